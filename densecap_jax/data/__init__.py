@@ -1,0 +1,1 @@
+"""Data: preprocessing, synthetic scenes, loaders and shape buckets."""

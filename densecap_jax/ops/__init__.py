@@ -1,0 +1,1 @@
+"""Pure ``jax.numpy`` kernels: boxes, anchors, NMS, box sampling, RoI pooling."""

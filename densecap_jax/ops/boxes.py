@@ -1,0 +1,218 @@
+"""Box formats, conversions, clipping, IoU and the R-CNN box transform.
+
+Box formats (reference §0.2), all float32 arrays of shape ``(..., 4)`` in
+1-based pixel coordinates (pixel centres at integers):
+
+* ``xcycwh``: centre x, centre y, width, height — the model's internal format.
+* ``x1y1x2y2``: corners, *inclusive* pixel convention (width = x2 - x1 + 1).
+* ``xywh``: top-left x, top-left y, width, height — files and drawing.
+
+The conversions reproduce the released ``box_utils.lua`` exactly, including
+that they are not mutually inverse: ``xcycwh -> x1y1x2y2`` uses ``(w - 1) / 2``
+but ``x1y1x2y2 -> xcycwh`` uses ``w = x2 - x1`` (no +1), so a round trip keeps
+the centre and shrinks ``w`` and ``h`` by one (reference §0.2, §14 item 2).
+"""
+
+from typing import Literal
+
+import jax.numpy as jnp
+
+BoxFormat = Literal["xcycwh", "x1y1x2y2", "xywh"]
+BOX_FORMATS = ("xcycwh", "x1y1x2y2", "xywh")
+
+
+def _split(boxes):
+  boxes = jnp.asarray(boxes, jnp.float32)
+  return boxes[..., 0], boxes[..., 1], boxes[..., 2], boxes[..., 3]
+
+
+def _stack(a, b, c, d):
+  return jnp.stack([a, b, c, d], axis=-1)
+
+
+def xcycwh_to_x1y1x2y2(boxes):
+  """``(..., 4)`` xcycwh -> x1y1x2y2: ``x1 = xc - (w-1)/2, x2 = xc + (w-1)/2``."""
+  xc, yc, w, h = _split(boxes)
+  return _stack(xc - (w - 1) / 2, yc - (h - 1) / 2, xc + (w - 1) / 2, yc + (h - 1) / 2)
+
+
+def x1y1x2y2_to_xcycwh(boxes):
+  """``(..., 4)`` x1y1x2y2 -> xcycwh: ``xc = (x1+x2)/2, w = x2 - x1`` (no +1, §0.2 quirk)."""
+  x1, y1, x2, y2 = _split(boxes)
+  return _stack((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1)
+
+
+def xywh_to_x1y1x2y2(boxes):
+  """``(..., 4)`` xywh -> x1y1x2y2: ``x2 = x + w - 1``."""
+  x, y, w, h = _split(boxes)
+  return _stack(x, y, x + w - 1, y + h - 1)
+
+
+def x1y1x2y2_to_xywh(boxes):
+  """``(..., 4)`` x1y1x2y2 -> xywh: ``w = x2 - x1 + 1``."""
+  x1, y1, x2, y2 = _split(boxes)
+  return _stack(x1, y1, x2 - x1 + 1, y2 - y1 + 1)
+
+
+def xcycwh_to_xywh(boxes):
+  """``(..., 4)`` xcycwh -> xywh through x1y1x2y2: ``x = xc - (w-1)/2``, ``w`` unchanged."""
+  return x1y1x2y2_to_xywh(xcycwh_to_x1y1x2y2(boxes))
+
+
+def xywh_to_xcycwh(boxes):
+  """``(..., 4)`` xywh -> xcycwh: ``xc = x + w/2`` (the original's rule for external boxes)."""
+  x, y, w, h = _split(boxes)
+  return _stack(x + w / 2, y + h / 2, w, h)
+
+
+def scale_boxes_xywh(boxes, factor):
+  """Rescales ``(..., 4)`` xywh boxes between image sizes, 1-based.
+
+  ``x' = (x - 1) * factor + 1``, ``y' = (y - 1) * factor + 1``,
+  ``w' = w * factor``, ``h' = h * factor``. ``factor`` is new size / old size.
+  """
+  x, y, w, h = _split(boxes)
+  return _stack((x - 1) * factor + 1, (y - 1) * factor + 1, w * factor, h * factor)
+
+
+_TO_X1Y1X2Y2 = {
+    "xcycwh": xcycwh_to_x1y1x2y2,
+    "x1y1x2y2": lambda b: jnp.asarray(b, jnp.float32),
+    "xywh": xywh_to_x1y1x2y2,
+}
+_FROM_X1Y1X2Y2 = {
+    "xcycwh": x1y1x2y2_to_xcycwh,
+    "x1y1x2y2": lambda b: b,
+    "xywh": x1y1x2y2_to_xywh,
+}
+
+
+def _check_format(fmt):
+  if fmt not in BOX_FORMATS:
+    raise ValueError(f"box format must be one of {BOX_FORMATS}, got {fmt!r}")
+
+
+def clip_boxes(boxes, bounds, fmt: BoxFormat):
+  """Clips boxes to ``bounds = (x_min, y_min, x_max, y_max)`` (inclusive).
+
+  Reproduces ``box_utils.clip_boxes`` (reference §3.4): the boxes go to
+  x1y1x2y2, then ``x1 in [x_min, x_max-1]``, ``y1 in [y_min, y_max-1]``,
+  ``x2 in [x_min+1, x_max]``, ``y2 in [y_min+1, y_max]``; ``valid`` is
+  ``x2 > x1 and y2 > y1`` *after* clamping; then back to ``fmt``.
+
+  Quirks kept (§14 item 2): for ``'xcycwh'`` every box loses one pixel of width
+  and height even when nothing is clipped, and a box entirely outside the
+  bounds becomes a one-pixel sliver on the border and is still valid; only
+  degenerate boxes are invalid. The original's unit test expects ``xc - w/2``
+  corners and "outside => invalid"; this follows the released code instead.
+
+  Args:
+    boxes: ``(..., 4)`` boxes in ``fmt``.
+    bounds: ``(x_min, y_min, x_max, y_max)``, scalars or arrays broadcastable
+      to ``boxes.shape[:-1]``.
+    fmt: ``'xcycwh' | 'x1y1x2y2' | 'xywh'``.
+
+  Returns:
+    ``(clipped, valid)``: ``(..., 4)`` float32 in ``fmt`` and ``(...)`` bool.
+  """
+  _check_format(fmt)
+  x_min, y_min, x_max, y_max = bounds
+  x1, y1, x2, y2 = _split(_TO_X1Y1X2Y2[fmt](boxes))
+  x1 = jnp.clip(x1, x_min, x_max - 1)
+  y1 = jnp.clip(y1, y_min, y_max - 1)
+  x2 = jnp.clip(x2, x_min + 1, x_max)
+  y2 = jnp.clip(y2, y_min + 1, y_max)
+  valid = (x2 > x1) & (y2 > y1)
+  return _FROM_X1Y1X2Y2[fmt](_stack(x1, y1, x2, y2)), valid
+
+
+def _continuous_corners(boxes):
+  xc, yc, w, h = _split(boxes)
+  return _stack(xc - w / 2, yc - h / 2, xc + w / 2, yc + h / 2)
+
+
+def box_iou(boxes1, boxes2, *, clean=False):
+  """Pairwise IoU of xcycwh boxes with the released ``BoxIoU`` semantics.
+
+  Corners use the ``(w-1)/2`` rule, the intersection has no +1 and the areas
+  are ``w * h`` (reference §3.4, §14 item 1), so two identical 100x100 boxes
+  have IoU 0.961, not 1. Used by the box sampler. ``clean=True`` gives the
+  continuous IoU (corners ``xc ± w/2``) that the original's unit test expects.
+
+  Args:
+    boxes1: ``(..., N, 4)`` xcycwh.
+    boxes2: ``(..., M, 4)`` xcycwh.
+    clean: use continuous corners instead of the released ``(w-1)/2`` rule.
+
+  Returns:
+    ``(..., N, M)`` float32.
+  """
+  boxes1 = jnp.asarray(boxes1, jnp.float32)
+  boxes2 = jnp.asarray(boxes2, jnp.float32)
+  corners = _continuous_corners if clean else xcycwh_to_x1y1x2y2
+  b1 = corners(boxes1)[..., :, None, :]
+  b2 = corners(boxes2)[..., None, :, :]
+  iw = jnp.maximum(jnp.minimum(b1[..., 2], b2[..., 2]) - jnp.maximum(b1[..., 0], b2[..., 0]), 0)
+  ih = jnp.maximum(jnp.minimum(b1[..., 3], b2[..., 3]) - jnp.maximum(b1[..., 1], b2[..., 1]), 0)
+  inter = iw * ih
+  area1 = (boxes1[..., 2] * boxes1[..., 3])[..., :, None]
+  area2 = (boxes2[..., 2] * boxes2[..., 3])[..., None, :]
+  return inter / (area1 + area2 - inter)
+
+
+def box_iou_x1y1x2y2(boxes1, boxes2):
+  """Pairwise IoU of x1y1x2y2 boxes, inclusive pixel convention.
+
+  ``area = (x2-x1+1)(y2-y1+1)``, ``inter = max(0, min x2 - max x1 + 1) * (same
+  for y)`` — the convention of the original's NMS and evaluation (§3.4, §9).
+
+  Args:
+    boxes1: ``(..., N, 4)`` x1y1x2y2.
+    boxes2: ``(..., M, 4)`` x1y1x2y2.
+
+  Returns:
+    ``(..., N, M)`` float32.
+  """
+  b1 = jnp.asarray(boxes1, jnp.float32)[..., :, None, :]
+  b2 = jnp.asarray(boxes2, jnp.float32)[..., None, :, :]
+  iw = jnp.maximum(jnp.minimum(b1[..., 2], b2[..., 2]) - jnp.maximum(b1[..., 0], b2[..., 0]) + 1, 0)
+  ih = jnp.maximum(jnp.minimum(b1[..., 3], b2[..., 3]) - jnp.maximum(b1[..., 1], b2[..., 1]) + 1, 0)
+  inter = iw * ih
+  area1 = (b1[..., 2] - b1[..., 0] + 1) * (b1[..., 3] - b1[..., 1] + 1)
+  area2 = (b2[..., 2] - b2[..., 0] + 1) * (b2[..., 3] - b2[..., 1] + 1)
+  return inter / (area1 + area2 - inter)
+
+
+def apply_box_transform(boxes, deltas):
+  """Applies R-CNN deltas to xcycwh boxes (``ApplyBoxTransform``, §3.3).
+
+  ``x = xa + tx*wa, y = ya + ty*ha, w = wa*exp(tw), h = ha*exp(th)``.
+  Differentiable in both arguments.
+
+  Args:
+    boxes: ``(..., 4)`` xcycwh (anchors or RoI boxes).
+    deltas: ``(..., 4)`` ``(tx, ty, tw, th)``.
+
+  Returns:
+    ``(..., 4)`` xcycwh.
+  """
+  xa, ya, wa, ha = _split(boxes)
+  tx, ty, tw, th = _split(deltas)
+  return _stack(xa + tx * wa, ya + ty * ha, wa * jnp.exp(tw), ha * jnp.exp(th))
+
+
+def invert_box_transform(anchors, targets):
+  """Deltas that take ``anchors`` to ``targets`` (``InvertBoxTransform``, §3.3).
+
+  ``tx = (xt-xa)/wa, ty = (yt-ya)/ha, tw = log(wt/wa), th = log(ht/ha)``.
+
+  Args:
+    anchors: ``(..., 4)`` xcycwh.
+    targets: ``(..., 4)`` xcycwh.
+
+  Returns:
+    ``(..., 4)`` ``(tx, ty, tw, th)``.
+  """
+  xa, ya, wa, ha = _split(anchors)
+  xt, yt, wt, ht = _split(targets)
+  return _stack((xt - xa) / wa, (yt - ya) / ha, jnp.log(wt / wa), jnp.log(ht / ha))

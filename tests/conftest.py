@@ -1,0 +1,41 @@
+"""Test set-up: eight host CPU devices so multi-device code runs on any machine."""
+
+import contextlib
+import logging
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # pylint: disable=g-import-not-at-top
+import pytest  # pylint: disable=g-import-not-at-top
+
+
+class _CompileRecorder(logging.Handler):
+
+  def __init__(self):
+    super().__init__()
+    self.names = []
+
+  def emit(self, record):
+    message = record.getMessage()
+    if message.startswith("Compiling "):
+      self.names.append(message.split(" ")[1])
+
+
+@contextlib.contextmanager
+def _record_compiles():
+  recorder = _CompileRecorder()
+  logger = logging.getLogger("jax")
+  logger.addHandler(recorder)
+  try:
+    with jax.log_compiles():
+      yield recorder.names
+  finally:
+    logger.removeHandler(recorder)
+
+
+@pytest.fixture
+def record_compiles():
+  """``with record_compiles() as names:`` lists the programs compiled inside, e.g. ``jit(nms)``."""
+  return _record_compiles
