@@ -1,0 +1,111 @@
+"""Model checkpoints: orbax parameters with the config and vocabulary beside them.
+
+A model directory holds everything predict, eval and fine-tuning need::
+
+  MODEL_DIR/
+    params/        orbax StandardCheckpointer tree of the Flax params
+    config.json    the model ConfigDict (ml_collections JSON)
+    vocab.json     {"idx_to_token": {"1": "a", ...}} (1-based ids, as the
+                   original's VG-regions-dicts.json)
+
+Writes are atomic: the directory is built under a temporary name beside the
+target and renamed into place, so a crash never leaves a half-written model
+and an existing directory is never overwritten unless asked.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+PARAMS = "params"
+CONFIG = "config.json"
+VOCAB = "vocab.json"
+
+
+def save_model(directory, params, config, idx_to_token, *, overwrite=False):
+  """Writes ``params``, ``config`` and the vocabulary to ``directory`` atomically.
+
+  Args:
+    directory: target model directory; must not exist unless ``overwrite``.
+    params: Flax params pytree.
+    config: ``ml_collections.ConfigDict`` of the model.
+    idx_to_token: ``{int id: token}`` with 1-based ids, or a list whose entry
+      ``i`` is the token of id ``i + 1``.
+    overwrite: replace an existing model directory (the old one is removed only
+      after the new one is complete).
+
+  Raises:
+    FileExistsError: ``directory`` exists and ``overwrite`` is False.
+  """
+  directory = os.path.abspath(directory)
+  if os.path.exists(directory) and not overwrite:
+    raise FileExistsError(f"{directory} exists; pass overwrite=True to replace it")
+  parent = os.path.dirname(directory)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.", dir=parent)
+  try:
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.join(tmp, PARAMS), jax.device_get(params))
+    checkpointer.wait_until_finished()
+    with open(os.path.join(tmp, CONFIG), "w") as f:
+      f.write(config.to_json(indent=2))
+    with open(os.path.join(tmp, VOCAB), "w") as f:
+      json.dump({"idx_to_token": _vocab_dict(idx_to_token)}, f)
+    if os.path.exists(directory):
+      old = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.old.", dir=parent)
+      os.rmdir(old)
+      os.replace(directory, old)
+      os.replace(tmp, directory)
+      shutil.rmtree(old)
+    else:
+      os.replace(tmp, directory)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def load_model(directory):
+  """Reads a model directory written by :func:`save_model`.
+
+  Returns:
+    ``(params, config, idx_to_token)``: params as a pytree of NumPy arrays,
+    the ``ConfigDict``, and ``{int id: token}`` with 1-based ids.
+
+  Raises:
+    FileNotFoundError: with a one-line message naming what is missing.
+  """
+  directory = os.path.abspath(directory)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"model directory not found: {directory}")
+  for name in (PARAMS, CONFIG, VOCAB):
+    if not os.path.exists(os.path.join(directory, name)):
+      raise FileNotFoundError(f"{directory} is not a densecap_jax model: {name} is missing")
+  params = ocp.StandardCheckpointer().restore(os.path.join(directory, PARAMS))
+  params = jax.tree.map(np.asarray, params)
+  with open(os.path.join(directory, CONFIG)) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  idx_to_token = load_vocab(os.path.join(directory, VOCAB))
+  return params, config, idx_to_token
+
+
+def load_vocab(path):
+  """``{int id: token}`` from a JSON file with an ``idx_to_token`` object (1-based ids)."""
+  with open(path) as f:
+    data = json.load(f)
+  if "idx_to_token" not in data:
+    raise ValueError(f"{path}: no 'idx_to_token' field")
+  return {int(k): v for k, v in data["idx_to_token"].items()}
+
+
+def _vocab_dict(idx_to_token):
+  if isinstance(idx_to_token, dict):
+    items = idx_to_token.items()
+  else:
+    items = enumerate(idx_to_token, start=1)
+  return {str(int(k)): str(v) for k, v in items}
