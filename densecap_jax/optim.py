@@ -1,0 +1,125 @@
+"""The original's optimiser in optax (reference §7.1, §14 item 10).
+
+* Adam with Torch-optim's epsilon placement: ``eps`` is added to the
+  uncorrected ``sqrt(v)`` and the bias correction folds into the step size,
+  ``step = lr * sqrt(1 - b2^t) / (1 - b1^t)``; optax's ``adam`` adds ``eps``
+  to the corrected root instead.
+* Weight decay is added to the gradients (``g += wd * param``) before Adam.
+* Two parameter groups with separate Adam state and the same learning rate:
+  the CNN (conv3_1 … conv5_3) and everything else (RPN, recognition, LM).
+  conv1_1 … conv2_2 never change.
+* The CNN group steps only from iteration ``finetune_cnn_after`` on (−1 =
+  never); its Adam count starts there.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+FROZEN_LAYERS = ("conv1_1", "conv1_2", "conv2_1", "conv2_2")
+CNN_LAYERS = ("conv3_1", "conv3_2", "conv3_3", "conv4_1", "conv4_2", "conv4_3",
+              "conv5_1", "conv5_2", "conv5_3")
+
+
+class TorchAdamState(NamedTuple):
+  count: jax.Array
+  mu: optax.Updates
+  nu: optax.Updates
+
+
+def torch_adam(learning_rate, b1=0.9, b2=0.999, eps=1e-8):
+  """Adam as ``optim_updates.adam`` computes it.
+
+  ``m = b1 m + (1-b1) g``, ``v = b2 v + (1-b2) g²``, ``t += 1``,
+  ``update = -lr·sqrt(1-b2^t)/(1-b1^t) · m / (sqrt(v) + eps)``.
+
+  Args:
+    learning_rate: a float or an optax schedule of the step count (0-based).
+    b1, b2, eps: Adam's constants.
+  """
+
+  def init_fn(params):
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    return TorchAdamState(count=jnp.zeros([], jnp.int32), mu=zeros, nu=zeros)
+
+  def update_fn(updates, state, params=None):
+    del params
+    mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, updates)
+    nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, updates)
+    count = state.count + 1
+    lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+    t = count.astype(jnp.float32)
+    step = lr * jnp.sqrt(1 - b2**t) / (1 - b1**t)
+    updates = jax.tree.map(lambda m, v: -step * m / (jnp.sqrt(v) + eps), mu, nu)
+    return updates, TorchAdamState(count=count, mu=mu, nu=nu)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+class StartingAtState(NamedTuple):
+  count: jax.Array
+  inner: optax.OptState
+
+
+def starting_at(inner, start_step):
+  """Applies ``inner`` from the ``start_step``-th update on; zero updates before.
+
+  Before ``start_step`` the inner state is left untouched, so an Adam inside
+  starts its own count at ``start_step``.
+  """
+
+  def init_fn(params):
+    return StartingAtState(count=jnp.zeros([], jnp.int32), inner=inner.init(params))
+
+  def update_fn(updates, state, params=None):
+
+    def run(_):
+      return inner.update(updates, state.inner, params)
+
+    def skip(_):
+      return jax.tree.map(jnp.zeros_like, updates), state.inner
+
+    new_updates, new_inner = jax.lax.cond(state.count >= start_step, run, skip, None)
+    return new_updates, StartingAtState(count=state.count + 1, inner=new_inner)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def param_group(path):
+  """``'frozen'``, ``'cnn'`` or ``'rest'`` for a parameter's key path."""
+  names = {getattr(k, "key", getattr(k, "name", None)) for k in path}
+  if names & set(FROZEN_LAYERS):
+    return "frozen"
+  if names & set(CNN_LAYERS):
+    return "cnn"
+  return "rest"
+
+
+def param_groups(params):
+  """The pytree of group labels of ``params`` (see :func:`param_group`)."""
+  return jax.tree_util.tree_map_with_path(lambda path, _: param_group(path), params)
+
+
+def make_optimizer(learning_rate, *, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-6,
+                   finetune_cnn_after=-1):
+  """The original's optimiser over DenseCap params (module docstring).
+
+  Args:
+    learning_rate: float or optax schedule, shared by both groups.
+    b1, b2, eps: Adam constants (Torch epsilon placement).
+    weight_decay: ``g += weight_decay * param`` for every trained parameter.
+    finetune_cnn_after: first iteration at which the CNN group steps; −1 never.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+  """
+
+  def group():
+    return optax.chain(optax.add_decayed_weights(weight_decay),
+                       torch_adam(learning_rate, b1, b2, eps))
+
+  cnn = optax.set_to_zero() if finetune_cnn_after < 0 else starting_at(group(), finetune_cnn_after)
+  return optax.multi_transform({"rest": group(), "cnn": cnn, "frozen": optax.set_to_zero()},
+                               param_groups)
