@@ -1,0 +1,289 @@
+"""Data-parallel training: the pmapped step, orbax checkpoints with exact resume, logging.
+
+The step is one pure function ``train_step(state, batch, base_rng)`` that is
+pmapped in one place (:func:`pmap_train_step`); gradients, loss and metrics
+are averaged over devices with ``lax.pmean``. Each device draws its randomness
+from ``fold_in(fold_in(base_rng, step), device)``, and the data order is a
+function of the step, so a run resumed from a checkpoint repeats exactly what
+an uninterrupted run does.
+"""
+
+import json
+import os
+import signal
+import tempfile
+import time
+from typing import Any, Callable, Iterator
+
+import flax
+import flax.jax_utils
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from tqdm import tqdm
+
+AXIS = "batch"
+
+
+class TrainState(flax.struct.PyTreeNode):
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def init_train_state(params, tx):
+  """A step-0 ``TrainState`` for ``params`` and the optax transformation ``tx``."""
+  return TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def _all_finite(tree):
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def make_train_step(loss_fn, tx, axis_name=AXIS):
+  """The per-device training step.
+
+  Args:
+    loss_fn: ``(params, batch, rng) -> (loss, metrics dict)`` on one device's batch.
+    tx: the optax transformation.
+    axis_name: the device axis the step is mapped over.
+
+  Returns:
+    ``train_step(state, batch, base_rng) -> (state, metrics)``. A non-finite
+    loss or gradient leaves params and optimiser state unchanged (the step
+    count still advances) and is reported as ``metrics['finite'] = False``.
+  """
+
+  def train_step(state, batch, base_rng):
+    rng = jax.random.fold_in(jax.random.fold_in(base_rng, state.step),
+                             jax.lax.axis_index(axis_name))
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
+    grads, loss, metrics = jax.lax.pmean((grads, loss, metrics), axis_name)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & _all_finite(grads)
+
+    def keep_if_finite(new, old):
+      return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+    new_state = TrainState(step=state.step + 1,
+                           params=keep_if_finite(params, state.params),
+                           opt_state=keep_if_finite(opt_state, state.opt_state))
+    return new_state, dict(metrics, loss=loss, finite=finite)
+
+  return train_step
+
+
+def pmap_train_step(train_step, axis_name=AXIS):
+  """``train_step`` mapped over the local devices: state and batch carry a leading device axis."""
+  return jax.pmap(train_step, axis_name=axis_name, in_axes=(0, 0, None), donate_argnums=(0,))
+
+
+def unreplicate(tree):
+  """The first device's copy of a pmapped pytree, on the host."""
+  return jax.device_get(jax.tree.map(lambda x: x[0], tree))
+
+
+class Checkpoints:
+  """Full training state every N steps with orbax, keeping the last ``max_to_keep``.
+
+  orbax writes each step into a temporary directory and renames it when
+  complete, so a killed run leaves the previous checkpoints intact.
+  """
+
+  def __init__(self, directory, max_to_keep=3):
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                           enable_async_checkpointing=False)
+    self._manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+  def save(self, state, meta):
+    """Saves a host (unreplicated) ``state`` and a JSON-able ``meta`` dict at ``state.step``."""
+    step = int(state.step)
+    if step in self._manager.all_steps():
+      return
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(jax.device_get(state)), meta=ocp.args.JsonSave(meta)))
+    self._manager.wait_until_finished()
+
+  def latest_step(self):
+    return self._manager.latest_step()
+
+  def restore_latest(self, template):
+    """``(state, meta)`` of the newest checkpoint with ``template``'s structure, or None."""
+    step = self._manager.latest_step()
+    if step is None:
+      return None
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, jax.device_get(template))
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    return restored.state, restored.meta
+
+  def close(self):
+    self._manager.close()
+
+
+class MetricsWriter:
+  """Scalars to ``metrics.jsonl`` (one JSON object a line) and TensorBoard event files."""
+
+  def __init__(self, workdir, *, tensorboard=True):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = None
+    if tensorboard:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def truncate_after(self, step):
+    """Drops lines logged after ``step`` (from a run that died before its next checkpoint)."""
+    if not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      lines = [l for l in f if l.strip() and json.loads(l)["step"] <= step]
+    _write_atomic(self.path, "".join(lines))
+
+  def write(self, step, scalars):
+    scalars = {k: float(v) for k, v in scalars.items()}
+    with open(self.path, "a") as f:
+      f.write(json.dumps({"step": int(step), **scalars}) + "\n")
+    if self._tb is not None:
+      for k, v in scalars.items():
+        self._tb.add_scalar(k, v, int(step))
+      self._tb.flush()
+
+  def close(self):
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _write_atomic(path, text):
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp.")
+  with os.fdopen(fd, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+class StopRequest:
+  """Turns SIGTERM and SIGINT into a flag the loop checks after each step."""
+
+  def __init__(self):
+    self.signal = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+class NonFiniteLossError(RuntimeError):
+  pass
+
+
+def train_loop(*, state, step_fn: Callable, batches: Iterator, base_rng, num_steps: int,
+               checkpoints: Checkpoints, checkpoint_every: int, writer: MetricsWriter,
+               log_every: int = 10, eval_fn: Callable | None = None, eval_every: int = 0,
+               on_eval: Callable | None = None, max_nonfinite_steps: int = 10,
+               explode_factor: float = 0.0, meta: dict | None = None, progress: bool = True):
+  """Runs the pmapped ``step_fn`` from ``state.step`` to ``num_steps``.
+
+  Args:
+    state: host ``TrainState`` (unreplicated), at the step to start from.
+    step_fn: the pmapped step (:func:`pmap_train_step`).
+    batches: yields batches with a leading local-device axis, starting at
+      ``state.step`` (the loader's ``start_step``).
+    base_rng: the run's base PRNG key.
+    num_steps: total number of steps of the run.
+    checkpoints: where the state goes every ``checkpoint_every`` steps, at the
+      end, and when a SIGTERM/SIGINT arrives.
+    checkpoint_every: steps between checkpoints.
+    writer: metrics sink; training scalars averaged over ``log_every`` steps.
+    eval_fn: ``params -> dict of scalars`` run every ``eval_every`` steps and
+      at the end; ``on_eval(step, params, results)`` sees each result.
+    max_nonfinite_steps: abort after this many non-finite steps in a row.
+    explode_factor: if > 0, stop when the loss exceeds this times the first
+      step's loss (the original's "exploding" check, factor 100).
+    meta: extra JSON-able fields stored with each checkpoint.
+    progress: show a progress bar.
+
+  Returns:
+    ``(state, reason)``: the host state and why the loop ended
+    (``'done'``, ``'exploded'`` or the signal name).
+  """
+  meta = dict(meta or {})
+  start = int(state.step)
+  replicated = flax.jax_utils.replicate(state)
+  nonfinite, first_loss, sums, count = 0, None, {}, 0
+  reason = "done"
+  bar = tqdm(total=num_steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True)
+  last_time = time.perf_counter()
+
+  def host_state():
+    return unreplicate(replicated)
+
+  def save():
+    checkpoints.save(host_state(), meta)
+
+  with StopRequest() as stop:
+    step = start
+    while step < num_steps:
+      batch = next(batches)
+      replicated, metrics = step_fn(replicated, batch, base_rng)
+      step += 1
+      metrics = jax.device_get(jax.tree.map(lambda x: x[0], metrics))
+      loss = float(metrics["loss"])
+      if not bool(metrics["finite"]):
+        nonfinite += 1
+        tqdm.write(f"step {step}: non-finite loss ({loss}); update skipped "
+                   f"({nonfinite} in a row)")
+        writer.write(step, {"nonfinite_step": 1.0})
+        if nonfinite >= max_nonfinite_steps:
+          raise NonFiniteLossError(
+              f"{nonfinite} non-finite steps in a row up to step {step}; stopping")
+      else:
+        nonfinite = 0
+        first_loss = loss if first_loss is None else first_loss
+        for k, v in metrics.items():
+          if k != "finite":
+            sums[k] = sums.get(k, 0.0) + float(v)
+        count += 1
+      bar.update(1)
+      if count and (step % log_every == 0 or step == num_steps):
+        now = time.perf_counter()
+        scalars = {k: v / count for k, v in sums.items()}
+        scalars["steps_per_sec"] = count / max(now - last_time, 1e-9)
+        writer.write(step, scalars)
+        bar.set_postfix(loss=f"{scalars['loss']:.4g}")
+        sums, count, last_time = {}, 0, now
+      if eval_fn is not None and eval_every and (step % eval_every == 0 or step == num_steps):
+        params = host_state().params
+        results = eval_fn(params)
+        writer.write(step, results)
+        tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
+        if on_eval is not None:
+          on_eval(step, params, results)
+      if step % checkpoint_every == 0 or step == num_steps:
+        save()
+      if explode_factor > 0 and first_loss is not None and loss > explode_factor * first_loss:
+        tqdm.write(f"step {step}: loss {loss:.4g} > {explode_factor} x first loss "
+                   f"{first_loss:.4g}; stopping")
+        reason = "exploded"
+        save()
+        break
+      if stop.signal is not None:
+        reason = stop.signal
+        save()
+        tqdm.write(f"{stop.signal} received: checkpoint saved at step {step}")
+        break
+  bar.close()
+  return host_state(), reason
+

@@ -1,0 +1,155 @@
+"""Tests for densecap_jax.training on a toy regression (tests/toy_training.py)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import flax.jax_utils
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from densecap_jax import training
+import toy_training as toy
+
+HERE = os.path.dirname(__file__)
+
+
+def _deterministic_loss(params, batch, rng):
+  del rng
+  pred = batch["x"] @ params["w"] + params["b"]
+  return jnp.mean((pred - batch["y"])**2), {}
+
+
+def _one_step(num_devices, batch):
+  tx = optax.sgd(0.1)
+  state = training.init_train_state(toy.init_params(), tx)
+  step_fn = jax.pmap(training.make_train_step(_deterministic_loss, tx), axis_name=training.AXIS,
+                     in_axes=(0, 0, None), devices=jax.local_devices()[:num_devices])
+  replicated = flax.jax_utils.replicate(state, devices=jax.local_devices()[:num_devices])
+  new, metrics = step_fn(replicated, batch, jax.random.key(0))
+  return training.unreplicate(new), jax.device_get(metrics)
+
+
+def test_pmap_step_equals_single_device_step_on_global_batch():
+  assert jax.local_device_count() == 8
+  batch = toy.batch_at(0, 8)  # (8 devices, 2, DIM): a global batch of 16
+  eight, m8 = _one_step(8, batch)
+  single = jax.tree.map(lambda x: x.reshape((1, -1) + x.shape[2:]), batch)
+  one, m1 = _one_step(1, single)
+  np.testing.assert_allclose(eight.params["w"], one.params["w"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(eight.params["b"], one.params["b"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(m8["loss"][0], m1["loss"][0], rtol=1e-5)
+  # And both equal plain gradient descent on the global batch.
+  x, y = single["x"][0], single["y"][0]
+  grad_w = 2 * x.T @ (x @ np.zeros(toy.DIM) - y) / len(y)
+  np.testing.assert_allclose(one.params["w"], -0.1 * grad_w, rtol=1e-5)
+
+
+def test_nonfinite_step_skips_update():
+  batch = toy.batch_at(0, 1)
+  batch["y"][0, 0] = np.nan
+  before = toy.init_params()
+  after, metrics = _one_step(1, batch)
+  assert not bool(metrics["finite"][0])
+  np.testing.assert_array_equal(after.params["w"], before["w"])
+  assert int(after.step) == 1
+
+
+def test_nonfinite_steps_abort(tmp_path):
+  tx = optax.sgd(0.1)
+  state = training.init_train_state(toy.init_params(), tx)
+
+  def nan_batches():
+    while True:
+      b = toy.batch_at(0, jax.local_device_count())
+      b["y"][:] = np.nan
+      yield b
+
+  with pytest.raises(training.NonFiniteLossError, match="3 non-finite steps in a row"):
+    training.train_loop(
+        state=state, step_fn=training.pmap_train_step(training.make_train_step(toy.loss_fn, tx)),
+        batches=nan_batches(), base_rng=jax.random.key(0), num_steps=10,
+        checkpoints=training.Checkpoints(tmp_path / "ck"), checkpoint_every=100,
+        writer=training.MetricsWriter(str(tmp_path), tensorboard=False), max_nonfinite_steps=3,
+        progress=False)
+
+
+def test_resume_is_bit_identical(tmp_path):
+  full, reason = toy.run(str(tmp_path / "full"), 6)
+  assert reason == "done"
+  toy.run(str(tmp_path / "split"), 3, checkpoint_every=3)
+  resumed, _ = toy.run(str(tmp_path / "split"), 6, checkpoint_every=3)
+  assert int(resumed.step) == 6
+  np.testing.assert_array_equal(resumed.params["w"], full.params["w"])
+  np.testing.assert_array_equal(resumed.params["b"], full.params["b"])
+  # The log has one line per step, none repeated.
+  with open(tmp_path / "split" / "metrics.jsonl") as f:
+    steps = [json.loads(l)["step"] for l in f]
+  assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def _spawn(workdir, steps, delay):
+  env = dict(os.environ, PYTHONPATH=HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env.pop("XLA_FLAGS", None)
+  return subprocess.Popen([sys.executable, os.path.join(HERE, "toy_training.py"), str(workdir),
+                           str(steps), str(delay)], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_checkpoint(workdir, proc, timeout=120):
+  deadline = time.time() + timeout
+  ck = os.path.join(workdir, "checkpoints")
+  while time.time() < deadline:
+    if os.path.isdir(ck) and any(d.isdigit() and int(d) >= 4 for d in os.listdir(ck)):
+      return
+    if proc.poll() is not None:
+      raise AssertionError(proc.stdout.read())
+    time.sleep(0.05)
+  raise AssertionError("no checkpoint appeared")
+
+
+@pytest.mark.slow
+def test_kill_and_resume_matches_uninterrupted(tmp_path):
+  steps = 12
+  reference = _spawn(tmp_path / "ref", steps, 0.0)
+  assert reference.wait(timeout=300) == 0, reference.stdout.read()
+  victim = _spawn(tmp_path / "run", steps, 0.2)
+  _wait_for_checkpoint(tmp_path / "run", victim)
+  victim.send_signal(signal.SIGKILL)
+  victim.wait()
+  assert not os.path.exists(tmp_path / "run" / "final.npy")
+  resumed = _spawn(tmp_path / "run", steps, 0.0)
+  out = resumed.communicate(timeout=300)[0]
+  assert resumed.returncode == 0, out
+  np.testing.assert_array_equal(np.load(tmp_path / "run" / "final.npy"),
+                                np.load(tmp_path / "ref" / "final.npy"))
+
+
+@pytest.mark.slow
+def test_sigterm_writes_checkpoint_and_exits_cleanly(tmp_path):
+  proc = _spawn(tmp_path, 1000, 0.2)
+  _wait_for_checkpoint(tmp_path, proc)
+  proc.send_signal(signal.SIGTERM)
+  out = proc.communicate(timeout=120)[0]
+  assert proc.returncode == 0, out
+  assert "stopped: SIGTERM" in out
+  stopped_at = int(out.rsplit("at step", 1)[1])
+  checkpoints = [int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()]
+  assert max(checkpoints) == stopped_at
+
+
+def test_metrics_writer_jsonl_and_tensorboard(tmp_path):
+  writer = training.MetricsWriter(str(tmp_path))
+  writer.write(1, {"loss": 2.0})
+  writer.write(2, {"loss": np.float32(1.5)})
+  writer.truncate_after(1)
+  writer.close()
+  with open(tmp_path / "metrics.jsonl") as f:
+    assert [json.loads(l) for l in f] == [{"step": 1, "loss": 2.0}]
+  assert any(n.startswith("events.out.tfevents") for n in os.listdir(tmp_path / "tensorboard"))
