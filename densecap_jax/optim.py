@@ -8,6 +8,7 @@
 * Two parameter groups with separate Adam state and the same learning rate:
   the CNN (conv3_1 … conv5_3) and everything else (RPN, recognition, LM).
   conv1_1 … conv2_2 never change.
+* ``frozen_blocks`` sets how many VGG blocks never change (2 by default).
 * The CNN group steps only from iteration ``finetune_cnn_after`` on (−1 =
   never); its Adam count starts there.
 """
@@ -18,10 +19,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-FROZEN_LAYERS = ("conv1_1", "conv1_2", "conv2_1", "conv2_2")
-CNN_LAYERS = ("conv3_1", "conv3_2", "conv3_3", "conv4_1", "conv4_2", "conv4_3",
-              "conv5_1", "conv5_2", "conv5_3")
-
+VGG16_BLOCKS = (("conv1_1", "conv1_2"), ("conv2_1", "conv2_2"),
+                ("conv3_1", "conv3_2", "conv3_3"), ("conv4_1", "conv4_2", "conv4_3"),
+                ("conv5_1", "conv5_2", "conv5_3"))
 
 class TorchAdamState(NamedTuple):
   count: jax.Array
@@ -87,23 +87,26 @@ def starting_at(inner, start_step):
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def param_group(path):
-  """``'frozen'``, ``'cnn'`` or ``'rest'`` for a parameter's key path."""
+def param_group(path, frozen_blocks=2):
+  """``'frozen'``, ``'cnn'`` or ``'rest'`` for a parameter's key path.
+
+  The convs of the first ``frozen_blocks`` VGG blocks are frozen (the original:
+  2, conv1_1 … conv2_2), the other convs are the CNN group.
+  """
   names = {getattr(k, "key", getattr(k, "name", None)) for k in path}
-  if names & set(FROZEN_LAYERS):
-    return "frozen"
-  if names & set(CNN_LAYERS):
-    return "cnn"
+  for block, layers in enumerate(VGG16_BLOCKS):
+    if names & set(layers):
+      return "frozen" if block < frozen_blocks else "cnn"
   return "rest"
 
 
-def param_groups(params):
+def param_groups(params, frozen_blocks=2):
   """The pytree of group labels of ``params`` (see :func:`param_group`)."""
-  return jax.tree_util.tree_map_with_path(lambda path, _: param_group(path), params)
+  return jax.tree_util.tree_map_with_path(lambda path, _: param_group(path, frozen_blocks), params)
 
 
 def make_optimizer(learning_rate, *, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-6,
-                   finetune_cnn_after=-1):
+                   finetune_cnn_after=-1, frozen_blocks=2):
   """The original's optimiser over DenseCap params (module docstring).
 
   Args:
@@ -111,6 +114,7 @@ def make_optimizer(learning_rate, *, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e
     b1, b2, eps: Adam constants (Torch epsilon placement).
     weight_decay: ``g += weight_decay * param`` for every trained parameter.
     finetune_cnn_after: first iteration at which the CNN group steps; −1 never.
+    frozen_blocks: VGG blocks whose convs never change (the original: 2).
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -122,4 +126,4 @@ def make_optimizer(learning_rate, *, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e
 
   cnn = optax.set_to_zero() if finetune_cnn_after < 0 else starting_at(group(), finetune_cnn_after)
   return optax.multi_transform({"rest": group(), "cnn": cnn, "frozen": optax.set_to_zero()},
-                               param_groups)
+                               lambda params: param_groups(params, frozen_blocks))

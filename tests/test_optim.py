@@ -64,6 +64,8 @@ def test_param_groups():
   assert labels["conv3_1"]["kernel"] == labels["conv5_3"]["bias"] == "cnn"
   assert labels["rpn_conv"]["kernel"] == labels["fc6"]["kernel"] == "rest"
   assert labels["lm"]["lstm"]["kernel"] == "rest"
+  labels = optim.param_groups(params, frozen_blocks=0)["params"]
+  assert labels["conv1_1"]["kernel"] == labels["conv5_3"]["bias"] == "cnn"
 
 
 def _model_like():
