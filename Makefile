@@ -22,6 +22,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/ops.py
+	$(PY) benchmarks/evaluation.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
