@@ -5,8 +5,8 @@ A model directory holds everything predict, eval and fine-tuning need::
   MODEL_DIR/
     params/        orbax StandardCheckpointer tree of the Flax params
     config.json    the model ConfigDict (ml_collections JSON)
-    vocab.json     {"idx_to_token": {"1": "a", ...}} (1-based ids, as the
-                   original's VG-regions-dicts.json)
+    vocab.json     {"idx_to_token": {"1": "a", ...}, "token_to_idx": {...}}
+                   (1-based ids, as the original's VG-regions-dicts.json)
 
 Writes are atomic: the directory is built under a temporary name beside the
 target and renamed into place, so a crash never leaves a half-written model
@@ -23,20 +23,22 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from densecap_jax.data import vocab as vocab_lib
+
 PARAMS = "params"
 CONFIG = "config.json"
 VOCAB = "vocab.json"
 
 
-def save_model(directory, params, config, idx_to_token, *, overwrite=False):
+def save_model(directory, params, config, vocab, *, overwrite=False):
   """Writes ``params``, ``config`` and the vocabulary to ``directory`` atomically.
 
   Args:
     directory: target model directory; must not exist unless ``overwrite``.
     params: Flax params pytree.
     config: ``ml_collections.ConfigDict`` of the model.
-    idx_to_token: ``{int id: token}`` with 1-based ids, or a list whose entry
-      ``i`` is the token of id ``i + 1``.
+    vocab: the vocabulary as ``data.vocab.load_vocab`` gives it: ``vocab[i]``
+      is the token of id ``i`` for ``i = 1..V``, ``vocab[0]`` is unused.
     overwrite: replace an existing model directory (the old one is removed only
       after the new one is complete).
 
@@ -55,8 +57,9 @@ def save_model(directory, params, config, idx_to_token, *, overwrite=False):
     checkpointer.wait_until_finished()
     with open(os.path.join(tmp, CONFIG), "w") as f:
       f.write(config.to_json(indent=2))
+    token_to_idx, idx_to_token = vocab_lib.vocab_dicts(vocab[1:])
     with open(os.path.join(tmp, VOCAB), "w") as f:
-      json.dump({"idx_to_token": _vocab_dict(idx_to_token)}, f)
+      json.dump({"idx_to_token": idx_to_token, "token_to_idx": token_to_idx}, f)
     if os.path.exists(directory):
       old = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.old.", dir=parent)
       os.rmdir(old)
@@ -70,17 +73,27 @@ def save_model(directory, params, config, idx_to_token, *, overwrite=False):
     raise
 
 
+def resolve_model_dir(directory):
+  """The model directory for ``directory``: itself, or a training directory's ``best/``, else ``last/``."""
+  directory = os.path.abspath(directory)
+  if not os.path.exists(os.path.join(directory, PARAMS)):
+    for name in ("best", "last"):
+      if os.path.exists(os.path.join(directory, name, PARAMS)):
+        return os.path.join(directory, name)
+  return directory
+
+
 def load_model(directory):
-  """Reads a model directory written by :func:`save_model`.
+  """Reads a model directory written by :func:`save_model` (or a training directory's best/last).
 
   Returns:
-    ``(params, config, idx_to_token)``: params as a pytree of NumPy arrays,
-    the ``ConfigDict``, and ``{int id: token}`` with 1-based ids.
+    ``(params, config, vocab)``: params as a pytree of NumPy arrays, the
+    ``ConfigDict``, and the vocabulary list (``vocab[i]`` = token of id ``i``).
 
   Raises:
     FileNotFoundError: with a one-line message naming what is missing.
   """
-  directory = os.path.abspath(directory)
+  directory = resolve_model_dir(directory)
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"model directory not found: {directory}")
   for name in (PARAMS, CONFIG, VOCAB):
@@ -90,22 +103,5 @@ def load_model(directory):
   params = jax.tree.map(np.asarray, params)
   with open(os.path.join(directory, CONFIG)) as f:
     config = ml_collections.ConfigDict(json.load(f))
-  idx_to_token = load_vocab(os.path.join(directory, VOCAB))
-  return params, config, idx_to_token
+  return params, config, vocab_lib.load_vocab(os.path.join(directory, VOCAB))
 
-
-def load_vocab(path):
-  """``{int id: token}`` from a JSON file with an ``idx_to_token`` object (1-based ids)."""
-  with open(path) as f:
-    data = json.load(f)
-  if "idx_to_token" not in data:
-    raise ValueError(f"{path}: no 'idx_to_token' field")
-  return {int(k): v for k, v in data["idx_to_token"].items()}
-
-
-def _vocab_dict(idx_to_token):
-  if isinstance(idx_to_token, dict):
-    items = idx_to_token.items()
-  else:
-    items = enumerate(idx_to_token, start=1)
-  return {str(int(k)): str(v) for k, v in items}

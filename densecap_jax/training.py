@@ -11,7 +11,6 @@ an uninterrupted run does.
 import json
 import os
 import signal
-import tempfile
 import time
 from typing import Any, Callable, Iterator
 
@@ -23,6 +22,8 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from tqdm import tqdm
+
+from densecap_jax import files
 
 AXIS = "batch"
 
@@ -141,7 +142,9 @@ class MetricsWriter:
       return
     with open(self.path) as f:
       lines = [l for l in f if l.strip() and json.loads(l)["step"] <= step]
-    _write_atomic(self.path, "".join(lines))
+    with files.atomic_output(self.path) as tmp:
+      with open(tmp, "w") as f:
+        f.write("".join(lines))
 
   def write(self, step, scalars):
     scalars = {k: float(v) for k, v in scalars.items()}
@@ -155,13 +158,6 @@ class MetricsWriter:
   def close(self):
     if self._tb is not None:
       self._tb.close()
-
-
-def _write_atomic(path, text):
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp.")
-  with os.fdopen(fd, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 class StopRequest:

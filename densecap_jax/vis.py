@@ -17,7 +17,7 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from densecap_jax.data.files import atomic_output
+from densecap_jax.files import atomic_output
 
 # The 13 colours of vis_utils.lua, in its order (red, blue, dark gray, green,
 # brown, light green, light blue, cyan, orange, yellow, tan, pink, black).
