@@ -189,7 +189,8 @@ def train_loop(*, state, step_fn: Callable, batches: Iterator, base_rng, num_ste
                checkpoints: Checkpoints, checkpoint_every: int, writer: MetricsWriter,
                log_every: int = 10, eval_fn: Callable | None = None, eval_every: int = 0,
                on_eval: Callable | None = None, max_nonfinite_steps: int = 10,
-               explode_factor: float = 0.0, meta: dict | None = None, progress: bool = True):
+               explode_factor: float = 0.0, meta: dict | None = None, progress: bool = True,
+               step_fn_from: dict | None = None, on_save: Callable | None = None):
   """Runs the pmapped ``step_fn`` from ``state.step`` to ``num_steps``.
 
   Args:
@@ -210,6 +211,9 @@ def train_loop(*, state, step_fn: Callable, batches: Iterator, base_rng, num_ste
       step's loss (the original's "exploding" check, factor 100).
     meta: extra JSON-able fields stored with each checkpoint.
     progress: show a progress bar.
+    step_fn_from: ``{first_step: step_fn}``: use another pmapped step from
+      that step on (e.g. one that also trains the CNN).
+    on_save: ``on_save(state)`` after each checkpoint, with the host state.
 
   Returns:
     ``(state, reason)``: the host state and why the loop ended
@@ -217,6 +221,8 @@ def train_loop(*, state, step_fn: Callable, batches: Iterator, base_rng, num_ste
   """
   meta = dict(meta or {})
   start = int(state.step)
+  if start >= num_steps:
+    return state, "done"
   replicated = flax.jax_utils.replicate(state)
   nonfinite, first_loss, sums, count = 0, None, {}, 0
   reason = "done"
@@ -227,13 +233,25 @@ def train_loop(*, state, step_fn: Callable, batches: Iterator, base_rng, num_ste
     return unreplicate(replicated)
 
   def save():
-    checkpoints.save(host_state(), meta)
+    state = host_state()
+    checkpoints.save(state, meta)
+    if on_save is not None:
+      on_save(state)
+
+  switches = sorted((step_fn_from or {}).items())
+
+  def step_fn_at(step):
+    current = step_fn
+    for first, fn in switches:
+      if step >= first:
+        current = fn
+    return current
 
   with StopRequest() as stop:
     step = start
     while step < num_steps:
       batch = next(batches)
-      replicated, metrics = step_fn(replicated, batch, base_rng)
+      replicated, metrics = step_fn_at(step)(replicated, batch, base_rng)
       step += 1
       metrics = jax.device_get(jax.tree.map(lambda x: x[0], metrics))
       loss = float(metrics["loss"])

@@ -153,3 +153,26 @@ def test_metrics_writer_jsonl_and_tensorboard(tmp_path):
   with open(tmp_path / "metrics.jsonl") as f:
     assert [json.loads(l) for l in f] == [{"step": 1, "loss": 2.0}]
   assert any(n.startswith("events.out.tfevents") for n in os.listdir(tmp_path / "tensorboard"))
+
+
+def test_step_fn_switch_and_save_hook(tmp_path):
+  tx = optax.sgd(0.1)
+  state = training.init_train_state(toy.init_params(), tx)
+  learn = training.pmap_train_step(training.make_train_step(_deterministic_loss, tx))
+  frozen = training.pmap_train_step(training.make_train_step(
+      lambda p, b, r: (0.0 * _deterministic_loss(p, b, r)[0], {}), tx))
+  saved = []
+
+  def run(num_steps, **kwargs):
+    return training.train_loop(
+        state=state, step_fn=learn, batches=toy.batches_from(0, jax.local_device_count()),
+        base_rng=jax.random.key(0), num_steps=num_steps,
+        checkpoints=training.Checkpoints(tmp_path / f"ck{num_steps}"), checkpoint_every=2,
+        writer=training.MetricsWriter(str(tmp_path), tensorboard=False), progress=False,
+        **kwargs)[0]
+
+  two = run(2)
+  four = run(4, step_fn_from={2: frozen}, on_save=lambda s: saved.append(int(s.step)))
+  np.testing.assert_array_equal(four.params["w"], two.params["w"])
+  assert not np.allclose(two.params["w"], 0)
+  assert saved == [2, 4]
