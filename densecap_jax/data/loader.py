@@ -404,7 +404,8 @@ def make_batches(data, split="train", *, batch_size=1, max_boxes, buckets=None, 
     raise ValueError(f"per-host batch {local_size} is not divisible by num_devices {num_devices}")
   if max_boxes < 1:
     raise ValueError(f"max_boxes must be positive, got {max_boxes}")
-  buckets = tuple(buckets) if buckets is not None else buckets_lib.make_buckets(data.slot_size)
+  buckets = (tuple(tuple(int(v) for v in b) for b in buckets) if buckets is not None
+             else buckets_lib.make_buckets(data.slot_size))
   indices = data.split_indices(split)
   if max_images >= 0:
     indices = indices[:max_images]

@@ -1,0 +1,67 @@
+"""The released DenseCap model: VGG-16, 720-pixel images (reference §2–§7).
+
+Sizes and weights are the original's defaults (``train_opts.lua``,
+``DenseCapModel.lua``, ``LocalizationLayer.lua``, ``LanguageModel.lua``).
+Additions needed for static shapes: ``buckets`` (padded image sizes, §1) and
+``max_gt_boxes`` (ground-truth regions per image after padding).
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+from densecap_jax.data import buckets as buckets_lib
+from densecap_jax.ops import anchors as anchors_lib
+
+VGG16_WIDTHS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+
+
+def get_config():
+  """The ``vgg16`` model config."""
+  config = ml_collections.ConfigDict()
+  config.name = "vgg16"
+
+  # Data: images resized to a long side of ``image_size`` and padded into buckets.
+  config.image_size = 720
+  config.buckets = buckets_lib.make_buckets(config.image_size)  # recompute if image_size changes
+  config.vocab_size = config_dict.placeholder(int)  # V, set from the vocabulary.
+  config.seq_length = 15  # L, tokens per caption.
+  # Ground-truth regions per image after padding. Visual Genome images have a
+  # few dozen regions on average; images with more must be handled by the
+  # loader (this is a padding size, not a property of the original).
+  config.max_gt_boxes = 256
+
+  # Backbone (§2): conv widths per block; four ceil-mode pools (stride 16).
+  config.cnn_widths = VGG16_WIDTHS
+  config.frozen_blocks = 2  # conv1_1 .. conv2_2 never receive gradient.
+
+  # Localization layer (§3).
+  config.rpn_num_filters = 256
+  config.anchor_sizes = tuple(tuple(float(v) for v in wh) for wh in anchors_lib.VGG16_ANCHOR_SIZES)
+  config.anchor_scale = 1.0
+  config.field_centers = anchors_lib.VGG16_FIELD_CENTERS  # (x0, y0, sx, sy)
+  config.roi_output_size = (7, 7)
+  config.sampler_batch_size = 256
+  config.sampler_high_thresh = 0.7
+  config.sampler_low_thresh = 0.3
+  config.train_remove_outbounds_boxes = True
+  config.box_reg_decay = 5e-5
+  config.std = 0.01  # init std of the new layers (RPN convs, objectness)
+
+  # Recognition network (§5) and language model (§6).
+  config.fc_dim = 4096
+  config.drop_prob = 0.5
+  config.rnn_size = 512
+  config.rnn_encoding_size = 512
+
+  # Loss weights (§4.1).
+  config.mid_objectness_weight = 0.1
+  config.mid_box_reg_weight = 0.05
+  config.end_objectness_weight = 0.1
+  config.end_box_reg_weight = 0.1
+  config.captioning_weight = 1.0
+
+  # Test time (§3.6, §5).
+  config.num_proposals = 1000
+  config.rpn_nms_thresh = 0.7
+  config.final_nms_thresh = 0.3
+  return config

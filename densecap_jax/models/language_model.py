@@ -1,0 +1,246 @@
+"""The captioning language model (``LanguageModel.lua`` + torch-rnn, reference §6).
+
+Token ids are the original's throughout: words ``1..V``, ``V+1`` = START = END,
+``V+2`` = NULL (padding inside the LM input only), ``0`` = padding in label
+arrays. Row ``i`` of the word embedding holds token ``i + 1``; output class
+``j`` of the ``V + 1`` scores is token ``j + 1`` (so class ``V`` is END).
+
+Parameters (names map to the original's modules):
+
+* ``image_encoder``: Linear(fc_dim -> W) + ReLU, one time step per region.
+* ``word_embed``: ``(V + 2, W)`` lookup table, init N(0, 1).
+* ``lstm``: torch-rnn's layout, a single ``weight`` of shape ``(W + H, 4H)``
+  (rows ``0..W-1`` multiply the input, rows ``W..W+H-1`` multiply ``h_{t-1}``)
+  and ``bias`` ``(4H,)``; gate columns in the order i, f, o, g (§6.3). Converted
+  torch-rnn weights load without any transposition.
+* ``output_proj``: Linear(H -> V + 1) at every time step.
+"""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def torch_linear_init(fan_in):
+  """Torch's default Linear init, ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` (for weight and bias)."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+def lstm_weight_init(key, shape, dtype=jnp.float32):
+  """torch-rnn ``LSTM:reset``: N(0, 1/(D+H)) for a ``(D + H, 4H)`` weight."""
+  return jax.random.normal(key, shape, dtype) / math.sqrt(shape[0])
+
+
+def lstm_bias_init(key, shape, dtype=jnp.float32):
+  """torch-rnn ``LSTM:reset``: zero bias except 1 on the forget gate ``[H, 2H)``."""
+  del key
+  hidden = shape[0] // 4
+  return jnp.zeros(shape, dtype).at[hidden:2 * hidden].set(1.0)
+
+
+def lstm_step(weight, bias, carry, x):
+  """One torch-rnn LSTM step (§6.3).
+
+  Args:
+    weight: ``(D + H, 4H)``, input rows first.
+    bias: ``(4H,)``; gate columns i, f, o, g.
+    carry: ``(c, h)``, each ``(..., H)``.
+    x: ``(..., D)`` input.
+
+  Returns:
+    ``((c_t, h_t), h_t)``.
+  """
+  c, h = carry
+  hidden = h.shape[-1]
+  a = jnp.concatenate([x, h], axis=-1) @ weight + bias
+  i = jax.nn.sigmoid(a[..., :hidden])
+  f = jax.nn.sigmoid(a[..., hidden:2 * hidden])
+  o = jax.nn.sigmoid(a[..., 2 * hidden:3 * hidden])
+  g = jnp.tanh(a[..., 3 * hidden:])
+  c = f * c + i * g
+  h = o * jnp.tanh(c)
+  return (c, h), h
+
+
+class LSTM(nn.Module):
+  """torch-rnn ``nn.LSTM(input_size, hidden_size)`` over a ``(N, T, D)`` sequence."""
+  input_size: int
+  hidden_size: int
+
+  @nn.compact
+  def __call__(self, inputs, carry=None):
+    """Runs the LSTM over time.
+
+    Args:
+      inputs: ``(N, T, D)`` float32.
+      carry: ``(c, h)`` each ``(N, H)``; zeros when None (h0 = c0 = 0).
+
+    Returns:
+      ``(hidden (N, T, H), carry)``.
+    """
+    weight = self.param("weight", lstm_weight_init, (self.input_size + self.hidden_size,
+                                                     4 * self.hidden_size))
+    bias = self.param("bias", lstm_bias_init, (4 * self.hidden_size,))
+    if carry is None:
+      zeros = jnp.zeros(inputs.shape[:1] + (self.hidden_size,), inputs.dtype)
+      carry = (zeros, zeros)
+    step = lambda c, x: lstm_step(weight, bias, c, x)
+    carry, hidden = jax.lax.scan(step, carry, jnp.swapaxes(inputs, 0, 1))
+    return jnp.swapaxes(hidden, 0, 1), carry
+
+
+def lm_input_tokens(labels, vocab_size):
+  """Teacher-forcing word inputs: ``[START, s_1, ..., s_L]`` with 0 -> NULL (§6.4).
+
+  Args:
+    labels: ``(..., L)`` int32 word ids ``1..V``, 0-padded.
+    vocab_size: V.
+
+  Returns:
+    ``(..., L + 1)`` int32 tokens in ``1..V+2``.
+  """
+  start = jnp.full(labels.shape[:-1] + (1,), vocab_size + 1, labels.dtype)
+  tokens = jnp.concatenate([start, labels], axis=-1)
+  return jnp.where(tokens == 0, vocab_size + 2, tokens)
+
+
+def lm_targets(labels, vocab_size):
+  """Targets of the ``L + 2`` output steps (``LanguageModel:getTarget``, §6.4).
+
+  Column 0 (the image step) is 0, columns ``1..L`` are the labels, and the
+  first 0 at or after column 1 becomes END (``V + 1``); a full-length caption
+  gets END in the last column ``L + 1``. 0 means "ignored".
+
+  Args:
+    labels: ``(..., L)`` int32 word ids, 0-padded.
+    vocab_size: V.
+
+  Returns:
+    ``(..., L + 2)`` int32 targets in ``0..V+1``.
+  """
+  zero = jnp.zeros(labels.shape[:-1] + (1,), labels.dtype)
+  targets = jnp.concatenate([zero, labels, zero], axis=-1)
+  is_zero = (targets == 0).at[..., 0].set(False)
+  first_zero = jnp.argmax(is_zero, axis=-1)
+  column = jnp.arange(targets.shape[-1])
+  return jnp.where(column == first_zero[..., None], vocab_size + 1, targets)
+
+
+class LanguageModel(nn.Module):
+  """Image-conditioned LSTM captioner (§6).
+
+  Attributes:
+    vocab_size: V.
+    seq_length: L, the number of sampled tokens.
+    input_dim: size of the region codes (fc_dim).
+    encoding_size: W, word and image encoding size (``rnn_encoding_size``).
+    hidden_size: H (``rnn_size``).
+  """
+  vocab_size: int
+  seq_length: int
+  input_dim: int
+  encoding_size: int
+  hidden_size: int
+
+  def setup(self):
+    self.image_encoder = nn.Dense(self.encoding_size,
+                                  kernel_init=torch_linear_init(self.input_dim),
+                                  bias_init=torch_linear_init(self.input_dim))
+    self.word_embed = nn.Embed(self.vocab_size + 2, self.encoding_size,
+                               embedding_init=nn.initializers.normal(1.0))
+    self.lstm = LSTM(self.encoding_size, self.hidden_size)
+    self.output_proj = nn.Dense(self.vocab_size + 1,
+                                kernel_init=torch_linear_init(self.hidden_size),
+                                bias_init=torch_linear_init(self.hidden_size))
+
+  def embed_tokens(self, tokens):
+    """``(...,)`` token ids ``1..V+2`` -> ``(..., W)`` embeddings."""
+    return self.word_embed(tokens - 1)
+
+  def __call__(self, codes, labels):
+    """Teacher-forced scores (training forward, §6.4).
+
+    Args:
+      codes: ``(N, fc_dim)`` region codes.
+      labels: ``(N, L)`` int32 word ids, 0-padded.
+
+    Returns:
+      ``(N, L + 2, V + 1)`` float32 unnormalised scores; step 0 is the image
+      step, step ``t + 1`` predicts label ``t`` (0-based), step ``len + 1`` END.
+    """
+    image_step = nn.relu(self.image_encoder(codes))[:, None, :]
+    words = self.embed_tokens(lm_input_tokens(labels, self.vocab_size))
+    hidden, _ = self.lstm(jnp.concatenate([image_step, words], axis=1))
+    return self.output_proj(hidden)
+
+  def sample(self, codes):
+    """Greedy captions (``LanguageModel:sample`` with ``sample_argmax``, §6.5).
+
+    Feeds the encoded image (output discarded), then START, then each argmax
+    token (first index on ties) for exactly ``seq_length`` steps; tokens after
+    an END keep being generated.
+
+    Args:
+      codes: ``(N, fc_dim)`` region codes.
+
+    Returns:
+      ``(N, L)`` int32 tokens in ``1..V+1``.
+    """
+    image_step = nn.relu(self.image_encoder(codes))[:, None, :]
+    _, carry = self.lstm(image_step)
+    start = jnp.full(codes.shape[:1], self.vocab_size + 1, jnp.int32)
+
+    def step(state, _):
+      carry, token = state
+      hidden, carry = self.lstm(self.embed_tokens(token)[:, None, :], carry)
+      token = jnp.argmax(self.output_proj(hidden[:, 0]), axis=-1).astype(jnp.int32) + 1
+      return (carry, token), token
+
+    _, tokens = jax.lax.scan(step, (carry, start), None, length=self.seq_length)
+    return jnp.swapaxes(tokens, 0, 1)
+
+
+def decode_captions(tokens, idx_to_token):
+  """Token rows to strings (``LanguageModel:decodeSequence``, §6.6).
+
+  Each row is read in order up to the first END (``V + 1``, with ``V =
+  len(idx_to_token)``) or 0; the words are joined by single spaces. ``<UNK>``
+  is emitted literally; an immediate END gives ``""``.
+
+  Args:
+    tokens: ``(..., L)`` int token ids.
+    idx_to_token: mapping from id ``1..V`` (int or str keys, as in the JSON) to word.
+
+  Returns:
+    A string for one row ``(L,)``; otherwise nested lists of strings with the
+    leading shape of ``tokens``.
+
+  Raises:
+    ValueError: a token id is neither a word, END nor 0.
+  """
+  words = {int(k): v for k, v in idx_to_token.items()}
+  end = len(words) + 1
+  tokens = np.asarray(tokens)
+  if tokens.ndim < 1:
+    raise ValueError(f"tokens must have shape (..., L), got {tokens.shape}")
+
+  def decode_row(row):
+    caption = []
+    for token in row.tolist():
+      if token == end or token == 0:
+        break
+      if token not in words:
+        raise ValueError(f"token id {token} is not in the vocabulary of {len(words)} words")
+      caption.append(words[token])
+    return " ".join(caption)
+
+  if tokens.ndim == 1:
+    return decode_row(tokens)
+  return [decode_captions(sub, idx_to_token) for sub in tokens]

@@ -1,0 +1,105 @@
+"""VGG-16 convolutional backbone up to relu5_3 (reference §2, §2.1).
+
+3x3 "same" convolutions with ReLU in five blocks, a 2x2 / stride-2 max-pool in
+**ceil mode** after each of the first four blocks (no pool5), so the output
+has stride 16 and ``ceil(n / 16)`` cells along a side of ``n`` pixels.
+
+Padded images: images of different true sizes share one padded shape
+(a shape bucket). Given the true sizes, the activations outside the valid
+region are zeroed after every ReLU; the valid size halves with ceil at each
+pool. Since the image is zero outside its true size, the padded image then
+gives, inside the valid region, exactly the features of the unpadded image:
+a "same" convolution sees zeros beyond the border either way, and a ceil-mode
+pool window that sticks out of the image takes the max of non-negative values
+and zeros, which is the max over its in-image part.
+"""
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def pooled_size(size):
+  """Size after one 2x2 / stride-2 ceil-mode pool: ``ceil(n / 2)``; int or int array."""
+  return (size + 1) // 2
+
+
+def feature_size(image_size, num_pools=4):
+  """Feature-map size ``(Hf, Wf)`` of images of size ``image_size = (..., 2)`` (H, W).
+
+  Repeated ceil halving, i.e. ``ceil(n / 2**num_pools)``; works on ints and int arrays.
+  """
+  size = image_size
+  for _ in range(num_pools):
+    size = pooled_size(size)
+  return size
+
+
+def valid_region_mask(sizes, height, width):
+  """``(B, height, width, 1)`` float32 mask of the top-left ``sizes`` ``(B, 2)`` (H, W) region."""
+  rows = jnp.arange(height)[None, :, None] < sizes[:, 0, None, None]
+  cols = jnp.arange(width)[None, None, :] < sizes[:, 1, None, None]
+  return (rows & cols).astype(jnp.float32)[..., None]
+
+
+def max_pool_ceil(x):
+  """2x2 / stride-2 max-pool of ``(B, H, W, C)`` in ceil mode (``:ceil()`` of loadcaffe).
+
+  An odd last row / column is padded with ``-inf``, so its window covers only
+  the remaining pixels. Returns ``(B, ceil(H/2), ceil(W/2), C)``.
+  """
+  pad = ((0, x.shape[1] % 2), (0, x.shape[2] % 2))
+  return nn.max_pool(x, (2, 2), strides=(2, 2), padding=pad)
+
+
+class VGG16(nn.Module):
+  """VGG-16 conv1_1 ... relu5_3, layers named ``conv{block}_{index}``.
+
+  Attributes:
+    widths: output channels of each conv, grouped by block (five blocks).
+    frozen_blocks: the first blocks never receive gradient (``conv_net1`` of
+      the original: conv1_1 ... conv2_2 for 2, §2); their output goes through
+      ``jax.lax.stop_gradient``.
+  """
+  widths: Sequence[Sequence[int]]
+  frozen_blocks: int = 2
+
+  @nn.compact
+  def __call__(self, images, image_sizes=None, finetune=False):
+    """Features at stride 16.
+
+    Args:
+      images: ``(B, H, W, 3)`` float32 (BGR minus the VGG mean, §1), zero
+        outside each image's true size.
+      image_sizes: optional ``(B, 2)`` int32 true ``(H, W)``; when given, the
+        activations outside the valid region are zeroed (see module doc).
+      finetune: when False, no gradient flows into any conv (the original
+        before ``finetune_cnn_after``); when True, blocks after
+        ``frozen_blocks`` are trained (§4.2).
+
+    Returns:
+      ``(B, Hf, Wf, C)`` float32 relu5_3 features, ``Hf = ceil(H / 16)``.
+    """
+    x = images
+    sizes = image_sizes
+    if sizes is not None:
+      x = x * valid_region_mask(sizes, x.shape[1], x.shape[2])
+    num_blocks = len(self.widths)
+    for block, block_widths in enumerate(self.widths, start=1):
+      for index, width in enumerate(block_widths, start=1):
+        x = nn.Conv(width, (3, 3), padding=1, kernel_init=nn.initializers.he_normal(),
+                    name=f"conv{block}_{index}")(x)
+        x = nn.relu(x)
+        if sizes is not None:
+          x = x * valid_region_mask(sizes, x.shape[1], x.shape[2])
+      if block < num_blocks:
+        x = max_pool_ceil(x)
+        if sizes is not None:
+          sizes = pooled_size(sizes)
+      if block == self.frozen_blocks:
+        x = jax.lax.stop_gradient(x)
+    if not finetune:
+      x = jax.lax.stop_gradient(x)
+    return x

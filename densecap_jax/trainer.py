@@ -1,0 +1,202 @@
+"""Trains DenseCap from a training config (``train/configs``) in a work directory.
+
+Work directory layout::
+
+  WORKDIR/
+    config.json        the training config of the run
+    checkpoints/N/     full training state at step N (orbax; the last few kept)
+    best/              model directory of the best validation mAP (predict / eval)
+    last/              model directory of the newest checkpoint
+    metrics.jsonl      training and validation scalars, one JSON object a line
+    tensorboard/       the same as TensorBoard event files
+
+A run started again in the same directory resumes from its newest checkpoint
+and continues exactly as if it had not stopped. All local accelerators train
+data-parallel (one ``jax.pmap``); with several hosts each reads its own shard.
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from densecap_jax import checkpoint
+from densecap_jax import files
+from densecap_jax import meteor as meteor_lib
+from densecap_jax import optim
+from densecap_jax import training
+from densecap_jax import validation
+from densecap_jax.data import loader as loader_lib
+from densecap_jax.models import densecap
+
+
+def learning_rate_schedule(config):
+  """Constant, or linear warm-up then cosine decay to 0 at ``max_iters``."""
+  if config.lr_schedule == "constant":
+    if config.warmup_steps:
+      return optax.linear_schedule(0.0, config.learning_rate, config.warmup_steps)
+    return config.learning_rate
+  if config.lr_schedule == "cosine":
+    if config.max_iters <= 0:
+      raise ValueError("lr_schedule 'cosine' needs max_iters > 0")
+    return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate,
+                                              max(config.warmup_steps, 1), config.max_iters)
+  raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {config.lr_schedule!r}")
+
+
+def make_optimizer(config):
+  """The original's optimiser (``optim.make_optimizer``) from a training config."""
+  return optim.make_optimizer(
+      learning_rate_schedule(config), b1=config.optim_beta1, b2=config.optim_beta2,
+      eps=config.optim_epsilon, weight_decay=config.weight_decay,
+      finetune_cnn_after=config.finetune_cnn_after, frozen_blocks=config.model.frozen_blocks)
+
+
+def make_loss_fn(model_config, finetune_cnn):
+  """``(params, batch, rng) -> (total_loss, metrics)`` for ``training.make_train_step``."""
+
+  def loss_fn(params, batch, rng):
+    total, losses, aux = densecap.train_forward(params, batch, rng, model_config,
+                                                finetune_cnn=finetune_cnn)
+    return total, dict(losses, num_pos=jnp.mean(aux["num_pos"].astype(jnp.float32)))
+
+  return loss_fn
+
+
+def _initial_params(config, data):
+  if config.checkpoint_start_from:
+    params, model_config, vocab = checkpoint.load_model(config.checkpoint_start_from)
+    if vocab != data.vocab:
+      raise ValueError(f"{config.checkpoint_start_from} was trained with another vocabulary "
+                       f"than {config.data_json}")
+    if model_config.name != config.model.name:
+      raise ValueError(f"{config.checkpoint_start_from} is a {model_config.name!r} model, the "
+                       f"config asks for {config.model.name!r}")
+    return params
+  return densecap.init_params(config.model, jax.random.key(config.seed))
+
+
+def _write_config(workdir, config):
+  path = os.path.join(workdir, "config.json")
+  text = config.to_json(indent=2)
+  if os.path.exists(path):
+    with open(path) as f:
+      if json.load(f) != json.loads(text):
+        print(f"note: {path} differs from this run's config; the run's config is kept beside it "
+              f"as config.resumed.json")
+        path = os.path.join(workdir, "config.resumed.json")
+      else:
+        return
+  with files.atomic_output(path) as tmp:
+    with open(tmp, "w") as f:
+      f.write(text)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, progress=True):
+  """Trains (or resumes) in ``workdir``; returns ``(host TrainState, why it stopped)``."""
+  if config.max_iters <= 0 and config.lr_schedule != "constant":
+    raise ValueError("max_iters must be > 0 with a decaying learning rate")
+  data = loader_lib.DenseCapH5(config.data_h5, config.data_json)
+  with config.unlocked():
+    config.model.vocab_size = data.vocab_size
+  if data.seq_length != config.model.seq_length:
+    raise ValueError(f"{config.data_h5} has captions of {data.seq_length} tokens, the model "
+                     f"config expects seq_length {config.model.seq_length}")
+  os.makedirs(workdir, exist_ok=True)
+  is_chief = jax.process_index() == 0
+  if is_chief:
+    _write_config(workdir, config)
+
+  tx = make_optimizer(config)
+  state = training.init_train_state(_initial_params(config, data), tx)
+  checkpoints = training.Checkpoints(os.path.join(workdir, "checkpoints"),
+                                     max_to_keep=config.keep_checkpoints)
+  writer = training.MetricsWriter(workdir) if is_chief else _NullWriter()
+  meta = {"best_map": None}
+  restored = checkpoints.restore_latest(state)
+  if restored is not None:
+    state, meta = restored
+    writer.truncate_after(int(state.step))
+    print(f"resuming from step {int(state.step)} of {workdir}")
+
+  num_devices = jax.local_device_count()
+  global_batch = config.per_device_batch_size * jax.device_count()
+  batches = loader_lib.make_batches(
+      data, "train", batch_size=global_batch, max_boxes=config.model.max_gt_boxes,
+      buckets=config.model.buckets, num_devices=num_devices,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      shuffle=config.shuffle, seed=config.seed, start_step=int(state.step),
+      max_images=config.debug_max_train_images)
+
+  def step_fn(finetune_cnn):
+    return training.pmap_train_step(
+        training.make_train_step(make_loss_fn(config.model, finetune_cnn), tx))
+
+  step_fn_from = {}
+  if config.finetune_cnn_after >= 0:
+    # The CNN gets gradient for iterations > finetune_cnn_after (reference §7.1).
+    step_fn_from[config.finetune_cnn_after + 1] = step_fn(True)
+
+  meteor = None
+  predict_fn = validation.make_predict_fn(config.model, config.test_num_proposals)
+
+  def evaluate(params):
+    nonlocal meteor
+    if meteor is None:
+      meteor = meteor_lib.Meteor()
+    results = validation.evaluate_split(
+        params, data, "val", predict_fn, config=config.model, max_images=config.val_images_use,
+        batch_size=global_batch, rpn_nms_thresh=config.test_rpn_nms_thresh,
+        final_nms_thresh=config.test_final_nms_thresh, meteor_fn=meteor, progress=progress)
+    return {"val_map": results["map"], "val_detmap": results["detmap"]}
+
+  def on_eval(step, params, results):
+    if meta["best_map"] is None or results["val_map"] > meta["best_map"]:
+      meta["best_map"] = results["val_map"]
+      meta["best_step"] = step
+      if is_chief:
+        checkpoint.save_model(os.path.join(workdir, "best"), params, config.model, data.vocab,
+                              overwrite=True)
+
+  def on_save(host_state):
+    if is_chief:
+      checkpoint.save_model(os.path.join(workdir, "last"), host_state.params, config.model,
+                            data.vocab, overwrite=True)
+
+  has_val = len(data.split_indices("val")) > 0 and config.val_images_use != 0
+  if has_val and config.eval_first_iteration and int(state.step) == 0:
+    on_eval(0, state.params, evaluate(state.params))
+  num_steps = config.max_iters if config.max_iters > 0 else 2**31 - 1
+  try:
+    state, reason = training.train_loop(
+        state=state, step_fn=step_fn(False), step_fn_from=step_fn_from, batches=batches,
+        base_rng=jax.random.key(config.seed), num_steps=num_steps, checkpoints=checkpoints,
+        checkpoint_every=config.save_checkpoint_every, writer=writer,
+        log_every=config.losses_log_every, eval_fn=evaluate if has_val else None,
+        eval_every=config.save_checkpoint_every, on_eval=on_eval,
+        max_nonfinite_steps=config.max_nonfinite_steps, explode_factor=config.explode_factor,
+        meta=meta, progress=progress, on_save=on_save)
+  finally:
+    batches.close()
+    checkpoints.close()
+    writer.close()
+    if meteor is not None:
+      meteor.close()
+  return state, reason
+
+
+class _NullWriter:
+  """Metrics sink of the hosts other than the first."""
+
+  def write(self, step, scalars):
+    del step, scalars
+
+  def truncate_after(self, step):
+    del step
+
+  def close(self):
+    pass
+
