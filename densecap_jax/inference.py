@@ -1,0 +1,153 @@
+"""Captioned boxes for your own images: ``load_model(path=None).predict(images)``.
+
+  import densecap_jax
+  model = densecap_jax.load_model()            # the bundled demo model
+  results = model.predict([PIL.Image.open("photo.jpg")])
+  results[0]["boxes"], results[0]["scores"], results[0]["captions"]
+
+Images go through the original's test-time preprocessing (reference §1.2:
+``torch/image`` resize to a long side of ``image_size``, BGR, minus the VGG
+mean), are padded into the model's shape buckets and run in batches through
+the jitted ``models.densecap.infer``: one compilation per bucket, then every
+image of that shape reuses it.
+"""
+
+import dataclasses
+import importlib.resources
+import os
+
+import jax
+import numpy as np
+from PIL import Image
+
+from densecap_jax import checkpoint
+from densecap_jax.data import buckets as buckets_lib
+from densecap_jax.data import images as images_lib
+from densecap_jax.data import vocab as vocab_lib
+from densecap_jax.models import densecap
+from densecap_jax.ops import boxes as boxes_lib
+
+
+def bundled_model_path():
+  """Directory of the small demo model shipped inside the package."""
+  return str(importlib.resources.files("densecap_jax") / "bundled" / "tiny_synthetic")
+
+
+def bundled_examples_path():
+  """Directory of the example images shipped inside the package."""
+  return str(importlib.resources.files("densecap_jax") / "bundled" / "examples")
+
+
+@dataclasses.dataclass
+class PreparedImage:
+  """One image after the test-time preprocessing.
+
+  Attributes:
+    model_input: ``(h, w, 3)`` float32 BGR minus the VGG mean.
+    display: ``(h, w, 3)`` uint8 RGB, the resized image the boxes refer to.
+    original_size: ``(H0, W0)`` before resizing.
+  """
+  model_input: np.ndarray
+  display: np.ndarray
+  original_size: tuple
+
+
+class DenseCapPredictor:
+  """A model in memory with its test-time settings.
+
+  Attributes:
+    config: the model config; ``vocab``: the vocabulary list.
+    image_size, num_proposals, rpn_nms_thresh, final_nms_thresh: test-time
+      settings (defaults from the config: the original's 720 / 1000 / 0.7 /
+      0.3 for the ``vgg16`` model).
+  """
+
+  def __init__(self, params, config, vocab, *, image_size=None, num_proposals=None,
+               rpn_nms_thresh=None, final_nms_thresh=None, batch_size=1):
+    self.params = jax.device_put(params)
+    self.config = config
+    self.vocab = vocab
+    self.image_size = int(image_size or config.image_size)
+    self.num_proposals = int(num_proposals or config.num_proposals)
+    self.rpn_nms_thresh = config.rpn_nms_thresh if rpn_nms_thresh is None else rpn_nms_thresh
+    self.final_nms_thresh = (config.final_nms_thresh if final_nms_thresh is None
+                             else final_nms_thresh)
+    if batch_size < 1:
+      raise ValueError(f"batch_size must be positive, got {batch_size}")
+    self.batch_size = batch_size
+    if self.image_size == config.image_size:
+      self.buckets = tuple(tuple(int(v) for v in b) for b in config.buckets)
+    else:
+      self.buckets = buckets_lib.make_buckets(self.image_size)
+
+    def run(params, images, image_sizes, rpn_nms_thresh, final_nms_thresh):
+      return densecap.infer(params, images, image_sizes, config,
+                            num_proposals=self.num_proposals, rpn_nms_thresh=rpn_nms_thresh,
+                            final_nms_thresh=final_nms_thresh)
+
+    self._infer = jax.jit(run)
+
+  def prepare(self, image):
+    """A PIL image, an ``(H, W, 3)`` uint8 RGB array or a path -> :class:`PreparedImage`."""
+    if isinstance(image, (str, os.PathLike)):
+      rgb = images_lib.load_rgb(image)
+    elif isinstance(image, Image.Image):
+      rgb = np.asarray(image.convert("RGB"), np.uint8)
+    else:
+      rgb = np.asarray(image)
+      if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got {rgb.dtype} {rgb.shape}")
+    model_input = images_lib.prepare_test_image(rgb, self.image_size)
+    display = np.clip(np.rint((model_input + images_lib.VGG_MEAN_BGR)[..., ::-1]), 0, 255)
+    return PreparedImage(model_input, display.astype(np.uint8), tuple(rgb.shape[:2]))
+
+  def predict_prepared(self, prepared, max_detections=None):
+    """Runs the model on :class:`PreparedImage` s, batching images of one bucket together.
+
+    Returns:
+      One dict per image, in input order: ``boxes`` ``(N, 4)`` float32 xywh
+      (1-based, in the resized image's pixels, unclipped, as the original's
+      results.json), ``scores`` ``(N,)`` float32 objectness logits, descending,
+      and ``captions`` (``N`` strings).
+    """
+    by_bucket = {}
+    for i, p in enumerate(prepared):
+      bucket = buckets_lib.pick_bucket(*p.model_input.shape[:2], self.buckets)
+      by_bucket.setdefault(bucket, []).append(i)
+    results = [None] * len(prepared)
+    for bucket, members in by_bucket.items():
+      for start in range(0, len(members), self.batch_size):
+        chunk = members[start:start + self.batch_size]
+        images = np.zeros((self.batch_size,) + bucket + (3,), np.float32)
+        sizes = np.tile(np.asarray(bucket, np.int32), (self.batch_size, 1))
+        for k, i in enumerate(chunk):
+          h, w = prepared[i].model_input.shape[:2]
+          images[k, :h, :w] = prepared[i].model_input
+          sizes[k] = (h, w)
+        boxes, scores, tokens, valid = jax.device_get(self._infer(
+            self.params, images, sizes, self.rpn_nms_thresh, self.final_nms_thresh))
+        for k, i in enumerate(chunk):
+          keep = np.flatnonzero(valid[k])[:max_detections]
+          results[i] = {
+              "boxes": np.asarray(boxes_lib.xcycwh_to_xywh(boxes[k][keep])),
+              "scores": scores[k][keep],
+              "captions": [vocab_lib.decode_sequence(row, self.vocab) for row in tokens[k][keep]],
+          }
+    return results
+
+  def predict(self, images, max_detections=None):
+    """Captioned boxes for a list of PIL images, uint8 RGB arrays or paths (see ``predict_prepared``)."""
+    return self.predict_prepared([self.prepare(image) for image in images], max_detections)
+
+
+def load_model(path=None, **settings):
+  """A :class:`DenseCapPredictor` for a model directory (default: the bundled demo model).
+
+  Args:
+    path: a model directory (``checkpoint.save_model``, a training directory,
+      or a converted original checkpoint); ``None`` = the bundled model.
+    **settings: ``image_size``, ``num_proposals``, ``rpn_nms_thresh``,
+      ``final_nms_thresh``, ``batch_size`` (see :class:`DenseCapPredictor`).
+  """
+  params, config, vocab = checkpoint.load_model(path or bundled_model_path())
+  return DenseCapPredictor(params, config, vocab, **settings)

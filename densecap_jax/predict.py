@@ -1,0 +1,174 @@
+"""Captioned boxes for images, a folder or a data split (the original's ``run_model.lua``).
+
+  python -m densecap_jax.predict --input_image photo.jpg
+  python -m densecap_jax.predict --input_dir photos/ --output_dir drawn/
+  python -m densecap_jax.predict --input_split test --splits_json info/densecap_splits.json \
+      --vg_img_root_dir data/visual-genome/images --checkpoint MODEL_DIR
+
+Writes ``results.json`` (reference §10.2: xywh boxes in the resized image,
+objectness logits, captions, image name, options), the resized images and
+the results viewer (``view_results.html``, opens from disk) to
+``--output_vis_dir``, and with ``--output_dir`` the images with the top boxes
+and captions drawn in. Without ``--checkpoint`` the small demo model bundled
+with the package is used; its defaults (image size, proposals) come from its
+config, and for the ``vgg16`` model they are the original's 720 and 1000.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from tqdm import tqdm
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+BUNDLED_NOTICE = (
+    "note: using the bundled demo model (tiny config, trained on synthetic shapes; it only knows "
+    "such scenes). For real photos convert the released VG model "
+    "(tools/convert_torch_weights/README.md) and pass --checkpoint.")
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(
+      description="Dense captioning of images: boxes, scores and captions.")
+  inputs = parser.add_argument_group("inputs (first given wins)")
+  inputs.add_argument("--input_image", default="", help="one image")
+  inputs.add_argument("--input_dir", default="", help="every image file in a folder")
+  inputs.add_argument("--input_split", default="", choices=("", "train", "val", "test"),
+                      help="a split of --splits_json, images <vg_img_root_dir>/<id>.jpg")
+  inputs.add_argument("--splits_json", default="info/densecap_splits.json")
+  inputs.add_argument("--vg_img_root_dir", default="")
+  inputs.add_argument("--max_images", type=int, default=100,
+                      help="at most this many images of a folder or split; -1 = all")
+  model = parser.add_argument_group("model")
+  model.add_argument("--checkpoint", default="",
+                     help="model directory (trained or converted); default: the bundled model")
+  model.add_argument("--image_size", type=int, default=0,
+                     help="long side after resizing (default: the model's, 720 for vgg16)")
+  model.add_argument("--rpn_nms_thresh", type=float, default=0.7)
+  model.add_argument("--final_nms_thresh", type=float, default=0.3)
+  model.add_argument("--num_proposals", type=int, default=0,
+                     help="proposals after the RPN NMS (default: the model's, 1000 for vgg16)")
+  model.add_argument("--batch_size", type=int, default=1, help="images per forward pass")
+  model.add_argument("--max_detections", type=int, default=-1,
+                     help="keep at most this many boxes per image in results.json; -1 = all")
+  output = parser.add_argument_group("outputs")
+  output.add_argument("--output_dir", default="",
+                      help="if set, write the images with boxes and captions drawn in")
+  output.add_argument("--num_to_draw", type=int, default=10, help="boxes drawn per image")
+  output.add_argument("--text_size", type=int, default=2)
+  output.add_argument("--box_width", type=int, default=2)
+  output.add_argument("--output_vis", type=int, default=1, choices=(0, 1),
+                      help="write results.json, the resized images and the viewer")
+  output.add_argument("--output_vis_dir", default="vis/data")
+  return parser.parse_args(argv)
+
+
+def list_inputs(args):
+  """The image paths to caption, in order; raises ValueError with a one-line reason."""
+  if args.input_image:
+    if not os.path.isfile(args.input_image):
+      raise ValueError(f"--input_image not found: {args.input_image}")
+    return [args.input_image]
+  if args.input_dir:
+    if not os.path.isdir(args.input_dir):
+      raise ValueError(f"--input_dir is not a folder: {args.input_dir}")
+    names = sorted(n for n in os.listdir(args.input_dir)
+                   if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS))
+    if not names:
+      raise ValueError(f"--input_dir has no image files ({', '.join(IMAGE_EXTENSIONS)}): "
+                       f"{args.input_dir}")
+    paths = [os.path.join(args.input_dir, n) for n in names]
+  elif args.input_split:
+    from densecap_jax import files  # pylint: disable=g-import-not-at-top
+    splits = files.read_json(args.splits_json, "--splits_json")
+    if not isinstance(splits, dict) or args.input_split not in splits:
+      raise ValueError(f"--splits_json {args.splits_json} has no {args.input_split!r} list")
+    paths = [os.path.join(args.vg_img_root_dir, f"{i}.jpg") for i in splits[args.input_split]]
+  else:
+    raise ValueError("give one of --input_image, --input_dir or --input_split")
+  return paths if args.max_images < 0 else paths[:args.max_images]
+
+
+def check_outputs(args, paths):
+  """Refuses output folders that hold input images: writing there would replace them."""
+  input_dirs = {os.path.realpath(os.path.dirname(os.path.abspath(p))) for p in paths}
+  for flag, folder in (("--output_vis_dir", args.output_vis_dir if args.output_vis else ""),
+                       ("--output_dir", args.output_dir)):
+    if folder and os.path.realpath(os.path.abspath(folder)) in input_dirs:
+      raise ValueError(f"{flag} {folder} holds input images, which would be overwritten; "
+                       f"choose another folder")
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  try:
+    paths = list_inputs(args)
+    check_outputs(args, paths)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
+
+  from densecap_jax import inference  # pylint: disable=g-import-not-at-top
+  from densecap_jax import vis
+
+  if not args.checkpoint:
+    print(BUNDLED_NOTICE, file=sys.stderr)
+  try:
+    model = inference.load_model(
+        args.checkpoint or None, image_size=args.image_size or None,
+        num_proposals=args.num_proposals or None, rpn_nms_thresh=args.rpn_nms_thresh,
+        final_nms_thresh=args.final_nms_thresh, batch_size=args.batch_size)
+  except (OSError, ValueError) as e:
+    sys.exit(f"error: {e}")
+
+  start = time.perf_counter()
+  prepared, names, failed = [], [], []
+  for path in tqdm(paths, desc="reading", unit="img", disable=len(paths) < 2):
+    try:
+      prepared.append(model.prepare(path))
+      names.append(os.path.basename(path))
+    except ValueError as e:
+      failed.append(path)
+      tqdm.write(f"skipped: {e}")
+  results = []
+  max_detections = None if args.max_detections < 0 else args.max_detections
+  chunk = max(model.batch_size * 8, 1)
+  with tqdm(total=len(prepared), desc="captioning", unit="img", disable=len(prepared) < 2) as bar:
+    for i in range(0, len(prepared), chunk):
+      results += model.predict_prepared(prepared[i:i + chunk], max_detections)
+      bar.update(len(prepared[i:i + chunk]))
+
+  entries = [{"boxes": r["boxes"].tolist(), "scores": r["scores"].tolist(),
+              "captions": r["captions"], "img_name": name} for r, name in zip(results, names)]
+  opt = dict(vars(args), image_size=model.image_size, num_proposals=model.num_proposals,
+             checkpoint=args.checkpoint or inference.bundled_model_path())
+  if args.output_vis:
+    for p, name in zip(prepared, names):
+      vis.save_image_atomic(p.display, os.path.join(args.output_vis_dir, name))
+    page = vis.write_viewer(args.output_vis_dir, {"results": entries, "opt": opt})
+  if args.output_dir:
+    for p, name, r in zip(prepared, names, results):
+      drawn = vis.draw_results(p.display, r["boxes"], r["captions"], num_to_draw=args.num_to_draw,
+                               box_width=args.box_width, text_size=args.text_size)
+      vis.save_image_atomic(drawn, os.path.join(args.output_dir, name))
+
+  seconds = time.perf_counter() - start
+  num_boxes = sum(len(r["captions"]) for r in results)
+  summary = f"captioned {len(results)} images ({num_boxes} boxes) in {seconds:.1f} s"
+  if failed:
+    summary += f"; {len(failed)} could not be read"
+  print(summary)
+  if args.output_vis:
+    print(f"results: {os.path.join(args.output_vis_dir, 'results.json')}; "
+          f"viewer: {page}")
+  if args.output_dir:
+    print(f"drawn images: {args.output_dir}")
+  if results and len(results) == 1:
+    print(json.dumps({"img_name": names[0], "captions": results[0]["captions"][:5]}))
+  if not results:
+    sys.exit("error: no image could be read")
+
+
+if __name__ == "__main__":
+  main()

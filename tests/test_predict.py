@@ -1,0 +1,148 @@
+"""Tests for densecap_jax.inference and the predict command, on a small random model."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from densecap_jax import checkpoint
+from densecap_jax import configs
+from densecap_jax import inference
+from densecap_jax import predict
+from densecap_jax.data import buckets as buckets_lib
+from densecap_jax.data import images as images_lib
+from densecap_jax.models import densecap
+from densecap_jax.ops import boxes as boxes_lib
+
+VOCAB = [None, "a", "red", "circle", "square", "blue"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+  config = configs.get_model_config("tiny")
+  config.vocab_size = len(VOCAB) - 1
+  config.image_size = 64
+  config.buckets = buckets_lib.make_buckets(64)
+  config.num_proposals = 20
+  params = densecap.init_params(config, jax.random.key(0))
+  path = tmp_path_factory.mktemp("model") / "m"
+  checkpoint.save_model(path, params, config, VOCAB)
+  return str(path)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("photos")
+  rng = np.random.default_rng(0)
+  for name, size in (("a.jpg", (90, 120)), ("b.png", (120, 60)), ("c.jpg", (90, 120))):
+    Image.fromarray(rng.integers(0, 255, size + (3,), dtype=np.uint8)).save(folder / name)
+  (folder / "notes.txt").write_text("not an image")
+  (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+  return folder
+
+
+def test_predict_matches_infer_and_converts_boxes(model_dir, photos):
+  model = inference.load_model(model_dir, batch_size=2)
+  assert model.image_size == 64 and model.num_proposals == 20
+  image = Image.open(photos / "a.jpg")
+  (result,) = model.predict([image])
+  # The same image straight through infer: boxes converted xcycwh -> xywh.
+  prepared = images_lib.prepare_test_image(np.asarray(image), 64)
+  bucket = buckets_lib.pick_bucket(*prepared.shape[:2], model.buckets)
+  padded = buckets_lib.pad_to_bucket(prepared, bucket)[None]
+  boxes, scores, tokens, valid = densecap.infer(model.params, padded,
+                                                np.array([prepared.shape[:2]], np.int32),
+                                                model.config)
+  n = int(valid.sum())
+  assert len(result["captions"]) == n == len(result["scores"]) == len(result["boxes"])
+  np.testing.assert_allclose(result["scores"], scores[0, :n], rtol=1e-5, atol=1e-5)
+  expected = np.asarray(boxes[0, :n])
+  np.testing.assert_allclose(result["boxes"][:, 0], expected[:, 0] - (expected[:, 2] - 1) / 2,
+                             rtol=1e-4, atol=1e-3)
+  np.testing.assert_allclose(result["boxes"][:, 2:], expected[:, 2:], rtol=1e-4, atol=1e-3)
+  assert all(set(c.split()) <= set(VOCAB[1:]) for c in result["captions"])
+  assert np.all(np.diff(result["scores"]) <= 0)
+
+
+def test_batched_equals_one_at_a_time_and_max_detections(model_dir, photos):
+  images = [np.asarray(Image.open(photos / n).convert("RGB")) for n in ("a.jpg", "b.png", "c.jpg")]
+  batched = inference.load_model(model_dir, batch_size=2).predict(images)
+  single = inference.load_model(model_dir).predict(images)
+  for b, s in zip(batched, single):
+    np.testing.assert_allclose(b["boxes"], s["boxes"], rtol=1e-5, atol=1e-4)
+    assert b["captions"] == s["captions"]
+  capped = inference.load_model(model_dir).predict(images[:1], max_detections=3)
+  assert len(capped[0]["captions"]) == min(3, len(single[0]["captions"]))
+
+
+def test_prepare_display_is_the_resized_image(model_dir, photos):
+  model = inference.load_model(model_dir)
+  prepared = model.prepare(str(photos / "b.png"))
+  assert prepared.display.shape == (64, 32, 3) and prepared.display.dtype == np.uint8
+  assert prepared.original_size == (120, 60)
+  np.testing.assert_allclose(images_lib.vgg_preprocess(prepared.display), prepared.model_input,
+                             atol=0.51)
+  with pytest.raises(ValueError, match="uint8 RGB"):
+    model.prepare(np.zeros((4, 4), np.float32))
+
+
+def test_cli_writes_results_viewer_and_drawings(model_dir, photos, tmp_path, capsys):
+  vis_dir, drawn_dir = tmp_path / "vis", tmp_path / "drawn"
+  predict.main(["--input_dir", str(photos), "--checkpoint", model_dir, "--output_vis_dir",
+                str(vis_dir), "--output_dir", str(drawn_dir), "--max_detections", "5",
+                "--batch_size", "2"])
+  out = capsys.readouterr()
+  assert "captioned 3 images" in out.out and "1 could not be read" in out.out
+  assert "broken.jpg" in out.out + out.err
+  with open(vis_dir / "results.json") as f:
+    results = json.load(f)
+  assert [r["img_name"] for r in results["results"]] == ["a.jpg", "b.png", "c.jpg"]
+  for r in results["results"]:
+    assert len(r["boxes"]) == len(r["scores"]) == len(r["captions"]) <= 5
+    assert all(len(b) == 4 for b in r["boxes"])
+  assert results["opt"]["image_size"] == 64 and results["opt"]["checkpoint"] == model_dir
+  for name in ("a.jpg", "b.png", "view_results.html", "results.js"):
+    assert (vis_dir / name).exists()
+  assert Image.open(vis_dir / "b.png").size == (32, 64)  # the resized image the boxes refer to
+  assert sorted(os.listdir(drawn_dir)) == ["a.jpg", "b.png", "c.jpg"]
+  assert os.path.getsize(photos / "a.jpg") > 0  # inputs untouched
+
+
+def test_cli_refuses_bad_inputs_and_unsafe_outputs(model_dir, photos, tmp_path):
+  with pytest.raises(SystemExit, match="--input_image not found"):
+    predict.main(["--input_image", str(tmp_path / "missing.jpg"), "--checkpoint", model_dir])
+  with pytest.raises(SystemExit, match="give one of --input_image"):
+    predict.main(["--checkpoint", model_dir])
+  with pytest.raises(SystemExit, match="holds input images, which would be overwritten"):
+    predict.main(["--input_dir", str(photos), "--output_vis_dir", str(photos),
+                  "--checkpoint", model_dir])
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  with pytest.raises(SystemExit, match="has no image files"):
+    predict.main(["--input_dir", str(empty), "--checkpoint", model_dir])
+  with pytest.raises(SystemExit, match="model directory not found"):
+    predict.main(["--input_image", str(photos / "a.jpg"), "--checkpoint", str(tmp_path / "no")])
+
+
+def test_cli_input_split(model_dir, photos, tmp_path):
+  root = tmp_path / "vg"
+  root.mkdir()
+  for i in (7, 9):
+    Image.open(photos / "a.jpg").save(root / f"{i}.jpg")
+  splits = tmp_path / "splits.json"
+  splits.write_text(json.dumps({"train": [1], "val": [], "test": [7, 9]}))
+  predict.main(["--input_split", "test", "--splits_json", str(splits), "--vg_img_root_dir",
+                str(root), "--checkpoint", model_dir, "--output_vis_dir", str(tmp_path / "v"),
+                "--max_images", "1"])
+  with open(tmp_path / "v" / "results.json") as f:
+    assert [r["img_name"] for r in json.load(f)["results"]] == ["7.jpg"]
+
+
+def test_package_level_load_model(model_dir, photos):
+  import densecap_jax
+  model = densecap_jax.load_model(model_dir)
+  (result,) = model.predict([str(photos / "a.jpg")])
+  assert set(result) == {"boxes", "scores", "captions"}
