@@ -131,7 +131,7 @@ class DenseCapPredictor:
           results[i] = {
               "boxes": np.asarray(boxes_lib.xcycwh_to_xywh(boxes[k][keep])),
               "scores": scores[k][keep],
-              "captions": [vocab_lib.decode_sequence(row, self.vocab) for row in tokens[k][keep]],
+              "captions": vocab_lib.decode_captions(tokens[k][keep], self.vocab),
           }
     return results
 

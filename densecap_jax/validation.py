@@ -68,8 +68,8 @@ def evaluate_split(params, data, split, predict_fn, *, config, max_images=-1, ba
         keep, gt = valid[k], batch["gt_mask"][k]
         evaluator.add_result(
             scores[k][keep], boxes[k][keep],
-            [vocab_lib.decode_sequence(row, data.vocab) for row in tokens[k][keep]],
+            vocab_lib.decode_captions(tokens[k][keep], data.vocab),
             batch["gt_boxes"][k][gt],
-            [vocab_lib.decode_sequence(row, data.vocab) for row in batch["gt_labels"][k][gt]])
+            vocab_lib.decode_captions(batch["gt_labels"][k][gt], data.vocab))
         bar.update(1)
   return evaluator.evaluate()

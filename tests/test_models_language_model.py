@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from densecap_jax.data import vocab
 from densecap_jax.models import language_model as lm
 
 V, L, D_CODE, W, H = 7, 4, 6, 5, 3
@@ -143,7 +144,7 @@ def test_sampling_keeps_generating_after_end(model_and_params):
   np.testing.assert_array_equal(tokens, V + 1)
 
 
-VOCAB = {"1": "a", "2": "man", "3": "<UNK>", "4": "dog"}
+VOCAB = [None, "a", "man", "<UNK>", "dog"]
 
 
 @pytest.mark.parametrize("row,expected", [
@@ -153,15 +154,15 @@ VOCAB = {"1": "a", "2": "man", "3": "<UNK>", "4": "dog"}
     ([1, 3, 4, 2], "a <UNK> dog man"),  # full length, <UNK> literal
 ])
 def test_decode_rules(row, expected):
-  assert lm.decode_captions(np.array(row), VOCAB) == expected
+  assert vocab.decode_captions(np.array(row), VOCAB) == expected
 
 
 def test_decode_keeps_leading_shape():
   tokens = np.array([[[1, 5, 0, 0], [4, 4, 5, 1]], [[0, 0, 0, 0], [2, 1, 5, 5]]])
-  assert lm.decode_captions(tokens, {int(k): v for k, v in VOCAB.items()}) == [
+  assert vocab.decode_captions(tokens, VOCAB) == [
       ["a", "dog dog"], ["", "man a"]]
 
 
 def test_decode_rejects_unknown_ids():
   with pytest.raises(ValueError, match="token id 9"):
-    lm.decode_captions(np.array([[1, 9]]), VOCAB)
+    vocab.decode_captions(np.array([[1, 9]]), VOCAB)

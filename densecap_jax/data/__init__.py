@@ -10,5 +10,5 @@ from densecap_jax.data.buckets import make_buckets, pad_to_bucket, pick_bucket
 from densecap_jax.data.images import (VGG_MEAN_BGR, load_rgb, prepare_test_image,
                                       resize_long_side_pil, resize_long_side_torch, vgg_preprocess)
 from densecap_jax.data.loader import SPLITS, BatchIterator, DenseCapH5, make_batches
-from densecap_jax.data.vocab import (UNK, decode_sequence, encode_tokens, load_vocab,
-                                     token_to_idx_of, tokenize_phrase)
+from densecap_jax.data.vocab import (UNK, decode_captions, decode_sequence, encode_tokens,
+                                     load_vocab, token_to_idx_of, tokenize_phrase)

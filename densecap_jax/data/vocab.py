@@ -14,6 +14,8 @@ always gives the same ids. Code that reads a dataset must use its stored
 import collections
 import string
 
+import numpy as np
+
 from densecap_jax import files
 
 UNK = "<UNK>"
@@ -173,18 +175,34 @@ def token_to_idx_of(vocab):
 def decode_sequence(ids, vocab):
   """Decodes one row of token ids to text as ``decodeSequence`` (§6.6).
 
-  Words are joined by single spaces; decoding stops at the first id outside
-  ``1..V`` (END = ``V + 1``, padding 0). ``<UNK>`` is emitted literally.
+  Words are joined by single spaces; decoding stops at the first END
+  (``V + 1``) or 0 (padding). ``<UNK>`` is emitted literally; an immediate END
+  gives ``""``.
 
   Args:
     ids: 1-D sequence of ints.
     vocab: a ``load_vocab`` list (``vocab[0]`` unused).
+
+  Raises:
+    ValueError: an id is neither a word, END nor 0.
   """
   words = []
   size = len(vocab) - 1
   for i in ids:
     i = int(i)
-    if not 1 <= i <= size:
+    if i in (0, size + 1):
       break
+    if not 1 <= i <= size:
+      raise ValueError(f"token id {i} is not in the vocabulary of {size} words")
     words.append(vocab[i])
   return " ".join(words)
+
+
+def decode_captions(tokens, vocab):
+  """``decode_sequence`` over the last axis of ``(..., L)`` tokens -> nested lists of strings."""
+  tokens = np.asarray(tokens)
+  if tokens.ndim < 1:
+    raise ValueError(f"tokens must have shape (..., L), got {tokens.shape}")
+  if tokens.ndim == 1:
+    return decode_sequence(tokens, vocab)
+  return [decode_captions(row, vocab) for row in tokens]

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from densecap_jax import losses as losses_lib
+from densecap_jax.data import vocab as vocab_lib
 from densecap_jax.models import language_model as lm_lib
 from densecap_jax.models import localization as loc_lib
 from densecap_jax.models import recognition as recog_lib
@@ -39,7 +40,7 @@ from densecap_jax.ops import boxes as boxes_lib
 from densecap_jax.ops import nms as nms_lib
 from densecap_jax.ops import roi_pool as roi_pool_lib
 
-decode_captions = lm_lib.decode_captions
+decode_captions = vocab_lib.decode_captions
 
 
 class DenseCap(nn.Module):
@@ -369,3 +370,102 @@ def infer(params, images, image_sizes, config, num_proposals=None, rpn_nms_thres
   else:
     tokens = caption_kept(model, params, take(codes), valid)
   return boxes, scores, tokens, valid
+
+
+def _fit_slots(x, size):
+  """``(B, N, ...)`` -> ``(B, size, ...)``: the first ``size`` rows, zero-padded if ``N < size``."""
+  x = x[:, :size]
+  pad = [(0, 0), (0, size - x.shape[1])] + [(0, 0)] * (x.ndim - 2)
+  return jnp.pad(x, pad)
+
+
+def detect_with_codes(params, images, image_sizes, config, num_detections, num_proposals=None,
+                      rpn_nms_thresh=None, final_nms_thresh=None, pool_final_boxes=False):
+  """Detections and their fc7 region codes (``DenseCapModel:extractFeatures``, §10.5).
+
+  The same detections as ``infer`` (proposals, recognition, final NMS at
+  ``final_nms_thresh``, kept boxes first by decreasing logit), without
+  captions. As the original, the code of a detection is the fc7 output
+  (post-ReLU) of its *proposal*, the region pooled before the box-regression
+  head moved it to the final box. ``pool_final_boxes=True`` pools the final
+  boxes themselves and runs fc6 / fc7 on them, so that each code describes
+  exactly the returned box.
+
+  Args:
+    params, images, image_sizes, config, num_proposals, rpn_nms_thresh,
+      final_nms_thresh: as ``infer``.
+    num_detections: static int M, detection slots returned per image (the
+      first M of the ``num_proposals`` kept slots, zero-padded when larger).
+    pool_final_boxes: static bool, see above.
+
+  Returns:
+    dict of ``boxes`` ``(B, M, 4)`` float32 xcycwh final boxes (unclipped),
+    ``scores`` ``(B, M)`` float32 objectness logits, ``codes``
+    ``(B, M, fc_dim)`` float32, ``proposals`` ``(B, M, 4)`` float32 xcycwh
+    boxes that were pooled for ``codes`` in the default mode, ``valid``
+    ``(B, M)`` bool; valid detections first, sorted by logit, descending;
+    invalid slots hold zeros.
+  """
+  num_proposals = config.num_proposals if num_proposals is None else num_proposals
+  rpn_nms_thresh = config.rpn_nms_thresh if rpn_nms_thresh is None else rpn_nms_thresh
+  final_nms_thresh = config.final_nms_thresh if final_nms_thresh is None else final_nms_thresh
+  model = build_model(config)
+  features = model.apply({"params": params}, images, image_sizes, method=DenseCap.features)
+  rpn = _rpn_boxes(model, params, features, image_sizes, config)
+  propose = functools.partial(loc_lib.propose, nms_thresh=rpn_nms_thresh,
+                              num_proposals=num_proposals)
+  proposals, proposal_valid = jax.vmap(propose)(rpn["boxes"], rpn["scores"], rpn["cell_valid"],
+                                                image_sizes)
+  pooled = _pool(features, proposals, image_sizes, rpn["feature_sizes"], config.roi_output_size)
+  codes, logits, transforms = model.apply({"params": params}, pooled, method=DenseCap.recognize)
+  final_boxes = boxes_lib.apply_box_transform(proposals, transforms)
+
+  threshold = jnp.where(jnp.asarray(final_nms_thresh) > 0, final_nms_thresh, 2.0)
+  final_nms = functools.partial(nms_lib.nms, iou_threshold=threshold,
+                                max_output_size=num_proposals)
+  keep, count = jax.vmap(lambda b, s, v: final_nms(b, s, valid=v))(
+      boxes_lib.xcycwh_to_x1y1x2y2(final_boxes), logits, proposal_valid)
+  valid = jnp.arange(num_proposals)[None, :] < count[:, None]
+  order = jnp.maximum(keep, 0)
+  take = lambda x: _fit_slots(
+      jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)), axis=1),
+      num_detections)
+  valid = _fit_slots(valid, num_detections)
+  boxes = jnp.where(valid[..., None], take(final_boxes), 0.0)
+  if pool_final_boxes:
+    pooled = _pool(features, boxes, image_sizes, rpn["feature_sizes"], config.roi_output_size)
+    kept_codes, _, _ = model.apply({"params": params}, pooled, method=DenseCap.recognize)
+  else:
+    kept_codes = take(codes)
+  return {
+      "boxes": boxes,
+      "scores": jnp.where(valid, take(logits), 0.0),
+      "codes": jnp.where(valid[..., None], kept_codes, 0.0),
+      "proposals": jnp.where(valid[..., None], take(proposals), 0.0),
+      "valid": valid,
+  }
+
+
+def region_codes(params, images, image_sizes, boxes, box_valid, config):
+  """fc7 region codes of given boxes (the recognition base on user boxes, §5, §10.5).
+
+  Args:
+    params: the ``'params'`` collection.
+    images: ``(B, Hb, Wb, 3)`` float32, BGR minus the VGG mean, zero outside
+      each true size (one shape bucket).
+    image_sizes: ``(B, 2)`` int32 true ``(H, W)``.
+    boxes: ``(B, M, 4)`` float32 xcycwh boxes in 1-based pixels of each image.
+    box_valid: ``(B, M)`` bool, the real boxes (padding slots are ignored).
+    config: the model config.
+
+  Returns:
+    ``(codes, logits)``: ``(B, M, fc_dim)`` float32 fc7 codes (post-ReLU) of
+    the bilinearly pooled boxes and ``(B, M)`` float32 objectness logits;
+    zeros in invalid slots.
+  """
+  model = build_model(config)
+  features = model.apply({"params": params}, images, image_sizes, method=DenseCap.features)
+  pooled = _pool(features, boxes, image_sizes, vgg_lib.feature_size(image_sizes),
+                 config.roi_output_size)
+  codes, logits, _ = model.apply({"params": params}, pooled, method=DenseCap.recognize)
+  return jnp.where(box_valid[..., None], codes, 0.0), jnp.where(box_valid, logits, 0.0)

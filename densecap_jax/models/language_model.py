@@ -21,7 +21,6 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 
 def torch_linear_init(fan_in):
@@ -205,42 +204,3 @@ class LanguageModel(nn.Module):
 
     _, tokens = jax.lax.scan(step, (carry, start), None, length=self.seq_length)
     return jnp.swapaxes(tokens, 0, 1)
-
-
-def decode_captions(tokens, idx_to_token):
-  """Token rows to strings (``LanguageModel:decodeSequence``, §6.6).
-
-  Each row is read in order up to the first END (``V + 1``, with ``V =
-  len(idx_to_token)``) or 0; the words are joined by single spaces. ``<UNK>``
-  is emitted literally; an immediate END gives ``""``.
-
-  Args:
-    tokens: ``(..., L)`` int token ids.
-    idx_to_token: mapping from id ``1..V`` (int or str keys, as in the JSON) to word.
-
-  Returns:
-    A string for one row ``(L,)``; otherwise nested lists of strings with the
-    leading shape of ``tokens``.
-
-  Raises:
-    ValueError: a token id is neither a word, END nor 0.
-  """
-  words = {int(k): v for k, v in idx_to_token.items()}
-  end = len(words) + 1
-  tokens = np.asarray(tokens)
-  if tokens.ndim < 1:
-    raise ValueError(f"tokens must have shape (..., L), got {tokens.shape}")
-
-  def decode_row(row):
-    caption = []
-    for token in row.tolist():
-      if token == end or token == 0:
-        break
-      if token not in words:
-        raise ValueError(f"token id {token} is not in the vocabulary of {len(words)} words")
-      caption.append(words[token])
-    return " ".join(caption)
-
-  if tokens.ndim == 1:
-    return decode_row(tokens)
-  return [decode_captions(sub, idx_to_token) for sub in tokens]
