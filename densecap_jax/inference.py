@@ -52,6 +52,31 @@ class PreparedImage:
   original_size: tuple
 
 
+def batch_by_bucket(prepared, buckets, batch_size):
+  """Groups prepared images by shape bucket into fixed-size padded batches.
+
+  Yields:
+    ``(members, images, sizes)``: indices into ``prepared`` (at most
+    ``batch_size``), ``(batch_size, Hb, Wb, 3)`` float32 images zero-padded
+    to the bucket (unused slots all zero) and ``(batch_size, 2)`` int32 true
+    sizes (the bucket's for unused slots).
+  """
+  by_bucket = {}
+  for i, p in enumerate(prepared):
+    bucket = buckets_lib.pick_bucket(*p.model_input.shape[:2], buckets)
+    by_bucket.setdefault(bucket, []).append(i)
+  for bucket, members in by_bucket.items():
+    for start in range(0, len(members), batch_size):
+      chunk = members[start:start + batch_size]
+      images = np.zeros((batch_size,) + bucket + (3,), np.float32)
+      sizes = np.tile(np.asarray(bucket, np.int32), (batch_size, 1))
+      for k, i in enumerate(chunk):
+        h, w = prepared[i].model_input.shape[:2]
+        images[k, :h, :w] = prepared[i].model_input
+        sizes[k] = (h, w)
+      yield chunk, images, sizes
+
+
 class DenseCapPredictor:
   """A model in memory with its test-time settings.
 
@@ -110,29 +135,17 @@ class DenseCapPredictor:
       results.json), ``scores`` ``(N,)`` float32 objectness logits, descending,
       and ``captions`` (``N`` strings).
     """
-    by_bucket = {}
-    for i, p in enumerate(prepared):
-      bucket = buckets_lib.pick_bucket(*p.model_input.shape[:2], self.buckets)
-      by_bucket.setdefault(bucket, []).append(i)
     results = [None] * len(prepared)
-    for bucket, members in by_bucket.items():
-      for start in range(0, len(members), self.batch_size):
-        chunk = members[start:start + self.batch_size]
-        images = np.zeros((self.batch_size,) + bucket + (3,), np.float32)
-        sizes = np.tile(np.asarray(bucket, np.int32), (self.batch_size, 1))
-        for k, i in enumerate(chunk):
-          h, w = prepared[i].model_input.shape[:2]
-          images[k, :h, :w] = prepared[i].model_input
-          sizes[k] = (h, w)
-        boxes, scores, tokens, valid = jax.device_get(self._infer(
-            self.params, images, sizes, self.rpn_nms_thresh, self.final_nms_thresh))
-        for k, i in enumerate(chunk):
-          keep = np.flatnonzero(valid[k])[:max_detections]
-          results[i] = {
-              "boxes": np.asarray(boxes_lib.xcycwh_to_xywh(boxes[k][keep])),
-              "scores": scores[k][keep],
-              "captions": vocab_lib.decode_captions(tokens[k][keep], self.vocab),
-          }
+    for chunk, images, sizes in batch_by_bucket(prepared, self.buckets, self.batch_size):
+      boxes, scores, tokens, valid = jax.device_get(self._infer(
+          self.params, images, sizes, self.rpn_nms_thresh, self.final_nms_thresh))
+      for k, i in enumerate(chunk):
+        keep = np.flatnonzero(valid[k])[:max_detections]
+        results[i] = {
+            "boxes": np.asarray(boxes_lib.xcycwh_to_xywh(boxes[k][keep])),
+            "scores": scores[k][keep],
+            "captions": vocab_lib.decode_captions(tokens[k][keep], self.vocab),
+        }
     return results
 
   def predict(self, images, max_detections=None):

@@ -65,6 +65,17 @@ def parse_args(argv=None):
   return parser.parse_args(argv)
 
 
+def image_files(folder):
+  """Sorted paths of the image files in ``folder`` (names not starting with ``.``)."""
+  if not os.path.isdir(folder):
+    raise ValueError(f"--input_dir is not a folder: {folder}")
+  names = sorted(n for n in os.listdir(folder)
+                 if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS))
+  if not names:
+    raise ValueError(f"--input_dir has no image files ({', '.join(IMAGE_EXTENSIONS)}): {folder}")
+  return [os.path.join(folder, n) for n in names]
+
+
 def list_inputs(args):
   """The image paths to caption, in order; raises ValueError with a one-line reason."""
   if args.input_image:
@@ -72,14 +83,7 @@ def list_inputs(args):
       raise ValueError(f"--input_image not found: {args.input_image}")
     return [args.input_image]
   if args.input_dir:
-    if not os.path.isdir(args.input_dir):
-      raise ValueError(f"--input_dir is not a folder: {args.input_dir}")
-    names = sorted(n for n in os.listdir(args.input_dir)
-                   if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS))
-    if not names:
-      raise ValueError(f"--input_dir has no image files ({', '.join(IMAGE_EXTENSIONS)}): "
-                       f"{args.input_dir}")
-    paths = [os.path.join(args.input_dir, n) for n in names]
+    paths = image_files(args.input_dir)
   elif args.input_split:
     from densecap_jax import files  # pylint: disable=g-import-not-at-top
     splits = files.read_json(args.splits_json, "--splits_json")

@@ -12,6 +12,11 @@ to bottom:
 * ``infer(params, images, image_sizes, config)`` -> boxes, logits, tokens,
   valid: backbone -> RPN -> proposals (clip, NMS 0.7) -> pooling -> fc6 / fc7
   -> final boxes -> final NMS 0.3 -> greedy captions of the kept boxes only.
+* ``detect_with_codes(params, images, image_sizes, config, num_detections)``
+  -> the same detections without captions, with their fc7 region codes
+  (``extract_features``, §10.5).
+* ``region_codes(params, images, image_sizes, boxes, box_valid, config)`` ->
+  fc7 codes and objectness logits of given boxes.
 
 Batches hold several images padded into one shape bucket; every per-image step
 is ``jax.vmap``-ed, every shape is static, and the true image sizes are traced
@@ -308,6 +313,46 @@ def caption_kept(model, params, codes, valid):
   return jnp.where(valid[..., None], tokens, 0)
 
 
+def _detect(params, images, image_sizes, config, num_proposals, rpn_nms_thresh,
+            final_nms_thresh):
+  """Proposals, recognition and the final NMS: the detection stage of ``infer`` (§3.6, §5).
+
+  Returns:
+    dict with ``model``, ``features``, ``rpn`` (``_rpn_boxes``), per proposal
+    ``proposals`` ``(B, N, 4)``, ``codes`` ``(B, N, fc_dim)``, ``logits``
+    ``(B, N)`` and ``final_boxes`` ``(B, N, 4)``, and the final NMS result:
+    ``take(x)`` reorders a ``(B, N, ...)`` array into kept-first logit order,
+    ``valid`` ``(B, N)`` marks the kept slots.
+  """
+  num_proposals = config.num_proposals if num_proposals is None else num_proposals
+  rpn_nms_thresh = config.rpn_nms_thresh if rpn_nms_thresh is None else rpn_nms_thresh
+  final_nms_thresh = config.final_nms_thresh if final_nms_thresh is None else final_nms_thresh
+  model = build_model(config)
+  features = model.apply({"params": params}, images, image_sizes, method=DenseCap.features)
+  rpn = _rpn_boxes(model, params, features, image_sizes, config)
+  propose = functools.partial(loc_lib.propose, nms_thresh=rpn_nms_thresh,
+                              num_proposals=num_proposals)
+  proposals, proposal_valid = jax.vmap(propose)(rpn["boxes"], rpn["scores"], rpn["cell_valid"],
+                                                image_sizes)
+  pooled = _pool(features, proposals, image_sizes, rpn["feature_sizes"], config.roi_output_size)
+  codes, logits, transforms = model.apply({"params": params}, pooled, method=DenseCap.recognize)
+  final_boxes = boxes_lib.apply_box_transform(proposals, transforms)
+
+  threshold = jnp.where(jnp.asarray(final_nms_thresh) > 0, final_nms_thresh, 2.0)
+  final_nms = functools.partial(nms_lib.nms, iou_threshold=threshold,
+                                max_output_size=num_proposals)
+  keep, count = jax.vmap(lambda b, s, v: final_nms(b, s, valid=v))(
+      boxes_lib.xcycwh_to_x1y1x2y2(final_boxes), logits, proposal_valid)
+  order = jnp.maximum(keep, 0)
+
+  def take(x):
+    return jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)), axis=1)
+
+  return {"model": model, "features": features, "rpn": rpn, "proposals": proposals,
+          "codes": codes, "logits": logits, "final_boxes": final_boxes, "take": take,
+          "valid": jnp.arange(num_proposals)[None, :] < count[:, None]}
+
+
 def infer(params, images, image_sizes, config, num_proposals=None, rpn_nms_thresh=None,
           final_nms_thresh=None, caption_all=False):
   """Test-time forward pass (``DenseCapModel:forward_test``, §3.6, §5).
@@ -339,36 +384,16 @@ def infer(params, images, image_sizes, config, num_proposals=None, rpn_nms_thres
     (``decode_captions``), ``(B, N)`` bool; valid detections come first,
     sorted by logit, descending; invalid slots hold zeros.
   """
-  num_proposals = config.num_proposals if num_proposals is None else num_proposals
-  rpn_nms_thresh = config.rpn_nms_thresh if rpn_nms_thresh is None else rpn_nms_thresh
-  final_nms_thresh = config.final_nms_thresh if final_nms_thresh is None else final_nms_thresh
-  model = build_model(config)
-  features = model.apply({"params": params}, images, image_sizes, method=DenseCap.features)
-  rpn = _rpn_boxes(model, params, features, image_sizes, config)
-  propose = functools.partial(loc_lib.propose, nms_thresh=rpn_nms_thresh,
-                              num_proposals=num_proposals)
-  proposals, proposal_valid = jax.vmap(propose)(rpn["boxes"], rpn["scores"], rpn["cell_valid"],
-                                                image_sizes)
-  pooled = _pool(features, proposals, image_sizes, rpn["feature_sizes"], config.roi_output_size)
-  codes, logits, transforms = model.apply({"params": params}, pooled, method=DenseCap.recognize)
-  final_boxes = boxes_lib.apply_box_transform(proposals, transforms)
-
-  threshold = jnp.where(jnp.asarray(final_nms_thresh) > 0, final_nms_thresh, 2.0)
-  final_nms = functools.partial(nms_lib.nms, iou_threshold=threshold,
-                                max_output_size=num_proposals)
-  keep, count = jax.vmap(lambda b, s, v: final_nms(b, s, valid=v))(
-      boxes_lib.xcycwh_to_x1y1x2y2(final_boxes), logits, proposal_valid)
-  valid = jnp.arange(num_proposals)[None, :] < count[:, None]
-  order = jnp.maximum(keep, 0)
-  take = lambda x: jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)),
-                                       axis=1)
-  boxes = jnp.where(valid[..., None], take(final_boxes), 0.0)
-  scores = jnp.where(valid, take(logits), 0.0)
+  det = _detect(params, images, image_sizes, config, num_proposals, rpn_nms_thresh,
+                final_nms_thresh)
+  model, take, valid = det["model"], det["take"], det["valid"]
+  boxes = jnp.where(valid[..., None], take(det["final_boxes"]), 0.0)
+  scores = jnp.where(valid, take(det["logits"]), 0.0)
   if caption_all:
-    all_tokens = caption_kept(model, params, codes, jnp.ones_like(valid))
+    all_tokens = caption_kept(model, params, det["codes"], jnp.ones_like(valid))
     tokens = jnp.where(valid[..., None], take(all_tokens), 0)
   else:
-    tokens = caption_kept(model, params, take(codes), valid)
+    tokens = caption_kept(model, params, take(det["codes"]), valid)
   return boxes, scores, tokens, valid
 
 
@@ -406,42 +431,23 @@ def detect_with_codes(params, images, image_sizes, config, num_detections, num_p
     ``(B, M)`` bool; valid detections first, sorted by logit, descending;
     invalid slots hold zeros.
   """
-  num_proposals = config.num_proposals if num_proposals is None else num_proposals
-  rpn_nms_thresh = config.rpn_nms_thresh if rpn_nms_thresh is None else rpn_nms_thresh
-  final_nms_thresh = config.final_nms_thresh if final_nms_thresh is None else final_nms_thresh
-  model = build_model(config)
-  features = model.apply({"params": params}, images, image_sizes, method=DenseCap.features)
-  rpn = _rpn_boxes(model, params, features, image_sizes, config)
-  propose = functools.partial(loc_lib.propose, nms_thresh=rpn_nms_thresh,
-                              num_proposals=num_proposals)
-  proposals, proposal_valid = jax.vmap(propose)(rpn["boxes"], rpn["scores"], rpn["cell_valid"],
-                                                image_sizes)
-  pooled = _pool(features, proposals, image_sizes, rpn["feature_sizes"], config.roi_output_size)
-  codes, logits, transforms = model.apply({"params": params}, pooled, method=DenseCap.recognize)
-  final_boxes = boxes_lib.apply_box_transform(proposals, transforms)
-
-  threshold = jnp.where(jnp.asarray(final_nms_thresh) > 0, final_nms_thresh, 2.0)
-  final_nms = functools.partial(nms_lib.nms, iou_threshold=threshold,
-                                max_output_size=num_proposals)
-  keep, count = jax.vmap(lambda b, s, v: final_nms(b, s, valid=v))(
-      boxes_lib.xcycwh_to_x1y1x2y2(final_boxes), logits, proposal_valid)
-  valid = jnp.arange(num_proposals)[None, :] < count[:, None]
-  order = jnp.maximum(keep, 0)
-  take = lambda x: _fit_slots(
-      jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)), axis=1),
-      num_detections)
-  valid = _fit_slots(valid, num_detections)
-  boxes = jnp.where(valid[..., None], take(final_boxes), 0.0)
-  if pool_final_boxes:
-    pooled = _pool(features, boxes, image_sizes, rpn["feature_sizes"], config.roi_output_size)
+  det = _detect(params, images, image_sizes, config, num_proposals, rpn_nms_thresh,
+                final_nms_thresh)
+  model = det["model"]
+  take = lambda x: _fit_slots(det["take"](x), num_detections)
+  valid = _fit_slots(det["valid"], num_detections)
+  boxes = jnp.where(valid[..., None], take(det["final_boxes"]), 0.0)
+  if pool_final_boxes:  # Clean variant of §10.5: codes of the returned boxes themselves.
+    pooled = _pool(det["features"], boxes, image_sizes, det["rpn"]["feature_sizes"],
+                   config.roi_output_size)
     kept_codes, _, _ = model.apply({"params": params}, pooled, method=DenseCap.recognize)
   else:
-    kept_codes = take(codes)
+    kept_codes = take(det["codes"])
   return {
       "boxes": boxes,
-      "scores": jnp.where(valid, take(logits), 0.0),
+      "scores": jnp.where(valid, take(det["logits"]), 0.0),
       "codes": jnp.where(valid[..., None], kept_codes, 0.0),
-      "proposals": jnp.where(valid[..., None], take(proposals), 0.0),
+      "proposals": jnp.where(valid[..., None], take(det["proposals"]), 0.0),
       "valid": valid,
   }
 

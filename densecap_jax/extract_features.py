@@ -1,0 +1,386 @@
+"""Region features to HDF5 (the original's ``extract_features.lua``, reference §10.5).
+
+  python -m densecap_jax.extract_features --input_txt images.txt --output_h5 feats.h5 \
+      --checkpoint MODEL_DIR
+  python -m densecap_jax.extract_features --input_dir photos/ --output_h5 feats.h5 \
+      --boxes_json boxes.json --checkpoint MODEL_DIR
+
+Each image goes through the test-time preprocessing (§1.2). Without
+``--boxes_json`` the model detects regions as ``predict`` does, with a final
+NMS at 0.4, and the first ``--boxes_per_image`` detections in score order are
+kept together with their 4096-d fc7 codes (post-ReLU; ``fc_dim`` wide for
+other configs). As the original, a detection's code is that of its proposal,
+the region pooled before box regression moved it to the stored box
+(``/proposal_boxes``); ``--pool_final_boxes 1`` pools the stored boxes
+instead. With ``--boxes_json`` (``{"image path or name": [[x, y, w, h], ...]}``,
+1-based xywh in the original image's pixels) the codes of exactly those boxes
+are computed. A listed image is looked up by its path as listed, then by its
+file name.
+
+The HDF5 file (written atomically), for the N images that could be read, in
+input order, and M = ``--boxes_per_image``:
+
+* ``/feats`` float32 ``(N, M, fc_dim)`` region codes;
+* ``/boxes`` float32 ``(N, M, 4)`` xywh, 1-based, in the resized image's pixels
+  (long side ``image_size``), as the original;
+* ``/scores`` float32 ``(N, M)`` objectness logits;
+* ``/num_boxes`` int32 ``(N,)`` real rows of each image; rows beyond are zero
+  (the original failed on images with fewer than M detections);
+* ``/proposal_boxes`` float32 ``(N, M, 4)`` xywh (detections only);
+* ``/image_paths`` ``(N,)`` strings, the paths as listed;
+* file attributes: the options (``checkpoint``, ``image_size``, ...) and
+  ``source`` (``detections`` or ``boxes_json``).
+"""
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import h5py
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from densecap_jax import files
+from densecap_jax import inference
+from densecap_jax import predict
+from densecap_jax.models import densecap
+from densecap_jax.ops import boxes as boxes_lib
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(
+      description="Boxes and region features (fc7 codes) of images, to an HDF5 file.")
+  model = parser.add_argument_group("model")
+  model.add_argument("--checkpoint", default="",
+                     help="model directory (trained or converted); default: the bundled model")
+  model.add_argument("--image_size", type=int, default=0,
+                     help="long side after resizing (default: the model's, 720 for vgg16)")
+  model.add_argument("--rpn_nms_thresh", type=float, default=0.7)
+  model.add_argument("--final_nms_thresh", type=float, default=0.4)
+  model.add_argument("--num_proposals", type=int, default=0,
+                     help="proposals after the RPN NMS (default: the model's, 1000 for vgg16)")
+  model.add_argument("--boxes_per_image", type=int, default=100,
+                     help="rows per image in the output (detections kept, or given boxes at most)")
+  model.add_argument("--pool_final_boxes", type=int, default=0, choices=(0, 1),
+                     help="1: codes of the stored boxes; 0: of their proposals, as the original")
+  model.add_argument("--batch_size", type=int, default=1, help="images per forward pass")
+  inputs = parser.add_argument_group("inputs")
+  inputs.add_argument("--input_txt", default="", help="text file with one image path per line")
+  inputs.add_argument("--input_dir", default="",
+                      help="every image file in a folder (when no --input_txt)")
+  inputs.add_argument("--max_images", type=int, default=0, help="use the first this many; 0 = all")
+  inputs.add_argument("--boxes_json", default="",
+                      help='{"image path or name": [[x, y, w, h], ...]} in original-image pixels; '
+                           "features of these boxes instead of detections")
+  parser.add_argument("--output_h5", default="", help="HDF5 file to write (required)")
+  return parser.parse_args(argv)
+
+
+def check_args(args):
+  """Raises ValueError with a one-line reason for options that cannot work."""
+  if not args.output_h5:
+    raise ValueError("--output_h5 is required")
+  for flag in ("boxes_per_image", "batch_size"):
+    if getattr(args, flag) < 1:
+      raise ValueError(f"--{flag} must be positive, got {getattr(args, flag)}")
+  if os.path.isdir(args.output_h5):
+    raise ValueError(f"--output_h5 is a folder: {args.output_h5}")
+
+
+def list_inputs(args):
+  """Image paths of ``--input_txt`` (blank lines skipped) or ``--input_dir``, up to ``--max_images``."""
+  if args.input_txt:
+    if not os.path.isfile(args.input_txt):
+      raise ValueError(f"--input_txt not found: {args.input_txt}")
+    try:
+      with open(args.input_txt, encoding="utf-8") as f:
+        paths = [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError as e:
+      raise ValueError(f"--input_txt {args.input_txt} is not UTF-8 text (byte {e.start})") from None
+    if not paths:
+      raise ValueError(f"--input_txt lists no image paths: {args.input_txt}")
+  elif args.input_dir:
+    paths = predict.image_files(args.input_dir)
+  else:
+    raise ValueError("give --input_txt (one image path per line) or --input_dir")
+  return paths[:args.max_images] if args.max_images > 0 else paths
+
+
+def _check_box(box, where):
+  """One ``[x, y, w, h]`` of the boxes JSON -> 4 floats; ValueError naming ``where`` otherwise."""
+  numbers = (isinstance(box, list) and len(box) == 4
+             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box))
+  if not numbers:
+    raise ValueError(f"{where}: expected [x, y, w, h] (4 numbers), got {box!r}")
+  for name, value in zip(("x", "y", "w", "h"), box):
+    if not math.isfinite(value):
+      raise ValueError(f"{where}: {name} is {value}")
+  if box[2] <= 0 or box[3] <= 0:
+    raise ValueError(f"{where}: w and h must be positive, got w={box[2]}, h={box[3]}")
+  return [float(v) for v in box]
+
+
+def read_boxes_json(path, image_paths, boxes_per_image):
+  """The given boxes of each listed image, from a ``--boxes_json`` file.
+
+  Args:
+    path: JSON file ``{"image path or name": [[x, y, w, h], ...]}`` (1-based
+      xywh in the original image's pixels).
+    image_paths: the listed images; each is looked up by its path, then by
+      its file name.
+    boxes_per_image: the most boxes an image may have.
+
+  Returns:
+    One ``(k, 4)`` float32 xywh array per listed image.
+
+  Raises:
+    ValueError: one line naming the file, the image and the field at fault.
+  """
+  table = files.read_json(path, "--boxes_json")
+  if not isinstance(table, dict):
+    raise ValueError(f"--boxes_json {path} must hold an object {{image: [[x, y, w, h], ...]}}, "
+                     f"got {type(table).__name__}")
+  boxes = {}
+  for key, entry in table.items():
+    if not isinstance(entry, list):
+      raise ValueError(f"--boxes_json {path}: {key!r}: expected a list of [x, y, w, h], "
+                       f"got {type(entry).__name__}")
+    if len(entry) > boxes_per_image:
+      raise ValueError(f"--boxes_json {path}: {key!r} has {len(entry)} boxes, more than "
+                       f"--boxes_per_image {boxes_per_image}")
+    rows = [_check_box(b, f"--boxes_json {path}: {key!r} box {j}") for j, b in enumerate(entry)]
+    boxes[key] = np.asarray(rows, np.float32).reshape(-1, 4)
+  given = []
+  for image_path in image_paths:
+    key = image_path if image_path in boxes else os.path.basename(image_path)
+    if key not in boxes:
+      raise ValueError(f"--boxes_json {path} has no entry for image {image_path!r} "
+                       f"(keys are matched to the listed path, then to the file name)")
+    given.append(boxes[key])
+  return given
+
+
+def resized_boxes(boxes, original_size, image_size):
+  """``(k, 4)`` xywh boxes of an original ``(H0, W0)`` image -> xywh in the resized image.
+
+  The factor is ``image_size / max(H0, W0)``, the resize of §1.2.
+  """
+  factor = image_size / max(original_size)
+  return np.asarray(boxes_lib.scale_boxes_xywh(boxes, factor), np.float32)
+
+
+def _xywh_rows(boxes, valid):
+  """``(M, 4)`` xcycwh boxes -> float32 xywh (§10.2's rule), zero rows where ``valid`` is False."""
+  return np.where(valid[:, None], np.asarray(boxes_lib.xcycwh_to_xywh(boxes)), 0).astype(np.float32)
+
+
+class FeatureExtractor:
+  """Boxes and region codes of prepared images, batched by shape bucket.
+
+  Attributes:
+    model: the ``inference.DenseCapPredictor`` (params, config, settings, buckets).
+    boxes_per_image: M, rows per image.
+  """
+
+  def __init__(self, model, boxes_per_image, pool_final_boxes=False):
+    self.model = model
+    self.boxes_per_image = boxes_per_image
+    config = model.config
+
+    def detect(params, images, image_sizes, rpn_nms_thresh, final_nms_thresh):
+      return densecap.detect_with_codes(
+          params, images, image_sizes, config, boxes_per_image,
+          num_proposals=model.num_proposals, rpn_nms_thresh=rpn_nms_thresh,
+          final_nms_thresh=final_nms_thresh, pool_final_boxes=pool_final_boxes)
+
+    def pool(params, images, image_sizes, boxes, box_valid):
+      return densecap.region_codes(params, images, image_sizes, boxes, box_valid, config)
+
+    self._detect = jax.jit(detect)
+    self._pool = jax.jit(pool)
+
+  def detections(self, prepared):
+    """Rows of the first M detections of each :class:`inference.PreparedImage`.
+
+    Returns:
+      One dict per image: ``boxes`` and ``proposal_boxes`` ``(M, 4)`` float32
+      xywh (resized image), ``scores`` ``(M,)``, ``feats`` ``(M, fc_dim)``,
+      ``num_boxes`` int; rows from ``num_boxes`` on are zero.
+    """
+    rows = [None] * len(prepared)
+    for chunk, images, sizes in inference.batch_by_bucket(prepared, self.model.buckets,
+                                                            self.model.batch_size):
+      out = jax.device_get(self._detect(self.model.params, images, sizes,
+                                        self.model.rpn_nms_thresh, self.model.final_nms_thresh))
+      for k, i in enumerate(chunk):
+        valid = out["valid"][k]
+        rows[i] = {
+            "boxes": _xywh_rows(out["boxes"][k], valid),
+            "proposal_boxes": _xywh_rows(out["proposals"][k], valid),
+            "scores": out["scores"][k],
+            "feats": out["codes"][k],
+            "num_boxes": int(valid.sum()),
+        }
+    return rows
+
+  def given_boxes(self, prepared, boxes):
+    """Rows of given boxes: ``boxes[i]`` ``(k_i, 4)`` xywh in image ``i``'s *original* pixels.
+
+    Returns:
+      One dict per image: ``boxes`` ``(M, 4)`` float32 xywh scaled to the
+      resized image, ``scores`` ``(M,)`` logits, ``feats`` ``(M, fc_dim)``
+      codes of those boxes, ``num_boxes`` = ``k_i``; rows beyond are zero.
+    """
+    m = self.boxes_per_image
+    scaled = np.zeros((len(prepared), m, 4), np.float32)
+    for i, (p, b) in enumerate(zip(prepared, boxes)):
+      scaled[i, :len(b)] = resized_boxes(b, p.original_size, self.model.image_size)
+    counts = np.array([len(b) for b in boxes], np.int64)
+    valid = np.arange(m)[None, :] < counts[:, None]
+    centred = np.asarray(boxes_lib.xywh_to_xcycwh(scaled), np.float32)
+    rows = [None] * len(prepared)
+    for chunk, images, sizes in inference.batch_by_bucket(prepared, self.model.buckets,
+                                                            self.model.batch_size):
+      batch_boxes = np.zeros((len(images), m, 4), np.float32)
+      batch_valid = np.zeros((len(images), m), bool)
+      batch_boxes[:len(chunk)] = centred[chunk]
+      batch_valid[:len(chunk)] = valid[chunk]
+      codes, logits = jax.device_get(self._pool(self.model.params, images, sizes, batch_boxes,
+                                                batch_valid))
+      for k, i in enumerate(chunk):
+        rows[i] = {"boxes": scaled[i], "scores": logits[k], "feats": codes[k],
+                   "num_boxes": int(counts[i])}
+    return rows
+
+
+class _FeatureFile:
+  """The output datasets, written row by row and cut to the rows written on ``finish``."""
+
+  def __init__(self, h5, capacity, boxes_per_image, fc_dim, with_proposals, attrs):
+    m = boxes_per_image
+    shapes = {"feats": (m, fc_dim), "boxes": (m, 4), "scores": (m,), "num_boxes": ()}
+    if with_proposals:
+      shapes["proposal_boxes"] = (m, 4)
+    self.h5 = h5
+    self.datasets = {}
+    for name, shape in shapes.items():
+      dtype = np.int32 if name == "num_boxes" else np.float32
+      self.datasets[name] = h5.create_dataset(
+          name, shape=(capacity,) + shape, maxshape=(None,) + shape, dtype=dtype,
+          chunks=(1,) + shape if shape else (1024,), fillvalue=0)
+    for key, value in attrs.items():
+      h5.attrs[key] = value
+    self.paths = []
+
+  def append(self, path, row):
+    i = len(self.paths)
+    for name, dataset in self.datasets.items():
+      dataset[i] = row[name]
+    self.paths.append(path)
+
+  def finish(self):
+    for dataset in self.datasets.values():
+      dataset.resize(len(self.paths), axis=0)
+    self.h5.create_dataset("image_paths", data=np.array(self.paths, dtype=object),
+                           dtype=h5py.string_dtype())
+
+
+def extract(extractor, paths, given, output, attrs, chunk_size):
+  """Runs ``extractor`` over ``paths`` in chunks and writes the rows to the HDF5 file ``output``.
+
+  Args:
+    extractor: a :class:`FeatureExtractor`.
+    paths: image paths.
+    given: ``None`` (detections) or one ``(k, 4)`` xywh array per path.
+    output: the file to create.
+    attrs: HDF5 attributes to store.
+    chunk_size: images read and run per step.
+
+  Returns:
+    ``(rows written, total boxes, failed paths)``.
+  """
+  failed = []
+  num_boxes = 0
+  fc_dim = int(extractor.model.config.fc_dim)
+  with h5py.File(output, "w") as h5:
+    out = _FeatureFile(h5, len(paths), extractor.boxes_per_image, fc_dim, given is None, attrs)
+    with tqdm(total=len(paths), desc="extracting", unit="img", disable=len(paths) < 2) as bar:
+      for start in range(0, len(paths), chunk_size):
+        prepared, kept = [], []
+        for i in range(start, min(start + chunk_size, len(paths))):
+          try:
+            prepared.append(extractor.model.prepare(paths[i]))
+            kept.append(i)
+          except ValueError as e:
+            failed.append(paths[i])
+            tqdm.write(f"skipped: {e}")
+        if given is None:
+          rows = extractor.detections(prepared)
+        else:
+          rows = extractor.given_boxes(prepared, [given[i] for i in kept])
+        for i, row in zip(kept, rows):
+          out.append(paths[i], row)
+          num_boxes += row["num_boxes"]
+        bar.update(min(chunk_size, len(paths) - start))
+    out.finish()
+  return len(out.paths), num_boxes, failed
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  try:
+    check_args(args)
+    paths = list_inputs(args)
+    given = (read_boxes_json(args.boxes_json, paths, args.boxes_per_image)
+             if args.boxes_json else None)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
+
+  if not args.checkpoint:
+    print(predict.BUNDLED_NOTICE, file=sys.stderr)
+  try:
+    model = inference.load_model(
+        args.checkpoint or None, image_size=args.image_size or None,
+        num_proposals=args.num_proposals or None, rpn_nms_thresh=args.rpn_nms_thresh,
+        final_nms_thresh=args.final_nms_thresh, batch_size=args.batch_size)
+  except (OSError, ValueError) as e:
+    sys.exit(f"error: {e}")
+  extractor = FeatureExtractor(model, args.boxes_per_image, bool(args.pool_final_boxes))
+  attrs = {
+      "checkpoint": args.checkpoint or inference.bundled_model_path(),
+      "image_size": model.image_size,
+      "rpn_nms_thresh": model.rpn_nms_thresh,
+      "final_nms_thresh": model.final_nms_thresh,
+      "num_proposals": model.num_proposals,
+      "boxes_per_image": args.boxes_per_image,
+      "pool_final_boxes": args.pool_final_boxes,
+      "source": "boxes_json" if given is not None else "detections",
+      "boxes_json": args.boxes_json,
+      "box_format": "xywh",
+  }
+
+  start = time.perf_counter()
+  try:
+    with files.atomic_output(args.output_h5) as tmp_path:
+      written, num_boxes, failed = extract(extractor, paths, given, tmp_path, attrs,
+                                           max(args.batch_size * 8, 1))
+      if not written:
+        raise ValueError("no image could be read; nothing written")
+  except ValueError as e:
+    sys.exit(f"error: {e}")
+  except OSError as e:
+    sys.exit(f"error: cannot write --output_h5 {args.output_h5}: {e}")
+
+  seconds = time.perf_counter() - start
+  summary = (f"wrote {num_boxes} boxes of {written} images ({model.config.fc_dim}-d features) "
+             f"to {args.output_h5} in {seconds:.1f} s")
+  if failed:
+    summary += f"; {len(failed)} could not be read: {', '.join(failed)}"
+  print(summary)
+
+
+if __name__ == "__main__":
+  main()
