@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast bench clean predict
+.PHONY: install test test-fast bench clean predict serve bundled-model
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,10 +23,19 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/ops.py
 	$(PY) benchmarks/evaluation.py
+	$(PY) benchmarks/model.py
+	$(PY) benchmarks/train.py
+	$(PY) benchmarks/data.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
 
 predict: $(STAMP)
-	@echo "predict is not available yet: the predict command and the bundled model are not built." >&2
-	@exit 2
+	$(PY) -m densecap_jax.predict --input_dir densecap_jax/bundled/examples \
+	  --output_dir out/predict/drawn --output_vis_dir out/predict/vis
+
+serve: $(STAMP)
+	$(PY) -m densecap_jax.serve
+
+bundled-model: $(STAMP)
+	$(PY) tools/make_bundled_model.py

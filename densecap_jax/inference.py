@@ -139,10 +139,11 @@ class DenseCapPredictor:
     for chunk, images, sizes in batch_by_bucket(prepared, self.buckets, self.batch_size):
       boxes, scores, tokens, valid = jax.device_get(self._infer(
           self.params, images, sizes, self.rpn_nms_thresh, self.final_nms_thresh))
+      boxes = np.asarray(boxes_lib.xcycwh_to_xywh(boxes))  # whole batch: one fixed shape
       for k, i in enumerate(chunk):
         keep = np.flatnonzero(valid[k])[:max_detections]
         results[i] = {
-            "boxes": np.asarray(boxes_lib.xcycwh_to_xywh(boxes[k][keep])),
+            "boxes": boxes[k][keep],
             "scores": scores[k][keep],
             "captions": vocab_lib.decode_captions(tokens[k][keep], self.vocab),
         }

@@ -15,7 +15,6 @@ import time
 from typing import Any, Callable, Iterator
 
 import flax
-import flax.jax_utils
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -81,6 +80,20 @@ def make_train_step(loss_fn, tx, axis_name=AXIS):
 def pmap_train_step(train_step, axis_name=AXIS):
   """``train_step`` mapped over the local devices: state and batch carry a leading device axis."""
   return jax.pmap(train_step, axis_name=axis_name, in_axes=(0, 0, None), donate_argnums=(0,))
+
+
+def replicate(tree, axis_name=AXIS):
+  """A copy of ``tree`` on every local device, sharded as the pmapped step's own outputs.
+
+  Placing it on a mesh with the step's axis name lets the first call's program
+  serve every later call (a replica on a differently named mesh compiles again).
+  """
+  devices = jax.local_devices()
+  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (axis_name,)),
+                                        jax.sharding.PartitionSpec(axis_name))
+  return jax.tree.map(
+      lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (len(devices),) + np.shape(x)),
+                               sharding), tree)
 
 
 def unreplicate(tree):
@@ -223,7 +236,7 @@ def train_loop(*, state, step_fn: Callable, batches: Iterator, base_rng, num_ste
   start = int(state.step)
   if start >= num_steps:
     return state, "done"
-  replicated = flax.jax_utils.replicate(state)
+  replicated = replicate(state)
   nonfinite, first_loss, sums, count = 0, None, {}, 0
   reason = "done"
   bar = tqdm(total=num_steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True)

@@ -33,7 +33,6 @@ def small_config(dataset, **overrides):
   config.data_h5, config.data_json = dataset
   config.model.image_size = SIZE
   config.model.buckets = ((SIZE, SIZE),)
-  config.model.anchor_scale = SIZE / 720
   config.model.sampler_batch_size = 32
   config.per_device_batch_size = 1
   config.lr_schedule = "constant"

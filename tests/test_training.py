@@ -176,3 +176,17 @@ def test_step_fn_switch_and_save_hook(tmp_path):
   np.testing.assert_array_equal(four.params["w"], two.params["w"])
   assert not np.allclose(two.params["w"], 0)
   assert saved == [2, 4]
+
+
+def test_step_compiles_once(record_compiles, tmp_path):
+  tx = optax.sgd(0.1)
+  state = training.init_train_state(toy.init_params(), tx)
+  step = training.pmap_train_step(training.make_train_step(_deterministic_loss, tx))
+  with record_compiles() as compiled:
+    training.train_loop(
+        state=state, step_fn=step, batches=toy.batches_from(0, jax.local_device_count()),
+        base_rng=jax.random.key(0), num_steps=4, checkpoints=training.Checkpoints(tmp_path / "c"),
+        checkpoint_every=100, writer=training.MetricsWriter(str(tmp_path), tensorboard=False),
+        progress=False)
+  # jax.pmap runs as jit(_fun) over shard_map; a second entry would be a recompilation.
+  assert compiled.count("jit(_fun)") == 1, compiled

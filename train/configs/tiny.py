@@ -19,9 +19,9 @@ def get_config():
   config.learning_rate = 1e-3
   config.lr_schedule = "cosine"
   config.warmup_steps = 200
-  config.max_iters = 6000
+  config.max_iters = 10000
   config.save_checkpoint_every = 500
   config.losses_log_every = 10
-  config.val_images_use = 100
-  config.test_num_proposals = 100
+  config.val_images_use = 300
+  config.test_num_proposals = 300
   return config

@@ -1,0 +1,156 @@
+"""The DenseCap web demo: one process with the model in memory, a page and a JSON API.
+
+  python -m densecap_jax.serve                       # the bundled model, http://127.0.0.1:8000/
+  python -m densecap_jax.serve --checkpoint MODEL_DIR --host 0.0.0.0 --port 5000 \\
+      --certfile server.crt --keyfile server.key     # HTTPS (browsers allow webcams only
+                                                     # on https:// or localhost pages)
+
+The page at ``/`` captions an uploaded image or the browser's webcam, live.
+``POST /api/caption`` takes an image (multipart field ``image``, or the raw
+body with ``Content-Type: image/...``) and answers boxes (xywh, 1-based, in the
+uploaded image's pixels), scores and captions; ``GET /healthz`` reports the
+model and its shape buckets (see ``densecap_jax.server.app``).
+
+The original's demo (reference §11) hands images from a Flask server to a
+separate Lua daemon through files; here the model is loaded once, every shape
+it serves is compiled before the server opens, and requests that arrive
+together are captioned in one batch. Compiled programs can be kept between
+runs with JAX's persistent cache (``JAX_COMPILATION_CACHE_DIR=DIR``).
+"""
+
+import argparse
+import os
+import socket
+import ssl
+import sys
+import time
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(
+      description="Web demo and JSON API for dense captioning.")
+  server = parser.add_argument_group("server")
+  server.add_argument("--host", default="127.0.0.1",
+                      help="address to listen on (0.0.0.0: every interface)")
+  server.add_argument("--port", type=int, default=8000, help="port; 0 = any free port")
+  server.add_argument("--certfile", default="", help="TLS certificate (PEM) to serve HTTPS")
+  server.add_argument("--keyfile", default="", help="TLS private key (PEM) of --certfile")
+  server.add_argument("--max_upload_bytes", type=int, default=16 * 1024 * 1024,
+                      help="largest request body accepted (413 beyond)")
+  server.add_argument("--max_pixels", type=int, default=40_000_000,
+                      help="largest image (width x height) accepted, checked before decoding")
+  server.add_argument("--max_batch", type=int, default=4,
+                      help="most images captioned in one model call")
+  server.add_argument("--batch_wait_ms", type=float, default=5.0,
+                      help="how long a batch waits for more requests after its first")
+  server.add_argument("--access_log", action="store_true", help="log every request")
+  model = parser.add_argument_group("model")
+  model.add_argument("--checkpoint", default="",
+                     help="model directory (trained or converted); default: the bundled model")
+  model.add_argument("--image_size", type=int, default=0,
+                     help="long side after resizing (default: the model's, 720 for vgg16)")
+  model.add_argument("--rpn_nms_thresh", type=float, default=0.7)
+  model.add_argument("--final_nms_thresh", type=float, default=0.3,
+                     help="default of the request field final_nms_thresh")
+  model.add_argument("--num_proposals", type=int, default=0,
+                     help="proposals after the RPN NMS (default: the model's, 1000 for vgg16)")
+  return parser.parse_args(argv)
+
+
+def check_args(args):
+  """Raises ValueError with a one-line reason for unusable flags."""
+  if bool(args.certfile) != bool(args.keyfile):
+    raise ValueError("give both --certfile and --keyfile, or neither")
+  for flag, path in (("--certfile", args.certfile), ("--keyfile", args.keyfile)):
+    if path and not os.path.isfile(path):
+      raise ValueError(f"{flag} not found: {path}")
+  for flag, value in (("--max_upload_bytes", args.max_upload_bytes),
+                      ("--max_pixels", args.max_pixels), ("--max_batch", args.max_batch)):
+    if value < 1:
+      raise ValueError(f"{flag} must be positive, got {value}")
+  if args.batch_wait_ms < 0:
+    raise ValueError(f"--batch_wait_ms must be non-negative, got {args.batch_wait_ms}")
+  if not 0 <= args.final_nms_thresh <= 1:
+    raise ValueError(f"--final_nms_thresh must be in [0, 1], got {args.final_nms_thresh}")
+  if not 0 <= args.port <= 65535:
+    raise ValueError(f"--port must be in [0, 65535], got {args.port}")
+  if args.certfile:
+    try:
+      ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(args.certfile, args.keyfile)
+    except (ssl.SSLError, OSError) as e:
+      raise ValueError(f"cannot use --certfile {args.certfile} with --keyfile {args.keyfile}: "
+                       f"{e}") from None
+
+
+def bind(host, port):
+  """A bound TCP socket (not yet listening) for ``host:port``; raises ValueError if taken."""
+  family = socket.AF_INET6 if ":" in host else socket.AF_INET
+  sock = socket.socket(family, socket.SOCK_STREAM)
+  sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+  try:
+    sock.bind((host, port))
+  except OSError as e:
+    sock.close()
+    raise ValueError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+  return sock
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  try:
+    check_args(args)
+    sock = bind(args.host, args.port)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
+  try:
+    serve(args, sock)
+  finally:
+    sock.close()
+
+
+def serve(args, sock):
+  """Loads and compiles the model, then serves on the bound ``sock`` until interrupted."""
+  import uvicorn  # pylint: disable=g-import-not-at-top
+  from densecap_jax import inference
+  from densecap_jax.predict import BUNDLED_NOTICE
+  from densecap_jax.server import app as app_lib
+  from densecap_jax.server import captioner as captioner_lib
+
+  if not args.checkpoint:
+    print(BUNDLED_NOTICE, file=sys.stderr)
+  checkpoint = args.checkpoint or inference.bundled_model_path()
+  try:
+    predictor = inference.load_model(
+        checkpoint, image_size=args.image_size or None, num_proposals=args.num_proposals or None,
+        rpn_nms_thresh=args.rpn_nms_thresh, final_nms_thresh=args.final_nms_thresh)
+  except (OSError, ValueError) as e:
+    sys.exit(f"error: {e}")
+  captioner = captioner_lib.Captioner(predictor, args.max_batch)
+  print(f"compiling {len(predictor.buckets)} shape buckets x batch sizes "
+        f"{', '.join(map(str, captioner.batch_sizes))} ...", flush=True)
+  start = time.perf_counter()
+  programs = captioner.warm_up()
+  seconds = time.perf_counter() - start
+
+  scheme = "https" if args.certfile else "http"
+  host = f"[{args.host}]" if ":" in args.host else args.host
+  url = f"{scheme}://{host}:{sock.getsockname()[1]}/"
+  model_name = os.path.basename(os.path.normpath(checkpoint))
+
+  def on_ready():
+    print(f"ready: {url} (model {model_name}, {programs} programs compiled in {seconds:.1f} s)",
+          flush=True)
+
+  app = app_lib.create_app(captioner, model_name=model_name,
+                           max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels,
+                           batch_wait_ms=args.batch_wait_ms, on_ready=on_ready)
+  sock.listen(128)
+  config = uvicorn.Config(app, ssl_certfile=args.certfile or None,
+                          ssl_keyfile=args.keyfile or None, access_log=args.access_log,
+                          log_level="info" if args.access_log else "warning",
+                          timeout_graceful_shutdown=5)
+  uvicorn.Server(config).run(sockets=[sock])
+
+
+if __name__ == "__main__":
+  main()

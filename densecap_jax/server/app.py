@@ -1,0 +1,330 @@
+"""The HTTP application: JSON API, the demo page, and clear errors for bad requests.
+
+Routes:
+  ``GET /``                 the demo page (``densecap_jax/static/index.html``).
+  ``GET /static/<name>``    its script and style sheet, from a fixed list.
+  ``GET /healthz``          status, model name, device, buckets, limits, batching
+                            counters.
+  ``POST /api/caption``     an image as ``multipart/form-data`` (field ``image``)
+                            or as the raw body (``Content-Type: image/...``);
+                            optional query or form fields ``final_nms_thresh``,
+                            ``max_boxes``, ``min_score``. Answers ``{"boxes":
+                            [[x, y, w, h], ...], "scores", "captions", "width",
+                            "height", "img_name"}``: boxes 1-based in the
+                            uploaded image's pixels (the ``results.json`` fields
+                            of reference §10.2 plus the webcam daemon's size
+                            fields, §11.1).
+
+Every error is JSON ``{"error": "..."}`` with a 4xx status (5xx only for a
+failure of the server itself). Page files are read once at start-up from a
+fixed list; no request path is ever mapped to the file system.
+"""
+
+import contextlib
+import importlib.resources
+import io
+import logging
+import math
+import os
+
+import anyio
+import jax
+from PIL import Image, ImageOps
+from starlette import applications, exceptions, formparsers, requests, responses, routing
+
+from densecap_jax.server import batching
+from densecap_jax.server import captioner as captioner_lib
+
+# The page's files: URL path -> (file in densecap_jax/static, media type).
+STATIC_FILES = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/static/app.css": ("app.css", "text/css; charset=utf-8"),
+}
+# Decoders accepted for uploads; other Pillow plugins (EPS, PSD, ...) are never tried.
+IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
+OPTION_FIELDS = ("final_nms_thresh", "max_boxes", "min_score")
+SECURITY_HEADERS = {
+    "Content-Security-Policy": ("default-src 'self'; img-src 'self' blob: data:; "
+                                "media-src 'self' blob: mediastream:; object-src 'none'; "
+                                "base-uri 'none'; frame-ancestors 'none'"),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+_log = logging.getLogger(__name__)
+
+
+class RequestError(Exception):
+  """A bad request: answered with ``status`` and ``{"error": message}``."""
+
+  def __init__(self, status, message):
+    super().__init__(message)
+    self.status = status
+    self.message = message
+
+
+def read_static_files():
+  """``{url path: (bytes, media type)}`` for the page, read from the package."""
+  folder = importlib.resources.files("densecap_jax") / "static"
+  return {path: ((folder / name).read_bytes(), media) for path, (name, media) in
+          STATIC_FILES.items()}
+
+
+def decode_image(data, max_pixels):
+  """Upload bytes -> a loaded RGB ``PIL.Image``, upright as browsers show it.
+
+  The pixel count is checked from the header before any pixel is decoded. The
+  EXIF orientation is applied so that boxes line up with the image a browser
+  displays (phone photos are often stored sideways).
+
+  Raises:
+    RequestError: 413 over ``max_pixels``; 400 not an image of
+      ``IMAGE_FORMATS``, truncated or corrupt.
+  """
+  try:
+    with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
+      width, height = img.size
+      if width * height > max_pixels:
+        raise RequestError(413, f"image of {width}x{height} = {width * height} pixels is over "
+                                f"the limit of {max_pixels} pixels")
+      img.load()
+      return ImageOps.exif_transpose(img).convert("RGB")
+  except Image.DecompressionBombError as e:
+    raise RequestError(413, f"image is over the limit of {max_pixels} pixels ({e})") from None
+  except Image.UnidentifiedImageError:
+    raise RequestError(400, f"the upload is not an image of a supported format "
+                            f"({', '.join(IMAGE_FORMATS)})") from None
+  except (OSError, SyntaxError, ValueError) as e:
+    raise RequestError(400, f"cannot decode the image: {e}") from None
+
+
+def parse_options(fields, defaults):
+  """Query / form fields -> ``CaptionOptions``; unknown or malformed fields are errors.
+
+  Args:
+    fields: ``(name, value)`` string pairs, later ones win.
+    defaults: ``CaptionOptions`` for fields not given.
+
+  Raises:
+    RequestError: 400 naming the field and what it must be.
+  """
+  given = {}
+  for name, value in fields:
+    if name not in OPTION_FIELDS:
+      raise RequestError(400, f"unknown field {name!r}; expected 'image' and optionally "
+                              f"{', '.join(repr(f) for f in OPTION_FIELDS)}")
+    if not isinstance(value, str):
+      raise RequestError(400, f"field {name!r} must be a plain value, not a file")
+    given[name] = value.strip()
+  values = {}
+  if "final_nms_thresh" in given:
+    thresh = _number(given, "final_nms_thresh", float)
+    if not 0 <= thresh <= 1:
+      raise RequestError(400, f"final_nms_thresh must be in [0, 1], got {thresh}")
+    values["final_nms_thresh"] = thresh
+  if "max_boxes" in given:
+    max_boxes = _number(given, "max_boxes", int)
+    if max_boxes < 0:
+      raise RequestError(400, f"max_boxes must be non-negative, got {max_boxes}")
+    values["max_boxes"] = max_boxes
+  if "min_score" in given:
+    values["min_score"] = _number(given, "min_score", float)
+  return captioner_lib.CaptionOptions(**{
+      "final_nms_thresh": defaults.final_nms_thresh, "max_boxes": defaults.max_boxes,
+      "min_score": defaults.min_score, **values})
+
+
+def _number(given, name, kind):
+  try:
+    value = kind(given[name])
+  except ValueError:
+    raise RequestError(400, f"{name} must be {'an integer' if kind is int else 'a number'}, "
+                            f"got {given[name]!r}") from None
+  if not math.isfinite(value):
+    raise RequestError(400, f"{name} must be finite, got {given[name]!r}")
+  return value
+
+
+async def read_body(request, limit):
+  """The request body, refusing (413) more than ``limit`` bytes before reading them all."""
+  declared = request.headers.get("content-length")
+  if declared and declared.isdigit() and int(declared) > limit:
+    raise RequestError(413, f"upload of {declared} bytes is over the limit of {limit} bytes")
+  chunks, size = [], 0
+  try:
+    async for chunk in request.stream():
+      size += len(chunk)
+      if size > limit:
+        raise RequestError(413, f"upload is over the limit of {limit} bytes")
+      chunks.append(chunk)
+  except requests.ClientDisconnect:
+    raise RequestError(400, "the client disconnected during the upload") from None
+  return b"".join(chunks)
+
+
+async def read_upload(request, limit):
+  """``(image bytes, image name, option fields)`` from a multipart or raw-image request.
+
+  Raises:
+    RequestError: 413 body over ``limit``; 415 neither multipart nor
+      ``image/*``; 400 malformed multipart, no ``image`` file field, empty body.
+  """
+  content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+  if content_type != "multipart/form-data" and not content_type.startswith("image/"):
+    raise RequestError(415, f"unsupported Content-Type {content_type or '(none)'!r}: send "
+                            f"multipart/form-data with an 'image' file field, or the image "
+                            f"itself with Content-Type image/jpeg, image/png, ...")
+  body = await read_body(request, limit)
+  fields = list(request.query_params.multi_items())
+  if content_type.startswith("image/"):
+    data, name = body, "image"
+  else:
+    form = await _parse_multipart(request.headers, body, limit)
+    try:
+      uploads = form.getlist("image")
+      if len(uploads) != 1 or isinstance(uploads[0], str):
+        raise RequestError(400, "multipart upload needs exactly one file field named 'image'")
+      data = await uploads[0].read()
+      name = os.path.basename((uploads[0].filename or "image").replace("\\", "/")) or "image"
+      fields += [(k, v) for k, v in form.multi_items() if k != "image"]
+    finally:
+      await form.close()
+  if not data:
+    raise RequestError(400, "the image is empty (0 bytes)")
+  return data, name, fields
+
+
+async def _parse_multipart(headers, body, limit):
+  async def one_chunk():
+    yield body
+
+  parser = formparsers.MultiPartParser(headers, one_chunk(), max_files=1,
+                                       max_fields=len(OPTION_FIELDS), max_part_size=1024)
+  parser.spool_max_size = limit  # the body is in memory already; keep the file part there too
+  try:
+    return await parser.parse()
+  except formparsers.MultiPartException as e:
+    raise RequestError(400, f"malformed multipart upload: {e.message}") from None
+
+
+def create_app(captioner, *, model_name, max_upload_bytes, max_pixels, batch_wait_ms,
+               max_pending=256, on_ready=None):
+  """The Starlette application serving ``captioner``.
+
+  Args:
+    captioner: a warmed-up ``captioner.Captioner``.
+    model_name: shown by ``/healthz`` and the page.
+    max_upload_bytes: largest request body accepted.
+    max_pixels: largest image (width x height) accepted.
+    batch_wait_ms: how long a batch waits for more requests after its first.
+    max_pending: requests waiting for the model at once; more are answered 503.
+    on_ready: called with no arguments once the application has started.
+  """
+  static = read_static_files()
+  batcher = batching.MicroBatcher(captioner.run, max_batch=captioner.max_batch,
+                                  wait_s=batch_wait_ms / 1000, max_pending=max_pending)
+  decode_limiter = anyio.CapacityLimiter(os.cpu_count() or 1)
+  predictor = captioner.predictor
+  device = jax.devices()[0]
+
+  def prepare(data, options):
+    image = decode_image(data, max_pixels)
+    try:
+      return captioner_lib.CaptionRequest(captioner.prepare(image), options)
+    except ValueError as e:
+      raise RequestError(400, f"cannot use the image: {e}") from None
+
+  async def caption(request):
+    data, name, fields = await read_upload(request, max_upload_bytes)
+    options = parse_options(fields, captioner.default_options())
+    job = await anyio.to_thread.run_sync(prepare, data, options, limiter=decode_limiter)
+    try:
+      result = await batcher.submit(job)
+    except batching.QueueFullError as e:
+      raise RequestError(503, f"server busy ({e}); try again") from None
+    return responses.JSONResponse(dict(result, img_name=name))
+
+  async def healthz(request):
+    del request
+    return responses.JSONResponse({
+        "status": "ok",
+        "model": model_name,
+        "config": predictor.config.name,
+        "device": f"{device.platform} ({device.device_kind})",
+        "image_size": predictor.image_size,
+        "buckets": [list(b) for b in predictor.buckets],
+        "batch_sizes": list(captioner.batch_sizes),
+        "final_nms_thresh": float(predictor.final_nms_thresh),
+        "max_upload_bytes": max_upload_bytes,
+        "max_pixels": max_pixels,
+        "batches": {"requests": batcher.stats.items, "batches": batcher.stats.batches,
+                    "largest": batcher.stats.largest_batch},
+    })
+
+  def page_file(path):
+    content, media_type = static[path]
+
+    async def endpoint(request):
+      del request
+      return responses.Response(content, media_type=media_type,
+                                headers={"Cache-Control": "no-cache"})
+    return endpoint
+
+  @contextlib.asynccontextmanager
+  async def lifespan(app):
+    del app
+    await batcher.start()
+    if on_ready:
+      on_ready()
+    try:
+      yield
+    finally:
+      await batcher.stop()
+
+  routes = [routing.Route("/api/caption", caption, methods=["POST"]),
+            routing.Route("/healthz", healthz, methods=["GET"])]
+  routes += [routing.Route(path, page_file(path), methods=["GET"]) for path in static]
+  app = applications.Starlette(routes=routes, lifespan=lifespan, exception_handlers={
+      RequestError: _request_error, exceptions.HTTPException: _http_error,
+      Exception: _server_error})
+  app.add_middleware(_SecurityHeaders)
+  return app
+
+
+async def _request_error(request, error):
+  del request
+  return responses.JSONResponse({"error": error.message}, status_code=error.status)
+
+
+async def _http_error(request, error):
+  del request
+  message = {404: "not found", 405: "method not allowed"}.get(error.status_code, error.detail)
+  return responses.JSONResponse({"error": message}, status_code=error.status_code,
+                                headers=error.headers)
+
+
+async def _server_error(request, error):
+  _log.error("request %s %s failed", request.method, request.url.path, exc_info=error)
+  return responses.JSONResponse({"error": "internal server error"}, status_code=500)
+
+
+class _SecurityHeaders:
+  """ASGI middleware adding ``SECURITY_HEADERS`` to every HTTP response."""
+
+  def __init__(self, app):
+    self.app = app
+
+  async def __call__(self, scope, receive, send):
+    if scope["type"] != "http":
+      await self.app(scope, receive, send)
+      return
+
+    async def send_with_headers(message):
+      if message["type"] == "http.response.start":
+        headers = list(message.get("headers", []))
+        headers += [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+        message = dict(message, headers=headers)
+      await send(message)
+
+    await self.app(scope, receive, send_with_headers)

@@ -1,0 +1,150 @@
+"""The model side of the server: compiled shapes, batches of uploads, boxes in the upload's pixels.
+
+A ``Captioner`` wraps a loaded ``inference.DenseCapPredictor``. Each batch of
+requests is split by final-NMS threshold and shape bucket and padded to one
+of two batch sizes, 1 or ``max_batch``, so the server runs exactly
+``len(buckets) * len(batch_sizes)`` programs, all compiled by ``warm_up``
+before the first request. Boxes are scaled back to the uploaded image the way
+the original webcam daemon does (reference §11.1).
+"""
+
+import concurrent.futures
+import copy
+import dataclasses
+import os
+
+import numpy as np
+
+from densecap_jax import inference
+from densecap_jax.data import buckets as buckets_lib
+from densecap_jax.ops import boxes as boxes_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptionOptions:
+  """Per-request settings.
+
+  Attributes:
+    final_nms_thresh: IoU threshold of the final NMS, in ``[0, 1]``.
+    max_boxes: keep at most this many boxes (``None``: all).
+    min_score: keep boxes whose objectness logit is at least this (``None``: all).
+  """
+  final_nms_thresh: float
+  max_boxes: int | None = None
+  min_score: float | None = None
+
+
+@dataclasses.dataclass
+class CaptionRequest:
+  """One decoded upload on its way to the model."""
+  prepared: inference.PreparedImage
+  options: CaptionOptions
+
+
+class Captioner:
+  """Batches of ``CaptionRequest`` -> JSON-ready results, with a fixed set of compiled shapes.
+
+  Attributes:
+    predictor: the ``DenseCapPredictor``; its ``final_nms_thresh`` is the default.
+    batch_sizes: the padded batch sizes run, ``(1, max_batch)`` or ``(1,)``.
+  """
+
+  def __init__(self, predictor, max_batch):
+    if max_batch < 1:
+      raise ValueError(f"max_batch must be positive, got {max_batch}")
+    self.predictor = predictor
+    self.batch_sizes = tuple(sorted({1, int(max_batch)}))
+
+  @property
+  def max_batch(self):
+    return self.batch_sizes[-1]
+
+  def default_options(self):
+    return CaptionOptions(final_nms_thresh=float(self.predictor.final_nms_thresh))
+
+  def _runner(self, batch_size, final_nms_thresh):
+    """A shallow copy of the predictor: the same compiled model, padding to ``batch_size``.
+
+    The threshold is an argument of the compiled program, so a new value
+    compiles nothing.
+    """
+    runner = copy.copy(self.predictor)
+    runner.batch_size = batch_size
+    runner.final_nms_thresh = final_nms_thresh
+    return runner
+
+  def warm_up(self, max_workers=None):
+    """Runs a dummy batch of every (bucket, batch size) through ``run``; returns how many.
+
+    This compiles every program the server will run, before the first
+    request. Compilations run in up to ``max_workers`` threads (default: one
+    per CPU).
+    """
+    jobs = [(tuple(bucket), size) for bucket in self.predictor.buckets
+            for size in self.batch_sizes]
+    options = self.default_options()
+
+    def compile_one(job):
+      bucket, size = job
+      dummy = inference.PreparedImage(np.zeros(bucket + (3,), np.float32), None, bucket)
+      self.run([CaptionRequest(dummy, options)] * size)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers or os.cpu_count() or 1) as pool:
+      list(pool.map(compile_one, jobs))
+    return len(jobs)
+
+  def prepare(self, image):
+    """A decoded PIL image -> ``inference.PreparedImage`` (the test-time resize, §1.2)."""
+    return self.predictor.prepare(image)
+
+  def run(self, requests):
+    """Captions a batch of ``CaptionRequest`` s; one result dict per request, in order.
+
+    Each result has ``boxes`` (``[x, y, w, h]`` lists, 1-based, in the
+    uploaded image's pixels), ``scores`` (objectness logits, descending),
+    ``captions``, and the upload's ``width`` and ``height``.
+    """
+    groups = {}
+    for i, request in enumerate(requests):
+      bucket = buckets_lib.pick_bucket(*request.prepared.model_input.shape[:2],
+                                       self.predictor.buckets)
+      groups.setdefault((request.options.final_nms_thresh, bucket), []).append(i)
+    results = [None] * len(requests)
+    for (final_nms_thresh, _), members in groups.items():
+      for start in range(0, len(members), self.max_batch):
+        chunk = members[start:start + self.max_batch]
+        size = min(s for s in self.batch_sizes if s >= len(chunk))
+        outputs = self._runner(size, final_nms_thresh).predict_prepared(
+            [requests[i].prepared for i in chunk])
+        for i, output in zip(chunk, outputs):
+          results[i] = to_upload_result(output, requests[i].prepared, requests[i].options,
+                                        self.predictor.num_proposals)
+    return results
+
+
+def to_upload_result(output, prepared, options, capacity):
+  """One ``predict_prepared`` output -> the JSON-ready result for the uploaded image.
+
+  Boxes with a score below ``options.min_score`` are dropped, then all but the
+  first ``options.max_boxes``. Boxes go from the resized image to the upload
+  with ``scale_boxes_xywh(frac = H0 / h)``, the height ratio, as the webcam
+  daemon does (reference §11.1); they are padded to ``capacity`` rows (the
+  most an image can have) for that, so every image reuses one compiled shape.
+  """
+  scores = np.asarray(output["scores"], np.float32)
+  keep = np.arange(len(scores))
+  if options.min_score is not None:
+    keep = keep[scores >= options.min_score]
+  keep = keep[:options.max_boxes]
+  height, width = prepared.original_size
+  frac = height / prepared.model_input.shape[0]
+  padded = np.zeros((max(capacity, len(keep)), 4), np.float32)
+  padded[:len(keep)] = np.asarray(output["boxes"], np.float32).reshape(-1, 4)[keep]
+  boxes = np.asarray(boxes_lib.scale_boxes_xywh(padded, frac))[:len(keep)]
+  return {
+      "boxes": boxes.tolist(),
+      "scores": scores[keep].tolist(),
+      "captions": [output["captions"][i] for i in keep],
+      "width": int(width),
+      "height": int(height),
+  }

@@ -1,0 +1,638 @@
+"""Tests for the web demo server: micro-batching, the model side, and the API of a real server.
+
+The server tests start ``python -m densecap_jax.serve`` on 127.0.0.1 (a free
+port) with a small random model and talk to it over HTTP; expected answers
+come from ``DenseCapPredictor.predict_prepared`` in this process, with the
+boxes scaled to the upload in NumPy.
+"""
+
+import asyncio
+import concurrent.futures
+import http.client
+import io
+import json
+import os
+import queue
+import re
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import uuid
+import zlib
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from densecap_jax import checkpoint
+from densecap_jax import configs
+from densecap_jax import inference
+from densecap_jax import predict
+from densecap_jax import serve
+from densecap_jax.models import densecap
+from densecap_jax.server import app as app_lib
+from densecap_jax.server import batching
+from densecap_jax.server import captioner as captioner_lib
+
+VOCAB = [None, "a", "red", "circle", "square", "blue"]
+IMAGE_SIZE = 32
+MAX_UPLOAD_BYTES = 60_000
+MAX_PIXELS = 100_000
+SERVER_START_TIMEOUT_S = 300
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def make_model_dir(path):
+  """A tiny random model (32-pixel images, one 32 x 32 bucket) whose captions are words."""
+  config = configs.get_model_config("tiny")
+  config.vocab_size = len(VOCAB) - 1
+  config.image_size = IMAGE_SIZE
+  config.buckets = ((IMAGE_SIZE, IMAGE_SIZE),)
+  config.num_proposals = 20
+  params = densecap.init_params(config, jax.random.key(0))
+  # Make END unlikely so that captions have words (class V is END).
+  bias = np.array(params["language_model"]["output_proj"]["bias"])
+  bias[-1] = -3.0
+  params["language_model"]["output_proj"]["bias"] = bias
+  checkpoint.save_model(path, params, config, VOCAB)
+  return str(path)
+
+
+def image_bytes(array, fmt):
+  buffer = io.BytesIO()
+  Image.fromarray(array).save(buffer, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+  return buffer.getvalue()
+
+
+def random_image(seed, height, width):
+  return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+class ServerProcess:
+  """``python -m densecap_jax.serve`` in a child process; ``url`` once it is ready."""
+
+  def __init__(self, model_dir, cache_dir, *flags):
+    """Starts the server; ``wait_ready()`` blocks until it has compiled and listens."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    env.pop("XLA_FLAGS", None)
+    self.proc = subprocess.Popen(
+        [sys.executable, "-m", "densecap_jax.serve", "--checkpoint", model_dir, "--port", "0",
+         *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    self.lines = queue.Queue()
+    self.output = []
+    threading.Thread(target=self._read, daemon=True).start()
+    self.url = self.host = self.port = None
+
+  def _read(self):
+    for line in self.proc.stdout:
+      self.lines.put(line)
+    self.lines.put(None)
+
+  def wait_ready(self):
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+      try:
+        line = self.lines.get(timeout=1)
+      except queue.Empty:
+        continue
+      if line is None:
+        break
+      self.output.append(line)
+      found = re.match(r"ready: (\S+)", line)
+      if found:
+        self.url = found.group(1)
+        self.host, self.port = re.match(r"https?://([^:/]+):(\d+)/", self.url).groups()
+        return self._wait_healthy(deadline)
+    self.stop()
+    raise RuntimeError("server did not start:\n" + "".join(self.output))
+
+  def _wait_healthy(self, deadline):
+    while time.monotonic() < deadline:
+      try:
+        if self.request("GET", "/healthz", timeout=5)[0] == 200:
+          return self
+      except OSError:
+        time.sleep(0.1)
+    self.stop()
+    raise RuntimeError("server printed ready but /healthz does not answer")
+
+  def request(self, method, path, body=None, headers=None, timeout=60):
+    """``(status, headers dict, body bytes)`` of one request on a new connection."""
+    connection = http.client.HTTPConnection(self.host, int(self.port), timeout=timeout)
+    try:
+      connection.request(method, path, body=body, headers=headers or {})
+      response = connection.getresponse()
+      return response.status, dict(response.getheaders()), response.read()
+    finally:
+      connection.close()
+
+  def json(self, method, path, body=None, headers=None):
+    status, response_headers, data = self.request(method, path, body, headers)
+    assert response_headers.get("content-type") == "application/json", (status, data)
+    return status, json.loads(data)
+
+  def stop(self):
+    if self.proc.poll() is None:
+      self.proc.terminate()
+      try:
+        self.proc.wait(10)
+      except subprocess.TimeoutExpired:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def multipart(fields):
+  """``(body, content type)`` for ``fields``: name -> str, or name -> (file name, bytes)."""
+  boundary = uuid.uuid4().hex
+  parts = []
+  for name, value in fields.items():
+    if isinstance(value, tuple):
+      head = (f'Content-Disposition: form-data; name="{name}"; filename="{value[0]}"\r\n'
+              "Content-Type: application/octet-stream\r\n\r\n")
+      data = value[1]
+    else:
+      head = f'Content-Disposition: form-data; name="{name}"\r\n\r\n'
+      data = value.encode()
+    parts.append(f"--{boundary}\r\n{head}".encode() + data + b"\r\n")
+  body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+  return body, f"multipart/form-data; boundary={boundary}"
+
+
+def expected_answer(predictor, rgb, *, final_nms_thresh=0.3, max_boxes=None, min_score=None):
+  """The answer for ``rgb`` from ``predict_prepared``, filtered and scaled to the upload in NumPy."""
+  prepared = predictor.prepare(rgb)
+  predictor.final_nms_thresh = final_nms_thresh
+  (output,) = predictor.predict_prepared([prepared])
+  keep = [i for i, s in enumerate(output["scores"]) if min_score is None or s >= min_score]
+  keep = keep[:max_boxes]
+  frac = rgb.shape[0] / prepared.model_input.shape[0]  # webcam daemon: original H / resized H
+  boxes = np.asarray(output["boxes"], np.float64)[keep]
+  scaled = np.stack([(boxes[:, 0] - 1) * frac + 1, (boxes[:, 1] - 1) * frac + 1,
+                     boxes[:, 2] * frac, boxes[:, 3] * frac], axis=1)
+  return {"boxes": scaled, "scores": np.asarray(output["scores"])[keep],
+          "captions": [output["captions"][i] for i in keep],
+          "width": rgb.shape[1], "height": rgb.shape[0]}
+
+
+def assert_same_answer(answer, expected):
+  assert answer["width"] == expected["width"] and answer["height"] == expected["height"]
+  assert answer["captions"] == expected["captions"]
+  np.testing.assert_allclose(np.reshape(answer["boxes"], (-1, 4)), expected["boxes"],
+                             rtol=1e-4, atol=2e-3)
+  np.testing.assert_allclose(answer["scores"], expected["scores"], rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+  return make_model_dir(tmp_path_factory.mktemp("serve_model") / "tiny_random")
+
+
+@pytest.fixture(scope="module")
+def started_server(model_dir, tmp_path_factory):
+  process = ServerProcess(model_dir, tmp_path_factory.getbasetemp() / "jax_cache",
+                          "--max_batch", "4", "--batch_wait_ms", "30",
+                          "--max_upload_bytes", str(MAX_UPLOAD_BYTES),
+                          "--max_pixels", str(MAX_PIXELS))
+  yield process
+  process.stop()
+
+
+@pytest.fixture(scope="module")
+def predictor(model_dir, started_server):
+  """The same model in this process, compiled while the server compiles its own."""
+  del started_server
+  model = inference.load_model(model_dir)
+  model.predict([np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)])
+  return model
+
+
+@pytest.fixture(scope="module")
+def server(started_server, predictor):
+  del predictor
+  return started_server.wait_ready()
+
+
+# --------------------------------------------------------- micro-batching
+
+
+def test_micro_batcher_batches_concurrent_items_in_order():
+  calls = []
+
+  def run_batch(items):
+    calls.append(list(items))
+    time.sleep(0.02)
+    return [item * 10 for item in items]
+
+  async def scenario():
+    batcher = batching.MicroBatcher(run_batch, max_batch=3, wait_s=0.2, max_pending=100)
+    await batcher.start()
+    results = await asyncio.gather(*(batcher.submit(i) for i in range(7)))
+    await batcher.stop()
+    return results, batcher.stats
+
+  results, stats = asyncio.run(scenario())
+  assert results == [i * 10 for i in range(7)]
+  # All seven arrive within the wait: batches fill to max_batch, in submission order.
+  assert calls == [[0, 1, 2], [3, 4, 5], [6]]
+  assert (stats.items, stats.batches, stats.largest_batch) == (7, 3, 3)
+
+
+def test_micro_batcher_does_not_wait_past_wait_s_and_survives_errors():
+  def run_batch(items):
+    if "bad" in items:
+      raise RuntimeError("model failed")
+    return [item.upper() for item in items]
+
+  async def scenario():
+    batcher = batching.MicroBatcher(run_batch, max_batch=8, wait_s=0.05, max_pending=1)
+    await batcher.start()
+    start = time.monotonic()
+    alone = await batcher.submit("x")  # no other item comes: answered after ~wait_s
+    waited = time.monotonic() - start
+    with pytest.raises(RuntimeError, match="model failed"):
+      await batcher.submit("bad")
+    after = await batcher.submit("y")  # the worker keeps serving
+    first = asyncio.ensure_future(batcher.submit("z"))
+    await asyncio.sleep(0)
+    with pytest.raises(batching.QueueFullError):
+      await batcher.submit("w")
+    full = await first
+    await batcher.stop()
+    return alone, waited, after, full
+
+  alone, waited, after, full = asyncio.run(scenario())
+  assert (alone, after, full) == ("X", "Y", "Z")
+  assert 0.04 <= waited < 1.0
+
+
+def test_micro_batcher_skips_cancelled_requests():
+  seen = []
+
+  def run_batch(items):
+    seen.extend(items)
+    return items
+
+  async def scenario():
+    batcher = batching.MicroBatcher(run_batch, max_batch=4, wait_s=0.05, max_pending=10)
+    await batcher.start()
+    gone = asyncio.ensure_future(batcher.submit("gone"))
+    await asyncio.sleep(0)
+    gone.cancel()  # a client that disconnected before its batch ran
+    kept = await batcher.submit("kept")
+    await batcher.stop()
+    return kept
+
+  assert asyncio.run(scenario()) == "kept"
+  assert seen == ["kept"]
+
+
+# ------------------------------------------------------------ model side
+
+
+class FakePredictor:
+  """Stands in for DenseCapPredictor: records calls, answers boxes derived from the image size."""
+
+  def __init__(self, calls):
+    self.buckets = ((16, 32), (32, 16), (32, 32))
+    self.num_proposals = 5
+    self.batch_size = 1
+    self.final_nms_thresh = 0.3
+    self.calls = calls
+
+  def predict_prepared(self, prepared, max_detections=None):
+    del max_detections
+    assert len(prepared) <= self.batch_size
+    self.calls.append((self.batch_size, self.final_nms_thresh,
+                       [p.model_input.shape[:2] for p in prepared]))
+    results = []
+    for p in prepared:
+      h, w = p.model_input.shape[:2]
+      results.append({
+          "boxes": np.array([[1, 1, w, h], [2, 3, 4, 5], [w / 2, h / 2, 2, 2]], np.float32),
+          "scores": np.array([2.0, 0.5, -1.0], np.float32),
+          "captions": [f"{h}x{w} a", f"{h}x{w} b", f"{h}x{w} c"],
+      })
+    return results
+
+
+def fake_request(height, width, original, **options):
+  prepared = inference.PreparedImage(np.zeros((height, width, 3), np.float32), None, original)
+  return captioner_lib.CaptionRequest(
+      prepared, captioner_lib.CaptionOptions(**{"final_nms_thresh": 0.3, **options}))
+
+
+def test_captioner_groups_by_bucket_and_threshold_and_pads_to_two_sizes():
+  calls = []
+  captioner = captioner_lib.Captioner(FakePredictor(calls), max_batch=4)
+  assert captioner.batch_sizes == (1, 4)
+  requests = [fake_request(16, 32, (48, 96)), fake_request(32, 16, (64, 32)),
+              fake_request(16, 32, (32, 64)), fake_request(32, 32, (100, 100)),
+              fake_request(16, 32, (16, 32), final_nms_thresh=0.5),
+              fake_request(16, 32, (24, 48)), fake_request(16, 32, (8, 16)),
+              fake_request(16, 32, (40, 80))]
+  results = captioner.run(requests)
+  # Five 16x32 images at 0.3: a batch of 4 and one of 1; every other group alone.
+  assert sorted(calls) == sorted([
+      (4, 0.3, [(16, 32)] * 4), (1, 0.3, [(16, 32)]), (1, 0.3, [(32, 16)]),
+      (1, 0.3, [(32, 32)]), (1, 0.5, [(16, 32)])])
+  for request, result in zip(requests, results):
+    h, w = request.prepared.model_input.shape[:2]
+    original_h, original_w = request.prepared.original_size
+    frac = original_h / h
+    assert result["captions"] == [f"{h}x{w} a", f"{h}x{w} b", f"{h}x{w} c"]
+    assert (result["width"], result["height"]) == (original_w, original_h)
+    np.testing.assert_allclose(result["boxes"][1], [1 * frac + 1, 2 * frac + 1, 4 * frac,
+                                                    5 * frac], rtol=1e-6)
+    np.testing.assert_allclose(result["boxes"][0], [1, 1, w * frac, h * frac], rtol=1e-6)
+
+
+def test_captioner_filters_by_min_score_then_max_boxes():
+  captioner = captioner_lib.Captioner(FakePredictor([]), max_batch=1)
+  assert captioner.batch_sizes == (1,)
+  (a, b, c, d) = captioner.run([
+      fake_request(32, 32, (32, 32), min_score=0.0), fake_request(32, 32, (32, 32), max_boxes=1),
+      fake_request(32, 32, (32, 32), min_score=-5.0, max_boxes=2),
+      fake_request(32, 32, (32, 32), max_boxes=0)])
+  assert a["scores"] == [2.0, 0.5] and a["captions"] == ["32x32 a", "32x32 b"]
+  assert b["scores"] == [2.0] and len(b["boxes"]) == 1
+  assert c["scores"] == [2.0, 0.5]
+  assert d == {"boxes": [], "scores": [], "captions": [], "width": 32, "height": 32}
+
+
+def test_captioner_warm_up_runs_every_bucket_and_batch_size():
+  calls = []
+  captioner = captioner_lib.Captioner(FakePredictor(calls), max_batch=3)
+  assert captioner.warm_up(max_workers=2) == 6
+  assert sorted(calls) == sorted((size, 0.3, [bucket] * size)
+                                 for bucket in ((16, 32), (32, 16), (32, 32)) for size in (1, 3))
+
+
+# --------------------------------------------------------------- uploads
+
+
+def png_with_size(width, height):
+  """A PNG whose header claims ``width x height`` but whose pixel data are for 1 x 1."""
+  data = bytearray(image_bytes(np.zeros((1, 1, 3), np.uint8), "PNG"))
+  ihdr = data.index(b"IHDR")
+  data[ihdr + 4:ihdr + 12] = struct.pack(">II", width, height)
+  crc = zlib.crc32(bytes(data[ihdr:ihdr + 17]))
+  data[ihdr + 17:ihdr + 21] = struct.pack(">I", crc)
+  return bytes(data)
+
+
+def test_decode_image_checks_pixels_from_the_header_before_decoding():
+  with pytest.raises(app_lib.RequestError, match="8000x8000 = 64000000 pixels") as e:
+    app_lib.decode_image(png_with_size(8000, 8000), max_pixels=40_000_000)
+  assert e.value.status == 413
+  rgb = random_image(0, 30, 40)
+  assert np.array_equal(np.asarray(app_lib.decode_image(image_bytes(rgb, "PNG"), 1200)), rgb)
+  with pytest.raises(app_lib.RequestError, match="over the limit of 1199 pixels"):
+    app_lib.decode_image(image_bytes(rgb, "PNG"), 1199)
+
+
+def test_decode_image_refuses_truncated_and_non_images_and_applies_orientation():
+  jpeg = image_bytes(random_image(1, 64, 48), "JPEG")
+  for data, message in ((jpeg[:len(jpeg) // 2], "cannot decode the image"),
+                        (b"GIF89a but not really", "cannot decode the image|not an image"),
+                        (b"plain text", "not an image of a supported format")):
+    with pytest.raises(app_lib.RequestError, match=message) as e:
+      app_lib.decode_image(data, 10**6)
+    assert e.value.status == 400
+  # Stored 30 wide x 20 high, EXIF orientation 6 (rotate 90 degrees clockwise to view).
+  stored = Image.fromarray(random_image(2, 20, 30))
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  buffer = io.BytesIO()
+  stored.save(buffer, format="JPEG", exif=exif.tobytes())
+  assert app_lib.decode_image(buffer.getvalue(), 10**6).size == (20, 30)
+
+
+def test_parse_options_defaults_values_and_errors():
+  defaults = captioner_lib.CaptionOptions(final_nms_thresh=0.3)
+  assert app_lib.parse_options([], defaults) == defaults
+  assert app_lib.parse_options(
+      [("max_boxes", "5"), ("min_score", "-1.5"), ("final_nms_thresh", " 0.5 ")],
+      defaults) == captioner_lib.CaptionOptions(0.5, 5, -1.5)
+  for fields, message in (([("max_boxes", "2.5")], "max_boxes must be an integer, got '2.5'"),
+                          ([("max_boxes", "-1")], "max_boxes must be non-negative"),
+                          ([("final_nms_thresh", "1.5")], r"final_nms_thresh must be in \[0, 1\]"),
+                          ([("min_score", "nan")], "min_score must be finite"),
+                          ([("min_score", "high")], "min_score must be a number"),
+                          ([("maxboxes", "3")], "unknown field 'maxboxes'")):
+    with pytest.raises(app_lib.RequestError, match=message) as e:
+      app_lib.parse_options(fields, defaults)
+    assert e.value.status == 400
+
+
+# ---------------------------------------------------------- real server
+
+
+def test_healthz_and_page(server):
+  status, health = server.json("GET", "/healthz")
+  assert status == 200 and health["status"] == "ok"
+  assert health["model"] == "tiny_random" and health["config"] == "tiny"
+  assert health["buckets"] == [[IMAGE_SIZE, IMAGE_SIZE]] and health["batch_sizes"] == [1, 4]
+  assert health["image_size"] == IMAGE_SIZE and health["max_pixels"] == MAX_PIXELS
+  static = os.path.join(os.path.dirname(app_lib.__file__), os.pardir, "static")
+  for path, name, media in (("/", "index.html", "text/html"),
+                            ("/static/app.js", "app.js", "text/javascript"),
+                            ("/static/app.css", "app.css", "text/css")):
+    status, headers, body = server.request("GET", path)
+    with open(os.path.join(static, name), "rb") as f:
+      assert status == 200 and body == f.read()
+    assert headers["content-type"].startswith(media)
+    assert "default-src 'self'" in headers["content-security-policy"]
+  _, _, page = server.request("GET", "/")
+  assert not re.search(rb"""(src|href)=["']?(https?:)?//""", page)  # no outside assets
+
+
+def test_caption_multipart_and_raw_body_match_predict_prepared(server, predictor):
+  rgb = random_image(3, 45, 60)
+  jpeg = image_bytes(rgb, "JPEG")
+  decoded = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
+  body, content_type = multipart({"image": ("dir/photo.jpg", jpeg), "max_boxes": "3"})
+  status, answer = server.json("POST", "/api/caption?min_score=-50", body,
+                               {"Content-Type": content_type})
+  assert status == 200 and answer["img_name"] == "photo.jpg"
+  assert 0 < len(answer["captions"]) <= 3
+  assert_same_answer(answer, expected_answer(predictor, decoded, max_boxes=3, min_score=-50))
+
+  png = image_bytes(rgb, "PNG")
+  status, answer = server.json("POST", "/api/caption?final_nms_thresh=0.6", png,
+                               {"Content-Type": "image/png"})
+  assert status == 200 and answer["img_name"] == "image"
+  assert_same_answer(answer, expected_answer(predictor, rgb, final_nms_thresh=0.6))
+  assert all(caption.split() and set(caption.split()) <= set(VOCAB[1:])
+             for caption in answer["captions"])
+
+
+def test_32_concurrent_requests_are_batched_and_all_correct(server, predictor):
+  images = [random_image(10 + i, h, w) for i, (h, w) in
+            enumerate(((45, 60), (60, 40), (32, 32), (20, 70)))]
+  expected = [expected_answer(predictor, rgb) for rgb in images]
+  _, before = server.json("GET", "/healthz")
+  jobs = [i % len(images) for i in range(32)]
+
+  def post(i):
+    return server.json("POST", "/api/caption", image_bytes(images[i], "PNG"),
+                       {"Content-Type": "image/png"})
+
+  with concurrent.futures.ThreadPoolExecutor(32) as pool:
+    answers = list(pool.map(post, jobs))
+  for i, (status, answer) in zip(jobs, answers):
+    assert status == 200, answer
+    assert_same_answer(answer, expected[i])
+  _, after = server.json("GET", "/healthz")
+  requests = after["batches"]["requests"] - before["batches"]["requests"]
+  batches = after["batches"]["batches"] - before["batches"]["batches"]
+  assert requests == 32 and batches < 32 and after["batches"]["largest"] > 1
+
+
+def bad_upload(case):
+  """``(body, headers)`` of a bad request to ``/api/caption``."""
+  png = image_bytes(random_image(5, 20, 30), "PNG")
+  as_png = {"Content-Type": "image/png"}
+  if case == "text as png":
+    return b"this is text", as_png
+  if case == "garbage after a JPEG marker":
+    return b"\xff\xd8\xff\xe0" + b"\0" * 100, {"Content-Type": "image/jpeg"}
+  if case == "truncated JPEG":
+    return image_bytes(random_image(6, 64, 64), "JPEG")[:400], {"Content-Type": "image/jpeg"}
+  if case == "body over the byte limit":
+    return b"\0" * (MAX_UPLOAD_BYTES + 1000), as_png
+  if case == "image over the pixel limit":
+    return image_bytes(np.zeros((300, 400, 3), np.uint8), "PNG"), as_png
+  if case == "header claiming 2000 x 2000":
+    return png_with_size(2000, 2000), as_png
+  if case == "header claiming 50000 x 50000":
+    return png_with_size(50_000, 50_000), as_png
+  if case == "text/plain":
+    return png, {"Content-Type": "text/plain"}
+  if case == "application/json":
+    return png, {"Content-Type": "application/json"}
+  if case == "no content type":
+    return png, {}
+  if case == "empty body":
+    return b"", as_png
+  if case == "no image field":
+    body, content_type = multipart({"photo": ("a.png", png)})
+  elif case == "image field is text":
+    body, content_type = multipart({"image": "not a file"})
+  elif case == "two image files":
+    body, content_type = multipart({"image": ("a.png", png), "other": ("b.png", png)})
+  elif case == "bad option":
+    body, content_type = multipart({"image": ("a.png", png), "max_boxes": "many"})
+  elif case == "multipart without parts":
+    body, content_type = b"garbage", "multipart/form-data; boundary=xyz"
+  elif case == "multipart without boundary":
+    body, content_type = b"garbage", "multipart/form-data"
+  return body, {"Content-Type": content_type}
+
+
+@pytest.mark.parametrize("case, status, message", [
+    ("text as png", 400, "not an image of a supported format"),
+    ("garbage after a JPEG marker", 400, "cannot decode the image|not an image"),
+    ("truncated JPEG", 400, "cannot decode the image"),
+    ("body over the byte limit", 413, f"over the limit of {MAX_UPLOAD_BYTES} bytes"),
+    ("image over the pixel limit", 413, f"400x300 = 120000 pixels is over the limit of {MAX_PIXELS}"),
+    ("header claiming 2000 x 2000", 413, f"4000000 pixels is over the limit of {MAX_PIXELS}"),
+    ("header claiming 50000 x 50000", 413, f"over the limit of {MAX_PIXELS} pixels"),
+    ("text/plain", 415, "unsupported Content-Type 'text/plain'"),
+    ("application/json", 415, "multipart/form-data with an 'image' file field"),
+    ("no content type", 415, r"unsupported Content-Type '\(none\)'"),
+    ("empty body", 400, "the image is empty"),
+    ("no image field", 400, "unknown field 'photo'|exactly one file field named 'image'"),
+    ("image field is text", 400, "exactly one file field named 'image'"),
+    ("two image files", 400, "malformed multipart upload: Too many files"),
+    ("bad option", 400, "max_boxes must be an integer, got 'many'"),
+    ("multipart without parts", 400, "malformed multipart|exactly one file field"),
+    ("multipart without boundary", 400, "malformed multipart upload: Missing boundary"),
+])
+def test_bad_uploads_get_a_clear_json_error_and_the_server_keeps_serving(
+    server, case, status, message):
+  got_status, answer = server.json("POST", "/api/caption", *bad_upload(case))
+  assert got_status == status and re.search(message, answer["error"]), answer
+  assert set(answer) == {"error"}
+  png = image_bytes(random_image(5, 20, 30), "PNG")
+  status, answer = server.json("POST", "/api/caption", png, {"Content-Type": "image/png"})
+  assert status == 200 and answer["width"] == 30
+
+
+def test_unknown_routes_and_methods_are_json_errors(server):
+  assert server.json("GET", "/api/caption") == (405, {"error": "method not allowed"})
+  assert server.json("POST", "/healthz") == (405, {"error": "method not allowed"})
+  assert server.json("GET", "/nothing/here") == (404, {"error": "not found"})
+
+
+@pytest.mark.parametrize("path", [
+    "/static/..%2f..%2fserve.py", "/static/..%2F..%2Fserver%2Fapp.py", "/..%2fserve.py",
+    "/static/../serve.py", "/static/%2e%2e/%2e%2e/serve.py", "/static/app.js/../../serve.py",
+    "/static/..%5c..%5cserve.py", "//etc/passwd", "/static//etc/passwd", "/static/",
+    "/static/index.html/..%2f..%2f..%2fsetup.cfg", "/static/%2e%2e%2f%2e%2e%2fsetup.cfg",
+    "/static/__init__.py",
+])
+def test_no_path_reaches_the_file_system(server, path):
+  status, _, body = server.request("GET", path)
+  assert status == 404
+  assert json.loads(body) == {"error": "not found"}
+
+
+# ------------------------------------------------------------------ CLI
+
+
+def test_cli_refuses_bad_flags_before_loading_a_model(tmp_path):
+  (tmp_path / "cert.pem").write_text("not a certificate")
+  for argv, message in (
+      (["--certfile", str(tmp_path / "cert.pem")], "give both --certfile and --keyfile"),
+      (["--certfile", str(tmp_path / "none.pem"), "--keyfile", str(tmp_path / "none.pem")],
+       "--certfile not found: .*none.pem"),
+      (["--certfile", str(tmp_path / "cert.pem"), "--keyfile", str(tmp_path / "cert.pem")],
+       "cannot use --certfile .*cert.pem with --keyfile"),
+      (["--max_batch", "0"], "--max_batch must be positive, got 0"),
+      (["--max_pixels", "-5"], "--max_pixels must be positive"),
+      (["--batch_wait_ms", "-1"], "--batch_wait_ms must be non-negative"),
+      (["--final_nms_thresh", "2"], r"--final_nms_thresh must be in \[0, 1\]"),
+      (["--port", "70000"], r"--port must be in \[0, 65535\]")):
+    with pytest.raises(SystemExit, match=f"^error: {message}"):
+      serve.main(argv)
+
+
+def test_cli_refuses_a_port_in_use_and_defaults_to_the_bundled_model(tmp_path, monkeypatch,
+                                                                        capsys):
+  with socket.socket() as taken:
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    with pytest.raises(SystemExit, match=f"^error: cannot listen on 127.0.0.1:{port}"):
+      serve.main(["--port", str(port)])
+  missing = str(tmp_path / "bundled" / "tiny_synthetic")
+  monkeypatch.setattr(inference, "bundled_model_path", lambda: missing)
+  with pytest.raises(SystemExit, match=f"^error: .*{re.escape(missing)}"):
+    serve.main(["--port", "0"])
+  assert predict.BUNDLED_NOTICE in capsys.readouterr().err
+  with pytest.raises(SystemExit, match=f"^error: .*{re.escape(str(tmp_path / 'other'))}"):
+    serve.main(["--port", "0", "--checkpoint", str(tmp_path / "other")])
+  assert predict.BUNDLED_NOTICE not in capsys.readouterr().err
+
+
+def test_captioner_after_warm_up_compiles_no_model_for_new_thresholds(predictor,
+                                                                      record_compiles):
+  rgb = random_image(30, 45, 60)
+  captioner = captioner_lib.Captioner(predictor, max_batch=1)
+  captioner.warm_up()
+  request = captioner_lib.CaptionRequest(
+      captioner.prepare(Image.fromarray(rgb)), captioner_lib.CaptionOptions(final_nms_thresh=0.45))
+  with record_compiles() as names:
+    (result,) = captioner.run([request])
+  assert "jit(run)" not in names, names
+  assert_same_answer(result, expected_answer(predictor, rgb, final_nms_thresh=0.45))

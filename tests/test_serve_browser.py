@@ -1,0 +1,271 @@
+"""The demo page in headless Chromium against a real server: upload, live webcam, no network.
+
+Chromium (Debian's ``chromium`` package) is driven over the DevTools protocol
+with a small WebSocket client written here on the standard library. The live
+mode uses Chromium's fake camera (``--use-fake-device-for-media-stream``).
+"""
+
+import base64
+import json
+import os
+import re
+import shutil
+import socket
+import struct
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+
+import numpy as np
+import pytest
+
+from test_serve import ServerProcess, image_bytes, make_model_dir, random_image
+
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium")
+                                        else None)
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+    "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
+)
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")]
+
+
+class WebSocket:
+  """A minimal client WebSocket (RFC 6455) for text messages on 127.0.0.1."""
+
+  def __init__(self, url, timeout=30):
+    parts = urllib.parse.urlsplit(url)
+    self.sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
+    key = base64.b64encode(os.urandom(16)).decode()
+    self.sock.sendall((f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                       f"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                       f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    response = b""
+    while b"\r\n\r\n" not in response:
+      chunk = self.sock.recv(4096)
+      if not chunk:
+        raise ConnectionError("WebSocket handshake: connection closed")
+      response += chunk
+    head, self.buffer = response.split(b"\r\n\r\n", 1)
+    if not head.startswith(b"HTTP/1.1 101"):
+      raise ConnectionError(f"WebSocket handshake refused: {head.decode(errors='replace')}")
+
+  def send(self, text):
+    payload = text.encode()
+    header = bytes([0x81])  # FIN, text frame
+    if len(payload) < 126:
+      header += bytes([0x80 | len(payload)])
+    elif len(payload) < 1 << 16:
+      header += bytes([0x80 | 126]) + struct.pack(">H", len(payload))
+    else:
+      header += bytes([0x80 | 127]) + struct.pack(">Q", len(payload))
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    self.sock.sendall(header + mask + masked)
+
+  def _read(self, size):
+    while len(self.buffer) < size:
+      chunk = self.sock.recv(65536)
+      if not chunk:
+        raise ConnectionError("WebSocket closed")
+      self.buffer += chunk
+    data, self.buffer = self.buffer[:size], self.buffer[size:]
+    return data
+
+  def receive(self):
+    """The next text message (fragments joined; control frames skipped)."""
+    message = b""
+    while True:
+      first, second = self._read(2)
+      size = second & 0x7F
+      if size == 126:
+        size = struct.unpack(">H", self._read(2))[0]
+      elif size == 127:
+        size = struct.unpack(">Q", self._read(8))[0]
+      payload = self._read(size)
+      opcode = first & 0x0F
+      if opcode == 0x8:
+        raise ConnectionError("WebSocket closed by the browser")
+      if opcode in (0x0, 0x1):
+        message += payload
+        if first & 0x80:
+          return message.decode()
+
+  def close(self):
+    self.sock.close()
+
+
+class Browser:
+  """Headless Chromium showing one page, with DevTools calls on it."""
+
+  def __init__(self, url, profile_dir):
+    self.proc = subprocess.Popen(
+        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}", url],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port = self._devtools_port(os.path.join(profile_dir, "DevToolsActivePort"))
+    pages = []
+    deadline = time.monotonic() + 30
+    while not pages and time.monotonic() < deadline:
+      with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as response:
+        pages = [t for t in json.load(response) if t["type"] == "page"]
+      time.sleep(0.1)
+    self.socket = WebSocket(pages[0]["webSocketDebuggerUrl"])
+    self.next_id = 0
+
+  def _devtools_port(self, path, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+      if os.path.exists(path):
+        with open(path) as f:
+          first = f.readline().strip()
+        if first.isdigit():
+          return int(first)
+      if self.proc.poll() is not None:
+        raise RuntimeError(f"chromium exited with status {self.proc.returncode}")
+      time.sleep(0.1)
+    raise RuntimeError("chromium did not open its DevTools port")
+
+  def call(self, method, **params):
+    self.next_id += 1
+    self.socket.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+    while True:
+      message = json.loads(self.socket.receive())
+      if message.get("id") == self.next_id:
+        if "error" in message:
+          raise RuntimeError(f"{method}: {message['error']}")
+        return message["result"]
+
+  def evaluate(self, expression):
+    result = self.call("Runtime.evaluate", expression=expression, returnByValue=True,
+                       awaitPromise=True, userGesture=True)
+    if "exceptionDetails" in result:
+      raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
+    return result["result"].get("value")
+
+  def wait_for(self, expression, timeout=60):
+    """Polls ``expression`` until it is truthy (errors count as false); returns its value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+      try:
+        value = self.evaluate(expression)
+      except RuntimeError:  # e.g. the page has not loaded yet
+        value = None
+      if value:
+        return value
+      time.sleep(0.1)
+    state = self.evaluate("[document.body.dataset.state, "
+                          "document.getElementById('status').textContent]")
+    raise AssertionError(f"timed out waiting for {expression}; page state, status: {state}")
+
+  def close(self):
+    self.socket.close()
+    self.proc.terminate()
+    try:
+      self.proc.wait(10)
+    except subprocess.TimeoutExpired:
+      self.proc.kill()
+      self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+  model_dir = make_model_dir(tmp_path_factory.mktemp("browser_model") / "tiny_random")
+  process = ServerProcess(model_dir, tmp_path_factory.getbasetemp() / "jax_cache",
+                          "--max_batch", "1").wait_ready()
+  yield process
+  process.stop()
+
+
+@pytest.fixture
+def browser(server, tmp_path):
+  page = Browser(server.url, str(tmp_path / "profile"))
+  yield page
+  page.close()
+
+
+def post_png(server, png):
+  status, answer = server.json("POST", "/api/caption", png, {"Content-Type": "image/png"})
+  assert status == 200
+  return answer
+
+
+def test_upload_shows_boxes_and_captions(server, browser, tmp_path):
+  rgb = random_image(21, 48, 64)
+  path = tmp_path / "shapes.png"
+  path.write_bytes(image_bytes(rgb, "PNG"))
+  expected = post_png(server, path.read_bytes())
+  assert expected["captions"]
+
+  browser.wait_for("document.body.dataset.state === 'idle' && "
+                   "document.getElementById('model').textContent.includes('tiny_random')")
+  document = browser.call("DOM.getDocument")
+  node = browser.call("DOM.querySelector", nodeId=document["root"]["nodeId"], selector="#file")
+  browser.call("DOM.setFileInputFiles", files=[str(path)], nodeId=node["nodeId"])
+  browser.wait_for("document.body.dataset.state === 'ready'")
+
+  shown = browser.evaluate("""(() => {
+    const rects = [...document.querySelectorAll('#overlay .box')];
+    rects.sort((a, b) => a.dataset.rank - b.dataset.rank);
+    return {
+      viewBox: document.getElementById('overlay').getAttribute('viewBox'),
+      rects: rects.map(r => ['x', 'y', 'width', 'height'].map(k => Number(r.getAttribute(k)))),
+      labels: document.querySelectorAll('#overlay .label').length,
+      captions: [...document.querySelectorAll('#captions .caption')].map(e => e.textContent),
+      name: document.getElementById('image-name').textContent,
+      canvas: [document.getElementById('picture').width, document.getElementById('picture').height],
+      slider: [document.getElementById('num-boxes').value, document.getElementById('num-boxes').max],
+    };
+  })()""")
+  count = min(10, len(expected["captions"]))
+  assert shown["viewBox"] == "0 0 64 48" and shown["canvas"] == [64, 48]
+  assert shown["name"].startswith("shapes.png")
+  assert shown["captions"] == expected["captions"][:count]
+  assert shown["labels"] == count
+  assert shown["slider"] == [str(count), str(len(expected["captions"]))]
+  # Boxes are 1-based xywh: drawn at (x - 1, y - 1), w x h.
+  want = [[x - 1, y - 1, w, h] for x, y, w, h in expected["boxes"][:count]]
+  np.testing.assert_allclose(shown["rects"], want, atol=1e-3)
+  # Every resource the page used came from the server.
+  loaded = browser.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
+  assert loaded and all(url.startswith(server.url) for url in loaded), loaded
+
+  # The slider shows fewer boxes; hovering a caption highlights its box.
+  browser.evaluate("""(() => {
+    const slider = document.getElementById('num-boxes');
+    slider.value = 1;
+    slider.dispatchEvent(new Event('input'));
+    document.querySelector('#captions li').dispatchEvent(
+        new MouseEvent('mouseover', {bubbles: true}));
+  })()""")
+  assert browser.evaluate("document.querySelectorAll('#overlay .box').length") == 1
+  assert browser.evaluate("document.querySelector('#overlay .box').classList.contains('highlight')")
+
+
+def test_live_mode_captions_fake_camera_frames(server, browser):
+  _, before = server.json("GET", "/healthz")
+  browser.wait_for("document.body.dataset.state === 'idle'")
+  browser.evaluate("document.getElementById('live').click()")
+  frames = browser.wait_for(
+      "Number(document.getElementById('fps').dataset.frames) >= 5 && "
+      "Number(document.getElementById('fps').dataset.frames)", timeout=90)
+  shown = browser.evaluate("""(() => ({
+    state: document.body.dataset.state,
+    fps: document.getElementById('fps').textContent,
+    viewBox: document.getElementById('overlay').getAttribute('viewBox'),
+    canvas: [document.getElementById('picture').width, document.getElementById('picture').height],
+    pressed: document.getElementById('live').getAttribute('aria-pressed'),
+  }))()""")
+  browser.evaluate("document.getElementById('live').click()")
+  _, after = server.json("GET", "/healthz")
+  assert shown["state"] == "live" and shown["pressed"] == "true"
+  fps, counted = re.fullmatch(r"(\d+\.\d) fps \u00b7 (\d+) frames", shown["fps"]).groups()
+  assert float(fps) > 0 and int(counted) >= frames
+  # The fake camera is 640 x 480; frames go to the server at the model's 32-pixel size.
+  assert shown["canvas"] == [640, 480] and shown["viewBox"] == "0 0 32 24"
+  assert after["batches"]["requests"] - before["batches"]["requests"] >= frames
+  assert browser.evaluate("document.getElementById('live').getAttribute('aria-pressed')") == "false"

@@ -1,0 +1,88 @@
+"""Rebuilds the demo model that ships inside the package, from nothing: ``make bundled-model``.
+
+1. renders the synthetic dataset (``densecap_jax.data.synthetic``, fixed seed),
+2. preprocesses it like Visual Genome (``densecap_jax.data.preprocess``),
+3. trains the ``tiny`` config on it (``train/configs/tiny.py``),
+4. evaluates the best validation checkpoint on the test split,
+5. writes the model to ``densecap_jax/bundled/tiny_synthetic`` (with its
+   test-split numbers in ``metrics.json``) and a few test images to
+   ``densecap_jax/bundled/examples``.
+
+Every step's output lives under ``--workdir``; a step whose output is already
+there is skipped, and training resumes where it stopped.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from densecap_jax import checkpoint  # pylint: disable=g-import-not-at-top
+from densecap_jax import files
+from densecap_jax import validation
+from densecap_jax.data import loader
+from densecap_jax.data import preprocess
+from densecap_jax.data import synthetic
+from densecap_jax import trainer
+from train.configs import tiny
+
+BUNDLED = os.path.join(ROOT, "densecap_jax", "bundled")
+NUM_EXAMPLES = 3
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--workdir", default=os.path.join(ROOT, "out", "bundled"))
+  parser.add_argument("--num_images", type=int, default=3000)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--max_iters", type=int, default=0, help="default: the tiny config's")
+  return parser.parse_args(argv)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  vg_dir = os.path.join(args.workdir, "vg")
+  h5, js = os.path.join(args.workdir, "regions.h5"), os.path.join(args.workdir, "regions-dicts.json")
+  config = tiny.get_config()
+  if not os.path.exists(os.path.join(vg_dir, "densecap_splits.json")):
+    synthetic.generate_dataset(vg_dir, args.num_images, args.seed)
+  if not os.path.exists(js):
+    preprocess.preprocess(os.path.join(vg_dir, "region_descriptions.json"),
+                          os.path.join(vg_dir, "images"),
+                          os.path.join(vg_dir, "densecap_splits.json"), h5, js,
+                          image_size=config.model.image_size)
+  config.data_h5, config.data_json = h5, js
+  if args.max_iters:
+    config.max_iters = args.max_iters
+  run_dir = os.path.join(args.workdir, "run")
+  trainer.train(config, run_dir)
+
+  params, model_config, vocab = checkpoint.load_model(run_dir)
+  data = loader.DenseCapH5(h5, js)
+  results = validation.evaluate_split(
+      params, data, "test", validation.make_predict_fn(model_config), config=model_config,
+      batch_size=4)
+  target = os.path.join(BUNDLED, "tiny_synthetic")
+  checkpoint.save_model(target, params, model_config, vocab, overwrite=True)
+  files.write_json(os.path.join(target, "metrics.json"), {
+      "split": "test", "num_images": results["num_images"], "map": results["map"],
+      "detmap": results["detmap"], "num_proposals": model_config.num_proposals,
+      "training_steps": config.max_iters, "dataset": {"num_images": args.num_images,
+                                                      "seed": args.seed}})
+  examples = os.path.join(BUNDLED, "examples")
+  os.makedirs(examples, exist_ok=True)
+  with open(os.path.join(vg_dir, "densecap_splits.json")) as f:
+    test_ids = json.load(f)["test"][:NUM_EXAMPLES]
+  for i in test_ids:
+    shutil.copyfile(os.path.join(vg_dir, "images", f"{i}.jpg"),
+                    os.path.join(examples, f"synthetic_{i}.jpg"))
+  print(f"bundled model: {target}\n  test mAP {results['map']:.4f}, detection mAP "
+        f"{results['detmap']:.4f} over {results['num_images']} images")
+
+
+if __name__ == "__main__":
+  main()
