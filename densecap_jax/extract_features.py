@@ -43,6 +43,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from densecap_jax import cli
 from densecap_jax import files
 from densecap_jax import inference
 from densecap_jax import predict
@@ -53,15 +54,7 @@ from densecap_jax.ops import boxes as boxes_lib
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(
       description="Boxes and region features (fc7 codes) of images, to an HDF5 file.")
-  model = parser.add_argument_group("model")
-  model.add_argument("--checkpoint", default="",
-                     help="model directory (trained or converted); default: the bundled model")
-  model.add_argument("--image_size", type=int, default=0,
-                     help="long side after resizing (default: the model's, 720 for vgg16)")
-  model.add_argument("--rpn_nms_thresh", type=float, default=0.7)
-  model.add_argument("--final_nms_thresh", type=float, default=0.4)
-  model.add_argument("--num_proposals", type=int, default=0,
-                     help="proposals after the RPN NMS (default: the model's, 1000 for vgg16)")
+  model = cli.add_model_flags(parser, final_nms_thresh=0.4)
   model.add_argument("--boxes_per_image", type=int, default=100,
                      help="rows per image in the output (detections kept, or given boxes at most)")
   model.add_argument("--pool_final_boxes", type=int, default=0, choices=(0, 1),
@@ -339,15 +332,7 @@ def main(argv=None):
   except ValueError as e:
     sys.exit(f"error: {e}")
 
-  if not args.checkpoint:
-    print(predict.BUNDLED_NOTICE, file=sys.stderr)
-  try:
-    model = inference.load_model(
-        args.checkpoint or None, image_size=args.image_size or None,
-        num_proposals=args.num_proposals or None, rpn_nms_thresh=args.rpn_nms_thresh,
-        final_nms_thresh=args.final_nms_thresh, batch_size=args.batch_size)
-  except (OSError, ValueError) as e:
-    sys.exit(f"error: {e}")
+  model = cli.load_model_from_flags(args, batch_size=args.batch_size)
   extractor = FeatureExtractor(model, args.boxes_per_image, bool(args.pool_final_boxes))
   attrs = {
       "checkpoint": args.checkpoint or inference.bundled_model_path(),

@@ -22,11 +22,10 @@ import time
 
 from tqdm import tqdm
 
+from densecap_jax import cli
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-BUNDLED_NOTICE = (
-    "note: using the bundled demo model (tiny config, trained on synthetic shapes; it only knows "
-    "such scenes). For real photos convert the released VG model "
-    "(tools/convert_torch_weights/README.md) and pass --checkpoint.")
+
 
 
 def parse_args(argv=None):
@@ -41,15 +40,7 @@ def parse_args(argv=None):
   inputs.add_argument("--vg_img_root_dir", default="")
   inputs.add_argument("--max_images", type=int, default=100,
                       help="at most this many images of a folder or split; -1 = all")
-  model = parser.add_argument_group("model")
-  model.add_argument("--checkpoint", default="",
-                     help="model directory (trained or converted); default: the bundled model")
-  model.add_argument("--image_size", type=int, default=0,
-                     help="long side after resizing (default: the model's, 720 for vgg16)")
-  model.add_argument("--rpn_nms_thresh", type=float, default=0.7)
-  model.add_argument("--final_nms_thresh", type=float, default=0.3)
-  model.add_argument("--num_proposals", type=int, default=0,
-                     help="proposals after the RPN NMS (default: the model's, 1000 for vgg16)")
+  model = cli.add_model_flags(parser)
   model.add_argument("--batch_size", type=int, default=1, help="images per forward pass")
   model.add_argument("--max_detections", type=int, default=-1,
                      help="keep at most this many boxes per image in results.json; -1 = all")
@@ -116,15 +107,7 @@ def main(argv=None):
   from densecap_jax import inference  # pylint: disable=g-import-not-at-top
   from densecap_jax import vis
 
-  if not args.checkpoint:
-    print(BUNDLED_NOTICE, file=sys.stderr)
-  try:
-    model = inference.load_model(
-        args.checkpoint or None, image_size=args.image_size or None,
-        num_proposals=args.num_proposals or None, rpn_nms_thresh=args.rpn_nms_thresh,
-        final_nms_thresh=args.final_nms_thresh, batch_size=args.batch_size)
-  except (OSError, ValueError) as e:
-    sys.exit(f"error: {e}")
+  model = cli.load_model_from_flags(args, batch_size=args.batch_size)
 
   start = time.perf_counter()
   prepared, names, failed = [], [], []

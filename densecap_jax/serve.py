@@ -25,6 +25,8 @@ import ssl
 import sys
 import time
 
+from densecap_jax import cli
+
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(
@@ -44,16 +46,7 @@ def parse_args(argv=None):
   server.add_argument("--batch_wait_ms", type=float, default=5.0,
                       help="how long a batch waits for more requests after its first")
   server.add_argument("--access_log", action="store_true", help="log every request")
-  model = parser.add_argument_group("model")
-  model.add_argument("--checkpoint", default="",
-                     help="model directory (trained or converted); default: the bundled model")
-  model.add_argument("--image_size", type=int, default=0,
-                     help="long side after resizing (default: the model's, 720 for vgg16)")
-  model.add_argument("--rpn_nms_thresh", type=float, default=0.7)
-  model.add_argument("--final_nms_thresh", type=float, default=0.3,
-                     help="default of the request field final_nms_thresh")
-  model.add_argument("--num_proposals", type=int, default=0,
-                     help="proposals after the RPN NMS (default: the model's, 1000 for vgg16)")
+  cli.add_model_flags(parser, final_nms_help="default of the request field final_nms_thresh")
   return parser.parse_args(argv)
 
 
@@ -112,19 +105,11 @@ def serve(args, sock):
   """Loads and compiles the model, then serves on the bound ``sock`` until interrupted."""
   import uvicorn  # pylint: disable=g-import-not-at-top
   from densecap_jax import inference
-  from densecap_jax.predict import BUNDLED_NOTICE
   from densecap_jax.server import app as app_lib
   from densecap_jax.server import captioner as captioner_lib
 
-  if not args.checkpoint:
-    print(BUNDLED_NOTICE, file=sys.stderr)
+  predictor = cli.load_model_from_flags(args)
   checkpoint = args.checkpoint or inference.bundled_model_path()
-  try:
-    predictor = inference.load_model(
-        checkpoint, image_size=args.image_size or None, num_proposals=args.num_proposals or None,
-        rpn_nms_thresh=args.rpn_nms_thresh, final_nms_thresh=args.final_nms_thresh)
-  except (OSError, ValueError) as e:
-    sys.exit(f"error: {e}")
   captioner = captioner_lib.Captioner(predictor, args.max_batch)
   print(f"compiling {len(predictor.buckets)} shape buckets x batch sizes "
         f"{', '.join(map(str, captioner.batch_sizes))} ...", flush=True)

@@ -38,7 +38,7 @@ WAD_COLORS = (
 )
 
 VIEWER_PAGE = "view_results.html"
-VIEWER_FILES = (VIEWER_PAGE, "viewer.js", "viewer.css")
+VIEWER_FILES = (VIEWER_PAGE, "viewer.js", "viewer.css", "boxes.js", "boxes.css")
 RESULT_FIELDS = ("boxes", "scores", "captions", "img_name")
 
 # image.drawText draws 6 x 8 pixel character cells scaled by the text size.
@@ -209,11 +209,13 @@ def save_image_atomic(image, path):
 def write_viewer(output_dir, results):
   """Writes the results browser and its data into ``output_dir``; returns the page's path.
 
-  Copies ``view_results.html``, ``viewer.js`` and ``viewer.css`` and writes
-  ``results.json`` (reference §10.2 schema) and ``results.js`` (the same object
-  assigned to ``window.DENSECAP_RESULTS``, which a page opened from disk can
-  load). The images named by ``img_name`` are expected beside them, at the
-  size the boxes refer to. Every file is written atomically.
+  Copies the page's ``VIEWER_FILES`` (``view_results.html``, ``viewer.js``,
+  ``viewer.css``, and ``boxes.js`` and ``boxes.css``, the drawing it shares
+  with the web demo) and writes ``results.json`` (reference §10.2 schema) and
+  ``results.js`` (the same object assigned to ``window.DENSECAP_RESULTS``,
+  which a page opened from disk can load). The images named by ``img_name``
+  are expected beside them, at the size the boxes refer to. Every file is
+  written atomically.
 
   Args:
     output_dir: folder to write into (created if missing).

@@ -29,9 +29,9 @@ import pytest
 from PIL import Image
 
 from densecap_jax import checkpoint
+from densecap_jax import cli
 from densecap_jax import configs
 from densecap_jax import inference
-from densecap_jax import predict
 from densecap_jax import serve
 from densecap_jax.models import densecap
 from densecap_jax.server import app as app_lib
@@ -443,12 +443,14 @@ def test_healthz_and_page(server):
   assert health["model"] == "tiny_random" and health["config"] == "tiny"
   assert health["buckets"] == [[IMAGE_SIZE, IMAGE_SIZE]] and health["batch_sizes"] == [1, 4]
   assert health["image_size"] == IMAGE_SIZE and health["max_pixels"] == MAX_PIXELS
-  static = os.path.join(os.path.dirname(app_lib.__file__), os.pardir, "static")
-  for path, name, media in (("/", "index.html", "text/html"),
-                            ("/static/app.js", "app.js", "text/javascript"),
-                            ("/static/app.css", "app.css", "text/css")):
+  package = os.path.join(os.path.dirname(app_lib.__file__), os.pardir)
+  for path, name, media in (("/", "static/index.html", "text/html"),
+                            ("/static/app.js", "static/app.js", "text/javascript"),
+                            ("/static/app.css", "static/app.css", "text/css"),
+                            ("/static/boxes.js", "viewer/boxes.js", "text/javascript"),
+                            ("/static/boxes.css", "viewer/boxes.css", "text/css")):
     status, headers, body = server.request("GET", path)
-    with open(os.path.join(static, name), "rb") as f:
+    with open(os.path.join(package, name), "rb") as f:
       assert status == 200 and body == f.read()
     assert headers["content-type"].startswith(media)
     assert "default-src 'self'" in headers["content-security-policy"]
@@ -619,10 +621,10 @@ def test_cli_refuses_a_port_in_use_and_defaults_to_the_bundled_model(tmp_path, m
   monkeypatch.setattr(inference, "bundled_model_path", lambda: missing)
   with pytest.raises(SystemExit, match=f"^error: .*{re.escape(missing)}"):
     serve.main(["--port", "0"])
-  assert predict.BUNDLED_NOTICE in capsys.readouterr().err
+  assert cli.BUNDLED_NOTICE in capsys.readouterr().err
   with pytest.raises(SystemExit, match=f"^error: .*{re.escape(str(tmp_path / 'other'))}"):
     serve.main(["--port", "0", "--checkpoint", str(tmp_path / "other")])
-  assert predict.BUNDLED_NOTICE not in capsys.readouterr().err
+  assert cli.BUNDLED_NOTICE not in capsys.readouterr().err
 
 
 def test_captioner_after_warm_up_compiles_no_model_for_new_thresholds(predictor,

@@ -56,7 +56,8 @@ def test_write_viewer_writes_page_and_data(tmp_path):
   page = vis.write_viewer(str(tmp_path / "vis"), _results())
   assert page == str(tmp_path / "vis" / "view_results.html")
   names = sorted(os.listdir(tmp_path / "vis"))
-  assert names == ["results.js", "results.json", "view_results.html", "viewer.css", "viewer.js"]
+  assert names == ["boxes.css", "boxes.js", "results.js", "results.json", "view_results.html",
+                   "viewer.css", "viewer.js"]
   package = importlib.resources.files("densecap_jax.viewer")
   for name in vis.VIEWER_FILES:
     assert (tmp_path / "vis" / name).read_bytes() == package.joinpath(name).read_bytes()
@@ -106,7 +107,7 @@ def test_page_has_no_external_urls():
     assert "@import" not in text and "url(" not in text, name
   page = package.joinpath(vis.VIEWER_PAGE).read_text("utf-8")
   referenced = re.findall(r"""\b(?:src|href)\s*=\s*["']([^"']*)["']""", page)
-  assert sorted(referenced) == ["viewer.css", "viewer.js"]
+  assert sorted(referenced) == ["boxes.css", "boxes.js", "viewer.css", "viewer.js"]
 
 
 # --------------------------------------------------------------- in Chromium

@@ -2,7 +2,9 @@
 
 Routes:
   ``GET /``                 the demo page (``densecap_jax/static/index.html``).
-  ``GET /static/<name>``    its script and style sheet, from a fixed list.
+  ``GET /static/<name>``    its scripts and style sheets, from a fixed list (the box
+                            drawing shared with the results browser comes from
+                            ``densecap_jax/viewer``).
   ``GET /healthz``          status, model name, device, buckets, limits, batching
                             counters.
   ``POST /api/caption``     an image as ``multipart/form-data`` (field ``image``)
@@ -35,11 +37,13 @@ from starlette import applications, exceptions, formparsers, requests, responses
 from densecap_jax.server import batching
 from densecap_jax.server import captioner as captioner_lib
 
-# The page's files: URL path -> (file in densecap_jax/static, media type).
+# The page's files: URL path -> (package folder in densecap_jax, file name, media type).
 STATIC_FILES = {
-    "/": ("index.html", "text/html; charset=utf-8"),
-    "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
-    "/static/app.css": ("app.css", "text/css; charset=utf-8"),
+    "/": ("static", "index.html", "text/html; charset=utf-8"),
+    "/static/app.js": ("static", "app.js", "text/javascript; charset=utf-8"),
+    "/static/app.css": ("static", "app.css", "text/css; charset=utf-8"),
+    "/static/boxes.js": ("viewer", "boxes.js", "text/javascript; charset=utf-8"),
+    "/static/boxes.css": ("viewer", "boxes.css", "text/css; charset=utf-8"),
 }
 # Decoders accepted for uploads; other Pillow plugins (EPS, PSD, ...) are never tried.
 IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
@@ -66,8 +70,8 @@ class RequestError(Exception):
 
 def read_static_files():
   """``{url path: (bytes, media type)}`` for the page, read from the package."""
-  folder = importlib.resources.files("densecap_jax") / "static"
-  return {path: ((folder / name).read_bytes(), media) for path, (name, media) in
+  package = importlib.resources.files("densecap_jax")
+  return {path: ((package / folder / name).read_bytes(), media) for path, (folder, name, media) in
           STATIC_FILES.items()}
 
 

@@ -3,9 +3,8 @@
  *
  * Sends an image (a chosen or dropped file, or webcam frames in live mode) to
  * POST /api/caption and draws the answer over it. Boxes come back as
- * [x, y, w, h], 1-based, in the pixels of the image that was sent, so a box is
- * drawn at (x - 1, y - 1) in an SVG whose viewBox is that image's size, laid
- * over a canvas showing the same image.
+ * [x, y, w, h], 1-based, in the pixels of the image that was sent; boxes.js
+ * draws them in an SVG laid over a canvas showing the same image.
  *
  * Live mode keeps one frame in flight: grab a frame, send it as a JPEG
  * downscaled to the model's image size, draw that frame with its boxes when
@@ -14,14 +13,6 @@
 'use strict';
 
 (() => {
-  // The results browser's 14 colours, given to the detections by score rank.
-  const PALETTE = [
-    [173, 35, 35], [42, 75, 215], [87, 87, 87], [29, 105, 20],
-    [129, 74, 25], [129, 38, 192], [160, 160, 160], [129, 197, 122],
-    [157, 175, 255], [41, 208, 208], [255, 146, 51], [255, 238, 51],
-    [233, 222, 187], [255, 205, 243],
-  ];
-  const INITIAL_BOXES = 10;
   const MAX_PICTURE_SIDE = 1600;  // canvas resolution cap for large uploads
   const FPS_WINDOW_MS = 2000;
   const JPEG_QUALITY = 0.9;
@@ -32,8 +23,6 @@
     model: document.getElementById('model'),
     file: document.getElementById('file'),
     live: document.getElementById('live'),
-    slider: document.getElementById('num-boxes'),
-    sliderValue: document.getElementById('num-boxes-value'),
     labelsButton: document.getElementById('toggle-labels'),
     fps: document.getElementById('fps'),
     status: document.getElementById('status'),
@@ -42,23 +31,23 @@
     picture: document.getElementById('picture'),
     overlay: document.getElementById('overlay'),
     name: document.getElementById('image-name'),
-    captions: document.getElementById('captions'),
     camera: document.getElementById('camera'),
   };
 
   const state = {
     server: null,       // the /healthz answer
     result: null,       // the last /api/caption answer
-    numBoxes: INITIAL_BOXES,
     labels: true,
-    highlight: -1,
     live: null,         // {stream, running, frames, times} while live
     uploadId: 0,        // the latest upload; answers to older ones are dropped
   };
 
-  const colorOf = rank => PALETTE[rank % PALETTE.length];
-  const cssColor = ([r, g, b]) => `rgb(${r}, ${g}, ${b})`;
-  const isLight = ([r, g, b]) => 0.299 * r + 0.587 * g + 0.114 * b > 150;
+  const boxView = new window.DenseCapBoxes.BoxView({
+    overlay: view.overlay,
+    captions: document.getElementById('captions'),
+    slider: document.getElementById('num-boxes'),
+    sliderValue: document.getElementById('num-boxes-value'),
+  }, render);
 
   // ------------------------------------------------------------------ server
 
@@ -126,12 +115,6 @@
 
   // ------------------------------------------------------------- rendering
 
-  function svgElement(name, attributes) {
-    const element = document.createElementNS(view.overlay.namespaceURI, name);
-    for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, value);
-    return element;
-  }
-
   // Shows `source` (an ImageBitmap, canvas or image) in the picture canvas.
   function showPicture(source, width, height) {
     const scale = Math.min(1, MAX_PICTURE_SIDE / Math.max(width, height));
@@ -144,122 +127,16 @@
     view.dropHint.hidden = true;
   }
 
-  function formatScore(score) {
-    return Number.isFinite(score) ? score.toFixed(2) : '\u2013';
-  }
-
-  function boxElement(result, rank) {
-    const [x, y, w, h] = result.boxes[rank];
-    const rect = svgElement('rect', {
-      class: 'box', 'data-rank': rank,
-      x: x - 1, y: y - 1, width: Math.max(0, w), height: Math.max(0, h),
-      stroke: cssColor(colorOf(rank)),
-    });
-    const title = svgElement('title', {});
-    title.textContent = `${result.captions[rank]} (${formatScore(result.scores[rank])})`;
-    rect.append(title);
-    return rect;
-  }
-
-  // A caption at the box's top-left on a half-transparent band of the box colour.
-  function labelElement(result, rank, fontSize) {
-    const [x, y] = result.boxes[rank];
-    const color = colorOf(rank);
-    const group = svgElement('g', {class: 'label', 'data-rank': rank});
-    const background = svgElement('rect', {fill: cssColor(color)});
-    const text = svgElement('text', {
-      x: Math.max(0, x - 1), y: Math.max(0, y - 1), 'font-size': fontSize,
-      'dominant-baseline': 'hanging', fill: isLight(color) ? '#111' : '#fff',
-    });
-    text.textContent = result.captions[rank];
-    group.append(background, text);
-    return group;
-  }
-
-  function fitLabelBackgrounds(labels) {
-    for (const group of labels.children) {
-      const [background, text] = group.children;
-      const box = text.getBBox();
-      const pad = 0.15 * Number(text.getAttribute('font-size'));
-      background.setAttribute('x', box.x - pad);
-      background.setAttribute('y', box.y - pad);
-      background.setAttribute('width', box.width + 2 * pad);
-      background.setAttribute('height', box.height + 2 * pad);
-    }
-  }
-
-  function captionItem(result, rank) {
-    const color = colorOf(rank);
-    const item = document.createElement('li');
-    item.dataset.rank = rank;
-    item.style.setProperty('--box-color', cssColor(color));
-    item.classList.toggle('light', isLight(color));
-    const text = document.createElement('span');
-    text.className = 'caption';
-    text.textContent = result.captions[rank];
-    const score = document.createElement('span');
-    score.className = 'score';
-    score.title = 'score (objectness logit)';
-    score.textContent = formatScore(result.scores[rank]);
-    item.append(text, score);
-    return item;
-  }
-
-  function shownCount() {
-    return state.result ? Math.min(state.numBoxes, state.result.boxes.length) : 0;
-  }
-
   function render() {
     const result = state.result;
     if (!result) return;
-    const total = result.boxes.length;
-    const ranks = [...Array(shownCount()).keys()];
-    const area = rank => Math.abs(result.boxes[rank][2] * result.boxes[rank][3]);
-
-    view.overlay.setAttribute('viewBox', `0 0 ${result.width} ${result.height}`);
-    view.overlay.replaceChildren();
-    view.captions.replaceChildren();
-    view.slider.max = total;
-    view.slider.value = ranks.length;
-    view.sliderValue.value = `${ranks.length}/${total}`;
-
-    // Larger boxes first, so a smaller box on top of one stays under the pointer.
-    const boxes = svgElement('g', {class: 'boxes'});
-    for (const rank of ranks.slice().sort((a, b) => area(b) - area(a))) {
-      boxes.append(boxElement(result, rank));
-    }
-    view.overlay.append(boxes);
+    let fontSize = 0;
     if (state.labels) {
       // The overlay scales its viewBox (image pixels) to the shown size: convert screen pixels.
       const shownWidth = view.overlay.getBoundingClientRect().width;
-      const fontSize = LABEL_FONT_PX * (shownWidth > 0 ? result.width / shownWidth : 1);
-      const labels = svgElement('g', {class: 'labels'});
-      for (const rank of ranks.slice().reverse()) labels.append(labelElement(result, rank, fontSize));
-      view.overlay.append(labels);
-      fitLabelBackgrounds(labels);
+      fontSize = LABEL_FONT_PX * (shownWidth > 0 ? result.width / shownWidth : 1);
     }
-    for (const rank of ranks) view.captions.append(captionItem(result, rank));
-    if (!ranks.length) view.captions.append(Object.assign(document.createElement('li'), {
-      className: 'empty', textContent: total ? 'no boxes shown' : 'no detections',
-    }));
-    setHighlight(state.highlight < ranks.length ? state.highlight : -1);
-  }
-
-  function setHighlight(rank) {
-    state.highlight = rank;
-    for (const container of [view.overlay, view.captions]) {
-      container.classList.toggle('has-highlight', rank >= 0);
-      for (const element of container.querySelectorAll('[data-rank]')) {
-        element.classList.toggle('highlight', Number(element.dataset.rank) === rank);
-      }
-    }
-    const label = view.overlay.querySelector('.label.highlight');
-    if (label) label.parentNode.append(label);
-  }
-
-  function onHover(event) {
-    const target = event.target.closest('[data-rank]');
-    setHighlight(target ? Number(target.dataset.rank) : -1);
+    boxView.draw(result, {width: result.width, height: result.height, fontSize});
   }
 
   // ---------------------------------------------------------------- uploads
@@ -288,7 +165,7 @@
     }
     view.name.textContent = `${result.img_name} (${result.width} \u00d7 ${result.height})`;
     state.result = result;
-    state.highlight = -1;
+    boxView.resetHighlight();
     render();
     view.body.dataset.state = 'ready';
   }
@@ -408,14 +285,6 @@
       view.labelsButton.setAttribute('aria-pressed', String(state.labels));
       render();
     });
-    view.slider.addEventListener('input', () => {
-      state.numBoxes = Number(view.slider.value);
-      render();
-    });
-    for (const container of [view.overlay, view.captions]) {
-      container.addEventListener('mouseover', onHover);
-      container.addEventListener('mouseleave', () => setHighlight(-1));
-    }
     document.addEventListener('dragover', event => {
       event.preventDefault();
       view.body.classList.add('dragging');

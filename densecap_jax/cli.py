@@ -1,0 +1,40 @@
+"""Command-line pieces shared by predict, extract_features and serve: model flags and loading."""
+
+import sys
+
+BUNDLED_NOTICE = (
+    "note: using the bundled demo model (tiny config, trained on synthetic shapes; it only knows "
+    "such scenes). For real photos convert the released VG model "
+    "(tools/convert_torch_weights/README.md) and pass --checkpoint.")
+
+
+def add_model_flags(parser, *, final_nms_thresh=0.3, final_nms_help=None):
+  """Adds the ``model`` group: --checkpoint, --image_size, the NMS thresholds, --num_proposals."""
+  model = parser.add_argument_group("model")
+  model.add_argument("--checkpoint", default="",
+                     help="model directory (trained or converted); default: the bundled model")
+  model.add_argument("--image_size", type=int, default=0,
+                     help="long side after resizing (default: the model's, 720 for vgg16)")
+  model.add_argument("--rpn_nms_thresh", type=float, default=0.7)
+  model.add_argument("--final_nms_thresh", type=float, default=final_nms_thresh,
+                     help=final_nms_help)
+  model.add_argument("--num_proposals", type=int, default=0,
+                     help="proposals after the RPN NMS (default: the model's, 1000 for vgg16)")
+  return model
+
+
+def load_model_from_flags(args, **settings):
+  """The ``inference.DenseCapPredictor`` the model flags name; exits with a one-line error.
+
+  Prints :data:`BUNDLED_NOTICE` when no ``--checkpoint`` is given.
+  """
+  from densecap_jax import inference  # pylint: disable=g-import-not-at-top
+  if not args.checkpoint:
+    print(BUNDLED_NOTICE, file=sys.stderr)
+  try:
+    return inference.load_model(
+        args.checkpoint or None, image_size=args.image_size or None,
+        num_proposals=args.num_proposals or None, rpn_nms_thresh=args.rpn_nms_thresh,
+        final_nms_thresh=args.final_nms_thresh, **settings)
+  except (OSError, ValueError) as e:
+    sys.exit(f"error: {e}")
