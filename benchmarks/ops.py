@@ -23,7 +23,6 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from densecap_jax.ops.anchors import VGG16_ANCHOR_SIZES, VGG16_FIELD_CENTERS, make_anchors

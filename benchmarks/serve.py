@@ -245,7 +245,7 @@ def main(argv=None):
   for start in starts:
     print(f"  {start}")
   print(f"{args.requests} requests per run; batch wait {args.batch_wait_ms} ms")
-  print(f"| max_batch | requests | clients | requests/s | p50 ms | p95 ms | batch |")
+  print("| max_batch | requests | clients | requests/s | p50 ms | p95 ms | batch |")
   print("|---:|---|---:|---:|---:|---:|---:|")
   for max_batch, what, clients, rate, p50, p95, batch in rows:
     print(f"| {max_batch} | {what} | {clients} | {rate:.1f} | {p50 * 1e3:.0f} | {p95 * 1e3:.0f} | "

@@ -10,7 +10,6 @@ existing file is kept and a numbered name is used instead).
 """
 
 import argparse
-import json
 import os
 import sys
 

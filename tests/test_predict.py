@@ -15,7 +15,6 @@ from densecap_jax import predict
 from densecap_jax.data import buckets as buckets_lib
 from densecap_jax.data import images as images_lib
 from densecap_jax.models import densecap
-from densecap_jax.ops import boxes as boxes_lib
 
 VOCAB = [None, "a", "red", "circle", "square", "blue"]
 

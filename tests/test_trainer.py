@@ -1,7 +1,6 @@
 """End-to-end: synthetic data -> preprocess -> train (8 CPU devices) -> eval driver."""
 
 import json
-import os
 
 import jax
 import numpy as np
