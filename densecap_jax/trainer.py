@@ -95,8 +95,13 @@ def _write_config(workdir, config):
       f.write(text)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, *, progress=True):
-  """Trains (or resumes) in ``workdir``; returns ``(host TrainState, why it stopped)``."""
+def train(config: ml_collections.ConfigDict, workdir: str, *, resume=True, progress=True):
+  """Trains in ``workdir``; returns ``(host TrainState, why it stopped)``.
+
+  With ``resume`` a run continues from the newest checkpoint in ``workdir``;
+  without it, a ``workdir`` that already holds checkpoints is refused rather
+  than overwritten.
+  """
   if config.max_iters <= 0 and config.lr_schedule != "constant":
     raise ValueError("max_iters must be > 0 with a decaying learning rate")
   data = loader_lib.DenseCapH5(config.data_h5, config.data_json)
@@ -106,14 +111,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress=True):
     raise ValueError(f"{config.data_h5} has captions of {data.seq_length} tokens, the model "
                      f"config expects seq_length {config.model.seq_length}")
   os.makedirs(workdir, exist_ok=True)
+  checkpoints = training.Checkpoints(os.path.join(workdir, "checkpoints"),
+                                     max_to_keep=config.keep_checkpoints)
+  if not resume and checkpoints.latest_step() is not None:
+    raise ValueError(f"{workdir} already holds checkpoints (newest: step "
+                     f"{checkpoints.latest_step()}); resume it or choose a new --workdir")
   is_chief = jax.process_index() == 0
   if is_chief:
     _write_config(workdir, config)
 
   tx = make_optimizer(config)
   state = training.init_train_state(_initial_params(config, data), tx)
-  checkpoints = training.Checkpoints(os.path.join(workdir, "checkpoints"),
-                                     max_to_keep=config.keep_checkpoints)
   writer = training.MetricsWriter(workdir) if is_chief else _NullWriter()
   meta = {"best_map": None}
   restored = checkpoints.restore_latest(state)

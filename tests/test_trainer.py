@@ -51,6 +51,9 @@ def test_resume_continues_bit_identically(dataset, tmp_path):
                                progress=False)
   assert reason == "done" and int(full.step) == 10
   trainer.train(small_config(dataset, max_iters=5), str(tmp_path / "split"), progress=False)
+  with pytest.raises(ValueError, match="already holds checkpoints"):
+    trainer.train(small_config(dataset, max_iters=10), str(tmp_path / "split"), resume=False,
+                  progress=False)
   resumed, _ = trainer.train(small_config(dataset, max_iters=10), str(tmp_path / "split"),
                              progress=False)
   for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed.params)):

@@ -2,7 +2,9 @@
 
 Any config field can be overridden on the command line, e.g.
 ``--config.learning_rate=1e-4 --config.model.box_reg_decay=0``. Started
-again with the same ``--workdir``, a run resumes from its newest checkpoint.
+again with the same ``--workdir``, a run resumes from its newest checkpoint
+(``--resume``, the default) and continues exactly as if it had not stopped;
+``--noresume`` refuses a ``--workdir`` that already has checkpoints.
 On a multi-host TPU pod or GPU cluster pass ``--distributed`` on every host.
 """
 
@@ -21,6 +23,9 @@ from densecap_jax import trainer
 _CONFIG = config_flags.DEFINE_config_file("config", None, "training config file",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, models and logs")
+_RESUME = flags.DEFINE_bool("resume", True,
+                             "continue from the newest checkpoint in --workdir (--noresume: "
+                             "refuse a --workdir that has checkpoints)")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                  "call jax.distributed.initialize() (multi-host runs)")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -33,7 +38,7 @@ def main(argv):
   print(f"devices: {jax.device_count()} ({jax.local_device_count()} local, "
         f"{jax.devices()[0].platform}); process {jax.process_index()} of {jax.process_count()}")
   try:
-    state, reason = trainer.train(_CONFIG.value, _WORKDIR.value)
+    state, reason = trainer.train(_CONFIG.value, _WORKDIR.value, resume=_RESUME.value)
   except (OSError, ValueError) as e:
     sys.exit(f"error: {e}")
   print(f"stopped at step {int(state.step)} ({reason}); models in {_WORKDIR.value}/best and "
