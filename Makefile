@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/ops.py
 	$(PY) benchmarks/evaluation.py
 	$(PY) benchmarks/model.py
+	$(PY) benchmarks/model_stages.py
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/data.py
 
