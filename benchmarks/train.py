@@ -7,7 +7,7 @@ device and whether the CNN is trained; the step is the one ``trainer.train``
 runs (``make_loss_fn`` -> ``make_train_step`` -> ``pmap_train_step``), fed
 random batches in the loader's format with a leading device axis (no dataset
 needed) from host memory, as the training loop feeds them. The state is
-replicated with ``flax.jax_utils.replicate`` as ``training.train_loop`` does.
+replicated with ``training.replicate`` as ``training.train_loop`` does.
 The first two steps are reported on their own (they include compilation),
 then after ``--warmup`` steps in all, ``--steps`` steps are timed, each
 waiting for its metrics as the loop does; steps/s and images/s (all devices)
@@ -37,7 +37,6 @@ import time
 # configs, not this file.
 sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-import flax.jax_utils  # pylint: disable=g-import-not-at-top
 import jax
 import numpy as np
 
@@ -117,7 +116,7 @@ def bench_config(config, bucket, num_regions, warmup, steps, seed):
   step_fn = training.pmap_train_step(
       training.make_train_step(trainer.make_loss_fn(config.model, finetune_cnn), tx))
   params = densecap.init_params(config.model, jax.random.key(seed))
-  state = flax.jax_utils.replicate(training.init_train_state(params, tx))
+  state = training.replicate(training.init_train_state(params, tx))
   del params
   rng = np.random.default_rng(seed)
   batches = [synthetic_batch(rng, num_devices, config.per_device_batch_size, bucket, config.model,
