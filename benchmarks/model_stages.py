@@ -44,7 +44,6 @@ from densecap_jax import validation
 from densecap_jax.models import densecap
 from densecap_jax.models import localization as loc_lib
 from densecap_jax.ops import boxes as boxes_lib
-from densecap_jax.ops import nms as nms_lib
 
 DEFAULT_CASES = {"tiny": ("256x256", "256x256"), "vgg16": ("544x720", "540x720")}
 DEFAULT_VOCAB_SIZES = {"tiny": 64, "vgg16": 10000}
@@ -105,17 +104,7 @@ def stage_functions(config, num_proposals):
 
   def finish(params, boxes, proposal_valid, codes, logits, transforms, final_nms_thresh):
     final_boxes = boxes_lib.apply_box_transform(boxes, transforms)
-    threshold = jnp.where(final_nms_thresh > 0, final_nms_thresh, 2.0)
-    final_nms = functools.partial(nms_lib.nms, iou_threshold=threshold,
-                                  max_output_size=num_proposals)
-    keep, count = jax.vmap(lambda b, s, v: final_nms(b, s, valid=v))(
-        boxes_lib.xcycwh_to_x1y1x2y2(final_boxes), logits, proposal_valid)
-    order = jnp.maximum(keep, 0)
-
-    def take(x):
-      return jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)), axis=1)
-
-    valid = jnp.arange(num_proposals)[None, :] < count[:, None]
+    take, valid = densecap.final_nms(final_boxes, logits, proposal_valid, final_nms_thresh)
     tokens = densecap.caption_kept(model, params, take(codes), valid)
     return (jnp.where(valid[..., None], take(final_boxes), 0.0),
             jnp.where(valid, take(logits), 0.0), tokens, valid)

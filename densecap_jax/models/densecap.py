@@ -337,20 +337,36 @@ def _detect(params, images, image_sizes, config, num_proposals, rpn_nms_thresh,
   pooled = _pool(features, proposals, image_sizes, rpn["feature_sizes"], config.roi_output_size)
   codes, logits, transforms = model.apply({"params": params}, pooled, method=DenseCap.recognize)
   final_boxes = boxes_lib.apply_box_transform(proposals, transforms)
+  take, valid = final_nms(final_boxes, logits, proposal_valid, final_nms_thresh)
+  return {"model": model, "features": features, "rpn": rpn, "proposals": proposals,
+          "codes": codes, "logits": logits, "final_boxes": final_boxes, "take": take,
+          "valid": valid}
 
+
+def final_nms(final_boxes, logits, proposal_valid, final_nms_thresh):
+  """The final NMS (§5) on the regressed boxes, scored by the raw objectness logits.
+
+  Args:
+    final_boxes: ``(B, N, 4)`` xcycwh boxes (corners by the ``(w-1)/2`` rule).
+    logits: ``(B, N)`` objectness logits.
+    proposal_valid: ``(B, N)`` bool, the real proposals.
+    final_nms_thresh: IoU threshold (may be traced); ``<= 0`` keeps every proposal.
+
+  Returns:
+    ``(take, valid)``: ``take(x)`` reorders a ``(B, N, ...)`` array so that the
+    kept rows come first in decreasing logit; ``valid`` ``(B, N)`` marks them.
+  """
+  num_proposals = final_boxes.shape[1]
   threshold = jnp.where(jnp.asarray(final_nms_thresh) > 0, final_nms_thresh, 2.0)
-  final_nms = functools.partial(nms_lib.nms, iou_threshold=threshold,
-                                max_output_size=num_proposals)
-  keep, count = jax.vmap(lambda b, s, v: final_nms(b, s, valid=v))(
+  nms_fn = functools.partial(nms_lib.nms, iou_threshold=threshold, max_output_size=num_proposals)
+  keep, count = jax.vmap(lambda b, s, v: nms_fn(b, s, valid=v))(
       boxes_lib.xcycwh_to_x1y1x2y2(final_boxes), logits, proposal_valid)
   order = jnp.maximum(keep, 0)
 
   def take(x):
     return jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)), axis=1)
 
-  return {"model": model, "features": features, "rpn": rpn, "proposals": proposals,
-          "codes": codes, "logits": logits, "final_boxes": final_boxes, "take": take,
-          "valid": jnp.arange(num_proposals)[None, :] < count[:, None]}
+  return take, jnp.arange(num_proposals)[None, :] < count[:, None]
 
 
 def infer(params, images, image_sizes, config, num_proposals=None, rpn_nms_thresh=None,
