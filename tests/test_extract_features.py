@@ -10,9 +10,9 @@ import jax
 import numpy as np
 import pytest
 from PIL import Image
+import small_model
 
 from densecap_jax import checkpoint
-from densecap_jax import configs
 from densecap_jax import extract_features
 from densecap_jax import inference
 from densecap_jax.data import buckets as buckets_lib
@@ -27,20 +27,18 @@ NUM_PROPOSALS = 20
 SIZES = {"a.jpg": (90, 120), "b.png": (120, 60), "c.jpg": (90, 120)}  # (H0, W0)
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-  config = configs.get_model_config("tiny")
-  config.vocab_size = len(VOCAB) - 1
-  config.image_size = 64
-  config.buckets = buckets_lib.make_buckets(64)
-  config.num_proposals = NUM_PROPOSALS
-  params = densecap.init_params(config, jax.random.key(0))
-  # Box regression that visibly moves the boxes, so proposals and final boxes differ.
+def _moving_box_regression(params):
+  """Box regression that visibly moves the boxes, so proposals and final boxes differ."""
   box_reg = params["recognition"]["box_reg"]
   box_reg["kernel"] = 0.002 * jax.random.normal(jax.random.key(1), box_reg["kernel"].shape)
-  path = tmp_path_factory.mktemp("model") / "m"
-  checkpoint.save_model(path, params, config, VOCAB)
-  return str(path)
+  return params
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+  return small_model.save_random_tiny_model(
+      tmp_path_factory.mktemp("model") / "m", VOCAB, image_size=64,
+      num_proposals=NUM_PROPOSALS, adjust_params=_moving_box_regression)
 
 
 @pytest.fixture(scope="module")

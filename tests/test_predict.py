@@ -3,13 +3,11 @@
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 from PIL import Image
+import small_model
 
-from densecap_jax import checkpoint
-from densecap_jax import configs
 from densecap_jax import inference
 from densecap_jax import predict
 from densecap_jax.data import buckets as buckets_lib
@@ -21,15 +19,8 @@ VOCAB = [None, "a", "red", "circle", "square", "blue"]
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-  config = configs.get_model_config("tiny")
-  config.vocab_size = len(VOCAB) - 1
-  config.image_size = 64
-  config.buckets = buckets_lib.make_buckets(64)
-  config.num_proposals = 20
-  params = densecap.init_params(config, jax.random.key(0))
-  path = tmp_path_factory.mktemp("model") / "m"
-  checkpoint.save_model(path, params, config, VOCAB)
-  return str(path)
+  return small_model.save_random_tiny_model(tmp_path_factory.mktemp("model") / "m", VOCAB,
+                                            image_size=64)
 
 
 @pytest.fixture(scope="module")

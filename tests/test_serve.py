@@ -23,17 +23,14 @@ import time
 import uuid
 import zlib
 
-import jax
 import numpy as np
 import pytest
 from PIL import Image
+import small_model
 
-from densecap_jax import checkpoint
 from densecap_jax import cli
-from densecap_jax import configs
 from densecap_jax import inference
 from densecap_jax import serve
-from densecap_jax.models import densecap
 from densecap_jax.server import app as app_lib
 from densecap_jax.server import batching
 from densecap_jax.server import captioner as captioner_lib
@@ -48,20 +45,19 @@ SERVER_START_TIMEOUT_S = 300
 # ------------------------------------------------------------------ helpers
 
 
-def make_model_dir(path):
-  """A tiny random model (32-pixel images, one 32 x 32 bucket) whose captions are words."""
-  config = configs.get_model_config("tiny")
-  config.vocab_size = len(VOCAB) - 1
-  config.image_size = IMAGE_SIZE
-  config.buckets = ((IMAGE_SIZE, IMAGE_SIZE),)
-  config.num_proposals = 20
-  params = densecap.init_params(config, jax.random.key(0))
-  # Make END unlikely so that captions have words (class V is END).
+def _end_unlikely(params):
+  """Makes END unlikely so that captions have words (class V is END)."""
   bias = np.array(params["language_model"]["output_proj"]["bias"])
   bias[-1] = -3.0
   params["language_model"]["output_proj"]["bias"] = bias
-  checkpoint.save_model(path, params, config, VOCAB)
-  return str(path)
+  return params
+
+
+def make_model_dir(path):
+  """A tiny random model (32-pixel images, one 32 x 32 bucket) whose captions are words."""
+  return small_model.save_random_tiny_model(path, VOCAB, image_size=IMAGE_SIZE,
+                                            buckets=((IMAGE_SIZE, IMAGE_SIZE),),
+                                            adjust_params=_end_unlikely)
 
 
 def image_bytes(array, fmt):
