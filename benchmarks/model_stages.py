@@ -42,6 +42,7 @@ import numpy as np
 from densecap_jax import configs
 from densecap_jax import validation
 from densecap_jax.models import densecap
+import model_flags
 from densecap_jax.models import localization as loc_lib
 from densecap_jax.ops import boxes as boxes_lib
 
@@ -238,35 +239,18 @@ def print_result(result, target):
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--configs", default="tiny,vgg16",
-                      help=f"model configs, comma-separated, of {configs.MODEL_CONFIGS}")
+  model_flags.add_common_flags(parser, repeats=3, repeats_help="timed calls per stage",
+                               warmup_help="untimed calls after the first")
   for name in configs.MODEL_CONFIGS:
     bucket, image = DEFAULT_CASES[name]
     parser.add_argument(f"--{name}_bucket", default=bucket, help=f"HxW bucket of {name}")
     parser.add_argument(f"--{name}_image", default=image,
                         help=f"HxW true image size inside the {name} bucket")
-  parser.add_argument("--vocab_size", type=int, default=None,
-                      help="V for every config (default: tiny 64, vgg16 10000)")
-  parser.add_argument("--num_proposals", type=int, default=None,
-                      help="proposals per image for every config (default: the config's)")
-  parser.add_argument("--warmup", type=int, default=1, help="untimed calls after the first")
-  parser.add_argument("--repeats", type=int, default=3, help="timed calls per stage")
   parser.add_argument("--target", type=float, default=1.3,
                       help="largest end-to-end / (backbone + fc6-fc7) that passes")
-  parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
   try:
-    args.configs = tuple(args.configs.split(","))
-    unknown = [c for c in args.configs if c not in configs.MODEL_CONFIGS]
-    if unknown:
-      raise ValueError(f"--configs: unknown {unknown}, expected some of {configs.MODEL_CONFIGS}")
-    if args.repeats < 1 or args.warmup < 0:
-      raise ValueError(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats}, "
-                       f"{args.warmup}")
-    if args.vocab_size is not None and args.vocab_size < 1:
-      raise ValueError(f"--vocab_size must be positive, got {args.vocab_size}")
-    if args.num_proposals is not None and args.num_proposals < 1:
-      raise ValueError(f"--num_proposals must be positive, got {args.num_proposals}")
+    model_flags.check_common_flags(args)
     args.cases = {}
     for name in args.configs:
       bucket = parse_size(getattr(args, f"{name}_bucket"), f"--{name}_bucket")
