@@ -19,8 +19,8 @@ import time
 
 import numpy as np
 
-from densecap_jax.evaluation import DenseCaptioningEvaluator
-from densecap_jax.meteor import Meteor
+from densecap_jax.evaluation.metric import DenseCaptioningEvaluator
+from densecap_jax.evaluation.meteor import Meteor
 
 WORDS = ("a man woman red blue car tree sky white cloud dog cat sitting on the in of with "
          "building window grass street sign black large small").split()

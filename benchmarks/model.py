@@ -1,7 +1,7 @@
 """Inference speed of the jitted test-time pass (``densecap.infer``) on ``jax.devices()[0]``.
 
 For each model config, shape bucket and batch size: the compile time (trace,
-lower and XLA compile of ``validation.make_predict_fn``, the function that
+lower and XLA compile of ``split_eval.make_predict_fn``, the function that
 evaluation uses), then the median latency of a whole forward pass (backbone,
 RPN, proposal NMS, RoI pooling, recognition, final NMS, greedy captions of the
 kept boxes) after ``--warmup`` calls, with ``block_until_ready``, and the
@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from densecap_jax import configs
-from densecap_jax import validation
+from densecap_jax.evaluation import split_eval
 from densecap_jax.models import densecap
 import model_flags
 
@@ -135,7 +135,7 @@ def main(argv=None):
     params = jax.device_put(densecap.init_params(config, jax.random.key(args.seed)), device)
     notes.append(f"{name}: {parameter_count(params) / 1e6:.1f} M params, V = {vocab_size}, "
                  f"{len(config.anchor_sizes)} anchors, {num_proposals} proposals")
-    predict = validation.make_predict_fn(config, num_proposals)
+    predict = split_eval.make_predict_fn(config, num_proposals)
     buckets, batch_sizes = args.cases[name]
     for bucket in buckets:
       for batch_size in batch_sizes:

@@ -15,7 +15,7 @@ each jitted on its own and fed the outputs of the previous one:
 
 Each stage is compiled, called ``--warmup`` times, then timed over
 ``--repeats`` calls with ``block_until_ready`` (the median is reported); the
-whole ``infer`` pass (``validation.make_predict_fn``) is timed the same way in
+whole ``infer`` pass (``split_eval.make_predict_fn``) is timed the same way in
 the same run. FLOPs are XLA's count from ``compiled.cost_analysis()``. XLA
 counts a loop body once and a ``lax.switch`` at its costliest branch, so for
 stage 5 the script also prints the analytic FLOPs of the greedy LM on the rows
@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from densecap_jax import configs
-from densecap_jax import validation
+from densecap_jax.evaluation import split_eval
 from densecap_jax.models import densecap
 import model_flags
 from densecap_jax.models import localization as loc_lib
@@ -175,7 +175,7 @@ def bench_config(name, bucket, image_size, vocab_size, num_proposals, device, ar
   codes, logits, transforms = run(recognize, params, pooled)
   staged = run(finish, params, boxes, proposal_valid, codes, logits, transforms, final_nms)
 
-  predict = validation.make_predict_fn(config, num_proposals)
+  predict = split_eval.make_predict_fn(config, num_proposals)
   whole, compile_s, seconds, flops = time_call(
       predict, (params, images, sizes, rpn_nms, final_nms), args.warmup, args.repeats)
   print(f"  done: {name} whole infer", flush=True)

@@ -1,4 +1,4 @@
-"""Training speed: the full pmapped step of ``densecap_jax.training`` on every local device.
+"""Training speed: the full pmapped step of ``densecap_jax.train.loop`` on every local device.
 
 For each model config, the training config of the same name
 (``train/configs/<name>.py``) gives the optimiser (``trainer.make_optimizer``:
@@ -7,7 +7,7 @@ device and whether the CNN is trained; the step is the one ``trainer.train``
 runs (``make_loss_fn`` -> ``make_train_step`` -> ``pmap_train_step``), fed
 random batches in the loader's format with a leading device axis (no dataset
 needed) from host memory, as the training loop feeds them. The state is
-replicated with ``training.replicate`` as ``training.train_loop`` does.
+replicated with ``loop.replicate`` as ``loop.train_loop`` does.
 The first two steps are reported on their own (they include compilation),
 then after ``--warmup`` steps in all, ``--steps`` steps are timed, each
 waiting for its metrics as the loop does; steps/s and images/s (all devices)
@@ -41,11 +41,11 @@ import jax
 import numpy as np
 
 from densecap_jax import configs
-from densecap_jax import trainer
-from densecap_jax import training
+from densecap_jax.train import trainer
+from densecap_jax.train import loop
 from densecap_jax.models import densecap
-from train.configs import tiny as tiny_train_config
-from train.configs import vgg16 as vgg16_train_config
+from densecap_jax.train.configs import tiny as tiny_train_config
+from densecap_jax.train.configs import vgg16 as vgg16_train_config
 
 TRAIN_CONFIGS = {"tiny": tiny_train_config, "vgg16": vgg16_train_config}
 DEFAULT_BUCKETS = {"tiny": "192x256", "vgg16": "544x720"}
@@ -113,10 +113,10 @@ def bench_config(config, bucket, num_regions, warmup, steps, seed):
   num_devices = jax.local_device_count()
   finetune_cnn = config.finetune_cnn_after >= 0
   tx = trainer.make_optimizer(config)
-  step_fn = training.pmap_train_step(
-      training.make_train_step(trainer.make_loss_fn(config.model, finetune_cnn), tx))
+  step_fn = loop.pmap_train_step(
+      loop.make_train_step(trainer.make_loss_fn(config.model, finetune_cnn), tx))
   params = densecap.init_params(config.model, jax.random.key(seed))
-  state = training.replicate(training.init_train_state(params, tx))
+  state = loop.replicate(loop.init_train_state(params, tx))
   del params
   rng = np.random.default_rng(seed)
   batches = [synthetic_batch(rng, num_devices, config.per_device_batch_size, bucket, config.model,

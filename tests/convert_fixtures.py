@@ -23,7 +23,7 @@ import zipfile
 
 import numpy as np
 
-from tools.convert_torch_weights import t7
+from densecap_jax.convert import t7
 
 VGG_ANCHORS = ((45, 90), (90, 45), (64, 64), (90, 180), (180, 90), (128, 128), (181, 362),
                (362, 181), (256, 256), (362, 724), (724, 362), (512, 512))

@@ -18,10 +18,10 @@ from densecap_jax import checkpoint
 from densecap_jax import inference
 from densecap_jax.models import densecap
 from densecap_jax.ops import roi_pool as roi_pool_lib
-from tools.convert_torch_weights import __main__ as cli
-from tools.convert_torch_weights import densecap_t7
-from tools.convert_torch_weights import mapping
-from tools.convert_torch_weights import t7
+from densecap_jax.convert import __main__ as cli
+from densecap_jax.convert import densecap_t7
+from densecap_jax.convert import mapping
+from densecap_jax.convert import t7
 
 OPT_OVERRIDES = {"mid_box_reg_weight": 0.07, "end_objectness_weight": 0.3,
                  "end_box_reg_weight": 0.2, "captioning_weight": 2, "box_reg_decay": 1e-4,

@@ -16,12 +16,12 @@ import pytest
 import convert_fixtures as cf
 from densecap_jax import checkpoint
 from densecap_jax.data import images as images_lib
-from tools import convert_torch_weights as convert_lib
-from tools.convert_torch_weights import __main__ as cli
-from tools.convert_torch_weights import caffemodel
-from tools.convert_torch_weights import imagenet
-from tools.convert_torch_weights import mapping
-from tools.convert_torch_weights import pth
+from densecap_jax import convert as convert_lib
+from densecap_jax.convert import __main__ as cli
+from densecap_jax.convert import caffemodel
+from densecap_jax.convert import imagenet
+from densecap_jax.convert import mapping
+from densecap_jax.convert import pth
 
 VOCAB = ["a", "cat", "on", "mat", "<UNK>"]
 TORCHVISION_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)

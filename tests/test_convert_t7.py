@@ -5,7 +5,7 @@ import struct
 import numpy as np
 import pytest
 
-from tools.convert_torch_weights import t7
+from densecap_jax.convert import t7
 
 
 def _int(v):

@@ -10,7 +10,7 @@ import pytest
 
 from densecap_jax import configs
 from densecap_jax import losses as losses_lib
-from densecap_jax import optim
+from densecap_jax.train import optim
 from densecap_jax.models import densecap as dc
 
 V, L = 11, 5

@@ -1,4 +1,4 @@
-"""A toy regression trained with densecap_jax.training, for the loop's tests.
+"""A toy regression trained with densecap_jax.train.loop, for the loop's tests.
 
 Run as ``python tests/toy_training.py WORKDIR NUM_STEPS [SECONDS_PER_STEP]``:
 trains (or resumes) in WORKDIR and writes the final params to
@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from densecap_jax import training
+from densecap_jax.train import loop
 
 DIM = 5
 
@@ -52,16 +52,16 @@ def init_params():
 
 def run(workdir, num_steps, delay=0.0, checkpoint_every=2):
   tx = optax.adam(0.05)
-  state = training.init_train_state(init_params(), tx)
-  checkpoints = training.Checkpoints(os.path.join(workdir, "checkpoints"), max_to_keep=2)
-  writer = training.MetricsWriter(workdir, tensorboard=False)
+  state = loop.init_train_state(init_params(), tx)
+  checkpoints = loop.Checkpoints(os.path.join(workdir, "checkpoints"), max_to_keep=2)
+  writer = loop.MetricsWriter(workdir, tensorboard=False)
   restored = checkpoints.restore_latest(state)
   if restored is not None:
     state = restored[0]
     writer.truncate_after(int(state.step))
-  step_fn = training.pmap_train_step(training.make_train_step(loss_fn, tx))
+  step_fn = loop.pmap_train_step(loop.make_train_step(loss_fn, tx))
   num_devices = jax.local_device_count()
-  state, reason = training.train_loop(
+  state, reason = loop.train_loop(
       state=state, step_fn=step_fn, batches=batches_from(int(state.step), num_devices, delay),
       base_rng=jax.random.key(0), num_steps=num_steps, checkpoints=checkpoints,
       checkpoint_every=checkpoint_every, writer=writer, log_every=1, progress=False)

@@ -23,12 +23,12 @@ sys.path.insert(0, ROOT)
 
 from densecap_jax import checkpoint  # pylint: disable=g-import-not-at-top
 from densecap_jax import files
-from densecap_jax import validation
+from densecap_jax.evaluation import split_eval
 from densecap_jax.data import loader
 from densecap_jax.data import preprocess
 from densecap_jax.data import synthetic
-from densecap_jax import trainer
-from train.configs import tiny
+from densecap_jax.train import trainer
+from densecap_jax.train.configs import tiny
 
 BUNDLED = os.path.join(ROOT, "densecap_jax", "bundled")
 NUM_EXAMPLES = 3
@@ -63,8 +63,8 @@ def main(argv=None):
 
   params, model_config, vocab = checkpoint.load_model(run_dir)
   data = loader.DenseCapH5(h5, js)
-  results = validation.evaluate_split(
-      params, data, "test", validation.make_predict_fn(model_config), config=model_config,
+  results = split_eval.evaluate_split(
+      params, data, "test", split_eval.make_predict_fn(model_config), config=model_config,
       batch_size=4)
   target = os.path.join(BUNDLED, "tiny_synthetic")
   checkpoint.save_model(target, params, model_config, vocab, overwrite=True)

@@ -1,7 +1,3 @@
-"""The released model's training run: VGG-16 on Visual Genome, the original's defaults."""
+"""The ``vgg16`` training config (``densecap_jax/train/configs/vgg16.py``)."""
 
-from train.configs import common
-
-
-def get_config():
-  return common.get_config("vgg16")
+from densecap_jax.train.configs.vgg16 import get_config  # pylint: disable=unused-import

@@ -1,11 +1,11 @@
-"""Tests for densecap_jax.optim against a NumPy transcription of optim_updates.adam."""
+"""Tests for densecap_jax.train.optim against a NumPy transcription of optim_updates.adam."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from densecap_jax import optim
+from densecap_jax.train import optim
 
 
 def _numpy_adam(x, grads, lr, b1, b2, eps):

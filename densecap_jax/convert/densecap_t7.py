@@ -30,8 +30,8 @@ the test-time settings keep the ``vgg16`` config's values (those of
 import numpy as np
 
 from densecap_jax.data import vocab as vocab_lib
-from tools.convert_torch_weights import mapping
-from tools.convert_torch_weights import t7
+from densecap_jax.convert import mapping
+from densecap_jax.convert import t7
 
 CONV = ("nn.SpatialConvolution", "nn.SpatialConvolutionMM", "cudnn.SpatialConvolution")
 RELU = ("nn.ReLU", "cudnn.ReLU")

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from densecap_jax import evaluation
+from densecap_jax.evaluation import metric
 from densecap_jax.data import loader as loader_lib
 from densecap_jax.data import vocab as vocab_lib
 from densecap_jax.models import densecap
@@ -58,7 +58,7 @@ def evaluate_split(params, data, split, predict_fn, *, config, max_images=-1, ba
   batches = loader_lib.make_batches(
       data, split, batch_size=batch_size, max_boxes=max_boxes, buckets=config.buckets,
       num_epochs=1, max_images=num_images, overflow="error")
-  evaluator = evaluation.DenseCaptioningEvaluator(meteor_fn=meteor_fn)
+  evaluator = metric.DenseCaptioningEvaluator(meteor_fn=meteor_fn)
   with batches, tqdm(total=num_images, disable=not progress, unit="img", desc=f"eval {split}",
                      dynamic_ncols=True) as bar:
     for batch in batches:

@@ -45,7 +45,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from densecap_jax.meteor import Meteor
+from densecap_jax.evaluation.meteor import Meteor
 
 IOU_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 METEOR_THRESHOLDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25)
@@ -274,7 +274,7 @@ class DenseCaptioningEvaluator:
 
   Args:
     meteor_fn: ``meteor_fn(candidates, references_lists) -> scores``; default:
-      a :class:`densecap_jax.meteor.Meteor` process started by :meth:`evaluate`.
+      a :class:`densecap_jax.evaluation.meteor.Meteor` process started by :meth:`evaluate`.
     quirks: keep the released ``used[-1]`` and accumulated-threshold quirks
       (see the module docstring for what ``False`` changes).
   """

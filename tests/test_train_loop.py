@@ -1,4 +1,4 @@
-"""Tests for densecap_jax.training on a toy regression (tests/toy_training.py)."""
+"""Tests for densecap_jax.train.loop on a toy regression (tests/toy_training.py)."""
 
 import json
 import os
@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from densecap_jax import training
+from densecap_jax.train import loop
 import toy_training as toy
 
 HERE = os.path.dirname(__file__)
@@ -28,12 +28,12 @@ def _deterministic_loss(params, batch, rng):
 
 def _one_step(num_devices, batch):
   tx = optax.sgd(0.1)
-  state = training.init_train_state(toy.init_params(), tx)
-  step_fn = jax.pmap(training.make_train_step(_deterministic_loss, tx), axis_name=training.AXIS,
+  state = loop.init_train_state(toy.init_params(), tx)
+  step_fn = jax.pmap(loop.make_train_step(_deterministic_loss, tx), axis_name=loop.AXIS,
                      in_axes=(0, 0, None), devices=jax.local_devices()[:num_devices])
   replicated = flax.jax_utils.replicate(state, devices=jax.local_devices()[:num_devices])
   new, metrics = step_fn(replicated, batch, jax.random.key(0))
-  return training.unreplicate(new), jax.device_get(metrics)
+  return loop.unreplicate(new), jax.device_get(metrics)
 
 
 def test_pmap_step_equals_single_device_step_on_global_batch():
@@ -63,7 +63,7 @@ def test_nonfinite_step_skips_update():
 
 def test_nonfinite_steps_abort(tmp_path):
   tx = optax.sgd(0.1)
-  state = training.init_train_state(toy.init_params(), tx)
+  state = loop.init_train_state(toy.init_params(), tx)
 
   def nan_batches():
     while True:
@@ -71,12 +71,12 @@ def test_nonfinite_steps_abort(tmp_path):
       b["y"][:] = np.nan
       yield b
 
-  with pytest.raises(training.NonFiniteLossError, match="3 non-finite steps in a row"):
-    training.train_loop(
-        state=state, step_fn=training.pmap_train_step(training.make_train_step(toy.loss_fn, tx)),
+  with pytest.raises(loop.NonFiniteLossError, match="3 non-finite steps in a row"):
+    loop.train_loop(
+        state=state, step_fn=loop.pmap_train_step(loop.make_train_step(toy.loss_fn, tx)),
         batches=nan_batches(), base_rng=jax.random.key(0), num_steps=10,
-        checkpoints=training.Checkpoints(tmp_path / "ck"), checkpoint_every=100,
-        writer=training.MetricsWriter(str(tmp_path), tensorboard=False), max_nonfinite_steps=3,
+        checkpoints=loop.Checkpoints(tmp_path / "ck"), checkpoint_every=100,
+        writer=loop.MetricsWriter(str(tmp_path), tensorboard=False), max_nonfinite_steps=3,
         progress=False)
 
 
@@ -145,7 +145,7 @@ def test_sigterm_writes_checkpoint_and_exits_cleanly(tmp_path):
 
 
 def test_metrics_writer_jsonl_and_tensorboard(tmp_path):
-  writer = training.MetricsWriter(str(tmp_path))
+  writer = loop.MetricsWriter(str(tmp_path))
   writer.write(1, {"loss": 2.0})
   writer.write(2, {"loss": np.float32(1.5)})
   writer.truncate_after(1)
@@ -157,18 +157,18 @@ def test_metrics_writer_jsonl_and_tensorboard(tmp_path):
 
 def test_step_fn_switch_and_save_hook(tmp_path):
   tx = optax.sgd(0.1)
-  state = training.init_train_state(toy.init_params(), tx)
-  learn = training.pmap_train_step(training.make_train_step(_deterministic_loss, tx))
-  frozen = training.pmap_train_step(training.make_train_step(
+  state = loop.init_train_state(toy.init_params(), tx)
+  learn = loop.pmap_train_step(loop.make_train_step(_deterministic_loss, tx))
+  frozen = loop.pmap_train_step(loop.make_train_step(
       lambda p, b, r: (0.0 * _deterministic_loss(p, b, r)[0], {}), tx))
   saved = []
 
   def run(num_steps, **kwargs):
-    return training.train_loop(
+    return loop.train_loop(
         state=state, step_fn=learn, batches=toy.batches_from(0, jax.local_device_count()),
         base_rng=jax.random.key(0), num_steps=num_steps,
-        checkpoints=training.Checkpoints(tmp_path / f"ck{num_steps}"), checkpoint_every=2,
-        writer=training.MetricsWriter(str(tmp_path), tensorboard=False), progress=False,
+        checkpoints=loop.Checkpoints(tmp_path / f"ck{num_steps}"), checkpoint_every=2,
+        writer=loop.MetricsWriter(str(tmp_path), tensorboard=False), progress=False,
         **kwargs)[0]
 
   two = run(2)
@@ -180,13 +180,13 @@ def test_step_fn_switch_and_save_hook(tmp_path):
 
 def test_step_compiles_once(record_compiles, tmp_path):
   tx = optax.sgd(0.1)
-  state = training.init_train_state(toy.init_params(), tx)
-  step = training.pmap_train_step(training.make_train_step(_deterministic_loss, tx))
+  state = loop.init_train_state(toy.init_params(), tx)
+  step = loop.pmap_train_step(loop.make_train_step(_deterministic_loss, tx))
   with record_compiles() as compiled:
-    training.train_loop(
+    loop.train_loop(
         state=state, step_fn=step, batches=toy.batches_from(0, jax.local_device_count()),
-        base_rng=jax.random.key(0), num_steps=4, checkpoints=training.Checkpoints(tmp_path / "c"),
-        checkpoint_every=100, writer=training.MetricsWriter(str(tmp_path), tensorboard=False),
+        base_rng=jax.random.key(0), num_steps=4, checkpoints=loop.Checkpoints(tmp_path / "c"),
+        checkpoint_every=100, writer=loop.MetricsWriter(str(tmp_path), tensorboard=False),
         progress=False)
   # jax.pmap runs as jit(_fun) over shard_map; a second entry would be a recompilation.
   assert compiled.count("jit(_fun)") == 1, compiled

@@ -25,10 +25,10 @@ import optax
 
 from densecap_jax import checkpoint
 from densecap_jax import files
-from densecap_jax import meteor as meteor_lib
-from densecap_jax import optim
-from densecap_jax import training
-from densecap_jax import validation
+from densecap_jax.evaluation import meteor as meteor_lib
+from densecap_jax.train import optim
+from densecap_jax.train import loop
+from densecap_jax.evaluation import split_eval
 from densecap_jax.data import loader as loader_lib
 from densecap_jax.models import densecap
 
@@ -56,7 +56,7 @@ def make_optimizer(config):
 
 
 def make_loss_fn(model_config, finetune_cnn):
-  """``(params, batch, rng) -> (total_loss, metrics)`` for ``training.make_train_step``."""
+  """``(params, batch, rng) -> (total_loss, metrics)`` for ``loop.make_train_step``."""
 
   def loss_fn(params, batch, rng):
     total, losses, aux = densecap.train_forward(params, batch, rng, model_config,
@@ -111,7 +111,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume=True, progr
     raise ValueError(f"{config.data_h5} has captions of {data.seq_length} tokens, the model "
                      f"config expects seq_length {config.model.seq_length}")
   os.makedirs(workdir, exist_ok=True)
-  checkpoints = training.Checkpoints(os.path.join(workdir, "checkpoints"),
+  checkpoints = loop.Checkpoints(os.path.join(workdir, "checkpoints"),
                                      max_to_keep=config.keep_checkpoints)
   if not resume and checkpoints.latest_step() is not None:
     raise ValueError(f"{workdir} already holds checkpoints (newest: step "
@@ -121,8 +121,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume=True, progr
     _write_config(workdir, config)
 
   tx = make_optimizer(config)
-  state = training.init_train_state(_initial_params(config, data), tx)
-  writer = training.MetricsWriter(workdir) if is_chief else _NullWriter()
+  state = loop.init_train_state(_initial_params(config, data), tx)
+  writer = loop.MetricsWriter(workdir) if is_chief else _NullWriter()
   meta = {"best_map": None}
   restored = checkpoints.restore_latest(state)
   if restored is not None:
@@ -140,8 +140,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume=True, progr
       max_images=config.debug_max_train_images)
 
   def step_fn(finetune_cnn):
-    return training.pmap_train_step(
-        training.make_train_step(make_loss_fn(config.model, finetune_cnn), tx))
+    return loop.pmap_train_step(
+        loop.make_train_step(make_loss_fn(config.model, finetune_cnn), tx))
 
   step_fn_from = {}
   if config.finetune_cnn_after >= 0:
@@ -149,13 +149,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume=True, progr
     step_fn_from[config.finetune_cnn_after + 1] = step_fn(True)
 
   meteor = None
-  predict_fn = validation.make_predict_fn(config.model, config.test_num_proposals)
+  predict_fn = split_eval.make_predict_fn(config.model, config.test_num_proposals)
 
   def evaluate(params):
     nonlocal meteor
     if meteor is None:
       meteor = meteor_lib.Meteor()
-    results = validation.evaluate_split(
+    results = split_eval.evaluate_split(
         params, data, "val", predict_fn, config=config.model, max_images=config.val_images_use,
         batch_size=global_batch, rpn_nms_thresh=config.test_rpn_nms_thresh,
         final_nms_thresh=config.test_final_nms_thresh, meteor_fn=meteor, progress=progress)
@@ -179,7 +179,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume=True, progr
     on_eval(0, state.params, evaluate(state.params))
   num_steps = config.max_iters if config.max_iters > 0 else 2**31 - 1
   try:
-    state, reason = training.train_loop(
+    state, reason = loop.train_loop(
         state=state, step_fn=step_fn(False), step_fn_from=step_fn_from, batches=batches,
         base_rng=jax.random.key(config.seed), num_steps=num_steps, checkpoints=checkpoints,
         checkpoint_every=config.save_checkpoint_every, writer=writer,

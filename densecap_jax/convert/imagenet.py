@@ -23,7 +23,7 @@ import numpy as np
 
 from densecap_jax.data import images as images_lib
 from densecap_jax.models import densecap
-from tools.convert_torch_weights import mapping
+from densecap_jax.convert import mapping
 
 TORCHVISION_MEAN_RGB = np.array([0.485, 0.456, 0.406])
 TORCHVISION_STD_RGB = np.array([0.229, 0.224, 0.225])

@@ -1,4 +1,4 @@
-"""Tests for densecap_jax.evaluation: the dense-captioning mAP of reference §9.
+"""Tests for densecap_jax.evaluation.metric: the dense-captioning mAP of reference §9.
 
 Boxes below are written as inclusive x1y1x2y2 corners and given to the
 evaluator as xcycwh through ``xcycwh(...)`` (``w = x2 - x1 + 1``, so the
@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 
-from densecap_jax import evaluation as ev
+from densecap_jax.evaluation import metric as ev
 from densecap_jax.ops import boxes as box_ops
 
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="no java on PATH")

@@ -1,4 +1,4 @@
-"""Tests for densecap_jax.meteor: the METEOR 1.5 jar through one Java process."""
+"""Tests for densecap_jax.evaluation.meteor: the METEOR 1.5 jar through one Java process."""
 
 import gc
 import gzip
@@ -8,8 +8,8 @@ import stat
 
 import pytest
 
-from densecap_jax import meteor as meteor_lib
-from densecap_jax.meteor import Meteor, MeteorError
+from densecap_jax.evaluation import meteor as meteor_lib
+from densecap_jax.evaluation.meteor import Meteor, MeteorError
 
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="no java on PATH")
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from densecap_jax import checkpoint
-from densecap_jax import trainer
+from densecap_jax.train import trainer
 from densecap_jax.data import preprocess
 from densecap_jax.data import synthetic
-from eval import evaluate
-from train.configs import tiny
+from densecap_jax.evaluation import __main__ as evaluate
+from densecap_jax.train.configs import tiny
 
 SIZE = 64
 

@@ -1,0 +1,1 @@
+"""Training configs: ``get_config()`` functions returning ml_collections ``ConfigDict``s."""

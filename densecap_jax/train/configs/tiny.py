@@ -1,0 +1,27 @@
+"""The tiny model trained from scratch on the synthetic dataset (CPU-friendly).
+
+Data: ``python -m densecap_jax.data.synthetic`` then ``python -m
+densecap_jax.data.preprocess`` (see the README). With no ImageNet weights every
+conv layer is trained from the start.
+"""
+
+from densecap_jax.train.configs import common
+
+
+def get_config():
+  config = common.get_config("tiny")
+  config.model.frozen_blocks = 0
+  config.finetune_cnn_after = 0
+  config.data_h5 = "data/synthetic/regions.h5"
+  config.data_json = "data/synthetic/regions-dicts.json"
+  config.per_device_batch_size = 2
+  config.shuffle = True
+  config.learning_rate = 1e-3
+  config.lr_schedule = "cosine"
+  config.warmup_steps = 200
+  config.max_iters = 10000
+  config.save_checkpoint_every = 500
+  config.losses_log_every = 10
+  config.val_images_use = 300
+  config.test_num_proposals = 300
+  return config
