@@ -106,6 +106,17 @@ def test_missing_jar_is_a_clear_error(tmp_path):
     Meteor(jar_path=tmp_path / "meteor-1.5.jar")
 
 
+def test_check_available_names_a_broken_java(tmp_path, monkeypatch):
+  jar = _fake_meteor(tmp_path, monkeypatch, "exit 0")
+  assert meteor_lib.check_available(jar) == (shutil.which("java"), jar)
+  (tmp_path / "bin" / "java").write_text("#!/bin/sh\nexit 1\n")
+  with pytest.raises(MeteorError, match="-version failed"):
+    meteor_lib.check_available(jar)
+  monkeypatch.setenv("PATH", str(tmp_path))
+  with pytest.raises(MeteorError, match="no 'java' executable is on PATH"):
+    meteor_lib.check_available()
+
+
 def _fake_meteor(tmp_path, monkeypatch, script):
   """A jar directory and a fake ``java`` on PATH that runs ``script`` (sh)."""
   (tmp_path / "data").mkdir()
@@ -114,7 +125,7 @@ def _fake_meteor(tmp_path, monkeypatch, script):
   (tmp_path / "meteor-1.5.jar").write_bytes(b"")
   java = tmp_path / "bin" / "java"
   java.parent.mkdir()
-  java.write_text("#!/bin/sh\n" + script + "\n")
+  java.write_text('#!/bin/sh\n[ "$1" = -version ] && exit 0\n' + script + "\n")
   java.chmod(java.stat().st_mode | stat.S_IEXEC)
   monkeypatch.setenv("PATH", f"{java.parent}:/usr/bin:/bin")
   return tmp_path / "meteor-1.5.jar"

@@ -100,6 +100,35 @@ def _shutdown(process, stderr_file, timeout):
       pass
 
 
+def check_available(jar_path=None):
+  """Checks that METEOR can start: a working ``java``, the jar and its paraphrase table.
+
+  Cheap (one ``java -version``); run it before work whose results METEOR
+  will score, so that a missing Java is reported before, not after.
+
+  Returns:
+    ``(java, jar)``: the ``java`` executable and the jar's path.
+
+  Raises:
+    MeteorError: with a one-line message naming what is missing.
+  """
+  java = shutil.which("java")
+  if java is None:
+    raise MeteorError("METEOR needs Java, but no 'java' executable is on PATH "
+                      "(install a JRE, e.g. apt-get install default-jre)")
+  try:
+    subprocess.run([java, "-version"], stdin=subprocess.DEVNULL, capture_output=True, check=True,
+                   timeout=60)
+  except (OSError, subprocess.SubprocessError) as e:
+    raise MeteorError(f"METEOR needs Java, but {java} -version failed: {e}") from None
+  jar = pathlib.Path(jar_path) if jar_path is not None else default_jar_path()
+  if not jar.is_file():
+    raise MeteorError(f"METEOR jar not found: {jar}")
+  if not (jar.parent / PARAPHRASE_TABLE).is_file():
+    raise MeteorError(f"METEOR paraphrase table not found: {jar.parent / PARAPHRASE_TABLE}")
+  return java, jar
+
+
 class Meteor:
   """One METEOR 1.5 Java process that scores (candidate, references) pairs.
 
@@ -125,15 +154,7 @@ class Meteor:
 
   def __init__(self, jar_path=None, *, max_memory: str = "2G", batch_size: int = 1000,
                shutdown_timeout: float = 10.0):
-    java = shutil.which("java")
-    if java is None:
-      raise MeteorError("METEOR needs Java, but no 'java' executable is on PATH "
-                        "(install a JRE, e.g. apt-get install default-jre)")
-    jar = pathlib.Path(jar_path) if jar_path is not None else default_jar_path()
-    if not jar.is_file():
-      raise MeteorError(f"METEOR jar not found: {jar}")
-    if not (jar.parent / PARAPHRASE_TABLE).is_file():
-      raise MeteorError(f"METEOR paraphrase table not found: {jar.parent / PARAPHRASE_TABLE}")
+    java, jar = check_available(jar_path)
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     self.batch_size = batch_size
