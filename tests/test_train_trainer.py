@@ -1,12 +1,16 @@
 """End-to-end: synthetic data -> preprocess -> train (8 CPU devices) -> eval driver."""
 
 import json
+import os
 
 import jax
 import numpy as np
 import pytest
 
 from densecap_jax import checkpoint
+from densecap_jax.evaluation import split_eval
+from densecap_jax.train import config_checks
+from densecap_jax.train import loop
 from densecap_jax.train import trainer
 from densecap_jax.data import preprocess
 from densecap_jax.data import synthetic
@@ -104,3 +108,46 @@ def test_free_path_keeps_existing_files(tmp_path):
   (tmp_path / "eval_val.1.json").write_text("{}")
   assert evaluate.free_path(str(tmp_path / "eval_val.json")) == str(tmp_path / "eval_val.2.json")
   assert evaluate.free_path(str(tmp_path / "x.json")) == str(tmp_path / "x.json")
+
+
+def test_missing_java_stops_training_before_the_first_step(dataset, tmp_path, monkeypatch):
+  monkeypatch.setenv("PATH", str(tmp_path))  # no java on PATH
+  with pytest.raises(ValueError, match="val_metric=detmap") as error:
+    trainer.train(small_config(dataset, max_iters=5, val_images_use=4), str(tmp_path / "run"),
+                  progress=False)
+  assert "\n" not in str(error.value)
+  assert not (tmp_path / "run" / "checkpoints").exists() or not os.listdir(
+      tmp_path / "run" / "checkpoints")
+  # Without validation, Java is not needed.
+  config_checks.check_config(small_config(dataset, max_iters=5, val_images_use=0))
+
+
+@pytest.mark.slow
+def test_failed_validation_keeps_the_checkpoint_and_is_redone_on_resume(dataset, tmp_path,
+                                                                        monkeypatch):
+  monkeypatch.setenv("PATH", str(tmp_path))  # no java: detection mAP only needs none
+  workdir = tmp_path / "run"
+  config = small_config(dataset, max_iters=5, val_images_use=4, val_metric="detmap")
+  real_evaluate_split = split_eval.evaluate_split
+
+  def broken(*args, **kwargs):
+    raise OSError("disk full")
+
+  monkeypatch.setattr(split_eval, "evaluate_split", broken)
+  with pytest.raises(loop.ValidationError, match="validation at step 5 failed") as error:
+    trainer.train(config, str(workdir), progress=False)
+  assert "OSError: disk full" in str(error.value) and "\n" not in str(error.value)
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["5"]  # saved before validating
+  assert not (workdir / "best").exists()
+
+  monkeypatch.setattr(split_eval, "evaluate_split", real_evaluate_split)
+  state, reason = trainer.train(small_config(dataset, max_iters=5, val_images_use=4,
+                                             val_metric="detmap"), str(workdir), progress=False)
+  assert reason == "done" and int(state.step) == 5
+  with open(workdir / "metrics.jsonl") as f:
+    rows = [json.loads(line) for line in f]
+  assert [r["step"] for r in rows if "val_detmap" in r] == [5]
+  assert not any("val_map" in r for r in rows)
+  with open(workdir / "best" / trainer.BEST_METRICS) as f:
+    best = json.load(f)
+  assert best["step"] == 5 and best["val_detmap"] == rows[-1]["val_detmap"]

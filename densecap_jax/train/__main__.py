@@ -12,14 +12,18 @@ again with the same ``--workdir``, a run resumes from its newest checkpoint
 On a multi-host TPU pod or GPU cluster pass ``--distributed`` on every host.
 """
 
+import difflib
+import importlib.util
 import os
 import sys
 
 from absl import app
 from absl import flags
 import jax
+import ml_collections
 from ml_collections import config_flags
 
+from densecap_jax.train import loop
 from densecap_jax.train import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "training config file",
@@ -41,7 +45,8 @@ def main(argv):
         f"{jax.devices()[0].platform}); process {jax.process_index()} of {jax.process_count()}")
   try:
     state, reason = trainer.train(_CONFIG.value, _WORKDIR.value, resume=_RESUME.value)
-  except (OSError, ValueError) as e:
+  except (OSError, ValueError, loop.CheckpointError, loop.ValidationError,
+          loop.NonFiniteLossError) as e:
     sys.exit(f"error: {e}")
   print(f"stopped at step {int(state.step)} ({reason}); models in {_WORKDIR.value}/best and "
         f"{_WORKDIR.value}/last")
@@ -70,8 +75,60 @@ def _config_path(value):
   return path + (":" + override if override else "")
 
 
+def parse_flags(argv):
+  """absl's flag parsing, with a wrong ``--config`` or ``--config.field`` reported in one line."""
+  problem = check_config_flags(argv)
+  if problem:
+    sys.exit(f"error: {problem}")
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f"error: {e}")
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    sys.exit(f"error: cannot apply the --config overrides: {' '.join(str(e).split())}")
+
+
+def check_config_flags(argv):
+  """What is wrong with ``--config`` and the ``--config.field`` names in ``argv``, or None."""
+  path, overrides = None, []
+  for i, arg in enumerate(argv[1:], 1):
+    name, has_value, value = arg.partition("=")
+    if name in ("--config", "-config"):
+      path = value if has_value else (argv[i + 1] if i + 1 < len(argv) else None)
+    elif name.startswith("--config."):
+      overrides.append(name[len("--config."):])
+  if path is None:
+    return None
+  file_path, _, arg = path.partition(":")
+  names = sorted(n[:-3] for n in os.listdir(CONFIGS_DIR) if n.endswith(".py") and n not in (
+      "__init__.py", "common.py"))
+  if not os.path.isfile(file_path):
+    return (f"--config {file_path}: no such config file; expected a path to one or a name of "
+            f"{', '.join(names)}")
+  spec = importlib.util.spec_from_file_location("_densecap_config", file_path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+    config = module.get_config(arg) if arg else module.get_config()
+  except Exception as e:  # pylint: disable=broad-except
+    return f"--config {file_path}: cannot build the config ({type(e).__name__}: {e})"
+  for override in overrides:
+    node, walked = config, []
+    for key in override.split("."):
+      if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+        fields = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        close = difflib.get_close_matches(key, fields, n=1)
+        where = ".".join(walked) or "the config"
+        hint = f"did you mean {'.'.join(walked + close)!r}? " if close else ""
+        return (f"--config.{override}: {where} has no field {key!r}; {hint}"
+                f"fields: {', '.join(fields)}")
+      node = node[key]
+      walked.append(key)
+  return None
+
+
 def run():
-  app.run(main, argv=resolve_config_names(sys.argv))
+  app.run(main, argv=resolve_config_names(sys.argv), flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

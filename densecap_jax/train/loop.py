@@ -8,9 +8,12 @@ function of the step, so a run resumed from a checkpoint repeats exactly what
 an uninterrupted run does.
 """
 
+import contextlib
 import json
+import logging
 import os
 import signal
+import sys
 import time
 from typing import Any, Callable, Iterator
 
@@ -101,6 +104,32 @@ def unreplicate(tree):
   return jax.device_get(jax.tree.map(lambda x: x[0], tree))
 
 
+class CheckpointError(RuntimeError):
+  """No checkpoint of a run can be read."""
+
+
+class ValidationError(RuntimeError):
+  """Validation inside training failed; the checkpoint of that step is already written."""
+
+
+def _first_line(error, limit=300):
+  text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+  text = text.split(" [tensorstore_spec=")[0]
+  return text if len(text) <= limit else text[:limit] + "..."
+
+
+@contextlib.contextmanager
+def _quiet_asyncio():
+  """Hides the asyncio task tracebacks orbax's reader leaves behind when a read fails."""
+  logger = logging.getLogger("asyncio")
+  level = logger.level
+  logger.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
 class Checkpoints:
   """Full training state every N steps with orbax, keeping the last ``max_to_keep``.
 
@@ -111,7 +140,8 @@ class Checkpoints:
   def __init__(self, directory, max_to_keep=3):
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                            enable_async_checkpointing=False)
-    self._manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+    self.directory = os.path.abspath(directory)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def save(self, state, meta):
     """Saves a host (unreplicated) ``state`` and a JSON-able ``meta`` dict at ``state.step``."""
@@ -126,14 +156,45 @@ class Checkpoints:
     return self._manager.latest_step()
 
   def restore_latest(self, template):
-    """``(state, meta)`` of the newest checkpoint with ``template``'s structure, or None."""
-    step = self._manager.latest_step()
-    if step is None:
-      return None
+    """``(state, meta)`` of the newest readable checkpoint with ``template``'s structure, or None.
+
+    A checkpoint that cannot be read (a truncated or missing file) is passed
+    over with a one-line warning for the next older one; once an older one
+    has been read, the unreadable ones are renamed ``N.unreadable`` (kept on
+    disk, out of the way of the steps saved from now on).
+
+    Raises:
+      CheckpointError: checkpoints exist but none can be read (nothing is
+        renamed then: the cause may be this run's config rather than the files).
+    """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, jax.device_get(template))
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-    return restored.state, restored.meta
+    unreadable = []
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        with _quiet_asyncio():
+          restored = self._manager.restore(step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+      except Exception as e:  # pylint: disable=broad-except
+        reason = _first_line(e)
+        unreadable.append((step, reason))
+        print(f"warning: checkpoint {os.path.join(self.directory, str(step))} cannot be read "
+              f"({reason}); trying the previous one", file=sys.stderr)
+        continue
+      for bad, _ in unreadable:
+        path = os.path.join(self.directory, str(bad))
+        os.replace(path, path + ".unreadable")
+        print(f"warning: unreadable checkpoint step {bad} renamed to {path}.unreadable; "
+              f"resuming from step {step}", file=sys.stderr)
+      if unreadable:
+        self._manager.reload()
+      return restored.state, restored.meta
+    if unreadable:
+      steps = ", ".join(str(s) for s, _ in unreadable)
+      raise CheckpointError(
+          f"no checkpoint in {self.directory} can be read (steps {steps}; newest: "
+          f"{unreadable[0][1]}); if the files are damaged, move them away or train in a new "
+          f"--workdir")
+    return None
 
   def close(self):
     self._manager.close()
@@ -158,6 +219,13 @@ class MetricsWriter:
     with files.atomic_output(self.path) as tmp:
       with open(tmp, "w") as f:
         f.write("".join(lines))
+
+  def has(self, step, key):
+    """Whether a line of ``step`` holds ``key`` (e.g. whether that step was validated)."""
+    if not os.path.exists(self.path):
+      return False
+    with open(self.path) as f:
+      return any(r["step"] == step and key in r for r in map(json.loads, filter(str.strip, f)))
 
   def write(self, step, scalars):
     scalars = {k: float(v) for k, v in scalars.items()}
@@ -198,6 +266,25 @@ class NonFiniteLossError(RuntimeError):
   pass
 
 
+def run_validation(step, params, eval_fn, writer, on_eval=None):
+  """Runs ``eval_fn(params)`` at ``step``, logs its scalars and hands them to ``on_eval``.
+
+  Raises:
+    ValidationError: anything raised inside, in one line that names the step.
+  """
+  try:
+    results = eval_fn(params)
+    writer.write(step, results)
+    tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
+    if on_eval is not None:
+      on_eval(step, params, results)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValidationError(f"validation at step {step} failed ({type(e).__name__}: "
+                          f"{_first_line(e)}); the checkpoint of step {step} is saved, and a "
+                          f"run started again resumes from it and validates first") from e
+  return results
+
+
 def train_loop(*, state, step_fn: Callable, batches: Iterator, base_rng, num_steps: int,
                checkpoints: Checkpoints, checkpoint_every: int, writer: MetricsWriter,
                log_every: int = 10, eval_fn: Callable | None = None, eval_every: int = 0,
@@ -213,12 +300,14 @@ def train_loop(*, state, step_fn: Callable, batches: Iterator, base_rng, num_ste
       ``state.step`` (the loader's ``start_step``).
     base_rng: the run's base PRNG key.
     num_steps: total number of steps of the run.
-    checkpoints: where the state goes every ``checkpoint_every`` steps, at the
-      end, and when a SIGTERM/SIGINT arrives.
+    checkpoints: where the state goes every ``checkpoint_every`` steps, before
+      each validation, at the end, and when a SIGTERM/SIGINT arrives.
     checkpoint_every: steps between checkpoints.
     writer: metrics sink; training scalars averaged over ``log_every`` steps.
     eval_fn: ``params -> dict of scalars`` run every ``eval_every`` steps and
-      at the end; ``on_eval(step, params, results)`` sees each result.
+      at the end, after that step's checkpoint is written;
+      ``on_eval(step, params, results)`` sees each result. Anything raised in
+      either becomes a :class:`ValidationError`.
     max_nonfinite_steps: abort after this many non-finite steps in a row.
     explode_factor: if > 0, stop when the loss exceeds this times the first
       step's loss (the original's "exploding" check, factor 100).
@@ -288,18 +377,16 @@ def train_loop(*, state, step_fn: Callable, batches: Iterator, base_rng, num_ste
         now = time.perf_counter()
         scalars = {k: v / count for k, v in sums.items()}
         scalars["steps_per_sec"] = count / max(now - last_time, 1e-9)
+        scalars["steps_averaged"] = count  # fewer than log_every after a resume mid-interval
         writer.write(step, scalars)
         bar.set_postfix(loss=f"{scalars['loss']:.4g}")
         sums, count, last_time = {}, 0, now
-      if eval_fn is not None and eval_every and (step % eval_every == 0 or step == num_steps):
-        params = host_state().params
-        results = eval_fn(params)
-        writer.write(step, results)
-        tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
-        if on_eval is not None:
-          on_eval(step, params, results)
-      if step % checkpoint_every == 0 or step == num_steps:
-        save()
+      eval_due = eval_fn is not None and eval_every and (step % eval_every == 0 or
+                                                          step == num_steps)
+      if eval_due or step % checkpoint_every == 0 or step == num_steps:
+        save()  # before validation, so that a failing validation loses no step
+      if eval_due:
+        run_validation(step, host_state().params, eval_fn, writer, on_eval)
       if explode_factor > 0 and first_loss is not None and loss > explode_factor * first_loss:
         tqdm.write(f"step {step}: loss {loss:.4g} > {explode_factor} x first loss "
                    f"{first_loss:.4g}; stopping")

@@ -25,12 +25,15 @@ import optax
 
 from densecap_jax import checkpoint
 from densecap_jax import files
-from densecap_jax.evaluation import meteor as meteor_lib
-from densecap_jax.train import optim
-from densecap_jax.train import loop
-from densecap_jax.evaluation import split_eval
 from densecap_jax.data import loader as loader_lib
+from densecap_jax.evaluation import meteor as meteor_lib
+from densecap_jax.evaluation import split_eval
 from densecap_jax.models import densecap
+from densecap_jax.train import config_checks
+from densecap_jax.train import loop
+from densecap_jax.train import optim
+
+BEST_METRICS = "val_metrics.json"  # beside best/'s model: the step and score it was chosen by
 
 
 def learning_rate_schedule(config):
@@ -102,14 +105,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume=True, progr
   without it, a ``workdir`` that already holds checkpoints is refused rather
   than overwritten.
   """
-  if config.max_iters <= 0 and config.lr_schedule != "constant":
-    raise ValueError("max_iters must be > 0 with a decaying learning rate")
+  config_checks.check_config(config)
   data = loader_lib.DenseCapH5(config.data_h5, config.data_json)
   with config.unlocked():
     config.model.vocab_size = data.vocab_size
-  if data.seq_length != config.model.seq_length:
-    raise ValueError(f"{config.data_h5} has captions of {data.seq_length} tokens, the model "
-                     f"config expects seq_length {config.model.seq_length}")
+  config_checks.check_fits_data(config, data, jax.device_count())
   os.makedirs(workdir, exist_ok=True)
   checkpoints = loop.Checkpoints(os.path.join(workdir, "checkpoints"),
                                      max_to_keep=config.keep_checkpoints)
@@ -120,13 +120,24 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume=True, progr
   if is_chief:
     _write_config(workdir, config)
 
+  has_val = len(data.split_indices("val")) > 0 and config.val_images_use != 0
+  if has_val and config.val_metric == "map":
+    try:
+      meteor_lib.check_available()
+    except meteor_lib.MeteorError as e:
+      raise ValueError(f"{e}. Validation scores captions with METEOR: install Java, or pass "
+                       f"--config.val_metric=detmap to validate with detection mAP only, or "
+                       f"--config.val_images_use=0 to train without validation") from None
+  elif has_val:
+    print("note: validating with detection mAP only (val_metric=detmap); best/ keeps the model "
+          "of the best val_detmap")
+
   tx = make_optimizer(config)
   state = loop.init_train_state(_initial_params(config, data), tx)
   writer = loop.MetricsWriter(workdir) if is_chief else _NullWriter()
-  meta = {"best_map": None}
   restored = checkpoints.restore_latest(state)
   if restored is not None:
-    state, meta = restored
+    state, _ = restored
     writer.truncate_after(int(state.step))
     print(f"resuming from step {int(state.step)} of {workdir}")
 
@@ -150,33 +161,43 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume=True, progr
 
   meteor = None
   predict_fn = split_eval.make_predict_fn(config.model, config.test_num_proposals)
+  best_key = f"val_{config.val_metric}"
+  best = _read_best(workdir)
 
   def evaluate(params):
     nonlocal meteor
-    if meteor is None:
+    if meteor is None and config.val_metric == "map":
       meteor = meteor_lib.Meteor()
     results = split_eval.evaluate_split(
         params, data, "val", predict_fn, config=config.model, max_images=config.val_images_use,
         batch_size=global_batch, rpn_nms_thresh=config.test_rpn_nms_thresh,
-        final_nms_thresh=config.test_final_nms_thresh, meteor_fn=meteor, progress=progress)
+        final_nms_thresh=config.test_final_nms_thresh,
+        meteor_fn=meteor if meteor is not None else _no_meteor, progress=progress)
+    if config.val_metric == "detmap":
+      return {"val_detmap": results["detmap"]}
     return {"val_map": results["map"], "val_detmap": results["detmap"]}
 
   def on_eval(step, params, results):
-    if meta["best_map"] is None or results["val_map"] > meta["best_map"]:
-      meta["best_map"] = results["val_map"]
-      meta["best_step"] = step
+    nonlocal best
+    if best is None or results[best_key] > best[best_key]:
+      best = {"step": step, best_key: results[best_key]}
       if is_chief:
         checkpoint.save_model(os.path.join(workdir, "best"), params, config.model, data.vocab,
                               overwrite=True)
+        files.write_json(os.path.join(workdir, "best", BEST_METRICS), best)
 
   def on_save(host_state):
     if is_chief:
       checkpoint.save_model(os.path.join(workdir, "last"), host_state.params, config.model,
                             data.vocab, overwrite=True)
 
-  has_val = len(data.split_indices("val")) > 0 and config.val_images_use != 0
-  if has_val and config.eval_first_iteration and int(state.step) == 0:
-    on_eval(0, state.params, evaluate(state.params))
+  start = int(state.step)
+  if has_val and config.eval_first_iteration and start == 0:
+    loop.run_validation(0, state.params, evaluate, writer, on_eval)
+  if has_val and start > 0 and (start % config.save_checkpoint_every == 0 or
+                                start == config.max_iters) and not writer.has(start, best_key):
+    print(f"validating step {start} (the run stopped before its validation)")
+    loop.run_validation(start, state.params, evaluate, writer, on_eval)
   num_steps = config.max_iters if config.max_iters > 0 else 2**31 - 1
   try:
     state, reason = loop.train_loop(
@@ -186,7 +207,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume=True, progr
         log_every=config.losses_log_every, eval_fn=evaluate if has_val else None,
         eval_every=config.save_checkpoint_every, on_eval=on_eval,
         max_nonfinite_steps=config.max_nonfinite_steps, explode_factor=config.explode_factor,
-        meta=meta, progress=progress, on_save=on_save)
+        progress=progress, on_save=on_save)
   finally:
     batches.close()
     checkpoints.close()
@@ -196,11 +217,27 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume=True, progr
   return state, reason
 
 
+def _no_meteor(candidates, references):
+  """Stands in for METEOR when only the detection mAP is wanted (it ignores captions)."""
+  del references
+  return [0.0] * len(candidates)
+
+
+def _read_best(workdir):
+  """``{'step', 'val_<metric>'}`` of the run's ``best/`` model, or None."""
+  path = os.path.join(workdir, "best", BEST_METRICS)
+  return files.read_json(path, "best model metrics") if os.path.exists(path) else None
+
+
 class _NullWriter:
   """Metrics sink of the hosts other than the first."""
 
   def write(self, step, scalars):
     del step, scalars
+
+  def has(self, step, key):
+    del step, key
+    return True
 
   def truncate_after(self, step):
     del step

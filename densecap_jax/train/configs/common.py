@@ -77,6 +77,7 @@ def get_config(model_name):
   config.explode_factor = 100.0
 
   config.val_images_use = 1000
+  config.val_metric = "map"  # "map" (METEOR, needs Java) or "detmap" (boxes only); picks best/
   config.eval_first_iteration = False
   config.test_rpn_nms_thresh = 0.7
   config.test_final_nms_thresh = 0.3
