@@ -190,3 +190,80 @@ def test_step_compiles_once(record_compiles, tmp_path):
         progress=False)
   # jax.pmap runs as jit(_fun) over shard_map; a second entry would be a recompilation.
   assert compiled.count("jit(_fun)") == 1, compiled
+
+
+def _truncate_state_files(step_dir):
+  for root, _, names in os.walk(os.path.join(step_dir, "state", "d")):
+    for name in names:
+      with open(os.path.join(root, name), "r+b") as f:
+        f.truncate(10)
+
+
+def test_unreadable_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, capfd):
+  full, _ = toy.run(str(tmp_path / "full"), 8)
+  workdir = tmp_path / "run"
+  toy.run(str(workdir), 6)  # keeps checkpoints 4 and 6
+  _truncate_state_files(workdir / "checkpoints" / "6")
+  capfd.readouterr()
+  resumed, _ = toy.run(str(workdir), 8)
+  err = capfd.readouterr().err
+  assert "checkpoint" in err and "6 cannot be read" in err and "resuming from step 4" in err
+  assert "Traceback" not in err and "Event loop is closed" not in err
+  assert (workdir / "checkpoints" / "6.unreadable").is_dir()  # kept on disk
+  np.testing.assert_array_equal(resumed.params["w"], full.params["w"])
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["6", "6.unreadable", "8"]
+
+
+def test_no_readable_checkpoint_is_one_clear_error(tmp_path):
+  workdir = tmp_path / "run"
+  toy.run(str(workdir), 4)
+  for step in ("2", "4"):
+    _truncate_state_files(workdir / "checkpoints" / step)
+  with pytest.raises(loop.CheckpointError, match="no checkpoint in .* can be read") as error:
+    toy.run(str(workdir), 6)
+  assert "\n" not in str(error.value)
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]  # nothing renamed
+
+
+def test_checkpoint_is_written_before_validation_and_failures_name_the_step(tmp_path):
+  tx = optax.sgd(0.1)
+  state = loop.init_train_state(toy.init_params(), tx)
+
+  def failing_eval(params):
+    del params
+    raise RuntimeError("METEOR failed: the METEOR process ended unexpectedly")
+
+  with pytest.raises(loop.ValidationError, match="validation at step 3 failed") as error:
+    loop.train_loop(
+        state=state, step_fn=loop.pmap_train_step(loop.make_train_step(toy.loss_fn, tx)),
+        batches=toy.batches_from(0, jax.local_device_count()), base_rng=jax.random.key(0),
+        num_steps=10, checkpoints=loop.Checkpoints(tmp_path / "ck"), checkpoint_every=100,
+        writer=loop.MetricsWriter(str(tmp_path), tensorboard=False), eval_fn=failing_eval,
+        eval_every=3, progress=False)
+  assert "METEOR process ended unexpectedly" in str(error.value)
+  assert sorted(os.listdir(tmp_path / "ck")) == ["3"]
+
+
+def test_metrics_line_after_a_mid_interval_resume_says_how_many_steps_it_averages(tmp_path):
+  tx = optax.sgd(0.01)
+
+  def run(num_steps):
+    checkpoints = loop.Checkpoints(tmp_path / "ck")
+    writer = loop.MetricsWriter(str(tmp_path), tensorboard=False)
+    state = loop.init_train_state(toy.init_params(), tx)
+    restored = checkpoints.restore_latest(state)
+    if restored is not None:
+      state = restored[0]
+      writer.truncate_after(int(state.step))
+    loop.train_loop(
+        state=state, step_fn=loop.pmap_train_step(loop.make_train_step(toy.loss_fn, tx)),
+        batches=toy.batches_from(int(state.step), jax.local_device_count()),
+        base_rng=jax.random.key(0), num_steps=num_steps, checkpoints=checkpoints,
+        checkpoint_every=3, writer=writer, log_every=4, progress=False)
+    checkpoints.close()
+
+  run(3)
+  run(8)
+  with open(tmp_path / "metrics.jsonl") as f:
+    rows = [json.loads(l) for l in f]
+  assert [(r["step"], r["steps_averaged"]) for r in rows] == [(3, 3), (4, 1), (8, 4)]

@@ -118,12 +118,32 @@ def _first_line(error, limit=300):
   return text if len(text) <= limit else text[:limit] + "..."
 
 
+def _ignore_closed_event_loop(hook):
+  """``sys.unraisablehook`` that drops the "Event loop is closed" errors of late I/O callbacks."""
+
+  def unraisablehook(unraisable):
+    value = unraisable.exc_value
+    if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+      hook(unraisable)
+
+  unraisablehook.filters_closed_event_loop = True
+  return unraisablehook
+
+
 @contextlib.contextmanager
 def _quiet_asyncio():
-  """Hides the asyncio task tracebacks orbax's reader leaves behind when a read fails."""
+  """Hides the asyncio tracebacks orbax's reader leaves behind when a read fails.
+
+  A failed read leaves tasks whose exceptions asyncio logs, and tensorstore
+  callbacks that fire after orbax has closed its event loop (reported
+  through ``sys.unraisablehook``, possibly later); both only repeat the error
+  already reported in one line.
+  """
   logger = logging.getLogger("asyncio")
   level = logger.level
   logger.setLevel(logging.CRITICAL)
+  if not getattr(sys.unraisablehook, "filters_closed_event_loop", False):
+    sys.unraisablehook = _ignore_closed_event_loop(sys.unraisablehook)
   try:
     yield
   finally:

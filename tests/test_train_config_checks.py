@@ -1,0 +1,84 @@
+"""Tests for densecap_jax.train.config_checks and the train command's --config checks."""
+
+import types
+
+import numpy as np
+import pytest
+
+from densecap_jax.train import __main__ as train_main
+from densecap_jax.train import config_checks
+from densecap_jax.train.configs import tiny
+
+
+def _config(**overrides):
+  config = tiny.get_config()
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+def test_shipped_configs_pass():
+  config_checks.check_config(tiny.get_config())
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"learning_rate": 0.0}, "learning_rate=0.0 .* expected a positive number"),
+    ({"learning_rate": -1e-3}, "learning_rate=-0.001"),
+    ({"max_iters": 100}, "max_iters=100 .* more than warmup_steps=200"),
+    ({"max_iters": -1}, "max_iters=-1 .* lr_schedule='cosine'"),
+    ({"max_iters": 0}, "max_iters=0"),
+    ({"lr_schedule": "linear"}, "lr_schedule='linear' .* constant, cosine"),
+    ({"val_metric": "meteor"}, "val_metric='meteor' .* 'detmap'"),
+    ({"per_device_batch_size": 0}, "per_device_batch_size=0"),
+    ({"save_checkpoint_every": 0}, "save_checkpoint_every=0 .* positive integer"),
+    ({"optim_beta2": 1.0}, r"optim_beta2=1.0 .* \[0, 1\)"),
+    ({"test_final_nms_thresh": 1.5}, r"test_final_nms_thresh=1.5 .* \[0, 1\]"),
+    ({"model.frozen_blocks": 7}, "model.frozen_blocks=7 .* 0 .. 5"),
+])
+def test_bad_fields_are_named_with_the_accepted_values(overrides, message):
+  with pytest.raises(ValueError, match=message) as error:
+    config_checks.check_config(_config(**overrides))
+  assert "\n" not in str(error.value)
+
+
+def _fake_data(image_sizes, num_train=10, seq_length=15, slot_size=720):
+  return types.SimpleNamespace(
+      seq_length=seq_length, image_sizes=np.asarray(image_sizes), slot_size=slot_size,
+      split_indices=lambda split: np.arange(num_train if split == "train" else 0))
+
+
+def test_sizes_that_do_not_fit_the_data():
+  config = tiny.get_config()  # 256-pixel buckets
+  config_checks.check_fits_data(config, _fake_data([[256, 192]], slot_size=256), 4)
+  with pytest.raises(ValueError, match="model.image_size=256 does not fit .* up to 720x540 "
+                                       r".*--config.model.image_size=720"):
+    config_checks.check_fits_data(config, _fake_data([[720, 540]]), 1)
+  with pytest.raises(ValueError, match="model.seq_length=15 .* 16 tokens"):
+    config_checks.check_fits_data(config, _fake_data([[256, 256]], seq_length=16), 1)
+  with pytest.raises(ValueError, match=r"per_device_batch_size=2 .* 8 devices x 2 = 16 .* has 10"):
+    config_checks.check_fits_data(config, _fake_data([[256, 256]], slot_size=256), 8)
+
+
+def test_typo_in_a_config_field_names_it_and_suggests_the_right_one():
+  problem = train_main.check_config_flags(
+      ["train", "--config=tiny".replace("tiny", train_main._config_path("tiny")),
+       "--config.learnin_rate=1"])
+  assert problem.startswith("--config.learnin_rate: the config has no field 'learnin_rate'; "
+                            "did you mean 'learning_rate'?")
+  problem = train_main.check_config_flags(
+      ["train", "--config", train_main._config_path("tiny"), "--config.model.fc_dimm", "3"])
+  assert "model has no field 'fc_dimm'; did you mean 'model.fc_dim'?" in problem
+  assert train_main.check_config_flags(
+      ["train", "--config", train_main._config_path("tiny"), "--config.model.fc_dim=3"]) is None
+
+
+def test_unknown_config_name_lists_the_shipped_ones():
+  problem = train_main.check_config_flags(["train", "--config=nosuch"])
+  assert problem == ("--config nosuch: no such config file; expected a path to one or a name of "
+                     "tiny, vgg16")
+  assert train_main.resolve_config_names(["t", "--config", "tiny"])[2].endswith(
+      "densecap_jax/train/configs/tiny.py")
