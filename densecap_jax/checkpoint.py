@@ -30,6 +30,18 @@ CONFIG = "config.json"
 VOCAB = "vocab.json"
 
 
+def local_checkpointer():
+  """An orbax checkpointer that this process uses alone.
+
+  A model directory belongs to one process (in a multi-process job only the
+  first writes ``best/`` and ``last/``; each reads a model on its own), so
+  it must not wait at barriers for the other processes.
+  """
+  me = jax.process_index()
+  return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+      primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"model{me}"))
+
+
 def save_model(directory, params, config, vocab, *, overwrite=False):
   """Writes ``params``, ``config`` and the vocabulary to ``directory`` atomically.
 
@@ -52,7 +64,7 @@ def save_model(directory, params, config, vocab, *, overwrite=False):
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.", dir=parent)
   try:
-    checkpointer = ocp.StandardCheckpointer()
+    checkpointer = local_checkpointer()
     checkpointer.save(os.path.join(tmp, PARAMS), jax.device_get(params))
     checkpointer.wait_until_finished()
     with open(os.path.join(tmp, CONFIG), "w") as f:
@@ -99,7 +111,7 @@ def load_model(directory):
   for name in (PARAMS, CONFIG, VOCAB):
     if not os.path.exists(os.path.join(directory, name)):
       raise FileNotFoundError(f"{directory} is not a densecap_jax model: {name} is missing")
-  params = ocp.StandardCheckpointer().restore(os.path.join(directory, PARAMS))
+  params = local_checkpointer().restore(os.path.join(directory, PARAMS))
   params = jax.tree.map(np.asarray, params)
   with open(os.path.join(directory, CONFIG)) as f:
     config = ml_collections.ConfigDict(json.load(f))
