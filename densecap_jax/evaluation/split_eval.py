@@ -1,13 +1,18 @@
 """Runs a model over a dataset split and scores it with the dense-captioning mAP.
 
-Shared by ``eval/evaluate.py`` and the validation inside training (reference
-§7.1, §9.1): every image of the split (or its first ``max_images``) goes
-through ``models.densecap.infer`` in batches of one shape bucket, its
-detections and ground truth go to ``DenseCaptioningEvaluator``, and the
-result is the evaluator's dict.
+Shared by the evaluation command and the validation inside training
+(reference §7.1, §9.1): every image of the split (or its first
+``max_images``) goes through ``models.densecap.infer`` in batches of one
+shape bucket, spread over every device of every process; its detections and
+ground truth go to ``DenseCaptioningEvaluator``, and the result is the
+evaluator's dict.
 """
 
+import functools
+import json
+
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 from tqdm import tqdm
 
@@ -15,6 +20,7 @@ from densecap_jax.evaluation import metric
 from densecap_jax.data import loader as loader_lib
 from densecap_jax.data import vocab as vocab_lib
 from densecap_jax.models import densecap
+from densecap_jax.train import loop
 
 
 def make_predict_fn(config, num_proposals=None):
@@ -37,6 +43,13 @@ def evaluate_split(params, data, split, predict_fn, *, config, max_images=-1, ba
                    rpn_nms_thresh=0.7, final_nms_thresh=0.3, meteor_fn=None, progress=True):
   """Dense-captioning mAP of the model on one split of a preprocessed dataset.
 
+  Every device of every process takes part: each process reads its own
+  share of each batch (``loader.make_batches`` with the process index), runs
+  it split over its local devices, and the detections of all processes are
+  gathered; the first process scores them and hands the result to the
+  others. Images go to the evaluator in the split's order whatever the batch
+  size and device count, so the numbers do not depend on either.
+
   Args:
     params: model params.
     data: a ``loader.DenseCapH5``.
@@ -44,32 +57,76 @@ def evaluate_split(params, data, split, predict_fn, *, config, max_images=-1, ba
     predict_fn: from :func:`make_predict_fn`.
     config: the model config (shape buckets).
     max_images: evaluate the split's first ``max_images`` images; −1 = all.
-    batch_size: images per forward pass.
+    batch_size: images per forward pass over the whole job, rounded up to a
+      multiple of the number of devices.
     rpn_nms_thresh, final_nms_thresh: test-time NMS thresholds.
     meteor_fn: METEOR scorer for the evaluator (default: the Java METEOR).
-    progress: show a progress bar.
+    progress: show a progress bar (on the first process).
 
   Returns:
-    The ``DenseCaptioningEvaluator.evaluate()`` dict.
+    The ``DenseCaptioningEvaluator.evaluate()`` dict, on every process.
   """
   indices = data.split_indices(split)
   num_images = len(indices) if max_images < 0 else min(max_images, len(indices))
   max_boxes = max(1, int(data.num_boxes[indices[:num_images]].max(initial=0)))
+  num_devices = jax.device_count()
+  batch_size = -(-max(batch_size, 1) // num_devices) * num_devices
   batches = loader_lib.make_batches(
       data, split, batch_size=batch_size, max_boxes=max_boxes, buckets=config.buckets,
-      num_epochs=1, max_images=num_images, overflow="error")
-  evaluator = metric.DenseCaptioningEvaluator(meteor_fn=meteor_fn)
-  with batches, tqdm(total=num_images, disable=not progress, unit="img", desc=f"eval {split}",
-                     dynamic_ncols=True) as bar:
+      num_devices=jax.local_device_count(), process_index=jax.process_index(),
+      process_count=jax.process_count(), num_epochs=1, max_images=num_images, overflow="error")
+  run = _pmapped(predict_fn)
+  replicated = loop.replicate(params)
+  is_chief = jax.process_index() == 0
+  per_image = {}
+  with batches, tqdm(total=num_images, disable=not (progress and is_chief), unit="img",
+                     desc=f"eval {split}", dynamic_ncols=True) as bar:
     for batch in batches:
-      boxes, scores, tokens, valid = jax.device_get(predict_fn(
-          params, batch["image"], batch["image_size"], rpn_nms_thresh, final_nms_thresh))
-      for k in np.flatnonzero(batch["example_mask"]):
-        keep, gt = valid[k], batch["gt_mask"][k]
-        evaluator.add_result(
-            scores[k][keep], boxes[k][keep],
-            vocab_lib.decode_captions(tokens[k][keep], data.vocab),
-            batch["gt_boxes"][k][gt],
-            vocab_lib.decode_captions(batch["gt_labels"][k][gt], data.vocab))
+      outputs = run(replicated, batch["image"], batch["image_size"], rpn_nms_thresh,
+                    final_nms_thresh)
+      local = dict(zip(("boxes", "scores", "tokens", "valid"), jax.device_get(outputs)))
+      local.update((k, batch[k]) for k in ("gt_boxes", "gt_labels", "gt_mask", "example_mask",
+                                             "image_index"))
+      merged = _gather_processes({k: v.reshape((-1,) + v.shape[2:]) for k, v in local.items()})
+      for k in np.flatnonzero(merged["example_mask"]):
+        keep, gt = merged["valid"][k], merged["gt_mask"][k]
+        per_image[int(merged["image_index"][k])] = (
+            merged["scores"][k][keep], merged["boxes"][k][keep],
+            vocab_lib.decode_captions(merged["tokens"][k][keep], data.vocab),
+            merged["gt_boxes"][k][gt],
+            vocab_lib.decode_captions(merged["gt_labels"][k][gt], data.vocab))
         bar.update(1)
-  return evaluator.evaluate()
+  results = None
+  if is_chief:
+    evaluator = metric.DenseCaptioningEvaluator(meteor_fn=meteor_fn)
+    for index in sorted(per_image):
+      evaluator.add_result(*per_image[index])
+    results = evaluator.evaluate()
+  return _share_from_chief(results)
+
+
+@functools.lru_cache(maxsize=None)
+def _pmapped(predict_fn):
+  """``predict_fn`` over the local devices: params replicated, batches split on a leading axis."""
+  return jax.pmap(predict_fn, axis_name=loop.AXIS, in_axes=(0, 0, 0, None, None))
+
+
+def _gather_processes(arrays):
+  """The per-process arrays of a dict concatenated on axis 0 in process order, on every process."""
+  if jax.process_count() == 1:
+    return arrays
+  return {k: np.asarray(v) for k, v in
+          multihost_utils.process_allgather(arrays, tiled=True).items()}
+
+
+def _share_from_chief(results):
+  """The first process's JSON-able ``results`` on every process."""
+  if jax.process_count() == 1:
+    return results
+  payload = np.frombuffer(json.dumps(results).encode(), np.uint8) if results is not None else (
+      np.zeros(0, np.uint8))
+  size = int(multihost_utils.broadcast_one_to_all(np.int64(payload.size)))
+  buffer = np.zeros(size, np.uint8)
+  buffer[:payload.size] = payload[:size]
+  data = multihost_utils.broadcast_one_to_all(buffer)
+  return json.loads(np.asarray(data, np.uint8).tobytes().decode())

@@ -9,7 +9,11 @@ Any config field can be overridden on the command line, e.g.
 again with the same ``--workdir``, a run resumes from its newest checkpoint
 (``--resume``, the default) and continues exactly as if it had not stopped;
 ``--noresume`` refuses a ``--workdir`` that already has checkpoints.
-On a multi-host TPU pod or GPU cluster pass ``--distributed`` on every host.
+A multi-process job (several hosts of a GPU cluster or a TPU pod, or several
+processes on one machine) passes ``--distributed`` on every process, with
+``--coordinator_address``, ``--num_processes`` and ``--process_id`` where
+the cluster is not detected from the environment; each process reads its own
+shard of the training images.
 """
 
 import difflib
@@ -32,19 +36,42 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, mode
 _RESUME = flags.DEFINE_bool("resume", True,
                              "continue from the newest checkpoint in --workdir (--noresume: "
                              "refuse a --workdir that has checkpoints)")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False,
-                                 "call jax.distributed.initialize() (multi-host runs)")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "multi-process run: jax.distributed.initialize() with the cluster "
+    "detected from the environment (SLURM, Cloud TPU, Open MPI) for what the three flags "
+    "below leave unset")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0's coordinator (implies --distributed)")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
+                                      "processes of the job (implies --distributed)")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None,
+                                   "this process, 0 .. num_processes - 1 (implies --distributed)")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def initialize_distributed():
+  """Joins the multi-process job the flags (or the cluster environment) describe, if any."""
+  explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if not _DISTRIBUTED.value and all(v is None for v in explicit):
+    return
+  # Collectives between processes on CPU go through gloo (no effect on GPU / TPU).
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                             num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
 
 
 def main(argv):
   del argv
-  if _DISTRIBUTED.value:
-    jax.distributed.initialize()
+  try:
+    initialize_distributed()
+  except (RuntimeError, ValueError) as e:
+    sys.exit(f"error: cannot join the multi-process job: {' '.join(str(e).split())}")
+  is_chief = jax.process_index() == 0
   print(f"devices: {jax.device_count()} ({jax.local_device_count()} local, "
         f"{jax.devices()[0].platform}); process {jax.process_index()} of {jax.process_count()}")
   try:
-    state, reason = trainer.train(_CONFIG.value, _WORKDIR.value, resume=_RESUME.value)
+    state, reason = trainer.train(_CONFIG.value, _WORKDIR.value, resume=_RESUME.value,
+                                  progress=is_chief)
   except (OSError, ValueError, loop.CheckpointError, loop.ValidationError,
           loop.NonFiniteLossError) as e:
     sys.exit(f"error: {e}")

@@ -1,0 +1,76 @@
+"""Tests for densecap_jax.evaluation.split_eval: a model over a split on every device."""
+
+import zlib
+
+import jax
+import numpy as np
+import pytest
+
+from densecap_jax import checkpoint
+from densecap_jax.data import buckets as buckets_lib
+from densecap_jax.data import images
+from densecap_jax.data import loader
+from densecap_jax.data import preprocess
+from densecap_jax.data import synthetic
+from densecap_jax.data import vocab as vocab_lib
+from densecap_jax.evaluation import metric
+from densecap_jax.evaluation import split_eval
+import small_model
+
+SIZE = 64
+
+
+def fake_meteor(candidates, references):
+  """A deterministic stand-in for METEOR: a score in [0, 0.3] from the texts' checksum."""
+  return [zlib.crc32((c + "|" + "|".join(r)).encode()) % 7 / 20 for c, r in
+          zip(candidates, references)]
+
+
+@pytest.fixture(scope="module")
+def model_and_data(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("split_eval")
+  paths = synthetic.generate_dataset(str(folder / "vg"), 24, seed=5, image_size=96,
+                                     val_fraction=0.5, test_fraction=0.1, progress=False)
+  preprocess.preprocess(paths["region_data"], paths["image_dir"], paths["split_json"],
+                        str(folder / "d.h5"), str(folder / "d.json"), image_size=SIZE,
+                        min_token_instances=1, num_workers=2, progress=False, log=lambda *a: None)
+  data = loader.DenseCapH5(str(folder / "d.h5"), str(folder / "d.json"))
+  path = small_model.save_random_tiny_model(folder / "model", data.vocab, image_size=SIZE,
+                                            num_proposals=30)
+  params, config, _ = checkpoint.load_model(path)
+  return params, config, data
+
+
+def _one_image_at_a_time(params, config, data, predict_fn):
+  """The plain reference: each image alone through the jitted model on one device, in order."""
+  evaluator = metric.DenseCaptioningEvaluator(meteor_fn=fake_meteor)
+  for index in data.split_indices("val"):
+    bgr = data.read_image_bgr(index)
+    h, w = bgr.shape[:2]
+    bucket = buckets_lib.pick_bucket(h, w, config.buckets)
+    image = np.zeros((1,) + tuple(bucket) + (3,), np.float32)
+    image[0, :h, :w] = images.bgr_uint8_to_model_input(bgr)
+    boxes, scores, tokens, valid = jax.device_get(predict_fn(
+        params, image, np.array([[h, w]], np.int32), 0.7, 0.3))
+    gt_boxes, gt_labels = data.regions(index)
+    keep = valid[0]
+    evaluator.add_result(scores[0][keep], boxes[0][keep],
+                         vocab_lib.decode_captions(tokens[0][keep], data.vocab), gt_boxes,
+                         vocab_lib.decode_captions(gt_labels, data.vocab))
+  return evaluator.evaluate()
+
+
+def test_every_device_gives_the_numbers_of_one_image_at_a_time(model_and_data):
+  params, config, data = model_and_data
+  assert jax.device_count() == 8
+  predict_fn = split_eval.make_predict_fn(config)
+  reference = _one_image_at_a_time(params, config, data, predict_fn)
+  assert reference["num_images"] == len(data.split_indices("val")) >= 10
+  assert reference["detmap"] > 0 and reference["map"] > 0
+  for batch_size in (1, 16):
+    results = split_eval.evaluate_split(params, data, "val", predict_fn, config=config,
+                                        batch_size=batch_size, meteor_fn=fake_meteor,
+                                        progress=False)
+    assert results["num_images"] == reference["num_images"]
+    np.testing.assert_allclose(results["map"], reference["map"], rtol=1e-6)
+    np.testing.assert_allclose(results["detmap"], reference["detmap"], rtol=1e-6)
