@@ -1,6 +1,13 @@
-"""Command-line pieces shared by predict, extract_features and serve: model flags and loading."""
+"""Command-line pieces shared by predict, extract_features and serve: model flags and loading.
+
+``add_model_flags`` also adds the runtime flags (``--verbose``,
+``--no_compilation_cache``; see ``densecap_jax.runtime``), which
+``load_model_from_flags`` applies before loading.
+"""
 
 import sys
+
+from densecap_jax import runtime
 
 BUNDLED_NOTICE = (
     "note: using the bundled demo model (tiny config, trained on synthetic shapes; it only knows "
@@ -20,21 +27,37 @@ def add_model_flags(parser, *, final_nms_thresh=0.3, final_nms_help=None):
                      help=final_nms_help)
   model.add_argument("--num_proposals", type=int, default=0,
                      help="proposals after the RPN NMS (default: the model's, 1000 for vgg16)")
+  runtime.add_runtime_flags(parser)
   return model
 
 
-def load_model_from_flags(args, **settings):
+def load_model_from_flags(args, *, announce=True, **settings):
   """The ``inference.DenseCapPredictor`` the model flags name; exits with a one-line error.
 
-  Prints :data:`BUNDLED_NOTICE` when no ``--checkpoint`` is given.
+  Sets up the process first (``runtime.setup``: compilation cache, quiet
+  logs). Prints :data:`BUNDLED_NOTICE` when no ``--checkpoint`` is given and,
+  with ``announce``, the "compiling up to N programs" notice (N shape
+  buckets; programs compile lazily, one per bucket the images use).
   """
+  runtime.setup_from_args(args)
   from densecap_jax import inference  # pylint: disable=g-import-not-at-top
   if not args.checkpoint:
     print(BUNDLED_NOTICE, file=sys.stderr)
   try:
-    return inference.load_model(
+    model = inference.load_model(
         args.checkpoint or None, image_size=args.image_size or None,
         num_proposals=args.num_proposals or None, rpn_nms_thresh=args.rpn_nms_thresh,
         final_nms_thresh=args.final_nms_thresh, **settings)
   except (OSError, ValueError) as e:
     sys.exit(f"error: {e}")
+  if announce:
+    runtime.announce_compiles(len(model.buckets), key=program_key(model),
+                              detail="one per shape bucket used", upto=True, record_at_exit=True)
+  return model
+
+
+def program_key(model, **extra):
+  """What the compiled programs of ``model`` depend on, for ``runtime.announce_compiles``."""
+  return dict(config=str(model.config), image_size=model.image_size,
+              num_proposals=model.num_proposals, batch_size=model.batch_size,
+              buckets=model.buckets, **extra)

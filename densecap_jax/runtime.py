@@ -324,7 +324,7 @@ def announce_compiles(count, *, key=None, detail="", upto=False, file=None,
     key: JSON-able value naming what is compiled (model, shapes, settings); a
       later run with the same key in the same cache says "loading ... from
       the cache". ``None``: always "compiling".
-    detail: a short phrase after the count, e.g. ``"one per shape bucket"``.
+    detail: a short phrase in the parentheses, e.g. ``"one per shape bucket"``.
     upto: the count is a maximum ("up to N programs"), for lazy compilation.
     file: where to print (default ``sys.stderr``).
     record_at_exit: record the key at interpreter exit if anything was
@@ -333,14 +333,14 @@ def announce_compiles(count, *, key=None, detail="", upto=False, file=None,
   with _lock:
     key_id = _key_id(key) if key is not None else None
     from_cache = bool(key_id and _state["cache"] and key_id in _read_manifest())
-    programs = f"{'up to ' if upto else ''}{count} {'program' if count == 1 else 'programs'}"
-    extra = f", {detail}" if detail else ""
+    count_text = f"{'up to ' if upto else ''}{count}"
+    programs = "program" if count == 1 else "programs"
     if from_cache:
-      message = f"loading {programs.replace('program', 'compiled program')}{extra} from the cache"
-    elif _state["cache"]:
-      message = f"compiling {programs}{extra} (first run only)"
+      message = f"loading {count_text} compiled {programs} from the cache"
+      message += f" ({detail})" if detail else ""
     else:
-      message = f"compiling {programs}{extra} (compilation cache off)"
+      state = "first run only" if _state["cache"] else "compilation cache off"
+      message = f"compiling {count_text} {programs} ({detail + '; ' if detail else ''}{state})"
     token = key_id or message
     if token in _state["announced"]:
       message = None

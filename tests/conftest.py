@@ -1,11 +1,22 @@
-"""Test set-up: eight host CPU devices so multi-device code runs on any machine."""
+"""Test set-up: eight host CPU devices so multi-device code runs on any machine.
 
+Commands run by tests (in this process or as subprocesses) keep compiled
+programs in a temporary folder removed at exit, never in the user's cache.
+"""
+
+import atexit
 import contextlib
 import logging
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "DENSECAP_JAX_CACHE_DIR" not in os.environ:
+  _CACHE_DIR = tempfile.mkdtemp(prefix="densecap_jax-test-cache-")
+  atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
+  os.environ["DENSECAP_JAX_CACHE_DIR"] = _CACHE_DIR
 
 import jax  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
