@@ -42,6 +42,7 @@ uninterrupted run.
 """
 
 import logging
+import os
 import queue
 import threading
 
@@ -76,6 +77,22 @@ def split_code(split):
   raise ValueError(f"split must be one of {list(SPLITS)} or 0/1/2, got {split!r}")
 
 
+CREATE_DATA_HINT = (
+    "python -m densecap_jax.data.preprocess writes both files (--h5_output, --json_output) from "
+    "Visual Genome, or from the scenes of python -m densecap_jax.data.synthetic (the README's "
+    "tiny-model recipe)")
+
+
+def missing_data_message(h5_path, json_path):
+  """One line naming the dataset files that do not exist and the command that writes them, or None."""
+  missing = [f"{what} {path}" for what, path in (("dataset HDF5", h5_path),
+                                                  ("dataset JSON", json_path))
+             if not os.path.isfile(path)]
+  if not missing:
+    return None
+  return f"{' and '.join(missing)} not found; {CREATE_DATA_HINT}"
+
+
 class DenseCapH5:
   """A preprocessed dataset: index arrays and vocabulary in memory, images read on demand.
 
@@ -91,6 +108,9 @@ class DenseCapH5:
 
   def __init__(self, h5_path, json_path):
     self.h5_path = h5_path
+    problem = missing_data_message(h5_path, json_path)
+    if problem:
+      raise ValueError(problem)
     info = files.read_json(json_path, "dataset JSON")
     if not isinstance(info, dict):
       raise ValueError(f"dataset JSON {json_path}: expected an object")

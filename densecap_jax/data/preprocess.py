@@ -400,6 +400,7 @@ def preprocess(region_data, image_dir, split_json, h5_output, json_output, *, im
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(
       prog="python -m densecap_jax.data.preprocess",
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
       description="Visual Genome region descriptions -> DenseCap HDF5 + JSON (reference §8).")
   parser.add_argument("--region_data", default="data/visual-genome/region_descriptions.json",
                       help="input JSON file with regions and captions")
@@ -411,7 +412,8 @@ def parse_args(argv=None):
                       help="output JSON file")
   parser.add_argument("--h5_output", default="data/VG-regions.h5", help="output HDF5 file")
   parser.add_argument("--image_size", default=720, type=int,
-                      help="size of the longest edge of preprocessed images")
+                      help="size of the longest edge of preprocessed images: the model "
+                           "config's image_size (vgg16 720, tiny 256)")
   parser.add_argument("--max_token_length", default=15, type=int,
                       help="drop captions with more words; 0 drops every caption (reference §8.3)")
   parser.add_argument("--min_token_instances", default=15, type=int,

@@ -360,17 +360,25 @@ def generate_dataset(out_dir, num_images, seed, *, image_size=320, val_fraction=
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog="python -m densecap_jax.data.synthetic",
-                                   description="Writes synthetic dense-captioning scenes in the "
-                                               "Visual Genome format.")
-  parser.add_argument("--out", required=True, help="output folder")
-  parser.add_argument("--num_images", type=int, default=500)
-  parser.add_argument("--seed", type=int, default=0)
+  parser = argparse.ArgumentParser(
+      prog="python -m densecap_jax.data.synthetic",
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+      description="Writes synthetic dense-captioning scenes in the Visual Genome format: "
+                  "OUT/images/<id>.jpg, OUT/region_descriptions.json, OUT/image_data.json and "
+                  "OUT/densecap_splits.json, the inputs of python -m densecap_jax.data.preprocess.")
+  parser.add_argument("--out", required=True, default=argparse.SUPPRESS,
+                      help="output folder (required)")
+  parser.add_argument("--num_images", type=int, default=500, help="scenes to render")
+  parser.add_argument("--seed", type=int, default=0,
+                      help="random seed; the same seed writes the same dataset")
   parser.add_argument("--image_size", type=int, default=320,
                       help="maximum long side; each scene's long side is in [0.8 x, x]")
-  parser.add_argument("--val_fraction", type=float, default=0.1)
-  parser.add_argument("--test_fraction", type=float, default=0.1)
-  parser.add_argument("--jpeg_quality", type=int, default=90)
+  parser.add_argument("--val_fraction", type=float, default=0.1,
+                      help="fraction of the images in the val split")
+  parser.add_argument("--test_fraction", type=float, default=0.1,
+                      help="fraction of the images in the test split")
+  parser.add_argument("--jpeg_quality", type=int, default=90,
+                      help="JPEG quality (Pillow's 0-100 scale)")
   args = parser.parse_args(argv)
   try:
     paths = generate_dataset(args.out, args.num_images, args.seed, image_size=args.image_size,
