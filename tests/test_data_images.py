@@ -1,9 +1,111 @@
-"""Tests for densecap_jax.data.images: the test-time resize (§1.2) and VGG normalisation."""
+"""Tests for densecap_jax.data.images: reading images, the test-time resize (§1.2), VGG normalisation."""
+
+import io
+import struct
+import warnings
+import zlib
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from densecap_jax.data import images
+
+
+def write_orientation_6_jpeg(path, height=20, width=30, seed=2):
+  """A JPEG stored ``width`` wide x ``height`` high with EXIF Orientation 6 (view turned 90° cw).
+
+  Returns the stored pixels as decoded, ``(height, width, 3)`` uint8.
+  """
+  stored = Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3),
+                                                                dtype=np.uint8))
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  stored.save(path, format="JPEG", quality=95, exif=exif.tobytes())
+  with Image.open(path) as img:
+    return np.asarray(img.convert("RGB"))
+
+
+def png_header_only(width, height):
+  """A PNG whose header claims ``width x height`` but whose pixel data are for 1 x 1."""
+  buffer = io.BytesIO()
+  Image.new("RGB", (1, 1)).save(buffer, format="PNG")
+  data = bytearray(buffer.getvalue())
+  ihdr = data.index(b"IHDR")
+  data[ihdr + 4:ihdr + 12] = struct.pack(">II", width, height)
+  data[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr:ihdr + 17])))
+  return bytes(data)
+
+
+def test_users_photos_are_upright_dataset_images_as_stored(tmp_path):
+  path = tmp_path / "phone.jpg"
+  stored = write_orientation_6_jpeg(path)
+  upright = np.rot90(stored, k=-1)  # Orientation 6: turn 90 degrees clockwise to view
+  assert upright.shape == (30, 20, 3)
+  np.testing.assert_array_equal(images.user_rgb(str(path)), upright)
+  np.testing.assert_array_equal(images.user_rgb(path), upright)  # PathLike
+  with Image.open(path) as img:
+    np.testing.assert_array_equal(images.user_rgb(img), upright)
+  loaded = images.load_user_image(str(path))
+  assert loaded.size == (20, 30)
+  assert images.exif_upright(loaded).size == (20, 30)  # applying it again changes nothing
+  np.testing.assert_array_equal(images.load_user_image(path.read_bytes()).convert("RGB"), upright)
+  # Visual Genome preprocessing keeps the stored pixels, as the original did.
+  np.testing.assert_array_equal(images.load_rgb(str(path)), stored)
+
+
+def test_user_rgb_takes_grey_and_rgba_arrays_as_pil_does():
+  rng = np.random.default_rng(3)
+  grey = rng.integers(0, 256, (5, 7), dtype=np.uint8)
+  rgba = rng.integers(0, 256, (5, 7, 4), dtype=np.uint8)
+  want_grey = np.asarray(Image.fromarray(grey).convert("RGB"))
+  np.testing.assert_array_equal(images.user_rgb(grey), want_grey)
+  np.testing.assert_array_equal(images.user_rgb(grey[:, :, None]), want_grey)
+  np.testing.assert_array_equal(images.user_rgb(rgba),
+                                np.asarray(Image.fromarray(rgba).convert("RGB")))
+  np.testing.assert_array_equal(images.user_rgb(Image.fromarray(rgba)), rgba[:, :, :3])
+  for bad in (np.zeros((5, 7), np.float32), np.zeros((5, 7, 2), np.uint8),
+              np.zeros((2, 5, 7, 3), np.uint8), np.zeros((0, 7, 3), np.uint8)):
+    with pytest.raises(ValueError, match="uint8 image array|empty"):
+      images.user_rgb(bad)
+  for bad in (42, b"bytes", [[1, 2]]):
+    with pytest.raises(TypeError, match="expected an image path, a PIL image or a uint8"):
+      images.user_rgb(bad)
+
+
+def test_empty_and_missing_files_are_named(tmp_path):
+  empty = tmp_path / "empty.jpg"
+  empty.write_bytes(b"")
+  for read in (images.user_rgb, images.load_rgb):
+    with pytest.raises(ValueError, match=f"^empty file: {empty}$"):
+      read(str(empty))
+    with pytest.raises(ValueError, match="image not found: .*missing.jpg"):
+      read(str(tmp_path / "missing.jpg"))
+  with pytest.raises(ValueError, match="empty file: the image"):
+    images.load_user_image(b"")
+
+
+def test_pixel_limit_replaces_pillows_decompression_bomb_warning_and_error(tmp_path):
+  over_warning = tmp_path / "big.png"  # 95 million pixels: Pillow warns (over ~89 million)
+  over_warning.write_bytes(png_header_only(10000, 9500))
+  over_error = tmp_path / "huge.png"  # 225 million: Pillow refuses (over ~179 million)
+  over_error.write_bytes(png_header_only(15000, 15000))
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # any warning fails the test
+    with pytest.raises(images.ImageTooLargeError) as e:
+      images.user_rgb(str(over_warning), max_pixels=40_000_000)
+    assert str(e.value) == (f"image too large: {over_warning} has 10000x9500 = 95000000 pixels, "
+                            f"over the limit of 40000000 pixels")
+    with pytest.raises(images.ImageTooLargeError) as e:
+      images.user_rgb(str(over_error))
+    assert str(e.value) == (f"image too large: {over_error} has 225000000 pixels, over the "
+                            f"limit of {images.MAX_PIXELS} pixels")
+    assert (e.value.pixels, e.value.limit) == (225_000_000, images.MAX_PIXELS)
+    with pytest.raises(images.ImageTooLargeError, match="225000000 pixels"):
+      images.load_rgb(str(over_error))
+    # Under the limit, a big header goes on to decoding (here: the data are missing).
+    with pytest.raises(ValueError, match="cannot read image .*big.png"):
+      images.user_rgb(str(over_warning))
 
 
 def _reference_1d(src, dst_len):

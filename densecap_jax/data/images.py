@@ -1,5 +1,13 @@
 """Image reading, the two resize kernels of the original, and VGG normalisation.
 
+* Visual Genome images (``load_rgb``, used by ``preprocess.py``) are read with
+  their pixels as stored, as the original did: the dataset's boxes refer to
+  the stored pixels.
+* Users' photos (``load_user_image`` and ``user_rgb``, behind
+  ``load_model().predict``, ``predict``, ``extract_features`` and the server)
+  are turned upright by their EXIF orientation (``exif_upright``), as
+  browsers, phones and photo viewers show them; boxes refer to the upright
+  image.
 * Training / evaluation images (reference §1.1) are resized once by
   ``preprocess.py`` with PIL bilinear to ``trunc(W0 * s) x trunc(H0 * s)``,
   ``s = image_size / max(H0, W0)``: ``pil_resize_size`` and
@@ -11,11 +19,44 @@
 Arrays are ``(H, W, C)`` NumPy arrays (channels last).
 """
 
+import io
+import os
+import re
+import warnings
+
 import numpy as np
 from PIL import Image
+from PIL import ImageOps
 
 # Per-channel mean in BGR order, 0-255 scale (§1.1 step 4).
 VGG_MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float32)
+# Largest image file read (width x height), checked from the header before any
+# pixel is decoded. It replaces Pillow's decompression-bomb warning (above
+# about 89 million pixels) and error (above about 179 million).
+MAX_PIXELS = 100_000_000
+
+
+class ImageTooLargeError(ValueError):
+  """An image file with more pixels than allowed.
+
+  Attributes:
+    name: the file (or upload) named in the message.
+    pixels: its pixel count, width x height (``None``: not known, over ``limit``).
+    limit: the largest pixel count allowed.
+    size: ``(width, height)``, or ``None`` when not known.
+  """
+
+  def __init__(self, name, pixels, limit, size=None):
+    if size:
+      shape = f"{size[0]}x{size[1]} = {pixels} pixels"
+    else:
+      shape = f"{pixels} pixels" if pixels is not None else "more pixels than that"
+    super().__init__(f"image too large: {name} has {shape}, over the limit of {limit} pixels")
+    self.name, self.pixels, self.limit, self.size = name, pixels, limit, size
+
+
+class UnsupportedImageError(ValueError):
+  """A file that is not an image, or of a format not read."""
 
 
 def _to_rgb_uint8(img):
@@ -31,27 +72,151 @@ def _to_rgb_uint8(img):
   return np.asarray(img.convert("RGB"), np.uint8)
 
 
-def load_rgb(path):
-  """Reads an image file as ``(H, W, 3)`` uint8 RGB.
+def _decode(source, name, max_pixels, formats, convert):
+  """Opens an image file, checks its size from the header, decodes it and applies ``convert``.
+
+  Args:
+    source: a path, or the encoded bytes.
+    name: how messages name the file.
+    max_pixels: the most pixels (width x height) allowed; ``None``: no limit.
+    formats: Pillow format names tried (``None``: all).
+    convert: ``PIL.Image -> result``, called on the loaded image while it is open.
+
+  Raises:
+    ValueError: one line naming the file: missing, empty, not an image
+      (:class:`UnsupportedImageError`), too large (:class:`ImageTooLargeError`),
+      truncated or corrupt, or refused by ``convert``.
+  """
+  if isinstance(source, (bytes, bytearray, memoryview)):
+    if not len(source):
+      raise ValueError(f"empty file: {name}")
+    source = io.BytesIO(source)
+  elif (isinstance(source, (str, os.PathLike)) and os.path.isfile(source)
+        and os.path.getsize(source) == 0):
+    raise ValueError(f"empty file: {name}")
+  try:
+    # Pillow's own bomb check warns (or raises) inside open; ours below replaces it.
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+      with Image.open(source, formats=formats) as img:
+        width, height = img.size
+        if max_pixels is not None and width * height > max_pixels:
+          raise ImageTooLargeError(name, width * height, max_pixels, (width, height))
+        img.load()
+        return convert(img)
+  except ImageTooLargeError:
+    raise
+  except Image.DecompressionBombError as e:
+    # Over Pillow's own hard limit, before the header reached our check.
+    found = re.search(r"\((\d+) pixels\)", str(e))
+    pixels = int(found.group(1)) if found else None
+    limit = 2 * Image.MAX_IMAGE_PIXELS
+    if max_pixels is not None and (pixels is None or max_pixels < pixels):
+      limit = min(limit, max_pixels)
+    raise ImageTooLargeError(name, pixels, limit) from None
+  except FileNotFoundError:
+    raise ValueError(f"image not found: {name}") from None
+  except Image.UnidentifiedImageError:
+    raise UnsupportedImageError(f"cannot read image {name}: not an image, or of an "
+                                f"unsupported format") from None
+  except (OSError, SyntaxError, ValueError) as e:
+    raise ValueError(f"cannot read image {name}: {e}") from None
+
+
+def load_rgb(path, max_pixels=MAX_PIXELS):
+  """Reads a dataset image file as ``(H, W, 3)`` uint8 RGB, its pixels as stored.
 
   Like the original's ``scipy.misc.imread`` (§1.1 step 1), pixel data are
   taken as stored (no EXIF rotation; Visual Genome boxes refer to the stored
-  pixels) and grey images are replicated to three channels. Other modes the
-  original could not handle become RGB too: alpha is dropped, CMYK is
-  converted, 16-bit grey is scaled to 8 bits.
+  pixels; users' photos go through :func:`user_rgb` instead) and grey images
+  are replicated to three channels. Other modes the original could not handle
+  become RGB too: alpha is dropped, CMYK is converted, 16-bit grey is scaled
+  to 8 bits.
 
   Raises:
-    ValueError: the file is missing, not an image, truncated or of an
-      unsupported mode; the message names the file.
+    ValueError: the file is missing, empty, not an image, over ``max_pixels``,
+      truncated or of an unsupported mode; the message names the file.
   """
-  try:
-    with Image.open(path) as img:
-      img.load()
-      return _to_rgb_uint8(img)
-  except FileNotFoundError:
-    raise ValueError(f"image not found: {path}") from None
-  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-    raise ValueError(f"cannot read image {path}: {e}") from None
+  return _decode(path, path, max_pixels, None, _to_rgb_uint8)
+
+
+def exif_upright(image):
+  """A PIL image turned and flipped as its EXIF orientation says, the way viewers show it.
+
+  The one place users' photos are turned upright (``load_user_image``,
+  ``user_rgb``, hence the Python API, ``predict``, ``extract_features`` and the
+  server). Phone cameras often store a portrait photo as landscape pixels with
+  EXIF Orientation 6 or 8. The result has no orientation tag, so applying this
+  twice is the same as once; an image without one is returned as a copy.
+  """
+  return ImageOps.exif_transpose(image)
+
+
+def load_user_image(source, *, name=None, max_pixels=MAX_PIXELS, formats=None):
+  """A user's photo (a path, or the encoded bytes) -> a loaded, upright PIL image.
+
+  The pixel count is checked from the header before any pixel is decoded,
+  then the EXIF orientation is applied (:func:`exif_upright`). The image keeps
+  its decoded mode (:func:`user_rgb` makes it RGB).
+
+  Args:
+    source: a path or the file's bytes.
+    name: how messages name it (default: the path, or "the image").
+    max_pixels: the most pixels (width x height) allowed; ``None``: no limit.
+    formats: Pillow format names tried (default: all Pillow reads).
+
+  Raises:
+    ValueError: one line naming the file (see ``_decode``; too large is
+      :class:`ImageTooLargeError`, not an image :class:`UnsupportedImageError`).
+  """
+  if name is None:
+    name = "the image" if isinstance(source, (bytes, bytearray, memoryview)) else os.fspath(source)
+  return _decode(source, name, max_pixels, formats, exif_upright)
+
+
+def _array_rgb(array):
+  """A uint8 ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or ``(H, W, 4)`` array -> ``(H, W, 3)``.
+
+  Grey is replicated and alpha dropped, as PIL's ``convert("RGB")`` does.
+  """
+  shape_ok = array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4))
+  if array.dtype != np.uint8 or not shape_ok:
+    raise ValueError(f"expected a uint8 image array of shape (H, W), (H, W, 1), (H, W, 3) RGB "
+                     f"or (H, W, 4) RGBA, got {array.dtype} {array.shape}")
+  if array.shape[0] < 1 or array.shape[1] < 1:
+    raise ValueError(f"the image array is empty: shape {array.shape}")
+  if array.ndim == 2:
+    array = array[:, :, None]
+  if array.shape[2] == 1:
+    return np.repeat(array, 3, axis=2)
+  return np.ascontiguousarray(array[:, :, :3])
+
+
+def user_rgb(image, *, max_pixels=MAX_PIXELS):
+  """A user's image -> ``(H, W, 3)`` uint8 RGB, upright.
+
+  Args:
+    image: a path (read with :func:`load_user_image`), a PIL image (turned
+      upright by its EXIF orientation with :func:`exif_upright`, then made
+      RGB), or a uint8 NumPy array ``(H, W)`` / ``(H, W, 1)`` grey, ``(H, W, 3)``
+      RGB or ``(H, W, 4)`` RGBA (taken as is).
+    max_pixels: the largest file read (paths only).
+
+  Raises:
+    TypeError: ``image`` is none of these.
+    ValueError: an unreadable file or an array of another dtype or shape.
+  """
+  if isinstance(image, (str, os.PathLike)):
+    return _to_rgb_uint8(load_user_image(image, max_pixels=max_pixels))
+  if isinstance(image, Image.Image):
+    try:
+      return _to_rgb_uint8(exif_upright(image))
+    except (OSError, SyntaxError) as e:
+      raise ValueError(f"cannot read the PIL image: {e}") from None
+  if isinstance(image, np.ndarray) or hasattr(image, "__array__"):
+    return _array_rgb(np.asarray(image))
+  raise TypeError(f"expected an image path, a PIL image or a uint8 NumPy array, "
+                  f"got {type(image).__name__}")
 
 
 def pil_resize_size(height, width, image_size):
