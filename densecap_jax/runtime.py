@@ -232,7 +232,7 @@ def _set_logging(verbose):
     logging.getLogger(name).setLevel(level)
   if "absl.logging" in sys.modules or verbose:
     from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
-    absl_logging.set_verbosity(levels["absl"])
+    absl_logging.set_verbosity(absl_logging.converter.standard_to_absl(levels["absl"]))
   bridge = logging.getLogger("jax._src.xla_bridge")
   if not verbose and _state["filter"] is None:
     _state["filter"] = _NoiseFilter()

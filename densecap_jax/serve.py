@@ -13,19 +13,26 @@ model and its shape buckets (see ``densecap_jax.server.app``).
 
 The original's demo (reference §11) hands images from a Flask server to a
 separate Lua daemon through files; here the model is loaded once, every shape
-it serves is compiled before the server opens, and requests that arrive
-together are captioned in one batch. Compiled programs can be kept between
-runs with JAX's persistent cache (``JAX_COMPILATION_CACHE_DIR=DIR``).
+it serves is compiled at start-up, and requests that arrive together are
+captioned in one batch. The server listens at once: while it compiles,
+``/healthz`` and ``/api/caption`` answer 503 (``"status": "starting"``) and
+the page says it is warming up; a ``ready: URL`` line follows. Compiled
+programs are kept between runs in the compilation cache (see
+``densecap_jax.runtime``; ``--no_compilation_cache`` turns it off), so a
+second start takes seconds. SIGTERM or Ctrl-C stops the server with exit
+status 0 and one ``shutdown:`` line.
 """
 
 import argparse
 import os
+import signal
 import socket
 import ssl
 import sys
-import time
+import threading
 
 from densecap_jax import cli
+from densecap_jax import runtime
 
 
 def parse_args(argv=None):
@@ -88,6 +95,19 @@ def bind(host, port):
   return sock
 
 
+class Stopped(BaseException):
+  """Raised in the main thread by SIGTERM / SIGINT outside the running server."""
+
+  def __init__(self, signum):
+    super().__init__(signum)
+    self.name = signal.Signals(signum).name
+
+
+def _raise_stopped(signum, frame):
+  del frame
+  raise Stopped(signum)
+
+
 def main(argv=None):
   args = parse_args(argv)
   try:
@@ -95,46 +115,96 @@ def main(argv=None):
     sock = bind(args.host, args.port)
   except ValueError as e:
     sys.exit(f"error: {e}")
+  # While the server runs, uvicorn handles both signals (a graceful stop) and
+  # raises them again afterwards, which lands here as well.
+  previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
+  warming = threading.Event()
   try:
-    serve(args, sock)
+    status = serve(args, sock, warming)
+  except Stopped as stop:
+    print(f"shutdown: {stop.name} received, server stopped", flush=True)
+    status = 0
   finally:
     sock.close()
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+  if warming.is_set():
+    # Stopped during start-up: the compilations still running cannot be
+    # interrupted, and exiting normally would wait for them.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)  # pylint: disable=protected-access
+  if status:
+    sys.exit(status)
 
 
-def serve(args, sock):
-  """Loads and compiles the model, then serves on the bound ``sock`` until interrupted."""
+def serve(args, sock, warming=None):
+  """Loads the model, listens on the bound ``sock`` at once and compiles; serves until stopped.
+
+  Args:
+    args: the parsed flags.
+    sock: a bound TCP socket.
+    warming: a ``threading.Event``, set while the model compiles.
+
+  Returns:
+    The exit status: 0 when stopped, 1 when compiling the model failed.
+  """
   import uvicorn  # pylint: disable=g-import-not-at-top
   from densecap_jax import inference
   from densecap_jax.server import app as app_lib
   from densecap_jax.server import captioner as captioner_lib
 
-  predictor = cli.load_model_from_flags(args)
+  predictor = cli.load_model_from_flags(args, announce=False)
   checkpoint = args.checkpoint or inference.bundled_model_path()
   captioner = captioner_lib.Captioner(predictor, args.max_batch)
-  print(f"compiling {len(predictor.buckets)} shape buckets x batch sizes "
-        f"{', '.join(map(str, captioner.batch_sizes))} ...", flush=True)
-  start = time.perf_counter()
-  programs = captioner.warm_up()
-  seconds = time.perf_counter() - start
+  programs = len(predictor.buckets) * len(captioner.batch_sizes)
 
   scheme = "https" if args.certfile else "http"
   host = f"[{args.host}]" if ":" in args.host else args.host
   url = f"{scheme}://{host}:{sock.getsockname()[1]}/"
   model_name = os.path.basename(os.path.normpath(checkpoint))
+  server = None
+  failed = []
+  notice = runtime.announce_compiles(
+      programs, key=cli.program_key(predictor, batch_sizes=captioner.batch_sizes),
+      detail=f"{len(predictor.buckets)} shape bucket{'s' if len(predictor.buckets) > 1 else ''}"
+             f" x batch sizes {', '.join(map(str, captioner.batch_sizes))}", file=sys.stdout)
+
+  if warming is None:
+    warming = threading.Event()
+
+  def warm_up():
+    try:
+      captioner.warm_up()
+    finally:
+      warming.clear()
+    notice.done()
 
   def on_ready():
-    print(f"ready: {url} (model {model_name}, {programs} programs compiled in {seconds:.1f} s)",
-          flush=True)
+    done = "loaded" if notice.from_cache else "compiled"
+    print(f"ready: {url} (model {model_name}, {programs} programs {done} in "
+          f"{notice.seconds:.1f} s)", flush=True)
+
+  def on_failure(error):
+    print(f"error: compiling the model failed: {type(error).__name__}: {error}",
+          file=sys.stderr, flush=True)
+    failed.append(error)
+    server.should_exit = True
 
   app = app_lib.create_app(captioner, model_name=model_name,
                            max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels,
-                           batch_wait_ms=args.batch_wait_ms, on_ready=on_ready)
+                           batch_wait_ms=args.batch_wait_ms, on_ready=on_ready,
+                           warm_up=warm_up, on_failure=on_failure)
   sock.listen(128)
   config = uvicorn.Config(app, ssl_certfile=args.certfile or None,
                           ssl_keyfile=args.keyfile or None, access_log=args.access_log,
-                          log_level="info" if args.access_log else "warning",
+                          log_level="info" if args.access_log or args.verbose else "warning",
                           timeout_graceful_shutdown=5)
-  uvicorn.Server(config).run(sockets=[sock])
+  server = uvicorn.Server(config)
+  warming.set()
+  print(f"listening: {url} (warming up; /healthz answers 503 until ready)", flush=True)
+  server.run(sockets=[sock])
+  return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -8,18 +8,21 @@ boxes scaled to the upload in NumPy.
 
 import asyncio
 import concurrent.futures
+import contextlib
 import http.client
 import io
 import json
 import os
 import queue
 import re
+import signal
 import socket
 import struct
 import subprocess
 import sys
 import threading
 import time
+import types
 import uuid
 import zlib
 
@@ -75,7 +78,7 @@ class ServerProcess:
 
   def __init__(self, model_dir, cache_dir, *flags):
     """Starts the server; ``wait_ready()`` blocks until it has compiled and listens."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+    env = dict(os.environ, JAX_PLATFORMS="cpu", DENSECAP_JAX_CACHE_DIR=str(cache_dir),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     env.pop("XLA_FLAGS", None)
     self.proc = subprocess.Popen(
@@ -91,8 +94,12 @@ class ServerProcess:
       self.lines.put(line)
     self.lines.put(None)
 
-  def wait_ready(self):
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+  def wait_line(self, pattern, timeout=SERVER_START_TIMEOUT_S):
+    """The match of the next output line matching ``pattern`` (``re.match``); sets ``url``.
+
+    Raises RuntimeError (after stopping the server) if it exits or times out first.
+    """
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
       try:
         line = self.lines.get(timeout=1)
@@ -101,13 +108,20 @@ class ServerProcess:
       if line is None:
         break
       self.output.append(line)
-      found = re.match(r"ready: (\S+)", line)
+      found = re.match(pattern, line)
       if found:
-        self.url = found.group(1)
-        self.host, self.port = re.match(r"https?://([^:/]+):(\d+)/", self.url).groups()
-        return self._wait_healthy(deadline)
+        url = re.search(r"https?://[^:/\s]+:\d+/", line)
+        if url:
+          self.url = url.group(0)
+          self.host, self.port = re.match(r"https?://([^:/]+):(\d+)/", self.url).groups()
+        return found
     self.stop()
-    raise RuntimeError("server did not start:\n" + "".join(self.output))
+    raise RuntimeError(f"server printed no line matching {pattern!r}:\n" + "".join(self.output))
+
+  def wait_ready(self):
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    self.wait_line(r"ready: (\S+)")
+    return self._wait_healthy(deadline)
 
   def _wait_healthy(self, deadline):
     while time.monotonic() < deadline:
@@ -115,9 +129,17 @@ class ServerProcess:
         if self.request("GET", "/healthz", timeout=5)[0] == 200:
           return self
       except OSError:
-        time.sleep(0.1)
+        pass
+      time.sleep(0.1)
     self.stop()
     raise RuntimeError("server printed ready but /healthz does not answer")
+
+  def wait_exit(self, timeout):
+    """The exit status, once every output line is in ``output``."""
+    status = self.proc.wait(timeout)
+    while (line := self.lines.get(timeout=timeout)) is not None:
+      self.output.append(line)
+    return status
 
   def request(self, method, path, body=None, headers=None, timeout=60):
     """``(status, headers dict, body bytes)`` of one request on a new connection."""
@@ -634,3 +656,139 @@ def test_captioner_after_warm_up_compiles_no_model_for_new_thresholds(predictor,
     (result,) = captioner.run([request])
   assert "jit(run)" not in names, names
   assert_same_answer(result, expected_answer(predictor, rgb, final_nms_thresh=0.45))
+
+
+# ---------------------------------------------------------- start-up and shutdown
+
+
+class _StubCaptioner:
+  """Just what ``create_app`` reads of a ``Captioner``; captions nothing."""
+
+  batch_sizes = (1,)
+  max_batch = 1
+  predictor = types.SimpleNamespace(config=types.SimpleNamespace(name="tiny"), image_size=32,
+                                    buckets=((32, 32),), final_nms_thresh=0.3)
+
+  def default_options(self):
+    return captioner_lib.CaptionOptions(final_nms_thresh=0.3)
+
+  def prepare(self, image):
+    return inference.PreparedImage(np.zeros((32, 32, 3), np.float32), None, image.size[::-1])
+
+  def run(self, requests):
+    return [{"boxes": [], "scores": [], "captions": [], "width": 1, "height": 1}
+            for _ in requests]
+
+
+@contextlib.contextmanager
+def _app_server(app):
+  """Serves ``app`` with uvicorn in a thread on 127.0.0.1; yields a ``ServerProcess``-like client."""
+  import uvicorn  # pylint: disable=g-import-not-at-top
+  sock = serve.bind("127.0.0.1", 0)
+  sock.listen(16)
+  server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+  thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+  thread.start()
+  client = ServerProcess.__new__(ServerProcess)
+  client.host, client.port = "127.0.0.1", sock.getsockname()[1]
+  try:
+    yield client
+  finally:
+    server.should_exit = True
+    thread.join(10)
+    sock.close()
+
+
+def _wait_for(condition, timeout=30):
+  deadline = time.monotonic() + timeout
+  while not condition():
+    assert time.monotonic() < deadline, "timed out"
+    time.sleep(0.05)
+
+
+def test_app_answers_503_starting_until_warm_up_returns_then_serves():
+  release, ready = threading.Event(), []
+  app = app_lib.create_app(_StubCaptioner(), model_name="stub", max_upload_bytes=MAX_UPLOAD_BYTES,
+                           max_pixels=MAX_PIXELS, batch_wait_ms=1, warm_up=release.wait,
+                           on_ready=lambda: ready.append(True))
+  png = image_bytes(random_image(0, 20, 30), "PNG")
+  with _app_server(app) as client:
+    status, health = client.json("GET", "/healthz")
+    assert status == 503 and health["status"] == "starting" and health["model"] == "stub"
+    status, headers, body = client.request("POST", "/api/caption", png,
+                                           {"Content-Type": "image/png"})
+    assert status == 503 and headers["retry-after"] == "1"
+    assert json.loads(body) == {"error": app_lib.STARTING_MESSAGE} and b"\n" not in body
+    assert not ready
+    release.set()
+    _wait_for(lambda: client.json("GET", "/healthz")[0] == 200)
+    assert client.json("GET", "/healthz")[1]["status"] == "ok" and ready == [True]
+    status, answer = client.json("POST", "/api/caption", png, {"Content-Type": "image/png"})
+    assert status == 200 and answer["captions"] == []
+
+
+def test_app_reports_a_failed_warm_up_as_503_failed():
+  failures = []
+
+  def warm_up():
+    raise RuntimeError("out of memory\nmore detail")
+
+  app = app_lib.create_app(_StubCaptioner(), model_name="stub", max_upload_bytes=MAX_UPLOAD_BYTES,
+                           max_pixels=MAX_PIXELS, batch_wait_ms=1, warm_up=warm_up,
+                           on_failure=failures.append)
+  with _app_server(app) as client:
+    _wait_for(lambda: failures)
+    status, health = client.json("GET", "/healthz")
+    assert (status, health["status"], health["error"]) == (
+        503, "failed", "RuntimeError: out of memory")
+    status, answer = client.json("POST", "/api/caption", b"x", {"Content-Type": "image/png"})
+    assert status == 503 and "failed to start: RuntimeError: out of memory" in answer["error"]
+
+
+@pytest.mark.slow
+def test_server_listens_at_once_is_ready_after_compiling_and_exits_0_on_sigterm(model_dir,
+                                                                                 tmp_path):
+  cache = tmp_path / "cache"
+  process = ServerProcess(model_dir, cache, "--max_batch", "2")
+  try:
+    process.wait_line(r"listening: ")
+    assert any(re.match(r"compiling 2 programs \(1 shape bucket x batch sizes 1, 2; "
+                        r"first run only\)", line) for line in process.output), process.output
+    png = image_bytes(random_image(5, 30, 40), "PNG")
+    status, answer = process.json("POST", "/api/caption", png, {"Content-Type": "image/png"})
+    assert status == 503 and answer == {"error": app_lib.STARTING_MESSAGE}
+    status, health = process.json("GET", "/healthz")
+    assert status == 503 and health["status"] == "starting"
+    process.wait_ready()
+    status, health = process.json("GET", "/healthz")
+    assert status == 200 and health["status"] == "ok"
+    assert process.json("POST", "/api/caption", png, {"Content-Type": "image/png"})[0] == 200
+    process.proc.send_signal(signal.SIGTERM)
+    assert process.wait_exit(30) == 0
+    shutdown = [line for line in process.output if line.startswith("shutdown:")]
+    assert shutdown == ["shutdown: SIGTERM received, server stopped\n"], process.output
+    assert os.listdir(cache)  # the compiled programs
+  finally:
+    process.stop()
+
+  again = ServerProcess(model_dir, cache, "--max_batch", "2")
+  try:
+    again.wait_ready()
+    assert any(line.startswith("loading 2 compiled programs from the cache")
+               for line in again.output), again.output
+    assert re.search(r"ready: .* 2 programs loaded in", "".join(again.output))
+  finally:
+    again.stop()
+
+
+@pytest.mark.slow
+def test_server_stopped_while_compiling_exits_0_at_once(model_dir, tmp_path):
+  process = ServerProcess(model_dir, tmp_path / "cache", "--max_batch", "2")
+  try:
+    process.wait_line(r"listening: ")
+    process.proc.send_signal(signal.SIGTERM)
+    assert process.wait_exit(30) == 0
+    assert [line for line in process.output if line.startswith(("shutdown:", "ready:"))] == [
+        "shutdown: SIGTERM received, server stopped\n"], process.output
+  finally:
+    process.stop()

@@ -6,7 +6,10 @@ Routes:
                             drawing shared with the results browser comes from
                             ``densecap_jax/viewer``).
   ``GET /healthz``          status, model name, device, buckets, limits, batching
-                            counters.
+                            counters: 200 with ``"status": "ok"`` once the
+                            model is compiled, 503 with ``"status":
+                            "starting"`` (or ``"failed"`` and ``"error"``)
+                            before.
   ``POST /api/caption``     an image as ``multipart/form-data`` (field ``image``)
                             or as the raw body (``Content-Type: image/...``);
                             optional query or form fields ``final_nms_thresh``,
@@ -15,7 +18,8 @@ Routes:
                             "height", "img_name"}``: boxes 1-based in the
                             uploaded image's pixels (the ``results.json`` fields
                             of reference §10.2 plus the webcam daemon's size
-                            fields, §11.1).
+                            fields, §11.1). While the server is starting it
+                            answers 503 with a one-line JSON error.
 
 Every error is JSON ``{"error": "..."}`` with a 4xx status (5xx only for a
 failure of the server itself). Page files are read once at start-up from a
@@ -24,16 +28,16 @@ fixed list; no request path is ever mapped to the file system.
 
 import contextlib
 import importlib.resources
-import io
 import logging
 import math
 import os
+import threading
 
 import anyio
 import jax
-from PIL import Image, ImageOps
 from starlette import applications, exceptions, formparsers, requests, responses, routing
 
+from densecap_jax.data import images as images_lib
 from densecap_jax.server import batching
 from densecap_jax.server import captioner as captioner_lib
 
@@ -56,7 +60,26 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 
+STARTING_MESSAGE = "the server is starting (compiling the model); try again in a few seconds"
+
 _log = logging.getLogger(__name__)
+
+
+class Readiness:
+  """Where the server is in its start-up: ``status`` ``"starting"``, ``"ok"`` or ``"failed"``.
+
+  Attributes:
+    status: the state; requests are served only in ``"ok"``.
+    error: one line saying why, when ``"failed"``.
+  """
+
+  def __init__(self, ready=False):
+    self.status = "ok" if ready else "starting"
+    self.error = None
+
+  @property
+  def ready(self):
+    return self.status == "ok"
 
 
 class RequestError(Exception):
@@ -76,31 +99,32 @@ def read_static_files():
 
 
 def decode_image(data, max_pixels):
-  """Upload bytes -> a loaded RGB ``PIL.Image``, upright as browsers show it.
+  """Upload bytes -> a loaded ``PIL.Image``, upright as browsers show it.
 
-  The pixel count is checked from the header before any pixel is decoded. The
-  EXIF orientation is applied so that boxes line up with the image a browser
-  displays (phone photos are often stored sideways).
+  ``data.images.load_user_image``, the reader of ``predict``,
+  ``extract_features`` and the Python API: the pixel count is checked from the
+  header before any pixel is decoded, and the EXIF orientation is applied so
+  that boxes line up with the image a browser displays (phone photos are
+  often stored sideways). The image keeps its decoded mode; the captioner
+  makes it RGB as for any user image.
 
   Raises:
     RequestError: 413 over ``max_pixels``; 400 not an image of
       ``IMAGE_FORMATS``, truncated or corrupt.
   """
   try:
-    with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
-      width, height = img.size
-      if width * height > max_pixels:
-        raise RequestError(413, f"image of {width}x{height} = {width * height} pixels is over "
-                                f"the limit of {max_pixels} pixels")
-      img.load()
-      return ImageOps.exif_transpose(img).convert("RGB")
-  except Image.DecompressionBombError as e:
-    raise RequestError(413, f"image is over the limit of {max_pixels} pixels ({e})") from None
-  except Image.UnidentifiedImageError:
+    return images_lib.load_user_image(data, name="the upload", max_pixels=max_pixels,
+                                      formats=IMAGE_FORMATS)
+  except images_lib.ImageTooLargeError as e:
+    size = f"{e.size[0]}x{e.size[1]} = {e.pixels}" if e.size else e.pixels or "more"
+    raise RequestError(413, f"image of {size} pixels is over the limit of {e.limit} "
+                            f"pixels") from None
+  except images_lib.UnsupportedImageError:
     raise RequestError(400, f"the upload is not an image of a supported format "
                             f"({', '.join(IMAGE_FORMATS)})") from None
-  except (OSError, SyntaxError, ValueError) as e:
-    raise RequestError(400, f"cannot decode the image: {e}") from None
+  except ValueError as e:
+    message = str(e).removeprefix("cannot read image the upload: ")
+    raise RequestError(400, f"cannot decode the image: {message}") from None
 
 
 def parse_options(fields, defaults):
@@ -213,17 +237,26 @@ async def _parse_multipart(headers, body, limit):
 
 
 def create_app(captioner, *, model_name, max_upload_bytes, max_pixels, batch_wait_ms,
-               max_pending=256, on_ready=None):
+               max_pending=256, on_ready=None, warm_up=None, on_failure=None):
   """The Starlette application serving ``captioner``.
 
+  With ``warm_up`` the application answers at once: ``warm_up()`` runs in a
+  background thread when the application starts, and until it has returned
+  ``/healthz`` and ``/api/caption`` answer 503 (``app.state.readiness``).
+
   Args:
-    captioner: a warmed-up ``captioner.Captioner``.
+    captioner: a ``captioner.Captioner``, warmed up unless ``warm_up`` is given.
     model_name: shown by ``/healthz`` and the page.
     max_upload_bytes: largest request body accepted.
     max_pixels: largest image (width x height) accepted.
     batch_wait_ms: how long a batch waits for more requests after its first.
     max_pending: requests waiting for the model at once; more are answered 503.
-    on_ready: called with no arguments once the application has started.
+    on_ready: called with no arguments once the application is ready (started,
+      and ``warm_up`` done).
+    warm_up: called with no arguments in a thread at start-up (compiles the
+      model); ``None``: ``captioner`` is ready.
+    on_failure: called with the exception if ``warm_up`` raises; the server
+      then answers 503 with ``"status": "failed"``.
   """
   static = read_static_files()
   batcher = batching.MicroBatcher(captioner.run, max_batch=captioner.max_batch,
@@ -231,6 +264,7 @@ def create_app(captioner, *, model_name, max_upload_bytes, max_pixels, batch_wai
   decode_limiter = anyio.CapacityLimiter(os.cpu_count() or 1)
   predictor = captioner.predictor
   device = jax.devices()[0]
+  readiness = Readiness(ready=warm_up is None)
 
   def prepare(data, options):
     image = decode_image(data, max_pixels)
@@ -240,6 +274,9 @@ def create_app(captioner, *, model_name, max_upload_bytes, max_pixels, batch_wai
       raise RequestError(400, f"cannot use the image: {e}") from None
 
   async def caption(request):
+    if not readiness.ready:
+      raise RequestError(503, STARTING_MESSAGE if readiness.status == "starting"
+                         else f"the model failed to start: {readiness.error}")
     data, name, fields = await read_upload(request, max_upload_bytes)
     options = parse_options(fields, captioner.default_options())
     job = await anyio.to_thread.run_sync(prepare, data, options, limiter=decode_limiter)
@@ -251,8 +288,10 @@ def create_app(captioner, *, model_name, max_upload_bytes, max_pixels, batch_wai
 
   async def healthz(request):
     del request
+    extra = {"error": readiness.error} if readiness.error else {}
     return responses.JSONResponse({
-        "status": "ok",
+        "status": readiness.status,
+        **extra,
         "model": model_name,
         "config": predictor.config.name,
         "device": f"{device.platform} ({device.device_kind})",
@@ -264,7 +303,8 @@ def create_app(captioner, *, model_name, max_upload_bytes, max_pixels, batch_wai
         "max_pixels": max_pixels,
         "batches": {"requests": batcher.stats.items, "batches": batcher.stats.batches,
                     "largest": batcher.stats.largest_batch},
-    })
+    }, status_code=200 if readiness.ready else 503,
+       headers=None if readiness.ready else {"Retry-After": "1"})
 
   def page_file(path):
     content, media_type = static[path]
@@ -275,12 +315,30 @@ def create_app(captioner, *, model_name, max_upload_bytes, max_pixels, batch_wai
                                 headers={"Cache-Control": "no-cache"})
     return endpoint
 
+  def start_up():
+    try:
+      warm_up()
+    except Exception as e:  # pylint: disable=broad-except
+      readiness.error = f"{type(e).__name__}: {e}".splitlines()[0]
+      readiness.status = "failed"
+      if on_failure:
+        on_failure(e)
+      else:
+        _log.error("warming up the model failed", exc_info=e)
+      return
+    readiness.status = "ok"
+    if on_ready:
+      on_ready()
+
   @contextlib.asynccontextmanager
   async def lifespan(app):
     del app
     await batcher.start()
-    if on_ready:
-      on_ready()
+    if warm_up is None:
+      if on_ready:
+        on_ready()
+    else:
+      threading.Thread(target=start_up, name="warm-up", daemon=True).start()
     try:
       yield
     finally:
@@ -293,12 +351,15 @@ def create_app(captioner, *, model_name, max_upload_bytes, max_pixels, batch_wai
       RequestError: _request_error, exceptions.HTTPException: _http_error,
       Exception: _server_error})
   app.add_middleware(_SecurityHeaders)
+  app.state.readiness = readiness
   return app
 
 
 async def _request_error(request, error):
   del request
-  return responses.JSONResponse({"error": error.message}, status_code=error.status)
+  headers = {"Retry-After": "1"} if error.status == 503 else None
+  return responses.JSONResponse({"error": error.message}, status_code=error.status,
+                                headers=headers)
 
 
 async def _http_error(request, error):

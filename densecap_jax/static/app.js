@@ -9,6 +9,10 @@
  * Live mode keeps one frame in flight: grab a frame, send it as a JPEG
  * downscaled to the model's image size, draw that frame with its boxes when
  * the answer comes, then grab the next.
+ *
+ * While the server is starting (GET /healthz answers 503 with status
+ * "starting": it is compiling the model) the page says it is warming up,
+ * keeps its controls disabled and asks again every second.
  */
 'use strict';
 
@@ -17,6 +21,7 @@
   const FPS_WINDOW_MS = 2000;
   const JPEG_QUALITY = 0.9;
   const LABEL_FONT_PX = 15;  // caption size on screen, whatever the image's size
+  const HEALTH_POLL_MS = 1000;  // how often a starting server is asked again
 
   const view = {
     body: document.body,
@@ -93,12 +98,42 @@
     return result;
   }
 
+  function showModel(info) {
+    view.model.textContent = `model ${info.model} (${info.config} config, ` +
+        `images resized to ${info.image_size} px)`;
+  }
+
+  // The /healthz answer once the server is ready; says "warming up" while it starts.
   async function loadServerInfo() {
-    const response = await fetch('/healthz', {cache: 'no-store'});
-    if (!response.ok) throw new Error(await errorMessage(response));
-    state.server = await response.json();
-    view.model.textContent = `model ${state.server.model} (${state.server.config} config, ` +
-        `images resized to ${state.server.image_size} px)`;
+    for (;;) {
+      const response = await fetch('/healthz', {cache: 'no-store'});
+      let info = null;
+      try {
+        info = await response.clone().json();
+      } catch (error) {
+        // Not JSON: reported below.
+      }
+      if (response.ok && info) {
+        state.server = info;
+        showModel(info);
+        return info;
+      }
+      if (response.status !== 503 || !info || info.status !== 'starting') {
+        throw new Error(info && (info.error || info.status) ?
+                        `${info.status || 'error'}: ${info.error || ''}` :
+                        await errorMessage(response));
+      }
+      if (typeof info.model === 'string') showModel(info);
+      view.body.dataset.state = 'starting';
+      setStatus('Warming up: the server is compiling the model\u2026 ' +
+                '(first start only; this page continues by itself)');
+      await new Promise(resolve => setTimeout(resolve, HEALTH_POLL_MS));
+    }
+  }
+
+  function setControlsDisabled(disabled) {
+    view.file.disabled = disabled;
+    view.live.disabled = disabled;
   }
 
   // ----------------------------------------------------------------- status
@@ -295,6 +330,7 @@
     document.addEventListener('drop', event => {
       event.preventDefault();
       view.body.classList.remove('dragging');
+      if (!state.server) return;  // still warming up
       const file = [...event.dataTransfer.files].find(f => f.type.startsWith('image/'));
       if (file) captionFile(file);
       else fail('Drop an image file.');
@@ -303,13 +339,15 @@
 
   async function main() {
     bindControls();
+    setControlsDisabled(true);
     try {
       await loadServerInfo();
     } catch (error) {
       fail(`The server does not answer: ${error.message}`);
-      view.live.disabled = true;
       return;
     }
+    setControlsDisabled(false);
+    setStatus('');
     view.body.dataset.state = 'idle';
   }
 
