@@ -118,6 +118,30 @@ def test_sample_rois_never_picks_padding_cells():
     assert not np.any((picked[:, 0] == 24.5) & (picked[:, 1] == 24.5)), seed
 
 
+def test_sample_rois_no_negatives_fallback_skips_padding_cells():
+  # A 32 x 32 image zero-padded to a 2 x 2 feature bucket whose cell 3 is
+  # padding. Ground truth covers the three real 16-px anchors (all positive);
+  # every 24-px anchor reaches outside the image, so there is no negative and
+  # the fallback takes the non-positive boxes: the real 24-px anchors 4-6,
+  # never the padding cell's anchors 3 and 7.
+  anchors, transforms, scores, _, _, _ = _sample_inputs()
+  cell_valid = jnp.asarray(np.tile([True, True, True, False], 2))
+  gt_boxes = anchors[:3]
+  gt_labels = jnp.array([[1, 0], [2, 0], [3, 0]], jnp.int32)
+  gt_mask = jnp.ones((3,), bool)
+  for seed in range(5):
+    sample = loc.sample_rois(jax.random.key(seed), anchors, anchors, transforms, scores,
+                             cell_valid, jnp.array([32, 32]), gt_boxes, gt_labels, gt_mask,
+                             num_samples=8)
+    picked = np.asarray(sample.anchors)
+    negatives = picked[3:]
+    assert not np.any((negatives[:, 0] == 24.5) & (negatives[:, 1] == 24.5)), seed
+    assert np.all(negatives[:, 2] == 24.0), seed
+    assert int(sample.num_pos) == 3 and bool(sample.neg_with_replacement)
+    np.testing.assert_array_equal(np.sort(picked[:3, 0]), [8.5, 8.5, 24.5])
+    assert np.all(picked[:3, 2] == 16.0)
+
+
 def test_flatten_chw_is_caffe_order():
   x = np.random.default_rng(0).normal(size=(2, 7, 7, 3)).astype(np.float32)
   flat = np.asarray(recognition.flatten_chw(jnp.asarray(x)))

@@ -33,10 +33,16 @@ def reference_iou(inputs, targets, clean):
   return inter / (a[..., 2] * a[..., 3] + b[..., 2] * b[..., 3] - inter)
 
 
-def reference_masks(inputs, targets, target_mask, low, high, bounds, clean):
-  """The BoxSampler rules (reference §3.5) with NumPy loops; returns (pos, neg, best, fallback)."""
+def reference_masks(inputs, targets, target_mask, low, high, bounds, clean, valid=None):
+  """The BoxSampler rules (reference §3.5) with NumPy loops; returns (pos, neg, best, fallback).
+
+  Rows outside ``valid`` (padding cells) are no box at all: never best for a
+  target, never positive or negative.
+  """
   iou = reference_iou(inputs, targets, clean)
   n = iou.shape[0]
+  valid = np.ones(n, bool) if valid is None else np.asarray(valid, bool)
+  iou[~valid] = -np.inf
   valid_targets = np.flatnonzero(target_mask)
   pos, neg = np.zeros(n, bool), np.zeros(n, bool)
   best = np.zeros(n, np.int64)
@@ -47,6 +53,8 @@ def reference_masks(inputs, targets, target_mask, low, high, bounds, clean):
       pos[i], neg[i] = row.max() > high, row.max() < low
     else:
       neg[i] = True
+    if not valid[i]:
+      pos[i] = neg[i] = False
     if bounds is not None:
       xc, yc, w, h = inputs[i]
       x_min, y_min, x_max, y_max = bounds
@@ -58,7 +66,7 @@ def reference_masks(inputs, targets, target_mask, low, high, bounds, clean):
     pos[k], neg[k] = True, False
   fallback = not neg.any()
   if fallback:
-    neg = ~pos
+    neg = ~pos & valid
   return pos, neg, best, fallback
 
 
@@ -172,6 +180,62 @@ def test_masks_match_reference_on_random_boxes(clean, with_bounds):
     np.testing.assert_array_equal(masks.neg, neg)
     np.testing.assert_array_equal(masks.best_target, best)
     assert bool(masks.no_negatives) == fallback
+
+
+@pytest.mark.parametrize("clean", [False, True])
+def test_masks_with_padding_rows_match_reference(clean):
+  rng = np.random.default_rng(11 + int(clean))
+  bounds = (1.0, 1.0, 60.0, 50.0)
+  for trial in range(10):
+    inputs, targets, target_mask = random_scene(rng, 80, 6, 1 + trial % 6)
+    valid = rng.random(80) < 0.7
+    valid[0] = True
+    masks = sampler_masks(inputs, targets, target_mask, 0.3, 0.7, bounds, clean_iou=clean,
+                          valid=valid)
+    pos, neg, best, fallback = reference_masks(inputs, targets, target_mask, 0.3, 0.7, bounds,
+                                               clean, valid)
+    np.testing.assert_array_equal(masks.pos, pos)
+    np.testing.assert_array_equal(masks.neg, neg)
+    np.testing.assert_array_equal(masks.best_target[valid], best[valid])
+    assert bool(masks.no_negatives) == fallback
+    assert not np.any(np.asarray(masks.pos | masks.neg)[~valid])
+
+
+def test_no_negatives_fallback_skips_padding_rows():
+  # noNegativesTest with two padding rows in front: one is a copy of target 0
+  # (it would be that target's forced positive), one an in-bounds box far from
+  # both targets (it would be a negative). Neither is a box of the image: the
+  # rules and the fallback see the four real rows only, as in the Lua test.
+  padding = np.array([[6, 5.5, 4, 3], [2, 2, 2, 2]], np.float32)
+  inputs = np.concatenate([padding, NONEG_INPUTS])
+  valid = np.array([False, False, True, True, True, True])
+  masks = sampler_masks(inputs, NONEG_TARGETS, None, 0.25, 0.3, (0, 0, 10, 10), clean_iou=True,
+                        valid=valid)
+  assert bool(masks.no_negatives)
+  np.testing.assert_array_equal(masks.pos, bits("000110"))
+  np.testing.assert_array_equal(masks.neg, bits("001001"))
+  for seed in range(5):
+    out = sample_boxes(jax.random.key(seed), inputs, NONEG_TARGETS, 8, 0.25, 0.3,
+                       bounds=(0, 0, 10, 10), clean_iou=True, valid=valid)
+    assert int(out.num_pos) == 2 and bool(out.neg_with_replacement)
+    np.testing.assert_array_equal(np.sort(out.roi_idx[:2]), [3, 4])
+    assert set(np.asarray(out.roi_idx[2:]).tolist()) <= {2, 5}, seed
+
+
+def test_all_valid_rows_change_nothing():
+  rng = np.random.default_rng(12)
+  bounds = (1.0, 1.0, 60.0, 50.0)
+  for trial in range(4):
+    inputs, targets, target_mask = random_scene(rng, 50, 6, 1 + trial)
+    valid = np.ones(50, bool)
+    for a, b in zip(sampler_masks(inputs, targets, target_mask, 0.3, 0.7, bounds),
+                    sampler_masks(inputs, targets, target_mask, 0.3, 0.7, bounds, valid=valid)):
+      np.testing.assert_array_equal(a, b)
+    key = jax.random.key(trial)
+    for a, b in zip(sample_boxes(key, inputs, targets, 16, target_mask=target_mask, bounds=bounds),
+                    sample_boxes(key, inputs, targets, 16, target_mask=target_mask, bounds=bounds,
+                                 valid=valid)):
+      np.testing.assert_array_equal(a, b)
 
 
 def test_no_valid_target_gives_no_positive():

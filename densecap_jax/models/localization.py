@@ -32,10 +32,8 @@ from densecap_jax.ops import boxes as boxes_lib
 from densecap_jax.ops import nms as nms_lib
 from densecap_jax.ops import sampler as sampler_lib
 
-# Boxes of padding cells are moved here before sampling: no overlap with any
-# ground truth and outside any bounds, so they are neither positive nor negative.
+# Bounds that no box reaches: the sampler's bounds when out-of-bounds boxes are kept.
 _FAR = 1e6
-_PADDING_BOX = (-_FAR, -_FAR, 1.0, 1.0)
 
 
 class LocalizationLayer(nn.Module):
@@ -159,7 +157,8 @@ def sample_rois(rng, boxes, anchors, transforms, scores, cell_valid, image_size,
   The sampler sees the *predicted* boxes (anchors + current transforms);
   with ``remove_outbounds_boxes`` (``train_remove_outbounds_boxes``) boxes
   reaching outside ``x in [1, W], y in [1, H]`` are neither positive nor
-  negative unless forced positive.
+  negative unless forced positive. Boxes of padding cells (``~cell_valid``)
+  are never sampled, not even by the sampler's no-negatives fallback.
 
   Args:
     rng: ``jax.random`` key.
@@ -183,10 +182,9 @@ def sample_rois(rng, boxes, anchors, transforms, scores, cell_valid, image_size,
   width = image_size[1].astype(jnp.float32)
   bounds = (1.0, 1.0, width, height) if remove_outbounds_boxes else (-_FAR / 2, -_FAR / 2,
                                                                      _FAR, _FAR)
-  sampler_boxes = jnp.where(cell_valid[:, None], jax.lax.stop_gradient(boxes),
-                            jnp.asarray(_PADDING_BOX, jnp.float32))
-  samples = sampler_lib.sample_boxes(rng, sampler_boxes, gt_boxes, num_samples, low_thresh,
-                                     high_thresh, target_mask=gt_mask, bounds=bounds)
+  samples = sampler_lib.sample_boxes(rng, jax.lax.stop_gradient(boxes), gt_boxes, num_samples,
+                                     low_thresh, high_thresh, target_mask=gt_mask, bounds=bounds,
+                                     valid=cell_valid)
   index = samples.roi_idx
   is_pos = samples.is_pos
   target_labels = jnp.where(is_pos[:, None], gt_labels[samples.pos_target_idx], 0)

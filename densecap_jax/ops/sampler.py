@@ -24,7 +24,8 @@ class SamplerMasks(NamedTuple):
     best_target: ``(N,)`` int32, the valid target of largest IoU per input box
       (first on ties; 0 when there is no valid target).
     no_negatives: bool scalar, true when the rules gave no negative and ``neg``
-      fell back to "every box that is not positive".
+      fell back to "every box that is not positive" (and is a real box, see
+      ``sampler_masks``'s ``valid``).
   """
   pos: jax.Array
   neg: jax.Array
@@ -72,7 +73,7 @@ def out_of_bounds(boxes, bounds):
 
 @functools.partial(jax.jit, static_argnames=("clean_iou",))
 def sampler_masks(input_boxes, target_boxes, target_mask=None, low_thresh=0.3,
-                  high_thresh=0.7, bounds=None, clean_iou=False):
+                  high_thresh=0.7, bounds=None, clean_iou=False, valid=None):
   """Positive / negative labels of the input boxes (§3.5 item 3).
 
   Rules, in order: IoU of every input with every valid target; ``pos =
@@ -83,6 +84,12 @@ def sampler_masks(input_boxes, target_boxes, target_mask=None, low_thresh=0.3,
   With no valid target there is no positive and every in-bounds box is
   negative.
 
+  ``valid`` marks the rows that are real boxes: the boxes of a shape bucket's
+  padding cells (beyond the true feature size of a zero-padded image) are not
+  boxes of the image, so they are never positive, never forced positive and
+  never negative, the fallback included. The original has no padding, so
+  with every row valid (or ``valid=None``) the rules are exactly the above.
+
   Args:
     input_boxes: ``(N, 4)`` float xcycwh, the predicted RPN boxes.
     target_boxes: ``(M, 4)`` float xcycwh ground truth, padded.
@@ -91,9 +98,10 @@ def sampler_masks(input_boxes, target_boxes, target_mask=None, low_thresh=0.3,
     bounds: optional ``(x_min, y_min, x_max, y_max)``, scalars (may be traced).
     clean_iou: static bool; ``False`` (default) uses the released ``BoxIoU`` quirk
       (``box_iou``, §14 item 1); ``True`` uses ``box_iou(..., clean=True)``.
+    valid: optional ``(N,)`` bool, true for real input boxes (default all).
 
   Returns:
-    ``SamplerMasks``.
+    ``SamplerMasks``; ``best_target`` is 0 for rows that are not ``valid``.
   """
   num_inputs, num_targets = input_boxes.shape[0], target_boxes.shape[0]
   if target_mask is None:
@@ -101,6 +109,9 @@ def sampler_masks(input_boxes, target_boxes, target_mask=None, low_thresh=0.3,
   target_mask = jnp.asarray(target_mask, bool)
   iou_fn = functools.partial(box_iou, clean=clean_iou)  # BoxIoU quirk by default, §3.4.
   iou = jnp.where(target_mask[None, :], iou_fn(input_boxes, target_boxes), -jnp.inf)
+  if valid is not None:
+    valid = jnp.asarray(valid, bool)
+    iou = jnp.where(valid[:, None], iou, -jnp.inf)  # never the best input of a target
   max_iou = jnp.max(iou, axis=1)
   best_target = jnp.argmax(iou, axis=1).astype(jnp.int32)
   best_input = jnp.argmax(iou, axis=0)
@@ -112,10 +123,14 @@ def sampler_masks(input_boxes, target_boxes, target_mask=None, low_thresh=0.3,
     neg &= inside
   forced_rows = jnp.where(target_mask, best_input, num_inputs)
   forced = jnp.zeros((num_inputs,), bool).at[forced_rows].set(True, mode="drop")
+  if valid is not None:
+    neg &= valid  # pos is already false there (max_iou = -inf)
+    forced &= valid  # argmax picks an invalid row only when no row is valid
   pos |= forced
   neg &= ~forced
   no_negatives = ~jnp.any(neg)
-  neg = jnp.where(no_negatives, ~pos, neg)
+  fallback = ~pos if valid is None else ~pos & valid
+  neg = jnp.where(no_negatives, fallback, neg)
   return SamplerMasks(pos, neg, best_target, no_negatives)
 
 
@@ -141,16 +156,16 @@ def _pad_to(x, size):
 @functools.partial(jax.jit, static_argnames=("num_samples", "positive_fraction", "clean_iou"))
 def sample_boxes(rng, input_boxes, target_boxes, num_samples=256, low_thresh=0.3,
                  high_thresh=0.7, target_mask=None, bounds=None, positive_fraction=0.5,
-                 clean_iou=False):
+                 clean_iou=False, valid=None):
   """Samples ``num_samples`` RoIs from the input boxes (``BoxSampler``, §3.5).
 
   Labels come from ``sampler_masks``. Then ``num_pos = min(floor(num_samples *
   positive_fraction), #pos)`` positives are drawn uniformly without
   replacement and ``num_samples - num_pos`` negatives uniformly without
   replacement, or with replacement when there are fewer negatives than that.
-  Each positive is paired with its own best target. When every input box is
-  positive there is no negative to draw; the negative slots then hold input 0
-  (the original fails in that case).
+  Each positive is paired with its own best target. When every (valid) input
+  box is positive there is no negative to draw; the negative slots then hold
+  input 0 (the original fails in that case).
 
   Args:
     rng: a ``jax.random`` key.
@@ -165,6 +180,8 @@ def sample_boxes(rng, input_boxes, target_boxes, num_samples=256, low_thresh=0.3
       ``(1, 1, W, H)``).
     positive_fraction: static float, the largest share of positive slots.
     clean_iou: static bool, see ``sampler_masks``.
+    valid: optional ``(N,)`` bool, the real input boxes (not a shape bucket's
+      padding); the others are never drawn, see ``sampler_masks``.
 
   Returns:
     ``BoxSamples`` with the layout described there.
@@ -172,7 +189,7 @@ def sample_boxes(rng, input_boxes, target_boxes, num_samples=256, low_thresh=0.3
   input_boxes = jnp.asarray(input_boxes, jnp.float32)
   target_boxes = jnp.asarray(target_boxes, jnp.float32)
   masks = sampler_masks(input_boxes, target_boxes, target_mask, low_thresh, high_thresh,
-                        bounds, clean_iou)
+                        bounds, clean_iou, valid)
   num_inputs = input_boxes.shape[0]
   max_pos = int(num_samples * positive_fraction)
   num_pos = jnp.minimum(max_pos, jnp.sum(masks.pos, dtype=jnp.int32))
