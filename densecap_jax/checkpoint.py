@@ -10,12 +10,16 @@ A model directory holds everything predict, eval and fine-tuning need::
 
 Writes are atomic: the directory is built under a temporary name beside the
 target and renamed into place, so a crash never leaves a half-written model
-and an existing directory is never overwritten unless asked.
+and an existing directory is never overwritten unless asked. Reads fail with
+one line naming the directory or file at fault.
 """
 
+import contextlib
 import json
+import logging
 import os
 import shutil
+import sys
 import tempfile
 
 import jax
@@ -23,6 +27,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from densecap_jax import files
 from densecap_jax.data import vocab as vocab_lib
 
 PARAMS = "params"
@@ -85,6 +90,76 @@ def save_model(directory, params, config, vocab, *, overwrite=False):
     raise
 
 
+def _first_line(error, limit=300):
+  """The first line of ``error``'s message, without tensorstore's spec dump."""
+  text = str(error).strip()
+  text = text.splitlines()[0] if text else type(error).__name__
+  text = text.split(" [tensorstore_spec=")[0]
+  return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _ignore_closed_event_loop(hook):
+  """``sys.unraisablehook`` that drops the "Event loop is closed" errors of late I/O callbacks."""
+
+  def unraisablehook(unraisable):
+    value = unraisable.exc_value
+    if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+      hook(unraisable)
+
+  unraisablehook.filters_closed_event_loop = True
+  return unraisablehook
+
+
+@contextlib.contextmanager
+def _quiet_failed_read():
+  """Hides the asyncio tracebacks orbax leaves behind when a read fails.
+
+  They only repeat the error that is reported in one line: tasks whose
+  exceptions asyncio logs, and tensorstore callbacks that fire after orbax
+  has closed its event loop (through ``sys.unraisablehook``, possibly later).
+  """
+  logger = logging.getLogger("asyncio")
+  level = logger.level
+  logger.setLevel(logging.CRITICAL)
+  if not getattr(sys.unraisablehook, "filters_closed_event_loop", False):
+    sys.unraisablehook = _ignore_closed_event_loop(sys.unraisablehook)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
+def _read_config(path):
+  """The model ``ConfigDict`` in ``path``; a one-line ``ValueError`` naming the file if broken."""
+  fields = files.read_json(path, "model config")
+  if not isinstance(fields, dict):
+    raise ValueError(f"model config {path} must hold a JSON object of config fields, not "
+                     f"{type(fields).__name__}")
+  try:
+    return ml_collections.ConfigDict(fields)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"model config {path} is not a valid config: {_first_line(e)}") from None
+
+
+def _read_vocab(path):
+  """The vocabulary list in ``path``; a one-line ``ValueError`` naming the file if broken."""
+  info = files.read_json(path, "model vocabulary")
+  idx_to_token = info.get("idx_to_token") if isinstance(info, dict) else None
+  return vocab_lib.vocab_from_idx_to_token(idx_to_token, f"model vocabulary {path}")
+
+
+def _read_params(directory):
+  """The params pytree in ``directory/params``; a one-line ``ValueError`` naming ``directory``."""
+  try:
+    with _quiet_failed_read():
+      params = local_checkpointer().restore(os.path.join(directory, PARAMS))
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"model directory {directory}: the parameters in {PARAMS}/ cannot be read, "
+                     f"they are truncated or corrupt ({_first_line(e)}); copy or convert the "
+                     f"model again") from None
+  return jax.tree.map(np.asarray, params)
+
+
 def resolve_model_dir(directory):
   """The model directory for ``directory``: itself, or a training directory's ``best/``, else ``last/``."""
   directory = os.path.abspath(directory)
@@ -104,6 +179,8 @@ def load_model(directory):
 
   Raises:
     FileNotFoundError: with a one-line message naming what is missing.
+    ValueError: with a one-line message naming the file (``config.json``,
+      ``vocab.json``) or, for unreadable parameters, the directory at fault.
   """
   directory = resolve_model_dir(directory)
   if not os.path.isdir(directory):
@@ -111,9 +188,7 @@ def load_model(directory):
   for name in (PARAMS, CONFIG, VOCAB):
     if not os.path.exists(os.path.join(directory, name)):
       raise FileNotFoundError(f"{directory} is not a densecap_jax model: {name} is missing")
-  params = local_checkpointer().restore(os.path.join(directory, PARAMS))
-  params = jax.tree.map(np.asarray, params)
-  with open(os.path.join(directory, CONFIG)) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  return params, config, vocab_lib.load_vocab(os.path.join(directory, VOCAB))
+  config = _read_config(os.path.join(directory, CONFIG))
+  vocab = _read_vocab(os.path.join(directory, VOCAB))
+  return _read_params(directory), config, vocab
 

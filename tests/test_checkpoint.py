@@ -1,5 +1,6 @@
 """Tests for densecap_jax.checkpoint."""
 
+import gc
 import json
 import os
 
@@ -61,6 +62,62 @@ def test_missing_pieces_give_clear_errors(tmp_path):
   os.remove(tmp_path / "m" / "vocab.json")
   with pytest.raises(FileNotFoundError, match="vocab.json is missing"):
     checkpoint.load_model(tmp_path / "m")
+
+
+def _one_line_error(directory, match):
+  with pytest.raises(ValueError, match=match) as info:
+    checkpoint.load_model(directory)
+  assert type(info.value) is ValueError  # not a json.JSONDecodeError
+  assert "\n" not in str(info.value)
+  return str(info.value)
+
+
+@pytest.mark.parametrize("text, problem", [
+    ('{"image_size": 256,', "is not valid JSON: .* at line 1 column 20"),
+    ('[1, 2]', "must hold a JSON object of config fields, not list"),
+    ('', "is not valid JSON"),
+    (b'{"a": "\xff"}', "is not valid UTF-8"),
+])
+def test_broken_config_json_names_the_file(tmp_path, text, problem):
+  checkpoint.save_model(tmp_path / "m", _params(), _config(), [None, "x"])
+  path = tmp_path / "m" / "config.json"
+  (path.write_bytes if isinstance(text, bytes) else path.write_text)(text)
+  _one_line_error(tmp_path / "m", f"^model config {path} {problem}")
+
+
+@pytest.mark.parametrize("text, problem", [
+    ('{"idx_to_token": {"1": "x"', "is not valid JSON"),
+    ('{"token_to_idx": {"x": 1}}', "field 'idx_to_token' must be an object"),
+    ('{"idx_to_token": {"1": "x", "3": "y"}}', "idx_to_token ids must be exactly 1..2"),
+])
+def test_broken_vocab_json_names_the_file(tmp_path, text, problem):
+  checkpoint.save_model(tmp_path / "m", _params(), _config(), [None, "x"])
+  path = tmp_path / "m" / "vocab.json"
+  path.write_text(text)
+  _one_line_error(tmp_path / "m", f"^model vocabulary {path}:? {problem}")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "remove", "no_metadata"])
+def test_corrupt_params_name_the_directory(tmp_path, capfd, damage):
+  checkpoint.save_model(tmp_path / "m", _params(), _config(), [None, "x"])
+  params_dir = tmp_path / "m" / "params"
+  if damage == "no_metadata":
+    os.remove(params_dir / "_METADATA")
+  else:
+    data = [p for p in (params_dir / "d").iterdir() if p.is_file()]
+    assert data
+    for p in data:
+      if damage == "truncate":
+        with open(p, "r+b") as f:
+          f.truncate(p.stat().st_size // 2)
+      else:
+        os.remove(p)
+  message = _one_line_error(tmp_path / "m", f"^model directory {tmp_path / 'm'}: the "
+                                            "parameters in params/ cannot be read")
+  assert "tensorstore_spec" not in message
+  gc.collect()
+  err = capfd.readouterr().err
+  assert "Traceback" not in err and "Event loop is closed" not in err, err
 
 
 def test_training_directory_resolves_to_best_then_last(tmp_path):
