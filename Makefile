@@ -33,7 +33,8 @@ clean:
 
 predict: $(STAMP)
 	$(PY) -m densecap_jax.predict --input_dir densecap_jax/bundled/examples \
-	  --output_dir out/predict/drawn --output_vis_dir out/predict/vis --num_to_draw 5 --text_size 1
+	  --output_dir out/predict/drawn --output_vis_dir out/predict/vis --num_to_draw 5 --text_size 1 \
+	  --overwrite
 
 serve: $(STAMP)
 	$(PY) -m densecap_jax.serve

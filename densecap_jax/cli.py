@@ -5,9 +5,11 @@
 ``load_model_from_flags`` applies before loading.
 """
 
+import argparse
 import sys
 
 from densecap_jax import runtime
+from densecap_jax import settings
 
 BUNDLED_NOTICE = (
     "note: using the bundled demo model (tiny config, trained on synthetic shapes; it only knows "
@@ -15,17 +17,30 @@ BUNDLED_NOTICE = (
     "(tools/convert_torch_weights/README.md) and pass --checkpoint.")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+  """``--help`` with every option's default: "(default: X)" unless its help already says one."""
+
+  def _get_help_string(self, action):
+    if "(default" in (action.help or ""):
+      return action.help
+    return super()._get_help_string(action)
+
+
 def add_model_flags(parser, *, final_nms_thresh=0.3, final_nms_help=None):
-  """Adds the ``model`` group: --checkpoint, --image_size, the NMS thresholds, --num_proposals."""
+  """Adds the ``model`` group: --checkpoint, --image_size, the NMS thresholds, --num_proposals.
+
+  ``check_model_flags`` checks their values (``load_model_from_flags`` calls it).
+  """
   model = parser.add_argument_group("model")
   model.add_argument("--checkpoint", default="",
-                     help="model directory (trained or converted); default: the bundled model")
-  model.add_argument("--image_size", type=int, default=0,
+                     help="model directory (trained or converted) (default: the bundled model)")
+  model.add_argument("--image_size", type=int, default=None,
                      help="long side after resizing (default: the model's, 720 for vgg16)")
-  model.add_argument("--rpn_nms_thresh", type=float, default=0.7)
+  model.add_argument("--rpn_nms_thresh", type=float, default=0.7,
+                     help="IoU threshold of the NMS on the region proposals, in [0, 1]")
   model.add_argument("--final_nms_thresh", type=float, default=final_nms_thresh,
-                     help=final_nms_help)
-  model.add_argument("--num_proposals", type=int, default=0,
+                     help=final_nms_help or "IoU threshold of the final NMS, in [0, 1]")
+  model.add_argument("--num_proposals", type=int, default=None,
                      help="proposals after the RPN NMS (default: the model's, 1000 for vgg16)")
   runtime.add_runtime_flags(parser)
   return model
@@ -39,6 +54,10 @@ def load_model_from_flags(args, *, announce=True, **settings):
   with ``announce``, the "compiling up to N programs" notice (N shape
   buckets; programs compile lazily, one per bucket the images use).
   """
+  try:
+    check_model_flags(args)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
   runtime.setup_from_args(args)
   from densecap_jax import inference  # pylint: disable=g-import-not-at-top
   if not args.checkpoint:
@@ -54,6 +73,18 @@ def load_model_from_flags(args, *, announce=True, **settings):
     runtime.announce_compiles(len(model.buckets), key=program_key(model),
                               detail="one per shape bucket used", upto=True, record_at_exit=True)
   return model
+
+
+def check_model_flags(args):
+  """Raises ValueError (one line naming the flag) for a model flag out of range.
+
+  ``--image_size`` and ``--num_proposals`` must be positive when given, the
+  NMS thresholds in [0, 1], as the server requires of ``final_nms_thresh``
+  (``settings.check_settings``). Imports nothing heavy: call it first.
+  """
+  settings.check_settings(image_size=args.image_size, num_proposals=args.num_proposals,
+                          rpn_nms_thresh=args.rpn_nms_thresh,
+                          final_nms_thresh=args.final_nms_thresh, prefix="--")
 
 
 def program_key(model, **extra):

@@ -5,7 +5,9 @@
   python -m densecap_jax.extract_features --input_dir photos/ --output_h5 feats.h5 \
       --boxes_json boxes.json --checkpoint MODEL_DIR
 
-Each image goes through the test-time preprocessing (§1.2). Without
+Each image is turned upright by its EXIF orientation, as by ``predict``, the
+server and the Python API (``data.images.exif_upright``), and goes through the
+test-time preprocessing (§1.2). Without
 ``--boxes_json`` the model detects regions as ``predict`` does, with a final
 NMS at 0.4, and the first ``--boxes_per_image`` detections in score order are
 kept together with their 4096-d fc7 codes (post-ReLU; ``fc_dim`` wide for
@@ -13,12 +15,13 @@ other configs). As the original, a detection's code is that of its proposal,
 the region pooled before box regression moved it to the stored box
 (``/proposal_boxes``); ``--pool_final_boxes 1`` pools the stored boxes
 instead. With ``--boxes_json`` (``{"image path or name": [[x, y, w, h], ...]}``,
-1-based xywh in the original image's pixels) the codes of exactly those boxes
+1-based xywh in the pixels of the original, upright image) the codes of exactly those boxes
 are computed. A listed image is looked up by its path as listed, then by its
 file name.
 
-The HDF5 file (written atomically), for the N images that could be read, in
-input order, and M = ``--boxes_per_image``:
+The HDF5 file (written atomically, only when some image could be read; the
+exit status is 0 only when all could), for the N images that could be read,
+in input order, and M = ``--boxes_per_image``:
 
 * ``/feats`` float32 ``(N, M, fc_dim)`` region codes;
 * ``/boxes`` float32 ``(N, M, 4)`` xywh, 1-based, in the resized image's pixels
@@ -53,6 +56,7 @@ from densecap_jax.ops import boxes as boxes_lib
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(
+      prog="python -m densecap_jax.extract_features", formatter_class=cli.HelpFormatter,
       description="Boxes and region features (fc7 codes) of images, to an HDF5 file.")
   model = cli.add_model_flags(parser, final_nms_thresh=0.4)
   model.add_argument("--boxes_per_image", type=int, default=100,
@@ -61,14 +65,16 @@ def parse_args(argv=None):
                      help="1: codes of the stored boxes; 0: of their proposals, as the original")
   model.add_argument("--batch_size", type=int, default=1, help="images per forward pass")
   inputs = parser.add_argument_group("inputs")
-  inputs.add_argument("--input_txt", default="", help="text file with one image path per line")
+  inputs.add_argument("--input_txt", default="",
+                      help="text file with one image path per line (default: none)")
   inputs.add_argument("--input_dir", default="",
-                      help="every image file in a folder (when no --input_txt)")
-  inputs.add_argument("--max_images", type=int, default=0, help="use the first this many; 0 = all")
+                      help="every image file in a folder, when no --input_txt (default: none)")
+  inputs.add_argument("--max_images", type=int, default=-1, help=predict.MAX_IMAGES_HELP)
   inputs.add_argument("--boxes_json", default="",
                       help='{"image path or name": [[x, y, w, h], ...]} in original-image pixels; '
-                           "features of these boxes instead of detections")
-  parser.add_argument("--output_h5", default="", help="HDF5 file to write (required)")
+                           "features of these boxes instead of detections (default: detections)")
+  parser.add_argument("--output_h5", default="",
+                      help="HDF5 file to write (default: none; required)")
   return parser.parse_args(argv)
 
 
@@ -76,6 +82,8 @@ def check_args(args):
   """Raises ValueError with a one-line reason for options that cannot work."""
   if not args.output_h5:
     raise ValueError("--output_h5 is required")
+  predict.check_max_images(args.max_images)
+  cli.check_model_flags(args)
   for flag in ("boxes_per_image", "batch_size"):
     if getattr(args, flag) < 1:
       raise ValueError(f"--{flag} must be positive, got {getattr(args, flag)}")
@@ -84,7 +92,7 @@ def check_args(args):
 
 
 def list_inputs(args):
-  """Image paths of ``--input_txt`` (blank lines skipped) or ``--input_dir``, up to ``--max_images``."""
+  """All image paths of ``--input_txt`` (blank lines skipped) or ``--input_dir``, in order."""
   if args.input_txt:
     if not os.path.isfile(args.input_txt):
       raise ValueError(f"--input_txt not found: {args.input_txt}")
@@ -99,7 +107,7 @@ def list_inputs(args):
     paths = predict.image_files(args.input_dir)
   else:
     raise ValueError("give --input_txt (one image path per line) or --input_dir")
-  return paths[:args.max_images] if args.max_images > 0 else paths
+  return paths
 
 
 def _check_box(box, where):
@@ -326,7 +334,8 @@ def main(argv=None):
   args = parse_args(argv)
   try:
     check_args(args)
-    paths = list_inputs(args)
+    listed = list_inputs(args)
+    paths = listed if args.max_images < 0 else listed[:args.max_images]
     given = (read_boxes_json(args.boxes_json, paths, args.boxes_per_image)
              if args.boxes_json else None)
   except ValueError as e:
@@ -353,18 +362,20 @@ def main(argv=None):
       written, num_boxes, failed = extract(extractor, paths, given, tmp_path, attrs,
                                            max(args.batch_size * 8, 1))
       if not written:
-        raise ValueError("no image could be read; nothing written")
+        raise ValueError(f"no image could be read, nothing written: {', '.join(failed)}")
   except ValueError as e:
     sys.exit(f"error: {e}")
   except OSError as e:
     sys.exit(f"error: cannot write --output_h5 {args.output_h5}: {e}")
 
   seconds = time.perf_counter() - start
-  summary = (f"wrote {num_boxes} boxes of {written} images ({model.config.fc_dim}-d features) "
-             f"to {args.output_h5} in {seconds:.1f} s")
+  counted = (f"{written} of {len(listed)} images (--max_images)" if len(paths) < len(listed)
+             else f"{written} images")
+  print(f"wrote {num_boxes} boxes of {counted} ({model.config.fc_dim}-d features) "
+        f"to {args.output_h5} in {seconds:.1f} s")
   if failed:
-    summary += f"; {len(failed)} could not be read: {', '.join(failed)}"
-  print(summary)
+    sys.exit(f"error: {len(failed)} of {len(paths)} images could not be read: "
+             f"{', '.join(failed)}")
 
 
 if __name__ == "__main__":

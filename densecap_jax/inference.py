@@ -5,7 +5,10 @@
   results = model.predict([PIL.Image.open("photo.jpg")])
   results[0]["boxes"], results[0]["scores"], results[0]["captions"]
 
-Images go through the original's test-time preprocessing (reference §1.2:
+Images are taken upright: a path or a PIL image is turned by its EXIF
+orientation (``data.images.exif_upright``), as ``predict``,
+``extract_features`` and the server do, and boxes refer to the upright image.
+They go through the original's test-time preprocessing (reference §1.2:
 ``torch/image`` resize to a long side of ``image_size``, BGR, minus the VGG
 mean), are padded into the model's shape buckets and run in batches through
 the jitted ``models.densecap.infer``: one compilation per bucket, then every
@@ -21,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from densecap_jax import checkpoint
+from densecap_jax import settings as settings_lib
 from densecap_jax.data import buckets as buckets_lib
 from densecap_jax.data import images as images_lib
 from densecap_jax.data import vocab as vocab_lib
@@ -89,6 +93,9 @@ class DenseCapPredictor:
 
   def __init__(self, params, config, vocab, *, image_size=None, num_proposals=None,
                rpn_nms_thresh=None, final_nms_thresh=None, batch_size=1):
+    settings_lib.check_settings(image_size=image_size, num_proposals=num_proposals,
+                                rpn_nms_thresh=rpn_nms_thresh,
+                                final_nms_thresh=final_nms_thresh)
     self.params = jax.device_put(params)
     self.config = config
     self.vocab = vocab
@@ -113,15 +120,20 @@ class DenseCapPredictor:
     self._infer = jax.jit(run)
 
   def prepare(self, image):
-    """A PIL image, an ``(H, W, 3)`` uint8 RGB array or a path -> :class:`PreparedImage`."""
-    if isinstance(image, (str, os.PathLike)):
-      rgb = images_lib.load_rgb(image)
-    elif isinstance(image, Image.Image):
-      rgb = np.asarray(image.convert("RGB"), np.uint8)
-    else:
-      rgb = np.asarray(image)
-      if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got {rgb.dtype} {rgb.shape}")
+    """One image -> :class:`PreparedImage`.
+
+    Args:
+      image: a path or a PIL image (turned upright by its EXIF orientation),
+        or a uint8 NumPy array: ``(H, W)`` or ``(H, W, 1)`` grey, ``(H, W, 3)``
+        RGB, ``(H, W, 4)`` RGBA (alpha dropped) -- see
+        ``data.images.user_rgb``.
+
+    Raises:
+      TypeError: ``image`` is none of these.
+      ValueError: an unreadable file (one line naming it), or an array of
+        another dtype or shape.
+    """
+    rgb = images_lib.user_rgb(image)
     model_input = images_lib.prepare_test_image(rgb, self.image_size)
     display = np.clip(np.rint((model_input + images_lib.VGG_MEAN_BGR)[..., ::-1]), 0, 255)
     return PreparedImage(model_input, display.astype(np.uint8), tuple(rgb.shape[:2]))
@@ -150,7 +162,23 @@ class DenseCapPredictor:
     return results
 
   def predict(self, images, max_detections=None):
-    """Captioned boxes for a list of PIL images, uint8 RGB arrays or paths (see ``predict_prepared``)."""
+    """Captioned boxes for images (see ``prepare`` for what an image may be).
+
+    Args:
+      images: a list (or other iterable) of images, or one image: a path, a
+        PIL image or a 2-D / 3-D array is taken as a list of one; a 4-D
+        array as a batch of ``(H, W, C)`` images.
+      max_detections: keep at most this many boxes per image (``None``: all).
+
+    Returns:
+      One dict per image, in order (see ``predict_prepared``).
+    """
+    if (isinstance(images, (str, os.PathLike, Image.Image))
+        or (isinstance(images, np.ndarray) and images.ndim in (2, 3))):
+      images = [images]
+    elif isinstance(images, (bytes, bytearray)) or not hasattr(images, "__iter__"):
+      raise TypeError(f"expected images (paths, PIL images or uint8 NumPy arrays), or a list of "
+                      f"them, got {type(images).__name__}")
     return self.predict_prepared([self.prepare(image) for image in images], max_detections)
 
 

@@ -12,6 +12,16 @@ the results viewer (``view_results.html``, opens from disk) to
 and captions drawn in. Without ``--checkpoint`` the small demo model bundled
 with the package is used; its defaults (image size, proposals) come from its
 config, and for the ``vgg16`` model they are the original's 720 and 1000.
+
+Photos are captioned upright: their EXIF orientation is applied, as by the
+server and the Python API (``data.images.exif_upright``), and boxes refer to
+the upright image.
+
+Nothing is replaced without ``--overwrite``: an existing ``results.json``, or
+an image of the same name in either output folder, stops the command before
+the model loads. Nothing is written when no image could be read. The exit
+status is 0 only when every image was captioned; otherwise the unreadable
+files are listed.
 """
 
 import argparse
@@ -28,31 +38,50 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 
 
 
+MAX_IMAGES_HELP = "at most N images (of a folder, split or list); -1 = all"
+
+
+def check_max_images(max_images):
+  """Raises ValueError unless ``--max_images`` is positive or -1 (all)."""
+  if max_images == 0 or max_images < -1:
+    raise ValueError(f"--max_images must be positive, or -1 for all, got {max_images}")
+
+
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(
+      prog="python -m densecap_jax.predict", formatter_class=cli.HelpFormatter,
       description="Dense captioning of images: boxes, scores and captions.")
   inputs = parser.add_argument_group("inputs (first given wins)")
-  inputs.add_argument("--input_image", default="", help="one image")
-  inputs.add_argument("--input_dir", default="", help="every image file in a folder")
+  inputs.add_argument("--input_image", default="", help="one image (default: none)")
+  inputs.add_argument("--input_dir", default="",
+                      help="every image file in a folder, in name order (default: none)")
   inputs.add_argument("--input_split", default="", choices=("", "train", "val", "test"),
-                      help="a split of --splits_json, images <vg_img_root_dir>/<id>.jpg")
-  inputs.add_argument("--splits_json", default="info/densecap_splits.json")
-  inputs.add_argument("--vg_img_root_dir", default="")
-  inputs.add_argument("--max_images", type=int, default=100,
-                      help="at most this many images of a folder or split; -1 = all")
+                      help="a split of --splits_json, images <vg_img_root_dir>/<id>.jpg "
+                           "(default: none)")
+  inputs.add_argument("--splits_json", default="info/densecap_splits.json",
+                      help="JSON {split: [image ids]} for --input_split")
+  inputs.add_argument("--vg_img_root_dir", default="",
+                      help="folder of the Visual Genome images for --input_split "
+                           "(default: the current folder)")
+  inputs.add_argument("--max_images", type=int, default=100, help=MAX_IMAGES_HELP)
   model = cli.add_model_flags(parser)
   model.add_argument("--batch_size", type=int, default=1, help="images per forward pass")
   model.add_argument("--max_detections", type=int, default=-1,
                      help="keep at most this many boxes per image in results.json; -1 = all")
   output = parser.add_argument_group("outputs")
   output.add_argument("--output_dir", default="",
-                      help="if set, write the images with boxes and captions drawn in")
+                      help="if set, write the images with boxes and captions drawn in "
+                           "(default: not written)")
   output.add_argument("--num_to_draw", type=int, default=10, help="boxes drawn per image")
-  output.add_argument("--text_size", type=int, default=2)
-  output.add_argument("--box_width", type=int, default=2)
+  output.add_argument("--text_size", type=int, default=2, help="caption text size of drawings")
+  output.add_argument("--box_width", type=int, default=2, help="box line width of drawings")
   output.add_argument("--output_vis", type=int, default=1, choices=(0, 1),
                       help="write results.json, the resized images and the viewer")
-  output.add_argument("--output_vis_dir", default="vis/data")
+  output.add_argument("--output_vis_dir", default="vis/data",
+                      help="folder of results.json, the resized images and the viewer")
+  output.add_argument("--overwrite", action="store_true",
+                      help="replace an existing results.json and images of the same names in "
+                           "the output folders")
   return parser.parse_args(argv)
 
 
@@ -68,7 +97,11 @@ def image_files(folder):
 
 
 def list_inputs(args):
-  """The image paths to caption, in order; raises ValueError with a one-line reason."""
+  """All image paths the inputs name, in order (before ``--max_images``).
+
+  Raises:
+    ValueError: a one-line reason.
+  """
   if args.input_image:
     if not os.path.isfile(args.input_image):
       raise ValueError(f"--input_image not found: {args.input_image}")
@@ -83,23 +116,59 @@ def list_inputs(args):
     paths = [os.path.join(args.vg_img_root_dir, f"{i}.jpg") for i in splits[args.input_split]]
   else:
     raise ValueError("give one of --input_image, --input_dir or --input_split")
-  return paths if args.max_images < 0 else paths[:args.max_images]
+  return paths
+
+
+def check_args(args):
+  """Raises ValueError with a one-line reason for flags that cannot work."""
+  check_max_images(args.max_images)
+  cli.check_model_flags(args)
+  if args.batch_size < 1:
+    raise ValueError(f"--batch_size must be positive, got {args.batch_size}")
+  if args.max_detections < -1:
+    raise ValueError(f"--max_detections must be non-negative, or -1 for all, "
+                     f"got {args.max_detections}")
 
 
 def check_outputs(args, paths):
-  """Refuses output folders that hold input images: writing there would replace them."""
+  """Refuses outputs that would replace files, before anything is loaded.
+
+  Output folders that hold input images are always refused; an existing
+  ``results.json`` or an output image of the same name as one to be written
+  is refused unless ``--overwrite``.
+  """
   input_dirs = {os.path.realpath(os.path.dirname(os.path.abspath(p))) for p in paths}
-  for flag, folder in (("--output_vis_dir", args.output_vis_dir if args.output_vis else ""),
-                       ("--output_dir", args.output_dir)):
+  folders = (("--output_vis_dir", args.output_vis_dir if args.output_vis else ""),
+             ("--output_dir", args.output_dir))
+  for flag, folder in folders:
     if folder and os.path.realpath(os.path.abspath(folder)) in input_dirs:
       raise ValueError(f"{flag} {folder} holds input images, which would be overwritten; "
                        f"choose another folder")
+  if (args.output_vis and args.output_dir and os.path.realpath(os.path.abspath(args.output_dir))
+      == os.path.realpath(os.path.abspath(args.output_vis_dir))):
+    raise ValueError(f"--output_dir and --output_vis_dir are the same folder {args.output_dir}: "
+                     f"the drawings would replace the resized images; choose two folders")
+  if args.overwrite:
+    return
+  results = os.path.join(args.output_vis_dir, "results.json")
+  if args.output_vis and os.path.exists(results):
+    raise ValueError(f"{results} exists (from another run); pass --overwrite to replace it, "
+                     f"or choose another --output_vis_dir")
+  names = [os.path.basename(p) for p in paths]
+  for flag, folder in folders:
+    existing = [n for n in names if folder and os.path.lexists(os.path.join(folder, n))]
+    if existing:
+      raise ValueError(f"{flag} {folder} already holds {len(existing)} of the images to write "
+                       f"({', '.join(existing[:3])}{', ...' if len(existing) > 3 else ''}); "
+                       f"pass --overwrite to replace them, or choose another folder")
 
 
 def main(argv=None):
   args = parse_args(argv)
   try:
-    paths = list_inputs(args)
+    check_args(args)
+    listed = list_inputs(args)
+    paths = listed if args.max_images < 0 else listed[:args.max_images]
     check_outputs(args, paths)
   except ValueError as e:
     sys.exit(f"error: {e}")
@@ -118,6 +187,8 @@ def main(argv=None):
     except ValueError as e:
       failed.append(path)
       tqdm.write(f"skipped: {e}")
+  if not prepared:
+    sys.exit(f"error: no image could be read, nothing written: {', '.join(failed)}")
   results = []
   max_detections = None if args.max_detections < 0 else args.max_detections
   chunk = max(model.batch_size * 8, 1)
@@ -142,19 +213,19 @@ def main(argv=None):
 
   seconds = time.perf_counter() - start
   num_boxes = sum(len(r["captions"]) for r in results)
-  summary = f"captioned {len(results)} images ({num_boxes} boxes) in {seconds:.1f} s"
-  if failed:
-    summary += f"; {len(failed)} could not be read"
-  print(summary)
+  counted = (f"{len(results)} of {len(listed)} images (--max_images)" if len(paths) < len(listed)
+             else f"{len(results)} images")
+  print(f"captioned {counted}, {num_boxes} boxes, in {seconds:.1f} s")
   if args.output_vis:
     print(f"results: {os.path.join(args.output_vis_dir, 'results.json')}; "
           f"viewer: {page}")
   if args.output_dir:
     print(f"drawn images: {args.output_dir}")
-  if results and len(results) == 1:
+  if len(results) == 1:
     print(json.dumps({"img_name": names[0], "captions": results[0]["captions"][:5]}))
-  if not results:
-    sys.exit("error: no image could be read")
+  if failed:
+    sys.exit(f"error: {len(failed)} of {len(paths)} images could not be read: "
+             f"{', '.join(failed)}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import os
+import re
 
 import h5py
 import jax
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 import small_model
+from test_data_images import write_orientation_6_jpeg
 
 from densecap_jax import checkpoint
 from densecap_jax import extract_features
@@ -71,10 +73,10 @@ def detections(model_dir, photos, tmp_path_factory):
   listing = _listing(photos, ["a.jpg", "broken.jpg", "b.png", "c.jpg"], folder / "list.txt")
   output = folder / "out" / "feats.h5"
   printed = io.StringIO()
-  with contextlib.redirect_stdout(printed):
+  with contextlib.redirect_stdout(printed), pytest.raises(SystemExit) as e:
     extract_features.main(["--checkpoint", model_dir, "--input_txt", listing, "--output_h5",
                            str(output), "--boxes_per_image", "30", "--batch_size", "2"])
-  return dict(_read(output), printed=printed.getvalue())
+  return dict(_read(output), printed=printed.getvalue(), exit=e.value.code)
 
 
 class HandModel:
@@ -125,7 +127,8 @@ def test_output_schema_and_skipped_image(detections, model_dir, photos):
   assert "skipped: cannot read image" in data["printed"] and "broken.jpg" in data["printed"]
   summary = data["printed"].strip().splitlines()[-1]
   assert summary.startswith(f"wrote {data['num_boxes'].sum()} boxes of 3 images (256-d features)")
-  assert summary.endswith(f"1 could not be read: {photos / 'broken.jpg'}")
+  # Written, but the exit status says that an image could not be read, and which.
+  assert data["exit"] == f"error: 1 of 4 images could not be read: {photos / 'broken.jpg'}"
   assert data["image_paths"] == [str(photos / n) for n in ("a.jpg", "b.png", "c.jpg")]
   assert data["feats"].shape == (3, 30, 256) and data["feats"].dtype == np.float32
   assert data["boxes"].shape == data["proposal_boxes"].shape == (3, 30, 4)
@@ -253,7 +256,7 @@ def test_nothing_readable_or_unwritable_output(model_dir, photos, tmp_path):
   listing = _listing(photos, ["broken.jpg"], tmp_path / "list.txt")
   output = tmp_path / "feats.h5"
   output.write_bytes(b"previous contents")
-  with pytest.raises(SystemExit, match="no image could be read; nothing written"):
+  with pytest.raises(SystemExit, match="no image could be read, nothing written: .*broken.jpg"):
     extract_features.main(["--checkpoint", model_dir, "--input_txt", listing, "--output_h5",
                            str(output)])
   assert output.read_bytes() == b"previous contents"
@@ -274,3 +277,56 @@ def test_no_recompilation_for_new_images_or_thresholds(model_dir, photos, record
     (second,) = extractor.detections(prepared[1:])
   assert not [name for name in compiled if "detect" in name], compiled
   assert first["feats"].shape == second["feats"].shape == (4, 256)
+
+
+def test_max_images_is_at_most_n_and_minus_one_is_all(model_dir, photos, tmp_path, capsys):
+  output = tmp_path / "two.h5"
+  with pytest.raises(SystemExit):  # broken.jpg is the third name in order
+    extract_features.main(["--checkpoint", model_dir, "--input_dir", str(photos), "--output_h5",
+                           str(output), "--max_images", "3", "--boxes_per_image", "2"])
+  assert _read(output)["image_paths"] == [str(photos / n) for n in ("a.jpg", "b.png")]
+  assert "boxes of 2 of 4 images (--max_images)" in capsys.readouterr().out
+  for value in ("0", "-2"):
+    with pytest.raises(SystemExit) as e:
+      extract_features.main(["--checkpoint", str(tmp_path / "no_model"), "--input_dir",
+                             str(photos), "--output_h5", str(output), "--max_images", value])
+    assert e.value.code == f"error: --max_images must be positive, or -1 for all, got {value}"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--num_proposals", "0"], "--num_proposals must be a positive integer, got 0"),
+    (["--final_nms_thresh", "-1"], r"--final_nms_thresh must be in \[0, 1\], got -1.0"),
+])
+def test_out_of_range_model_flags_rejected_before_loading(photos, tmp_path, flags, message):
+  with pytest.raises(SystemExit, match=f"^error: {message}$"):
+    extract_features.main(["--checkpoint", str(tmp_path / "no_model"), "--input_dir",
+                           str(photos), "--output_h5", str(tmp_path / "x.h5"), *flags])
+
+
+def test_every_flag_shows_its_default(capsys, monkeypatch):
+  monkeypatch.setenv("COLUMNS", "400")
+  with pytest.raises(SystemExit):
+    extract_features.main(["--help"])
+  text = capsys.readouterr().out
+  assert text.startswith("usage: python -m densecap_jax.extract_features ")
+  blocks = re.split(r"\n  (?=--)", text)[1:]
+  assert len(blocks) >= 14
+  for block in blocks:
+    assert "(default" in block, block
+  assert "at most N images (of a folder, split or list); -1 = all (default: -1)" in text
+
+
+def test_photos_are_read_upright(model_dir, tmp_path):
+  stored = write_orientation_6_jpeg(tmp_path / "phone.jpg", height=40, width=60)
+  Image.fromarray(np.rot90(stored, k=-1)).save(tmp_path / "upright.png")
+  outputs = {}
+  for name in ("phone.jpg", "upright.png"):
+    listing = tmp_path / f"{name}.txt"
+    listing.write_text(f"{tmp_path / name}\n")
+    extract_features.main(["--checkpoint", model_dir, "--input_txt", str(listing), "--output_h5",
+                           str(tmp_path / f"{name}.h5"), "--boxes_per_image", "5"])
+    outputs[name] = _read(tmp_path / f"{name}.h5")
+  phone, upright = outputs["phone.jpg"], outputs["upright.png"]
+  assert phone["num_boxes"][0] == upright["num_boxes"][0] > 0
+  for key in ("boxes", "scores", "feats"):
+    np.testing.assert_array_equal(phone[key], upright[key])

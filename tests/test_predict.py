@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -75,18 +76,19 @@ def test_prepare_display_is_the_resized_image(model_dir, photos):
   assert prepared.original_size == (120, 60)
   np.testing.assert_allclose(images_lib.vgg_preprocess(prepared.display), prepared.model_input,
                              atol=0.51)
-  with pytest.raises(ValueError, match="uint8 RGB"):
+  with pytest.raises(ValueError, match="expected a uint8 image array"):
     model.prepare(np.zeros((4, 4), np.float32))
 
 
 def test_cli_writes_results_viewer_and_drawings(model_dir, photos, tmp_path, capsys):
   vis_dir, drawn_dir = tmp_path / "vis", tmp_path / "drawn"
-  predict.main(["--input_dir", str(photos), "--checkpoint", model_dir, "--output_vis_dir",
-                str(vis_dir), "--output_dir", str(drawn_dir), "--max_detections", "5",
-                "--batch_size", "2"])
+  with pytest.raises(SystemExit) as e:  # broken.jpg cannot be read: non-zero exit, named
+    predict.main(["--input_dir", str(photos), "--checkpoint", model_dir, "--output_vis_dir",
+                  str(vis_dir), "--output_dir", str(drawn_dir), "--max_detections", "5",
+                  "--batch_size", "2"])
+  assert e.value.code == f"error: 1 of 4 images could not be read: {photos / 'broken.jpg'}"
   out = capsys.readouterr()
-  assert "captioned 3 images" in out.out and "1 could not be read" in out.out
-  assert "broken.jpg" in out.out + out.err
+  assert "captioned 3 images," in out.out and "(--max_images)" not in out.out
   with open(vis_dir / "results.json") as f:
     results = json.load(f)
   assert [r["img_name"] for r in results["results"]] == ["a.jpg", "b.png", "c.jpg"]
@@ -136,3 +138,139 @@ def test_package_level_load_model(model_dir, photos):
   model = densecap_jax.load_model(model_dir)
   (result,) = model.predict([str(photos / "a.jpg")])
   assert set(result) == {"boxes", "scores", "captions"}
+
+
+def _good_photos(folder, names=("a.jpg", "b.png")):
+  folder.mkdir()
+  rng = np.random.default_rng(1)
+  for name in names:
+    Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(folder / name)
+  return folder
+
+
+def test_cli_never_replaces_results_with_less(model_dir, tmp_path, capsys):
+  good = _good_photos(tmp_path / "good")
+  unreadable = tmp_path / "unreadable"
+  unreadable.mkdir()
+  (unreadable / "x.jpg").write_bytes(b"\xff\xd8\xff not really")
+  (unreadable / "y.png").write_bytes(b"")
+  vis_dir, drawn_dir = tmp_path / "vis", tmp_path / "drawn"
+  common = ["--checkpoint", model_dir, "--output_vis_dir", str(vis_dir)]
+  predict.main(["--input_dir", str(good), *common, "--output_dir", str(drawn_dir)])
+  results = vis_dir / "results.json"
+  before = results.read_bytes()
+  capsys.readouterr()
+
+  # Only unreadable inputs: nothing written, not even with --overwrite; both failures named.
+  with pytest.raises(SystemExit) as e:
+    predict.main(["--input_dir", str(unreadable), *common, "--overwrite"])
+  assert e.value.code == (f"error: no image could be read, nothing written: "
+                          f"{unreadable / 'x.jpg'}, {unreadable / 'y.png'}")
+  out = capsys.readouterr()
+  assert f"empty file: {unreadable / 'y.png'}" in out.out + out.err
+  assert "results:" not in out.out
+  assert results.read_bytes() == before and not (vis_dir / "x.jpg").exists()
+
+  # An existing results.json is kept unless --overwrite, checked before the model loads.
+  missing_model = ["--checkpoint", str(tmp_path / "no_model")]
+  with pytest.raises(SystemExit) as e:
+    predict.main(["--input_dir", str(good), "--output_vis_dir", str(vis_dir), *missing_model])
+  assert e.value.code == (f"error: {results} exists (from another run); pass --overwrite to "
+                          f"replace it, or choose another --output_vis_dir")
+  # Drawn images likewise.
+  with pytest.raises(SystemExit, match=r"--output_dir .* already holds 2 of the images to write "
+                                       r"\(a.jpg, b.png\); pass --overwrite"):
+    predict.main(["--input_dir", str(good), "--output_vis", "0", "--output_dir", str(drawn_dir),
+                  *missing_model])
+  with pytest.raises(SystemExit, match="the same folder"):
+    predict.main(["--input_dir", str(good), "--output_vis_dir", str(tmp_path / "same"),
+                  "--output_dir", str(tmp_path / "same"), *missing_model])
+  assert results.read_bytes() == before
+
+  # With --overwrite both are replaced.
+  os.utime(results, (0, 0))
+  os.utime(drawn_dir / "a.jpg", (0, 0))
+  predict.main(["--input_dir", str(good), *common, "--output_dir", str(drawn_dir), "--overwrite"])
+  assert os.path.getmtime(results) > 0 and os.path.getmtime(drawn_dir / "a.jpg") > 0
+
+
+def test_cli_says_when_max_images_stops_it(model_dir, tmp_path, capsys):
+  folder = _good_photos(tmp_path / "three", ("a.jpg", "b.png", "c.jpg"))
+  predict.main(["--input_dir", str(folder), "--checkpoint", model_dir, "--output_vis_dir",
+                str(tmp_path / "vis"), "--max_images", "2"])
+  assert "captioned 2 of 3 images (--max_images)," in capsys.readouterr().out
+  predict.main(["--input_dir", str(folder), "--checkpoint", model_dir, "--output_vis_dir",
+                str(tmp_path / "vis_all"), "--max_images", "-1"])
+  assert "captioned 3 images," in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--num_proposals", "0"], r"--num_proposals must be a positive integer, got 0"),
+    (["--num_proposals", "-5"], r"--num_proposals must be a positive integer, got -5"),
+    (["--image_size", "0"], r"--image_size must be a positive integer, got 0"),
+    (["--final_nms_thresh", "1.5"], r"--final_nms_thresh must be in \[0, 1\], got 1.5"),
+    (["--rpn_nms_thresh", "-0.1"], r"--rpn_nms_thresh must be in \[0, 1\], got -0.1"),
+    (["--final_nms_thresh", "nan"], r"--final_nms_thresh must be in \[0, 1\], got nan"),
+    (["--max_images", "0"], r"--max_images must be positive, or -1 for all, got 0"),
+    (["--batch_size", "0"], r"--batch_size must be positive, got 0"),
+])
+def test_cli_rejects_out_of_range_flags_before_loading(photos, tmp_path, flags, message):
+  with pytest.raises(SystemExit) as e:
+    predict.main(["--input_image", str(photos / "a.jpg"), "--checkpoint",
+                  str(tmp_path / "no_model"), "--output_vis_dir", str(tmp_path / "vis"), *flags])
+  assert re.fullmatch(f"error: {message}", e.value.code)
+
+
+def test_api_rejects_out_of_range_settings(model_dir):
+  for settings, message in (({"num_proposals": 0}, "num_proposals must be a positive integer"),
+                            ({"final_nms_thresh": 2.0}, r"final_nms_thresh must be in \[0, 1\]")):
+    with pytest.raises(ValueError, match=message):
+      inference.load_model(model_dir, **settings)
+
+
+def _help(main, capsys, monkeypatch):
+  monkeypatch.setenv("COLUMNS", "400")  # one line per flag
+  with pytest.raises(SystemExit) as e:
+    main(["--help"])
+  assert e.value.code == 0
+  return capsys.readouterr().out
+
+
+def test_every_flag_shows_its_default(capsys, monkeypatch):
+  text = _help(predict.main, capsys, monkeypatch)
+  assert text.startswith("usage: python -m densecap_jax.predict ")
+  blocks = re.split(r"\n  (?=--)", text)[1:]  # one block per option, after -h
+  assert len(blocks) >= 20
+  for block in blocks:
+    assert "(default" in block, block
+  assert "at most N images (of a folder, split or list); -1 = all (default: 100)" in text
+
+
+def test_predict_takes_one_image_and_grey_or_rgba_arrays(model_dir, photos):
+  model = inference.load_model(model_dir)
+  path = str(photos / "a.jpg")
+  (want,) = model.predict([path])
+  for single in (path, photos / "a.jpg", Image.open(path)):
+    (got,) = model.predict(single)
+    np.testing.assert_array_equal(got["boxes"], want["boxes"])
+    assert got["captions"] == want["captions"]
+  rgb = np.asarray(Image.open(path).convert("L").convert("RGB"))
+  grey = rgb[:, :, 0]
+  rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 7, np.uint8)], axis=2)
+  (from_rgb,) = model.predict(rgb)
+  for array in (grey, grey[:, :, None], rgba):
+    (got,) = model.predict([array])
+    np.testing.assert_array_equal(got["boxes"], from_rgb["boxes"])
+    assert got["captions"] == from_rgb["captions"]
+  assert len(model.predict(np.stack([rgb, rgb]))) == 2  # a 4-D array is a batch
+  with pytest.raises(TypeError, match="expected images"):
+    model.predict(42)
+  with pytest.raises(TypeError, match="expected an image path, a PIL image or a uint8"):
+    model.predict([42])
+  with pytest.raises(ValueError, match="expected a uint8 image array"):
+    model.predict(rgb.astype(np.float32))
+
+
+def test_bucket_error_names_image_size():
+  with pytest.raises(ValueError, match=r"fits no shape bucket.*use --image_size 256 "):
+    buckets_lib.pick_bucket(720, 540, buckets_lib.make_buckets(256))

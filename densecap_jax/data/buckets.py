@@ -46,13 +46,17 @@ def pick_bucket(height, width, buckets):
   """The smallest bucket (by area, then height) that holds an image of ``height x width``.
 
   Raises:
-    ValueError: when no bucket is large enough.
+    ValueError: when no bucket is large enough; the message names the
+      ``--image_size`` that fits the buckets.
   """
   fitting = [b for b in buckets if b[0] >= height and b[1] >= width]
   if not fitting:
+    long_side = min(max(b) for b in buckets)
     raise ValueError(
-        f"image of {height}x{width} (HxW) fits no shape bucket; largest is "
-        f"{max(buckets, key=lambda b: b[0] * b[1])}")
+        f"image of {height}x{width} (HxW) fits no shape bucket (largest "
+        f"{'x'.join(map(str, max(buckets, key=lambda b: b[0] * b[1])))}): the image was resized "
+        f"for a larger size than the model's; use --image_size {long_side} (preprocess the "
+        f"data, or run the model, at the size its buckets were made for)")
   return min(fitting, key=lambda b: (b[0] * b[1], b[0]))
 
 
