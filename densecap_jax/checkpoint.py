@@ -10,7 +10,8 @@ A model directory holds everything predict, eval and fine-tuning need::
 
 Writes are atomic: the directory is built under a temporary name beside the
 target and renamed into place, so a crash never leaves a half-written model
-and an existing directory is never overwritten unless asked. Reads fail with
+and an existing directory is never overwritten unless asked. The directory
+gets the user's umask, as ``os.mkdir`` would give it. Reads fail with
 one line naming the directory or file at fault.
 """
 
@@ -67,7 +68,7 @@ def save_model(directory, params, config, vocab, *, overwrite=False):
     raise FileExistsError(f"{directory} exists; pass overwrite=True to replace it")
   parent = os.path.dirname(directory)
   os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.", dir=parent)
+  tmp = files.mkdtemp(parent, f".{os.path.basename(directory)}.")  # the umask's mode, not 0700
   try:
     checkpointer = local_checkpointer()
     checkpointer.save(os.path.join(tmp, PARAMS), jax.device_get(params))

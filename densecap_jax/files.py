@@ -35,6 +35,17 @@ def atomic_output(path):
     raise
 
 
+def mkdtemp(directory, prefix):
+  """``tempfile.mkdtemp`` in ``directory`` with the mode ``os.mkdir`` would give.
+
+  ``mkdtemp`` makes the directory 0700; a directory that is renamed into
+  place as an output (a model directory) gets 0777 less the umask instead.
+  """
+  path = tempfile.mkdtemp(prefix=prefix, dir=directory)
+  os.chmod(path, 0o777 & ~_umask())
+  return path
+
+
 def write_json(path, obj):
   """Writes ``obj`` as one line of JSON to ``path`` atomically."""
   with atomic_output(path) as tmp_path:

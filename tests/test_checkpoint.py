@@ -3,6 +3,7 @@
 import gc
 import json
 import os
+import stat
 
 import jax.numpy as jnp
 import ml_collections
@@ -62,6 +63,25 @@ def test_missing_pieces_give_clear_errors(tmp_path):
   os.remove(tmp_path / "m" / "vocab.json")
   with pytest.raises(FileNotFoundError, match="vocab.json is missing"):
     checkpoint.load_model(tmp_path / "m")
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o755), (0o027, 0o750), (0o077, 0o700)],
+                         ids=["022", "027", "077"])
+def test_model_directory_gets_the_umask(tmp_path, umask, mode):
+  old = os.umask(umask)
+  try:
+    checkpoint.save_model(tmp_path / "run" / "best", _params(), _config(), [None, "x"])
+    checkpoint.save_model(tmp_path / "run" / "last", _params(), _config(), [None, "x"])
+    checkpoint.save_model(tmp_path / "run" / "last", _params(), _config(), [None, "y"],
+                          overwrite=True)
+  finally:
+    os.umask(old)
+  for name in ("best", "last"):
+    model_dir = tmp_path / "run" / name
+    assert stat.S_IMODE(model_dir.stat().st_mode) == mode, name
+    assert stat.S_IMODE((model_dir / "params").stat().st_mode) == mode
+    assert stat.S_IMODE((model_dir / "config.json").stat().st_mode) == 0o666 & ~umask
+  assert sorted(os.listdir(tmp_path / "run")) == ["best", "last"]
 
 
 def _one_line_error(directory, match):
