@@ -24,15 +24,18 @@ import threading
 import time
 import types
 import uuid
+import warnings
 import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 import small_model
+from test_data_images import write_orientation_6_jpeg
 
 from densecap_jax import cli
 from densecap_jax import inference
+from densecap_jax import predict
 from densecap_jax import serve
 from densecap_jax.server import app as app_lib
 from densecap_jax.server import batching
@@ -418,6 +421,17 @@ def test_decode_image_checks_pixels_from_the_header_before_decoding():
     app_lib.decode_image(image_bytes(rgb, "PNG"), 1199)
 
 
+def test_decode_image_gives_its_pixel_limit_instead_of_pillows_bomb_warning_or_error():
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # Pillow's DecompressionBombWarning would fail the test
+    for width, height, size in ((10000, 9500, "10000x9500 = 95000000"),
+                                (15000, 15000, "225000000")):
+      with pytest.raises(app_lib.RequestError) as e:
+        app_lib.decode_image(png_with_size(width, height), max_pixels=40_000_000)
+      assert e.value.status == 413
+      assert e.value.message == f"image of {size} pixels is over the limit of 40000000 pixels"
+
+
 def test_decode_image_refuses_truncated_and_non_images_and_applies_orientation():
   jpeg = image_bytes(random_image(1, 64, 48), "JPEG")
   for data, message in ((jpeg[:len(jpeg) // 2], "cannot decode the image"),
@@ -494,6 +508,41 @@ def test_caption_multipart_and_raw_body_match_predict_prepared(server, predictor
   assert_same_answer(answer, expected_answer(predictor, rgb, final_nms_thresh=0.6))
   assert all(caption.split() and set(caption.split()) <= set(VOCAB[1:])
              for caption in answer["captions"])
+
+
+def test_a_sideways_phone_photo_is_upright_in_the_cli_the_api_and_the_server(
+    server, predictor, model_dir, tmp_path):
+  path = tmp_path / "phone.jpg"
+  stored = write_orientation_6_jpeg(path, height=30, width=40)  # stored landscape, EXIF 6
+  upright = np.rot90(stored, k=-1)  # 40 high, 30 wide
+  predictor.final_nms_thresh = 0.3  # the default of the CLI and the server
+  # Python API: a path, an opened PIL image and the upright pixels agree.
+  prepared = predictor.prepare(str(path))
+  assert prepared.original_size == (40, 30) and prepared.display.shape == (32, 24, 3)
+  (api,) = predictor.predict(str(path))
+  with Image.open(path) as img:
+    (from_pil,) = predictor.predict(img)
+  (from_pixels,) = predictor.predict(upright)
+  assert 0 < len(api["captions"])
+  for other in (from_pil, from_pixels):
+    np.testing.assert_array_equal(other["boxes"], api["boxes"])
+    assert other["captions"] == api["captions"]
+  # predict command: the same boxes and captions, on the upright resized image.
+  vis_dir = tmp_path / "vis"
+  predict.main(["--input_image", str(path), "--checkpoint", model_dir, "--output_vis_dir",
+                str(vis_dir)])
+  with open(vis_dir / "results.json") as f:
+    (entry,) = json.load(f)["results"]
+  assert Image.open(vis_dir / "phone.jpg").size == (24, 32)
+  np.testing.assert_allclose(np.reshape(entry["boxes"], (-1, 4)), api["boxes"], rtol=1e-6,
+                             atol=1e-5)
+  assert entry["captions"] == api["captions"]
+  # Server: the upright size, and the same boxes scaled to the upload.
+  status, answer = server.json("POST", "/api/caption", path.read_bytes(),
+                               {"Content-Type": "image/jpeg"})
+  assert status == 200 and (answer["width"], answer["height"]) == (30, 40)
+  assert_same_answer(answer, expected_answer(predictor, upright))
+  assert answer["captions"] == api["captions"]
 
 
 def test_32_concurrent_requests_are_batched_and_all_correct(server, predictor):
