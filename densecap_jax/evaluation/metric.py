@@ -343,6 +343,29 @@ class DenseCaptioningEvaluator:
       self._meteor = np.concatenate([self._meteor, new])
     return self._meteor
 
+  def records(self) -> dict:
+    """Every record added so far, image by image, each image's in descending score order.
+
+    For per-image reports; :meth:`evaluate` does not use it.
+
+    Returns:
+      ``{'image', 'score', 'ok', 'overlap', 'meteor'}``, ``(R,)`` arrays:
+      ``image`` the 0-based :meth:`add_result` call (ascending), ``score``
+      float64, ``ok`` bool, ``overlap`` float64, ``meteor`` float64, NaN for
+      records not sent to METEOR (never true positives).
+    """
+    meteor_per_pair = self._meteor_scores()
+    counts = [len(s) for s in self._scores]
+    offsets = np.cumsum([0] + counts)
+    meteor = np.full(offsets[-1], np.nan)
+    if self._pair_index:
+      meteor[np.concatenate([index + offset for index, offset in
+                             zip(self._pair_index, offsets)]).astype(int)] = meteor_per_pair
+    join = lambda arrays, dtype: np.concatenate(arrays).astype(dtype) if arrays else (
+        np.zeros(0, dtype))
+    return {"image": np.repeat(np.arange(len(counts)), counts), "score": join(self._scores, float),
+            "ok": join(self._ok, bool), "overlap": join(self._overlap, float), "meteor": meteor}
+
   def evaluate(self) -> dict:
     """The mAP over everything added so far.
 
