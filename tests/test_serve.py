@@ -710,7 +710,7 @@ def test_captioner_after_warm_up_compiles_no_model_for_new_thresholds(predictor,
 # ---------------------------------------------------------- start-up and shutdown
 
 
-class _StubCaptioner:
+class StubCaptioner:
   """Just what ``create_app`` reads of a ``Captioner``; captions nothing."""
 
   batch_sizes = (1,)
@@ -730,7 +730,7 @@ class _StubCaptioner:
 
 
 @contextlib.contextmanager
-def _app_server(app):
+def app_server(app):
   """Serves ``app`` with uvicorn in a thread on 127.0.0.1; yields a ``ServerProcess``-like client."""
   import uvicorn  # pylint: disable=g-import-not-at-top
   sock = serve.bind("127.0.0.1", 0)
@@ -757,11 +757,11 @@ def _wait_for(condition, timeout=30):
 
 def test_app_answers_503_starting_until_warm_up_returns_then_serves():
   release, ready = threading.Event(), []
-  app = app_lib.create_app(_StubCaptioner(), model_name="stub", max_upload_bytes=MAX_UPLOAD_BYTES,
+  app = app_lib.create_app(StubCaptioner(), model_name="stub", max_upload_bytes=MAX_UPLOAD_BYTES,
                            max_pixels=MAX_PIXELS, batch_wait_ms=1, warm_up=release.wait,
                            on_ready=lambda: ready.append(True))
   png = image_bytes(random_image(0, 20, 30), "PNG")
-  with _app_server(app) as client:
+  with app_server(app) as client:
     status, health = client.json("GET", "/healthz")
     assert status == 503 and health["status"] == "starting" and health["model"] == "stub"
     status, headers, body = client.request("POST", "/api/caption", png,
@@ -782,10 +782,10 @@ def test_app_reports_a_failed_warm_up_as_503_failed():
   def warm_up():
     raise RuntimeError("out of memory\nmore detail")
 
-  app = app_lib.create_app(_StubCaptioner(), model_name="stub", max_upload_bytes=MAX_UPLOAD_BYTES,
+  app = app_lib.create_app(StubCaptioner(), model_name="stub", max_upload_bytes=MAX_UPLOAD_BYTES,
                            max_pixels=MAX_PIXELS, batch_wait_ms=1, warm_up=warm_up,
                            on_failure=failures.append)
-  with _app_server(app) as client:
+  with app_server(app) as client:
     _wait_for(lambda: failures)
     status, health = client.json("GET", "/healthz")
     assert (status, health["status"], health["error"]) == (

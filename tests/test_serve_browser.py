@@ -13,6 +13,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -20,7 +21,9 @@ import urllib.request
 import numpy as np
 import pytest
 
-from test_serve import ServerProcess, image_bytes, make_model_dir, random_image
+from densecap_jax.server import app as app_lib
+from test_serve import (ServerProcess, StubCaptioner, app_server, image_bytes, make_model_dir,
+                        random_image)
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium")
                                         else None)
@@ -269,3 +272,31 @@ def test_live_mode_captions_fake_camera_frames(server, browser):
   assert shown["canvas"] == [640, 480] and shown["viewBox"] == "0 0 32 24"
   assert after["batches"]["requests"] - before["batches"]["requests"] >= frames
   assert browser.evaluate("document.getElementById('live').getAttribute('aria-pressed')") == "false"
+
+
+def test_page_says_warming_up_until_the_server_is_ready(tmp_path):
+  release = threading.Event()
+  app = app_lib.create_app(StubCaptioner(), model_name="stub", max_upload_bytes=1 << 20,
+                           max_pixels=1 << 20, batch_wait_ms=1, warm_up=release.wait)
+  with app_server(app) as client:
+    page = Browser(f"http://127.0.0.1:{client.port}/", str(tmp_path / "profile"))
+    try:
+      page.wait_for("document.body.dataset.state === 'starting'")
+      shown = page.evaluate("""(() => ({
+        status: document.getElementById('status').textContent,
+        file: document.getElementById('file').disabled,
+        live: document.getElementById('live').disabled,
+      }))()""")
+      assert shown["status"].startswith("Warming up") and shown["file"] and shown["live"], shown
+      release.set()
+      page.wait_for("document.body.dataset.state === 'idle'")
+      shown = page.evaluate("""(() => ({
+        status: document.getElementById('status').textContent,
+        model: document.getElementById('model').textContent,
+        file: document.getElementById('file').disabled,
+        live: document.getElementById('live').disabled,
+      }))()""")
+      assert shown == {"status": "", "model": "model stub (tiny config, images resized to 32 px)",
+                       "file": False, "live": False}, shown
+    finally:
+      page.close()
