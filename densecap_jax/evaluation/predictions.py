@@ -474,10 +474,11 @@ def _frame_warnings(pairs, gt, box_format, boxes_in, predictions_image_size):
       flags.append(f"--boxes_in {frame}")
     if fmt != box_format:
       flags.append(f"--box_format {fmt}")
+    outside = (f" ({beyond:.0%} reach beyond their image by more than {BEYOND_MARGIN:.0%} of "
+               f"its size)" if beyond >= 0.05 else "")
     return [f"the boxes look like {_describe(fmt, frame, gt)}, but are read as "
-            f"{_describe(box_format, boxes_in, gt)}: read as asked, "
-            + where.format(given) + f" ({beyond:.0%} reach beyond their image by more than "
-            f"{BEYOND_MARGIN:.0%} of its size), read as {fmt} in "
+            f"{_describe(box_format, boxes_in, gt)}: read as asked, " + where.format(given)
+            + f"{outside}, read as {fmt} in "
             f"{'original-image' if frame == 'original' else 'resized-image'} pixels {found:.0%}; "
             f"pass {' '.join(flags)}"]
   if beyond > 0.5:
