@@ -91,7 +91,7 @@ def save_model(directory, params, config, vocab, *, overwrite=False):
     raise
 
 
-def _first_line(error, limit=300):
+def first_error_line(error, limit=300):
   """The first line of ``error``'s message, without tensorstore's spec dump."""
   text = str(error).strip()
   text = text.splitlines()[0] if text else type(error).__name__
@@ -112,7 +112,7 @@ def _ignore_closed_event_loop(hook):
 
 
 @contextlib.contextmanager
-def _quiet_failed_read():
+def quiet_failed_read():
   """Hides the asyncio tracebacks orbax leaves behind when a read fails.
 
   They only repeat the error that is reported in one line: tasks whose
@@ -139,7 +139,7 @@ def _read_config(path):
   try:
     return ml_collections.ConfigDict(fields)
   except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f"model config {path} is not a valid config: {_first_line(e)}") from None
+    raise ValueError(f"model config {path} is not a valid config: {first_error_line(e)}") from None
 
 
 def _read_vocab(path):
@@ -152,11 +152,11 @@ def _read_vocab(path):
 def _read_params(directory):
   """The params pytree in ``directory/params``; a one-line ``ValueError`` naming ``directory``."""
   try:
-    with _quiet_failed_read():
+    with quiet_failed_read():
       params = local_checkpointer().restore(os.path.join(directory, PARAMS))
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(f"model directory {directory}: the parameters in {PARAMS}/ cannot be read, "
-                     f"they are truncated or corrupt ({_first_line(e)}); copy or convert the "
+                     f"they are truncated or corrupt ({first_error_line(e)}); copy or convert the "
                      f"model again") from None
   return jax.tree.map(np.asarray, params)
 

@@ -27,6 +27,7 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 
+from densecap_jax import runtime
 from densecap_jax.train import loop
 from densecap_jax.train import trainer
 
@@ -47,6 +48,7 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
 _PROCESS_ID = flags.DEFINE_integer("process_id", None,
                                    "this process, 0 .. num_processes - 1 (implies --distributed)")
 flags.mark_flags_as_required(["config", "workdir"])
+runtime.define_absl_flags()
 
 
 def initialize_distributed():
@@ -62,6 +64,7 @@ def initialize_distributed():
 
 def main(argv):
   del argv
+  runtime.setup_from_absl()
   try:
     initialize_distributed()
   except (RuntimeError, ValueError) as e:

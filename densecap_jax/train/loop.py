@@ -8,9 +8,7 @@ function of the step, so a run resumed from a checkpoint repeats exactly what
 an uninterrupted run does.
 """
 
-import contextlib
 import json
-import logging
 import os
 import signal
 import sys
@@ -25,6 +23,7 @@ import optax
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
+from densecap_jax import checkpoint
 from densecap_jax import files
 
 AXIS = "batch"
@@ -100,8 +99,20 @@ def replicate(tree, axis_name=AXIS):
 
 
 def unreplicate(tree):
-  """The first device's copy of a pmapped pytree, on the host."""
-  return jax.device_get(jax.tree.map(lambda x: x[0], tree))
+  """This process's first device's copy of a pmapped pytree, on the host.
+
+  Reads the local shard only: indexing the global array would be a
+  computation over every process's devices, which the processes would have
+  to run in step.
+  """
+
+  def first_local(x):
+    if not isinstance(x, jax.Array):
+      return np.asarray(x)[0]
+    shard = np.asarray(x.addressable_shards[0].data)
+    return shard[0] if shard.ndim == x.ndim else shard
+
+  return jax.tree.map(first_local, tree)
 
 
 class CheckpointError(RuntimeError):
@@ -110,44 +121,6 @@ class CheckpointError(RuntimeError):
 
 class ValidationError(RuntimeError):
   """Validation inside training failed; the checkpoint of that step is already written."""
-
-
-def _first_line(error, limit=300):
-  text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-  text = text.split(" [tensorstore_spec=")[0]
-  return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _ignore_closed_event_loop(hook):
-  """``sys.unraisablehook`` that drops the "Event loop is closed" errors of late I/O callbacks."""
-
-  def unraisablehook(unraisable):
-    value = unraisable.exc_value
-    if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
-      hook(unraisable)
-
-  unraisablehook.filters_closed_event_loop = True
-  return unraisablehook
-
-
-@contextlib.contextmanager
-def _quiet_asyncio():
-  """Hides the asyncio tracebacks orbax's reader leaves behind when a read fails.
-
-  A failed read leaves tasks whose exceptions asyncio logs, and tensorstore
-  callbacks that fire after orbax has closed its event loop (reported
-  through ``sys.unraisablehook``, possibly later); both only repeat the error
-  already reported in one line.
-  """
-  logger = logging.getLogger("asyncio")
-  level = logger.level
-  logger.setLevel(logging.CRITICAL)
-  if not getattr(sys.unraisablehook, "filters_closed_event_loop", False):
-    sys.unraisablehook = _ignore_closed_event_loop(sys.unraisablehook)
-  try:
-    yield
-  finally:
-    logger.setLevel(level)
 
 
 class Checkpoints:
@@ -191,11 +164,11 @@ class Checkpoints:
     unreadable = []
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
-        with _quiet_asyncio():
+        with checkpoint.quiet_failed_read():
           restored = self._manager.restore(step, args=ocp.args.Composite(
               state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
       except Exception as e:  # pylint: disable=broad-except
-        reason = _first_line(e)
+        reason = checkpoint.first_error_line(e)
         unreadable.append((step, reason))
         print(f"warning: checkpoint {os.path.join(self.directory, str(step))} cannot be read "
               f"({reason}); trying the previous one", file=sys.stderr)
@@ -299,9 +272,10 @@ def run_validation(step, params, eval_fn, writer, on_eval=None):
     if on_eval is not None:
       on_eval(step, params, results)
   except Exception as e:  # pylint: disable=broad-except
-    raise ValidationError(f"validation at step {step} failed ({type(e).__name__}: "
-                          f"{_first_line(e)}); the checkpoint of step {step} is saved, and a "
-                          f"run started again resumes from it and validates first") from e
+    reason = checkpoint.first_error_line(e)
+    raise ValidationError(f"validation at step {step} failed ({type(e).__name__}: {reason}); "
+                          f"the checkpoint of step {step} is saved, and a run started again "
+                          f"resumes from it and validates first") from e
   return results
 
 
@@ -375,7 +349,7 @@ def train_loop(*, state, step_fn: Callable, batches: Iterator, base_rng, num_ste
       batch = next(batches)
       replicated, metrics = step_fn_at(step)(replicated, batch, base_rng)
       step += 1
-      metrics = jax.device_get(jax.tree.map(lambda x: x[0], metrics))
+      metrics = unreplicate(metrics)
       loss = float(metrics["loss"])
       if not bool(metrics["finite"]):
         nonfinite += 1

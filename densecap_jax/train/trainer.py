@@ -25,6 +25,7 @@ import optax
 
 from densecap_jax import checkpoint
 from densecap_jax import files
+from densecap_jax import runtime
 from densecap_jax.data import loader as loader_lib
 from densecap_jax.evaluation import meteor as meteor_lib
 from densecap_jax.evaluation import split_eval
@@ -199,6 +200,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume=True, progr
     print(f"validating step {start} (the run stopped before its validation)")
     loop.run_validation(start, state.params, evaluate, writer, on_eval)
   num_steps = config.max_iters if config.max_iters > 0 else 2**31 - 1
+  if is_chief and start < num_steps:
+    num_buckets = len({tuple(b) for b in config.model.buckets})
+    runtime.announce_compiles(
+        (1 + len(step_fn_from)) * num_buckets + (num_buckets if has_val else 0),
+        key=("train", config.model.to_json(), config.per_device_batch_size,
+             config.finetune_cnn_after >= 0, config.test_num_proposals, jax.device_count()),
+        upto=True,
+        detail="training steps and validation, per shape bucket", record_at_exit=True)
   try:
     state, reason = loop.train_loop(
         state=state, step_fn=step_fn(False), step_fn_from=step_fn_from, batches=batches,
