@@ -42,7 +42,9 @@ beyond their image is reported too.
 """
 
 import dataclasses
+import heapq
 import json
+import math
 import os
 
 import numpy as np
@@ -115,7 +117,8 @@ def _listed(items, limit=MAX_LISTED):
 
 
 def _is_number(value):
-  return isinstance(value, (int, float)) and not isinstance(value, bool)
+  """An int or float from JSON (not a bool)."""
+  return type(value) in (int, float)  # pylint: disable=unidiomatic-typecheck
 
 
 def _number_array(values, shape_text, where, field):
@@ -135,16 +138,25 @@ def _kind(value):
   return "null" if value is None else type(value).__name__
 
 
-def _check_box(box, where, box_format):
-  """A message when ``box`` (4 floats) is not finite or has a negative size, else ``None``."""
-  if not np.isfinite(box).all():
-    return f"{where} is not 4 finite numbers: {box.tolist()}"
-  width, height = (box[2:] - box[:2] + 1) if box_format == "x1y1x2y2" else box[2:]
-  if width < 0 or height < 0:
-    reading = "x2 < x1 - 1 or y2 < y1 - 1 read as x1y1x2y2" if box_format == "x1y1x2y2" else (
-        "read as xywh")
-    return f"{where} has a negative width or height ({reading}): {box.tolist()}"
-  return None
+def _box_problems(boxes, box_format):
+  """Indices of the unusable boxes of ``(N, 4)`` float64 ``boxes`` and a function naming the fault.
+
+  Unusable: a non-finite number, or a negative width or height as
+  ``box_format`` reads the four numbers. Returns ``(indices, reason)`` with
+  ``reason(i)`` a message fragment such as ``"is not 4 finite numbers: [...]"``.
+  """
+  finite = np.isfinite(boxes).all(axis=1)
+  sizes = boxes[:, 2:] - boxes[:, :2] + 1 if box_format == "x1y1x2y2" else boxes[:, 2:]
+  bad = np.flatnonzero(~finite | (finite & (sizes < 0).any(axis=1)))
+  reading = "x2 < x1 - 1 or y2 < y1 - 1 read as x1y1x2y2" if box_format == "x1y1x2y2" else (
+      "read as xywh")
+
+  def reason(i):
+    if not finite[i]:
+      return f"is not 4 finite numbers: {boxes[i].tolist()}"
+    return f"has a negative width or height ({reading}): {boxes[i].tolist()}"
+
+  return bad, reason
 
 
 class _Reader:
@@ -155,27 +167,37 @@ class _Reader:
     self.box_format = box_format
     self.images = {}
     self.first_seen = {}
-    self.problems = []
+    self._problems = []  # heap of the first MAX_LISTED by position: (-order, message)
     self.num_problems = 0
+    self.order = 0  # position of the entry being read, for ordering the messages
     self.empty_captions = []
     self.num_empty = 0
-    self._detections = {}  # key -> (boxes, scores, captions) lists
+    self._detections = {}  # key -> (name, boxes, scores, captions, orders), lists
+    self._keys = {}  # name as written -> image_key(name)
 
-  def problem(self, message):
+  def problem(self, message, order=None):
+    """Records a malformed entry; the first MAX_LISTED by position are kept."""
     self.num_problems += 1
-    if len(self.problems) < MAX_LISTED:
-      self.problems.append(message)
+    item = (-(self.order if order is None else order), message)
+    if len(self._problems) < MAX_LISTED:
+      heapq.heappush(self._problems, item)
+    elif item > self._problems[0]:
+      heapq.heapreplace(self._problems, item)
 
   def _key(self, entry, where):
     name = entry.get("img_name", entry.get("image_id"))
     if name is None:
       self.problem(f"{where}: no field 'img_name' or 'image_id'")
       return None, None
-    try:
-      return gt_lib.image_key(name), name
-    except ValueError as e:
-      self.problem(f"{where}: {e}")
-      return None, None
+    key = self._keys.get(name) if type(name) in (int, str) else None  # not bool (== 1)
+    if key is None:
+      try:
+        key = gt_lib.image_key(name)
+      except ValueError as e:
+        self.problem(f"{where}: {e}")
+        return None, None
+      self._keys[name] = key
+    return key, name
 
   def _empty(self, caption, where):
     if not caption.strip():
@@ -212,10 +234,9 @@ class _Reader:
     if not len(boxes) == len(scores) == len(captions):
       return self.problem(f"{where}: {len(boxes)} boxes, {len(scores)} scores and "
                           f"{len(captions)} captions (one of each per detection)")
-    for i, box in enumerate(boxes):
-      message = _check_box(box, f"{where}.boxes[{i}]", self.box_format)
-      if message:
-        return self.problem(message)
+    bad, reason = _box_problems(boxes, self.box_format)
+    if bad.size:
+      return self.problem(f"{where}.boxes[{bad[0]}] {reason(bad[0])}")
     bad = np.flatnonzero(~np.isfinite(scores))
     if bad.size:
       return self.problem(f"{where}.scores[{bad[0]}] is not a finite number: {scores[bad[0]]}")
@@ -241,35 +262,44 @@ class _Reader:
     if key is None:
       return None
     bbox, caption, score = entry["bbox"], entry["caption"], entry["score"]
-    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+    if not (type(bbox) is list and len(bbox) == 4 and  # pylint: disable=unidiomatic-typecheck
+            all(type(v) in (int, float) for v in bbox)):  # pylint: disable=unidiomatic-typecheck
       return self.problem(f"{where}: field 'bbox' must be a list of 4 numbers [x, y, w, h], "
                           f"got {bbox!r}"[:200])
     if not isinstance(caption, str):
       return self.problem(f"{where}: field 'caption' must be a string, got {_kind(caption)}")
-    if not _is_number(score) or not np.isfinite(score):
+    if not _is_number(score) or not math.isfinite(score):
       return self.problem(f"{where}: field 'score' must be a finite number, got {score!r}")
-    box = np.asarray(bbox, np.float64)
-    message = _check_box(box, f"{where}.bbox", self.box_format)
-    if message:
-      return self.problem(message)
     self._empty(caption, where)
     if key not in self._detections:
-      self._detections[key] = (name, [], [], [])
-    _, boxes, scores, captions = self._detections[key]
-    boxes.append(box)
+      self._detections[key] = (name, [], [], [], [])
+    _, boxes, scores, captions, orders = self._detections[key]
+    boxes.append(bbox)
+    orders.append(self.order)
     scores.append(float(score))
     captions.append(caption)
     return None
 
-  def finish(self, fmt, style, image_size):
+  def finish(self, fmt, style, image_size, where):
+    """The :class:`Predictions`; ``where(order)`` names a detection's position."""
+    detections = {}
+    for key, (name, boxes, scores, captions, orders) in self._detections.items():
+      boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+      bad, reason = _box_problems(boxes, self.box_format)
+      # Every unusable box counts; only an image's first few can be among the first listed.
+      for i in bad[:MAX_LISTED]:
+        self.problem(f"{where(orders[i])}.bbox {reason(i)}", orders[i])
+      self.num_problems += max(0, len(bad) - MAX_LISTED)
+      detections[key] = (name, boxes, scores, captions)
     if self.num_problems:
-      more = self.num_problems - len(self.problems)
+      listed = [message for _, message in sorted(self._problems, reverse=True)]
+      more = self.num_problems - len(listed)
       raise PredictionsError(
           f"{self.path}: {self.num_problems} malformed entr{'y' if self.num_problems == 1 else 'ies'}"
-          f": {'; '.join(self.problems)}" + (f"; and {more} more" if more else ""))
-    for key, (name, boxes, scores, captions) in self._detections.items():
-      self.images[key] = ImagePredictions(key, name, np.asarray(boxes, np.float64).reshape(-1, 4),
-                                          np.asarray(scores, np.float64), captions)
+          f": {'; '.join(listed)}" + (f"; and {more} more" if more else ""))
+    for key, (name, boxes, scores, captions) in detections.items():
+      self.images[key] = ImagePredictions(key, name, boxes, np.asarray(scores, np.float64),
+                                          captions)
     if not self.images:
       raise PredictionsError(f"{self.path} holds no predictions")
     warnings = []
@@ -338,8 +368,9 @@ def read_predictions(path, fmt="auto", box_format="xywh"):
     style = "image" if isinstance(first, dict) and "boxes" in first else "detection"
     add = reader.add_image if style == "image" else reader.add_detection
     for n, entry in rows:
+      reader.order = n
       add(entry, f"line {n}")
-    return reader.finish("jsonl", style, None)
+    return reader.finish("jsonl", style, None, lambda n: f"line {n}")
 
   image_size = None
   if isinstance(data, dict) and isinstance(data.get("results"), list):
@@ -362,8 +393,9 @@ def read_predictions(path, fmt="auto", box_format="xywh"):
   style = "image" if fmt == "results" else "detection"
   add = reader.add_image if style == "image" else reader.add_detection
   for i, entry in enumerate(entries):
+    reader.order = i
     add(entry, f"{prefix}[{i}]")
-  return reader.finish(fmt, style, image_size)
+  return reader.finish(fmt, style, image_size, lambda i: f"{prefix}[{i}]")
 
 
 @dataclasses.dataclass
