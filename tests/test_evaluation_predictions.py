@@ -31,7 +31,7 @@ SIZE = 256  # the bundled model's image size
 
 
 def fake_meteor(candidates, references):
-  """A deterministic stand-in for METEOR: 1 for an exact match, else a checksum score in [0, 0.3]."""
+  """A deterministic stand-in for METEOR: 1 for an exact match, else a checksum in [0, 0.3]."""
   return [1.0 if c in r else zlib.crc32((c + "|" + "|".join(r)).encode()) % 7 / 20
           for c, r in zip(candidates, references)]
 

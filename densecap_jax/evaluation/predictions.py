@@ -34,11 +34,13 @@ no image of the file in the split. Warnings (:attr:`Prepared.warnings`):
 split images without predictions (scored as detecting nothing) and file
 images outside the split (ignored), with counts and the first ids; empty
 captions; scores all equal (the ranking is lost); and the frame check: the
-boxes are read in the other frame and as the other box format, and when a
-reading finds clearly more ground-truth boxes (IoU >= 0.5, top 100 boxes of
-up to 500 images) than the one asked for, the warning names what was detected
-and the flag that fixes it; without such evidence, most boxes reaching
-beyond their image is reported too.
+boxes are also read in the other frame and as the other box format, and
+when a reading finds clearly more of the ground-truth boxes (a share at
+least 1.5 times and 10 points above that of the reading asked for; a box is
+found when one of its image's top 100 boxes overlaps it by IoU >= 0.5; up to
+500 images are looked at), the warning names what the boxes look like and
+the flags that fix it; without such evidence, most boxes reaching beyond
+their image by more than 10% of its size is reported.
 """
 
 import dataclasses
@@ -206,7 +208,7 @@ class _Reader:
         self.empty_captions.append(where)
 
   def add_image(self, entry, where):
-    """One ``results``-style entry: ``img_name`` / ``image_id``, ``boxes``, ``scores``, ``captions``."""
+    """One ``results``-style entry: an image name, ``boxes``, ``scores`` and ``captions``."""
     if not isinstance(entry, dict):
       return self.problem(f"{where}: expected an object with 'img_name', 'boxes', 'scores' and "
                           f"'captions', got {_kind(entry)}")
@@ -294,9 +296,9 @@ class _Reader:
     if self.num_problems:
       listed = [message for _, message in sorted(self._problems, reverse=True)]
       more = self.num_problems - len(listed)
-      raise PredictionsError(
-          f"{self.path}: {self.num_problems} malformed entr{'y' if self.num_problems == 1 else 'ies'}"
-          f": {'; '.join(listed)}" + (f"; and {more} more" if more else ""))
+      entries = "entry" if self.num_problems == 1 else "entries"
+      raise PredictionsError(f"{self.path}: {self.num_problems} malformed {entries}: "
+                             f"{'; '.join(listed)}" + (f"; and {more} more" if more else ""))
     for key, (name, boxes, scores, captions) in detections.items():
       self.images[key] = ImagePredictions(key, name, boxes, np.asarray(scores, np.float64),
                                           captions)
@@ -445,7 +447,11 @@ def to_frame_xywh(boxes, box_format, factor):
 
 
 def xywh_to_evaluator_xcycwh(boxes):
-  """``(N, 4)`` xywh -> float32 xcycwh with ``xc = x + (w - 1) / 2``, so the evaluator's corners are ``x, x + w - 1``."""
+  """``(N, 4)`` xywh -> float32 xcycwh, ``xc = x + (w - 1) / 2``.
+
+  The inverse of §10.2's rule: the evaluator's corners are then ``x`` and
+  ``x + w - 1``, and boxes that ``predict`` wrote give back the model's own.
+  """
   boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
   return np.concatenate([boxes[:, :2] + (boxes[:, 2:] - 1) / 2, boxes[:, 2:]],
                         axis=1).astype(np.float32)
@@ -464,7 +470,12 @@ def _describe(box_format, boxes_in, gt):
 
 
 def _found_fraction(pairs, gt, box_format, boxes_in, predictions_image_size):
-  """Fraction of ground-truth boxes hit at IoU >= 0.5 by each image's top boxes, and beyond fraction."""
+  """``(found, beyond)`` for one reading of the boxes.
+
+  ``found``: the fraction of ground-truth boxes that one of their image's top
+  boxes overlaps by IoU >= 0.5; ``beyond``: the fraction of those top boxes
+  that reach beyond their image by more than ``BEYOND_MARGIN`` of its size.
+  """
   found = total = beyond = num_boxes = 0
   for image, pred in pairs:
     order = np.argsort(-pred.scores, kind="stable")[:CHECK_TOP_BOXES]
