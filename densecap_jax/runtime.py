@@ -266,6 +266,18 @@ def _read_manifest():
     return {}
 
 
+def _umask():
+  """The process umask, read without changing it (os.umask would, for every thread)."""
+  try:
+    with open("/proc/self/status", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError, IndexError):
+    pass
+  return 0o022
+
+
 class Compiling:
   """A compile notice in progress; see :func:`announce_compiles` and :func:`compiling`.
 
@@ -304,6 +316,7 @@ class Compiling:
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".manifest-")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
           json.dump(entries, f)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
       except OSError:
         pass
