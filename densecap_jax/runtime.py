@@ -37,7 +37,10 @@ API:
     per process and key, ``compiling N programs (first run only)`` — or
     ``loading N compiled programs from the cache`` when a run with the same
     ``key`` already compiled them into this cache, or ``(compilation cache
-    off)``. On a normal exit the key is recorded in the cache folder. The
+    off)``. ``key`` is any JSON-able value naming what the programs depend
+    on (config, shapes, batch sizes; not parameter values); the JAX version,
+    back end and device count are added. On a normal exit the key is recorded
+    in the cache folder (``densecap_jax-programs.json``). The
     object it yields has ``seconds``, ``cache_hits`` and ``cache_misses``
     (persistent-cache look-ups inside the block) once the block is left.
 ``announce_compiles(count, ...) -> Compiling``
