@@ -32,10 +32,19 @@ from densecap_jax.evaluation import metric
 from densecap_jax.evaluation import predictions as predictions_lib
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+  """Shows each flag's default, except the empty ones (unset strings and switches)."""
+
+  def _get_help_string(self, action):
+    if action.default in ("", None, False):
+      return action.help
+    return super()._get_help_string(action)
+
+
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(prog="python -m densecap_jax.evaluation",
                                    description=__doc__.split("\n\n")[0],
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                   formatter_class=_HelpFormatter)
   what = parser.add_argument_group("what to score (one of)")
   what.add_argument("--checkpoint", default="", help="model or training directory to run")
   what.add_argument("--predictions", default="",
@@ -61,12 +70,17 @@ def parse_args(argv=None):
                     help="with --region_data: preprocessing's --min_token_instances")
   data.add_argument("--non_ascii", default="error", choices=("error", "drop"),
                     help="with --region_data: preprocessing's --non_ascii")
-  parser.add_argument("--split", default="val", choices=("train", "val", "test"))
-  parser.add_argument("--max_images", type=int, default=-1, help="first N images; -1 = all")
+  parser.add_argument("--split", default="val", choices=("train", "val", "test"),
+                      help="the split to score")
+  parser.add_argument("--max_images", type=int, default=-1,
+                      help="score the split's first N images; -1 = all")
   model = parser.add_argument_group("model (--checkpoint)")
-  model.add_argument("--rpn_nms_thresh", type=float, default=0.7)
-  model.add_argument("--final_nms_thresh", type=float, default=0.3)
-  model.add_argument("--num_proposals", type=int, default=1000)
+  model.add_argument("--rpn_nms_thresh", type=float, default=0.7, help="NMS IoU of the proposals")
+  model.add_argument("--final_nms_thresh", type=float, default=0.3,
+                     help="NMS IoU of the final boxes")
+  model.add_argument("--num_proposals", type=int, default=1000,
+                     help="proposals kept after the RPN NMS (evaluate_model.lua ignored its "
+                          "flag and kept 1000)")
   model.add_argument("--batch_size", type=int, default=1, help="images per forward pass")
   preds = parser.add_argument_group("predictions file (--predictions)")
   preds.add_argument("--format", default="auto", choices=predictions_lib.FORMATS,
@@ -88,7 +102,9 @@ def parse_args(argv=None):
   preds.add_argument("--clean", action="store_true",
                      help="the clean variant (DenseCaptioningEvaluator(quirks=False)) instead of "
                           "the original's quirks")
-  parser.add_argument("--output", default="", help="results JSON (default eval_<split>.json)")
+  parser.add_argument("--output", default="",
+                      help="results JSON (default: eval_<split>.json, or eval_<split>.N.json "
+                           "when that exists)")
   args = parser.parse_args(argv)
   _check_args(parser, args)
   return args
