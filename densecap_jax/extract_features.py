@@ -214,7 +214,7 @@ class FeatureExtractor:
     rows = [None] * len(prepared)
     for chunk, images, sizes in inference.batch_by_bucket(prepared, self.model.buckets,
                                                             self.model.batch_size):
-      out = jax.device_get(self._detect(self.model.params, images, sizes,
+      out = jax.device_get(self._detect(self.model.params, *self.model.put_batch(images, sizes),
                                         self.model.rpn_nms_thresh, self.model.final_nms_thresh))
       for k, i in enumerate(chunk):
         valid = out["valid"][k]
@@ -249,8 +249,8 @@ class FeatureExtractor:
       batch_valid = np.zeros((len(images), m), bool)
       batch_boxes[:len(chunk)] = centred[chunk]
       batch_valid[:len(chunk)] = valid[chunk]
-      codes, logits = jax.device_get(self._pool(self.model.params, images, sizes, batch_boxes,
-                                                batch_valid))
+      codes, logits = jax.device_get(self._pool(
+          self.model.params, *self.model.put_batch(images, sizes, batch_boxes, batch_valid)))
       for k, i in enumerate(chunk):
         rows[i] = {"boxes": scaled[i], "scores": logits[k], "feats": codes[k],
                    "num_boxes": int(counts[i])}

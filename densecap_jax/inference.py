@@ -32,6 +32,20 @@ from densecap_jax.models import densecap
 from densecap_jax.ops import boxes as boxes_lib
 
 
+BATCH_AXIS = "batch"
+
+
+def default_devices():
+  """The devices a model runs on by default: every local accelerator, or one CPU device.
+
+  Batches are split over several GPUs or TPU cores; on a CPU the forced host
+  devices share the same cores, so one device does the same work with less
+  padding.
+  """
+  devices = jax.local_devices()
+  return devices if devices[0].platform != "cpu" else devices[:1]
+
+
 def bundled_model_path():
   """Directory of the small demo model shipped inside the package."""
   return str(importlib.resources.files("densecap_jax") / "bundled" / "tiny_synthetic")
@@ -89,14 +103,21 @@ class DenseCapPredictor:
     image_size, num_proposals, rpn_nms_thresh, final_nms_thresh: test-time
       settings (defaults from the config: the original's 720 / 1000 / 0.7 /
       0.3 for the ``vgg16`` model).
+    batch_size: images per forward pass, a multiple of the devices.
+    devices: where the model runs (default :func:`default_devices`); each
+      batch is split over them, the params are replicated on each.
   """
 
   def __init__(self, params, config, vocab, *, image_size=None, num_proposals=None,
-               rpn_nms_thresh=None, final_nms_thresh=None, batch_size=1):
+               rpn_nms_thresh=None, final_nms_thresh=None, batch_size=1, devices=None):
     settings_lib.check_settings(image_size=image_size, num_proposals=num_proposals,
                                 rpn_nms_thresh=rpn_nms_thresh,
                                 final_nms_thresh=final_nms_thresh)
-    self.params = jax.device_put(params)
+    self.devices = list(devices) if devices is not None else default_devices()
+    mesh = jax.sharding.Mesh(np.array(self.devices), (BATCH_AXIS,))
+    self._replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    self._split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(BATCH_AXIS))
+    self.params = jax.device_put(params, self._replicated)
     self.config = config
     self.vocab = vocab
     self.image_size = int(image_size or config.image_size)
@@ -106,7 +127,8 @@ class DenseCapPredictor:
                              else final_nms_thresh)
     if batch_size < 1:
       raise ValueError(f"batch_size must be positive, got {batch_size}")
-    self.batch_size = batch_size
+    num_devices = len(self.devices)
+    self.batch_size = -(-batch_size // num_devices) * num_devices  # a multiple of the devices
     if self.image_size == config.image_size:
       self.buckets = tuple(tuple(int(v) for v in b) for b in config.buckets)
     else:
@@ -118,6 +140,14 @@ class DenseCapPredictor:
                             final_nms_thresh=final_nms_thresh)
 
     self._infer = jax.jit(run)
+
+  def put_batch(self, *arrays):
+    """Batch arrays (leading axis: images) placed for the model: split over :attr:`devices`.
+
+    A batch that does not divide evenly goes to every device whole.
+    """
+    return tuple(jax.device_put(a, self._split if len(a) % len(self.devices) == 0
+                                else self._replicated) for a in arrays)
 
   def prepare(self, image):
     """One image -> :class:`PreparedImage`.
@@ -150,7 +180,8 @@ class DenseCapPredictor:
     results = [None] * len(prepared)
     for chunk, images, sizes in batch_by_bucket(prepared, self.buckets, self.batch_size):
       boxes, scores, tokens, valid = jax.device_get(self._infer(
-          self.params, images, sizes, self.rpn_nms_thresh, self.final_nms_thresh))
+          self.params, *self.put_batch(images, sizes), self.rpn_nms_thresh,
+          self.final_nms_thresh))
       boxes = np.asarray(boxes_lib.xcycwh_to_xywh(boxes))  # whole batch: one fixed shape
       for k, i in enumerate(chunk):
         keep = np.flatnonzero(valid[k])[:max_detections]
@@ -189,7 +220,8 @@ def load_model(path=None, **settings):
     path: a model directory (``checkpoint.save_model``, a training directory,
       or a converted original checkpoint); ``None`` = the bundled model.
     **settings: ``image_size``, ``num_proposals``, ``rpn_nms_thresh``,
-      ``final_nms_thresh``, ``batch_size`` (see :class:`DenseCapPredictor`).
+      ``final_nms_thresh``, ``batch_size``, ``devices`` (see
+      :class:`DenseCapPredictor`).
   """
   params, config, vocab = checkpoint.load_model(path or bundled_model_path())
   return DenseCapPredictor(params, config, vocab, **settings)

@@ -1,0 +1,36 @@
+"""Inference over several local devices: each batch split over them, as on one device.
+
+On CPU a convolution over a batch of two may round differently from two of
+one, so the comparison is at the same images per device (one).
+"""
+
+import os
+
+import jax
+import numpy as np
+
+from densecap_jax import extract_features
+from densecap_jax import inference
+
+
+def _examples():
+  folder = inference.bundled_examples_path()
+  return [os.path.join(folder, n) for n in sorted(os.listdir(folder))]
+
+
+def test_predict_and_features_on_eight_devices_equal_one_device():
+  assert jax.local_device_count() == 8
+  assert inference.default_devices() == jax.local_devices()[:1]  # CPU: one device by default
+  one = inference.load_model(batch_size=1)
+  eight = inference.load_model(batch_size=1, devices=jax.local_devices())
+  assert one.batch_size == 1 and eight.batch_size == 8  # a multiple of the devices
+  paths = _examples()  # 3 images: one padded batch of 8, or three batches of one
+  for a, b in zip(one.predict(paths), eight.predict(paths)):
+    np.testing.assert_array_equal(a["boxes"], b["boxes"])
+    np.testing.assert_array_equal(a["scores"], b["scores"])
+    assert a["captions"] == b["captions"]
+  prepared = [one.prepare(p) for p in paths]
+  rows = [extract_features.FeatureExtractor(m, 5).detections(prepared) for m in (one, eight)]
+  for a, b in zip(*rows):
+    for key in ("boxes", "scores", "feats"):
+      np.testing.assert_array_equal(a[key], b[key])
