@@ -29,6 +29,10 @@ def get_config():
   # few dozen regions on average; images with more must be handled by the
   # loader (this is a padding size, not a property of the original).
   config.max_gt_boxes = 256
+  # How convs and matrix products compute (``configs.PRECISIONS``): "float32"
+  # is exact (the original's FP32, every backend's highest precision); "tf32"
+  # and "bfloat16" trade fidelity for speed (``models/precision.py``).
+  config.precision = "float32"
 
   # Backbone (§2): conv widths per block; four ceil-mode pools (stride 16).
   config.cnn_widths = VGG16_WIDTHS

@@ -26,6 +26,10 @@ Freezing (§4.2) is done in the forward pass with ``jax.lax.stop_gradient``:
 conv1_1 ... conv2_2 never receive gradient, conv3_1 ... conv5_3 only when
 ``finetune_cnn=True``. ``optim.param_groups`` gives the matching parameter
 partition for the optimizer (separate CNN group, frozen layers unchanged).
+
+Precision: ``config.precision`` (``"float32"`` when absent) goes to every
+module (``models/precision.py``); whatever it is, every stage hands float32
+arrays to the next, and the box, NMS, pooling and loss code here is float32.
 """
 
 import functools
@@ -35,6 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from densecap_jax import configs as configs_lib
 from densecap_jax import losses as losses_lib
 from densecap_jax.data import vocab as vocab_lib
 from densecap_jax.models import language_model as lm_lib
@@ -64,14 +69,17 @@ class DenseCap(nn.Module):
   rnn_size: int
   rnn_encoding_size: int
   std: float = 0.01
+  precision: str = "float32"
 
   def setup(self):
-    self.backbone = vgg_lib.VGG16(self.cnn_widths, self.frozen_blocks)
+    self.backbone = vgg_lib.VGG16(self.cnn_widths, self.frozen_blocks, self.precision)
     self.localization = loc_lib.LocalizationLayer(self.num_anchors, self.rpn_num_filters,
-                                                  self.std)
-    self.recognition = recog_lib.RecognitionNetwork(self.fc_dim, self.drop_prob, self.std)
+                                                  self.std, self.precision)
+    self.recognition = recog_lib.RecognitionNetwork(self.fc_dim, self.drop_prob, self.std,
+                                                    self.precision)
     self.language_model = lm_lib.LanguageModel(self.vocab_size, self.seq_length, self.fc_dim,
-                                               self.rnn_encoding_size, self.rnn_size)
+                                               self.rnn_encoding_size, self.rnn_size,
+                                               self.precision)
 
   def features(self, images, image_sizes, finetune_cnn=False):
     """``(B, H, W, 3)`` images -> ``(B, Hf, Wf, C)`` conv5_3 features (``VGG16``)."""
@@ -106,7 +114,8 @@ def build_model(config):
   """The ``DenseCap`` module of a model config (``densecap_jax.configs``).
 
   Raises:
-    ValueError: ``config.vocab_size`` is not set to a positive int.
+    ValueError: ``config.vocab_size`` is not set to a positive int, or
+      ``config.precision`` is not one of ``configs.PRECISIONS``.
   """
   if not isinstance(config.vocab_size, int) or config.vocab_size <= 0:
     raise ValueError(f"config.vocab_size must be set to the vocabulary size (a positive int), "
@@ -122,7 +131,8 @@ def build_model(config):
       seq_length=config.seq_length,
       rnn_size=config.rnn_size,
       rnn_encoding_size=config.rnn_encoding_size,
-      std=config.std)
+      std=config.std,
+      precision=configs_lib.precision_of(config))
 
 
 def init_params(config, rng):

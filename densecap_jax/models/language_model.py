@@ -14,6 +14,10 @@ Parameters (names map to the original's modules):
   and ``bias`` ``(4H,)``; gate columns in the order i, f, o, g (§6.3). Converted
   torch-rnn weights load without any transposition.
 * ``output_proj``: Linear(H -> V + 1) at every time step.
+
+Precision (``models/precision.py``): the three matrix products (image
+encoder, LSTM, output projection) follow the model's policy and return
+float32; the gates, the cell state, the scores and their argmax are float32.
 """
 
 import math
@@ -21,6 +25,8 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from densecap_jax.models import precision as precision_lib
 
 
 def torch_linear_init(fan_in):
@@ -44,21 +50,22 @@ def lstm_bias_init(key, shape, dtype=jnp.float32):
   return jnp.zeros(shape, dtype).at[hidden:2 * hidden].set(1.0)
 
 
-def lstm_step(weight, bias, carry, x):
+def lstm_step(weight, bias, carry, x, precision="float32"):
   """One torch-rnn LSTM step (§6.3).
 
   Args:
     weight: ``(D + H, 4H)``, input rows first.
     bias: ``(4H,)``; gate columns i, f, o, g.
-    carry: ``(c, h)``, each ``(..., H)``.
-    x: ``(..., D)`` input.
+    carry: ``(c, h)``, each ``(..., H)`` float32.
+    x: ``(..., D)`` float32 input.
+    precision: ``configs.PRECISIONS`` name of the matrix product.
 
   Returns:
-    ``((c_t, h_t), h_t)``.
+    ``((c_t, h_t), h_t)``, float32.
   """
   c, h = carry
   hidden = h.shape[-1]
-  a = jnp.concatenate([x, h], axis=-1) @ weight + bias
+  a = precision_lib.matmul(jnp.concatenate([x, h], axis=-1), weight, precision) + bias
   i = jax.nn.sigmoid(a[..., :hidden])
   f = jax.nn.sigmoid(a[..., hidden:2 * hidden])
   o = jax.nn.sigmoid(a[..., 2 * hidden:3 * hidden])
@@ -69,9 +76,13 @@ def lstm_step(weight, bias, carry, x):
 
 
 class LSTM(nn.Module):
-  """torch-rnn ``nn.LSTM(input_size, hidden_size)`` over a ``(N, T, D)`` sequence."""
+  """torch-rnn ``nn.LSTM(input_size, hidden_size)`` over a ``(N, T, D)`` sequence.
+
+  ``precision`` (a ``configs.PRECISIONS`` name) is that of the matrix product.
+  """
   input_size: int
   hidden_size: int
+  precision: str = "float32"
 
   @nn.compact
   def __call__(self, inputs, carry=None):
@@ -90,7 +101,7 @@ class LSTM(nn.Module):
     if carry is None:
       zeros = jnp.zeros(inputs.shape[:1] + (self.hidden_size,), inputs.dtype)
       carry = (zeros, zeros)
-    step = lambda c, x: lstm_step(weight, bias, c, x)
+    step = lambda c, x: lstm_step(weight, bias, c, x, self.precision)
     carry, hidden = jax.lax.scan(step, carry, jnp.swapaxes(inputs, 0, 1))
     return jnp.swapaxes(hidden, 0, 1), carry
 
@@ -141,23 +152,26 @@ class LanguageModel(nn.Module):
     input_dim: size of the region codes (fc_dim).
     encoding_size: W, word and image encoding size (``rnn_encoding_size``).
     hidden_size: H (``rnn_size``).
+    precision: ``configs.PRECISIONS`` name of the matrix products (module doc).
   """
   vocab_size: int
   seq_length: int
   input_dim: int
   encoding_size: int
   hidden_size: int
+  precision: str = "float32"
 
   def setup(self):
+    dense_kwargs = precision_lib.dense_kwargs(self.precision)
     self.image_encoder = nn.Dense(self.encoding_size,
                                   kernel_init=torch_linear_init(self.input_dim),
-                                  bias_init=torch_linear_init(self.input_dim))
+                                  bias_init=torch_linear_init(self.input_dim), **dense_kwargs)
     self.word_embed = nn.Embed(self.vocab_size + 2, self.encoding_size,
                                embedding_init=nn.initializers.normal(1.0))
-    self.lstm = LSTM(self.encoding_size, self.hidden_size)
+    self.lstm = LSTM(self.encoding_size, self.hidden_size, self.precision)
     self.output_proj = nn.Dense(self.vocab_size + 1,
                                 kernel_init=torch_linear_init(self.hidden_size),
-                                bias_init=torch_linear_init(self.hidden_size))
+                                bias_init=torch_linear_init(self.hidden_size), **dense_kwargs)
 
   def embed_tokens(self, tokens):
     """``(...,)`` token ids ``1..V+2`` -> ``(..., W)`` embeddings."""

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from densecap_jax.models import precision as precision_lib
 from densecap_jax.ops import anchors as anchors_lib
 from densecap_jax.ops import boxes as boxes_lib
 from densecap_jax.ops import nms as nms_lib
@@ -44,10 +45,14 @@ class LocalizationLayer(nn.Module):
     num_filters: channels of ``rpn_conv`` (256 in the original).
     std: init std of ``rpn_conv`` and ``rpn_score``; ``rpn_box`` starts at zero
       (``zero_box_conv``).
+    precision: ``configs.PRECISIONS`` name of ``rpn_conv``; the box and score
+      convs are float32 at the highest precision always (the scores rank the
+      proposals, the deltas become boxes; ``models/precision.py``).
   """
   num_anchors: int
   num_filters: int = 256
   std: float = 0.01
+  precision: str = "float32"
 
   @nn.compact
   def __call__(self, features):
@@ -57,15 +62,17 @@ class LocalizationLayer(nn.Module):
       features: ``(B, Hf, Wf, C)`` conv5_3 features.
 
     Returns:
-      ``(transforms, scores)``: ``(B, Hf, Wf, 4k)`` box deltas and
-      ``(B, Hf, Wf, 2k)`` scores, channels as in the module doc.
+      ``(transforms, scores)``: ``(B, Hf, Wf, 4k)`` float32 box deltas and
+      ``(B, Hf, Wf, 2k)`` float32 scores, channels as in the module doc.
     """
     init = nn.initializers.normal(self.std)
-    x = nn.relu(nn.Conv(self.num_filters, (3, 3), padding=1, kernel_init=init,
-                        name="rpn_conv")(features))
+    head = precision_lib.head_kwargs()
+    x = nn.relu(nn.Conv(self.num_filters, (3, 3), padding=1, kernel_init=init, name="rpn_conv",
+                        **precision_lib.conv_kwargs(self.precision))(features))
     transforms = nn.Conv(4 * self.num_anchors, (1, 1), kernel_init=nn.initializers.zeros,
-                         name="rpn_box")(x)
-    scores = nn.Conv(2 * self.num_anchors, (1, 1), kernel_init=init, name="rpn_score")(x)
+                         name="rpn_box", **head)(x)
+    scores = nn.Conv(2 * self.num_anchors, (1, 1), kernel_init=init, name="rpn_score",
+                     **head)(x)
     return transforms, scores
 
 

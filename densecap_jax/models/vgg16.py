@@ -12,6 +12,11 @@ gives, inside the valid region, exactly the features of the unpadded image:
 a "same" convolution sees zeros beyond the border either way, and a ceil-mode
 pool window that sticks out of the image takes the max of non-negative values
 and zeros, which is the max over its in-image part.
+
+Precision (``models/precision.py``): under ``"bfloat16"`` every conv takes
+bf16 activations and kernels and accumulates in float32; the activations are
+kept in bf16 between convs (the masks and pools are exact in bf16) and the
+features returned are float32.
 """
 
 from typing import Sequence
@@ -19,6 +24,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from densecap_jax.models import precision as precision_lib
 
 
 def pooled_size(size):
@@ -62,9 +69,11 @@ class VGG16(nn.Module):
     frozen_blocks: the first blocks never receive gradient (``conv_net1`` of
       the original: conv1_1 ... conv2_2 for 2, §2); their output goes through
       ``jax.lax.stop_gradient``.
+    precision: ``configs.PRECISIONS`` name (module doc).
   """
   widths: Sequence[Sequence[int]]
   frozen_blocks: int = 2
+  precision: str = "float32"
 
   @nn.compact
   def __call__(self, images, image_sizes=None, finetune=False):
@@ -80,8 +89,11 @@ class VGG16(nn.Module):
         ``frozen_blocks`` are trained (§4.2).
 
     Returns:
-      ``(B, Hf, Wf, C)`` float32 relu5_3 features, ``Hf = ceil(H / 16)``.
+      ``(B, Hf, Wf, C)`` float32 relu5_3 features, ``Hf = ceil(H / 16)``
+      (bf16 values under ``"bfloat16"``).
     """
+    conv_kwargs = precision_lib.conv_kwargs(self.precision)
+    dtype = precision_lib.compute_dtype(self.precision)
     x = images
     sizes = image_sizes
     if sizes is not None:
@@ -90,10 +102,10 @@ class VGG16(nn.Module):
     for block, block_widths in enumerate(self.widths, start=1):
       for index, width in enumerate(block_widths, start=1):
         x = nn.Conv(width, (3, 3), padding=1, kernel_init=nn.initializers.he_normal(),
-                    name=f"conv{block}_{index}")(x)
-        x = nn.relu(x)
+                    name=f"conv{block}_{index}", **conv_kwargs)(x)
+        x = nn.relu(x).astype(dtype)
         if sizes is not None:
-          x = x * valid_region_mask(sizes, x.shape[1], x.shape[2])
+          x = x * valid_region_mask(sizes, x.shape[1], x.shape[2]).astype(dtype)
       if block < num_blocks:
         x = max_pool_ceil(x)
         if sizes is not None:
@@ -102,4 +114,4 @@ class VGG16(nn.Module):
         x = jax.lax.stop_gradient(x)
     if not finetune:
       x = jax.lax.stop_gradient(x)
-    return x
+    return x.astype(jnp.float32)
