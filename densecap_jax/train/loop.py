@@ -8,6 +8,7 @@ function of the step, so a run resumed from a checkpoint repeats exactly what
 an uninterrupted run does.
 """
 
+import collections
 import json
 import os
 import signal
@@ -84,6 +85,33 @@ def pmap_train_step(train_step, axis_name=AXIS):
   return jax.pmap(train_step, axis_name=axis_name, in_axes=(0, 0, None), donate_argnums=(0,))
 
 
+def _device_sharding(axis_name=AXIS):
+  """Leading axis split over the local devices, on the mesh the pmapped step's outputs use."""
+  return jax.sharding.NamedSharding(
+      jax.sharding.Mesh(np.array(jax.local_devices()), (axis_name,)),
+      jax.sharding.PartitionSpec(axis_name))
+
+
+def prefetch_to_devices(batches, size=2, axis_name=AXIS):
+  """Yields ``batches`` (leading local-device axis) already on the devices, ``size`` ahead.
+
+  ``jax.device_put`` returns at once and copies in the background, so the
+  next batches travel while the current step runs.
+  """
+  sharding = _device_sharding(axis_name)
+  queue = collections.deque()
+
+  def put(batch):
+    return jax.tree.map(lambda x: jax.device_put(x, sharding), batch)
+
+  for batch in batches:
+    queue.append(put(batch))
+    if len(queue) > size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
+
+
 def replicate(tree, axis_name=AXIS):
   """A copy of ``tree`` on every local device, sharded as the pmapped step's own outputs.
 
@@ -91,8 +119,7 @@ def replicate(tree, axis_name=AXIS):
   serve every later call (a replica on a differently named mesh compiles again).
   """
   devices = jax.local_devices()
-  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (axis_name,)),
-                                        jax.sharding.PartitionSpec(axis_name))
+  sharding = _device_sharding(axis_name)
   return jax.tree.map(
       lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (len(devices),) + np.shape(x)),
                                sharding), tree)
@@ -284,7 +311,8 @@ def train_loop(*, state, step_fn: Callable, batches: Iterator, base_rng, num_ste
                log_every: int = 10, eval_fn: Callable | None = None, eval_every: int = 0,
                on_eval: Callable | None = None, max_nonfinite_steps: int = 10,
                explode_factor: float = 0.0, meta: dict | None = None, progress: bool = True,
-               step_fn_from: dict | None = None, on_save: Callable | None = None):
+               step_fn_from: dict | None = None, on_save: Callable | None = None,
+               prefetch: int = 2):
   """Runs the pmapped ``step_fn`` from ``state.step`` to ``num_steps``.
 
   Args:
@@ -310,6 +338,8 @@ def train_loop(*, state, step_fn: Callable, batches: Iterator, base_rng, num_ste
     step_fn_from: ``{first_step: step_fn}``: use another pmapped step from
       that step on (e.g. one that also trains the CNN).
     on_save: ``on_save(state)`` after each checkpoint, with the host state.
+    prefetch: batches placed on the devices ahead of the step that takes
+      them (copies overlap the running step).
 
   Returns:
     ``(state, reason)``: the host state and why the loop ended
@@ -343,31 +373,53 @@ def train_loop(*, state, step_fn: Callable, batches: Iterator, base_rng, num_ste
         current = fn
     return current
 
-  with StopRequest() as stop:
-    step = start
-    while step < num_steps:
-      batch = next(batches)
-      replicated, metrics = step_fn_at(step)(replicated, batch, base_rng)
-      step += 1
-      metrics = unreplicate(metrics)
+  exploded_at = None
+
+  def take_metrics(pending):
+    """Host-side bookkeeping of the steps since the last sync, in order."""
+    nonlocal nonfinite, first_loss, count, exploded_at
+    for at, device_metrics in pending:
+      metrics = unreplicate(device_metrics)
       loss = float(metrics["loss"])
       if not bool(metrics["finite"]):
         nonfinite += 1
-        tqdm.write(f"step {step}: non-finite loss ({loss}); update skipped "
+        tqdm.write(f"step {at}: non-finite loss ({loss}); update skipped "
                    f"({nonfinite} in a row)")
-        writer.write(step, {"nonfinite_step": 1.0})
+        writer.write(at, {"nonfinite_step": 1.0})
         if nonfinite >= max_nonfinite_steps:
           raise NonFiniteLossError(
-              f"{nonfinite} non-finite steps in a row up to step {step}; stopping")
-      else:
-        nonfinite = 0
-        first_loss = loss if first_loss is None else first_loss
-        for k, v in metrics.items():
-          if k != "finite":
-            sums[k] = sums.get(k, 0.0) + float(v)
-        count += 1
+              f"{nonfinite} non-finite steps in a row up to step {at}; stopping")
+        continue
+      nonfinite = 0
+      first_loss = loss if first_loss is None else first_loss
+      for k, v in metrics.items():
+        if k != "finite":
+          sums[k] = sums.get(k, 0.0) + float(v)
+      count += 1
+      if (exploded_at is None and explode_factor > 0 and
+          loss > explode_factor * first_loss):
+        tqdm.write(f"step {at}: loss {loss:.4g} > {explode_factor} x first loss "
+                   f"{first_loss:.4g}; stopping")
+        exploded_at = at
+
+  with StopRequest() as stop:
+    step = start
+    pending = []  # (step, metrics still on the devices) since the last sync
+    device_batches = prefetch_to_devices(batches, size=prefetch)
+    while step < num_steps:
+      replicated, metrics = step_fn_at(step)(replicated, next(device_batches), base_rng)
+      step += 1
+      pending.append((step, metrics))
       bar.update(1)
-      if count and (step % log_every == 0 or step == num_steps):
+      log_due = step % log_every == 0 or step == num_steps
+      eval_due = bool(eval_fn is not None and eval_every and (step % eval_every == 0 or
+                                                               step == num_steps))
+      save_due = eval_due or step % checkpoint_every == 0 or step == num_steps
+      if not (log_due or save_due or stop.signal is not None):
+        continue  # metrics stay on the devices: no host round trip on most steps
+      take_metrics(pending)
+      pending = []
+      if count and log_due:
         now = time.perf_counter()
         scalars = {k: v / count for k, v in sums.items()}
         scalars["steps_per_sec"] = count / max(now - last_time, 1e-9)
@@ -375,15 +427,11 @@ def train_loop(*, state, step_fn: Callable, batches: Iterator, base_rng, num_ste
         writer.write(step, scalars)
         bar.set_postfix(loss=f"{scalars['loss']:.4g}")
         sums, count, last_time = {}, 0, now
-      eval_due = eval_fn is not None and eval_every and (step % eval_every == 0 or
-                                                          step == num_steps)
-      if eval_due or step % checkpoint_every == 0 or step == num_steps:
+      if save_due:
         save()  # before validation, so that a failing validation loses no step
       if eval_due:
         run_validation(step, host_state().params, eval_fn, writer, on_eval)
-      if explode_factor > 0 and first_loss is not None and loss > explode_factor * first_loss:
-        tqdm.write(f"step {step}: loss {loss:.4g} > {explode_factor} x first loss "
-                   f"{first_loss:.4g}; stopping")
+      if exploded_at is not None:
         reason = "exploded"
         save()
         break
