@@ -27,6 +27,7 @@ import os
 import sys
 
 from densecap_jax import files
+from densecap_jax import runtime
 from densecap_jax.evaluation import meteor
 from densecap_jax.evaluation import metric
 from densecap_jax.evaluation import predictions as predictions_lib
@@ -105,6 +106,7 @@ def parse_args(argv=None):
   parser.add_argument("--output", default="",
                       help="results JSON (default: eval_<split>.json, or eval_<split>.N.json "
                            "when that exists)")
+  runtime.add_runtime_flags(parser)
   args = parser.parse_args(argv)
   _check_args(parser, args)
   return args
@@ -213,6 +215,7 @@ def _evaluate_model(args, meteor_fn):
   from densecap_jax import checkpoint
   from densecap_jax.data import loader
   from densecap_jax.evaluation import split_eval
+  runtime.setup_from_args(args)
   try:
     params, config, _ = checkpoint.load_model(args.checkpoint)
     data = loader.DenseCapH5(args.data_h5, args.data_json)
@@ -224,6 +227,10 @@ def _evaluate_model(args, meteor_fn):
   except (OSError, ValueError, meteor.MeteorError) as e:
     sys.exit(f"error: {e}")
   predict_fn = split_eval.make_predict_fn(config, args.num_proposals)
+  num_buckets = len({tuple(b) for b in config.buckets})
+  runtime.announce_compiles(num_buckets, key=("evaluate", config.to_json(), args.num_proposals,
+                                              args.batch_size), upto=True,
+                            detail="one per shape bucket used", record_at_exit=True)
   return split_eval.evaluate_split(
       params, data, args.split, predict_fn, config=config, max_images=args.max_images,
       batch_size=args.batch_size, rpn_nms_thresh=args.rpn_nms_thresh,
