@@ -10,11 +10,10 @@ from densecap_jax import checkpoint
 from densecap_jax.data import buckets as buckets_lib
 from densecap_jax.data import images
 from densecap_jax.data import loader
-from densecap_jax.data import preprocess
-from densecap_jax.data import synthetic
 from densecap_jax.data import vocab as vocab_lib
 from densecap_jax.evaluation import metric
 from densecap_jax.evaluation import split_eval
+import small_dataset
 import small_model
 
 SIZE = 64
@@ -29,12 +28,8 @@ def fake_meteor(candidates, references):
 @pytest.fixture(scope="module")
 def model_and_data(tmp_path_factory):
   folder = tmp_path_factory.mktemp("split_eval")
-  paths = synthetic.generate_dataset(str(folder / "vg"), 24, seed=5, image_size=96,
-                                     val_fraction=0.5, test_fraction=0.1, progress=False)
-  preprocess.preprocess(paths["region_data"], paths["image_dir"], paths["split_json"],
-                        str(folder / "d.h5"), str(folder / "d.json"), image_size=SIZE,
-                        min_token_instances=1, num_workers=2, progress=False, log=lambda *a: None)
-  data = loader.DenseCapH5(str(folder / "d.h5"), str(folder / "d.json"))
+  data = loader.DenseCapH5(*small_dataset.make_small_dataset(
+      folder, 24, seed=5, image_size=SIZE, val_fraction=0.5))
   path = small_model.save_random_tiny_model(folder / "model", data.vocab, image_size=SIZE,
                                             num_proposals=30)
   params, config, _ = checkpoint.load_model(path)

@@ -12,10 +12,9 @@ from densecap_jax.evaluation import split_eval
 from densecap_jax.train import config_checks
 from densecap_jax.train import loop
 from densecap_jax.train import trainer
-from densecap_jax.data import preprocess
-from densecap_jax.data import synthetic
 from densecap_jax.evaluation import __main__ as evaluate
 from densecap_jax.train.configs import tiny
+import small_dataset
 
 SIZE = 64
 
@@ -23,12 +22,7 @@ SIZE = 64
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
   folder = tmp_path_factory.mktemp("synthetic")
-  paths = synthetic.generate_dataset(str(folder / "vg"), 20, seed=3, image_size=96,
-                                     val_fraction=0.2, test_fraction=0.1, progress=False)
-  preprocess.preprocess(paths["region_data"], paths["image_dir"], paths["split_json"],
-                        str(folder / "d.h5"), str(folder / "d.json"), image_size=SIZE,
-                        min_token_instances=1, num_workers=2, progress=False, log=lambda *a: None)
-  return str(folder / "d.h5"), str(folder / "d.json")
+  return small_dataset.make_small_dataset(folder, 20, seed=3, image_size=SIZE)
 
 
 def small_config(dataset, **overrides):

@@ -1,0 +1,20 @@
+"""A small preprocessed synthetic dataset (HDF5 + JSON) for tests of training and evaluation."""
+
+from densecap_jax.data import preprocess
+from densecap_jax.data import synthetic
+
+
+def make_small_dataset(folder, num_images, *, seed, image_size, render_size=96,
+                       val_fraction=0.2, test_fraction=0.1):
+  """Renders ``num_images`` scenes into ``folder`` and preprocesses them at ``image_size``.
+
+  Returns:
+    ``(h5_path, json_path)``.
+  """
+  paths = synthetic.generate_dataset(str(folder / "vg"), num_images, seed=seed,
+                                     image_size=render_size, val_fraction=val_fraction,
+                                     test_fraction=test_fraction, progress=False)
+  preprocess.preprocess(paths["region_data"], paths["image_dir"], paths["split_json"],
+                        str(folder / "d.h5"), str(folder / "d.json"), image_size=image_size,
+                        min_token_instances=1, num_workers=2, progress=False, log=lambda *a: None)
+  return str(folder / "d.h5"), str(folder / "d.json")
