@@ -7,7 +7,11 @@
 
 Each image is turned upright by its EXIF orientation, as by ``predict``, the
 server and the Python API (``data.images.exif_upright``), and goes through the
-test-time preprocessing (§1.2). Without
+test-time preprocessing (§1.2): on the accelerator from the decoded uint8
+original with ``--preprocess device`` (the default), in NumPy with ``host``,
+the same model input bit for bit either way. Images stream (decoded ahead in
+threads, rows written as each batch is done), so memory holds a few batches
+of images whatever the count. Without
 ``--boxes_json`` the model detects regions as ``predict`` does, with a final
 NMS at 0.4, and the first ``--boxes_per_image`` detections in score order are
 kept together with their 4096-d fc7 codes (post-ReLU; ``fc_dim`` wide for
@@ -64,6 +68,9 @@ def parse_args(argv=None):
   model.add_argument("--pool_final_boxes", type=int, default=0, choices=(0, 1),
                      help="1: codes of the stored boxes; 0: of their proposals, as the original")
   model.add_argument("--batch_size", type=int, default=1, help="images per forward pass")
+  model.add_argument("--preprocess", choices=("device", "host"), default="device",
+                     help="where images are resized: on the accelerator from the decoded uint8 "
+                          "original, or on the host in NumPy (the same model input bit for bit)")
   inputs = parser.add_argument_group("inputs")
   inputs.add_argument("--input_txt", default="",
                       help="text file with one image path per line (default: none)")
@@ -212,9 +219,8 @@ class FeatureExtractor:
       ``num_boxes`` int; rows from ``num_boxes`` on are zero.
     """
     rows = [None] * len(prepared)
-    for chunk, images, sizes in inference.batch_by_bucket(prepared, self.model.buckets,
-                                                            self.model.batch_size):
-      out = jax.device_get(self._detect(self.model.params, *self.model.put_batch(images, sizes),
+    for chunk, images, sizes in self.model.batches(prepared):
+      out = jax.device_get(self._detect(self.model.params, images, sizes,
                                         self.model.rpn_nms_thresh, self.model.final_nms_thresh))
       for k, i in enumerate(chunk):
         valid = out["valid"][k]
@@ -243,14 +249,13 @@ class FeatureExtractor:
     valid = np.arange(m)[None, :] < counts[:, None]
     centred = np.asarray(boxes_lib.xywh_to_xcycwh(scaled), np.float32)
     rows = [None] * len(prepared)
-    for chunk, images, sizes in inference.batch_by_bucket(prepared, self.model.buckets,
-                                                            self.model.batch_size):
+    for chunk, images, sizes in self.model.batches(prepared):
       batch_boxes = np.zeros((len(images), m, 4), np.float32)
       batch_valid = np.zeros((len(images), m), bool)
       batch_boxes[:len(chunk)] = centred[chunk]
       batch_valid[:len(chunk)] = valid[chunk]
       codes, logits = jax.device_get(self._pool(
-          self.model.params, *self.model.put_batch(images, sizes, batch_boxes, batch_valid)))
+          self.model.params, images, sizes, *self.model.put_batch(batch_boxes, batch_valid)))
       for k, i in enumerate(chunk):
         rows[i] = {"boxes": scaled[i], "scores": logits[k], "feats": codes[k],
                    "num_boxes": int(counts[i])}
@@ -258,7 +263,7 @@ class FeatureExtractor:
 
 
 class _FeatureFile:
-  """The output datasets, written row by row and cut to the rows written on ``finish``."""
+  """The output datasets, written row by row (in any order) and cut to the rows written on ``finish``."""
 
   def __init__(self, h5, capacity, boxes_per_image, fc_dim, with_proposals, attrs):
     m = boxes_per_image
@@ -274,23 +279,32 @@ class _FeatureFile:
           chunks=(1,) + shape if shape else (1024,), fillvalue=0)
     for key, value in attrs.items():
       h5.attrs[key] = value
-    self.paths = []
+    self.paths = {}
 
-  def append(self, path, row):
-    i = len(self.paths)
+  def put(self, index, path, row):
+    """Writes row ``index``: the image ``path`` and its ``row`` of arrays."""
     for name, dataset in self.datasets.items():
-      dataset[i] = row[name]
-    self.paths.append(path)
+      dataset[index] = row[name]
+    self.paths[index] = path
 
   def finish(self):
+    """Cuts the datasets to the rows written (``0 .. n - 1``, all of them) and adds the paths."""
+    count = len(self.paths)
     for dataset in self.datasets.values():
-      dataset.resize(len(self.paths), axis=0)
-    self.h5.create_dataset("image_paths", data=np.array(self.paths, dtype=object),
+      dataset.resize(count, axis=0)
+    paths = [self.paths[i] for i in range(count)]
+    self.h5.create_dataset("image_paths", data=np.array(paths, dtype=object),
                            dtype=h5py.string_dtype())
 
 
-def extract(extractor, paths, given, output, attrs, chunk_size):
-  """Runs ``extractor`` over ``paths`` in chunks and writes the rows to the HDF5 file ``output``.
+def extract(extractor, paths, given, output, attrs):
+  """Runs ``extractor`` over ``paths`` and writes the rows to the HDF5 file ``output``.
+
+  Images stream: they are decoded ahead in threads while the model runs
+  (``DenseCapPredictor.read``) and go to the model batch by batch as they
+  come (``inference.group_batches``); each row is written as soon as its
+  batch is done, at the image's place in the input order, so memory holds a
+  few batches of images whatever the count.
 
   Args:
     extractor: a :class:`FeatureExtractor`.
@@ -298,7 +312,6 @@ def extract(extractor, paths, given, output, attrs, chunk_size):
     given: ``None`` (detections) or one ``(k, 4)`` xywh array per path.
     output: the file to create.
     attrs: HDF5 attributes to store.
-    chunk_size: images read and run per step.
 
   Returns:
     ``(rows written, total boxes, failed paths)``.
@@ -306,26 +319,32 @@ def extract(extractor, paths, given, output, attrs, chunk_size):
   failed = []
   num_boxes = 0
   fc_dim = int(extractor.model.config.fc_dim)
+  model = extractor.model
   with h5py.File(output, "w") as h5:
     out = _FeatureFile(h5, len(paths), extractor.boxes_per_image, fc_dim, given is None, attrs)
     with tqdm(total=len(paths), desc="extracting", unit="img", disable=len(paths) < 2) as bar:
-      for start in range(0, len(paths), chunk_size):
-        prepared, kept = [], []
-        for i in range(start, min(start + chunk_size, len(paths))):
-          try:
-            prepared.append(extractor.model.prepare(paths[i]))
-            kept.append(i)
-          except ValueError as e:
+
+      def readable():  # ((input index, output row), PreparedImage), in input order
+        rows = 0
+        for i, (_, prepared) in enumerate(model.read(paths)):
+          if isinstance(prepared, ValueError):
             failed.append(paths[i])
-            tqdm.write(f"skipped: {e}")
+            tqdm.write(f"skipped: {prepared}")
+            bar.update(1)
+            continue
+          yield (i, rows), prepared
+          rows += 1
+
+      for group in inference.group_batches(readable(), model.buckets, model.batch_size):
+        prepared = [p for _, p in group]
         if given is None:
           rows = extractor.detections(prepared)
         else:
-          rows = extractor.given_boxes(prepared, [given[i] for i in kept])
-        for i, row in zip(kept, rows):
-          out.append(paths[i], row)
+          rows = extractor.given_boxes(prepared, [given[i] for (i, _), _ in group])
+        for ((i, index), _), row in zip(group, rows):
+          out.put(index, paths[i], row)
           num_boxes += row["num_boxes"]
-        bar.update(min(chunk_size, len(paths) - start))
+        bar.update(len(group))
     out.finish()
   return len(out.paths), num_boxes, failed
 
@@ -341,7 +360,7 @@ def main(argv=None):
   except ValueError as e:
     sys.exit(f"error: {e}")
 
-  model = cli.load_model_from_flags(args, batch_size=args.batch_size)
+  model = cli.load_model_from_flags(args, batch_size=args.batch_size, preprocess=args.preprocess)
   extractor = FeatureExtractor(model, args.boxes_per_image, bool(args.pool_final_boxes))
   attrs = {
       "checkpoint": args.checkpoint or inference.bundled_model_path(),
@@ -359,8 +378,7 @@ def main(argv=None):
   start = time.perf_counter()
   try:
     with files.atomic_output(args.output_h5) as tmp_path:
-      written, num_boxes, failed = extract(extractor, paths, given, tmp_path, attrs,
-                                           max(args.batch_size * 8, 1))
+      written, num_boxes, failed = extract(extractor, paths, given, tmp_path, attrs)
       if not written:
         raise ValueError(f"no image could be read, nothing written: {', '.join(failed)}")
   except ValueError as e:

@@ -13,10 +13,24 @@ They go through the original's test-time preprocessing (reference §1.2:
 mean), are padded into the model's shape buckets and run in batches through
 the jitted ``models.densecap.infer``: one compilation per bucket, then every
 image of that shape reuses it.
+
+Where the resize runs is the predictor's ``preprocess``: ``"device"`` (the
+default) sends the decoded uint8 original to the devices and resizes it there
+(``data.device_resize``), ``"host"`` resizes it in NumPy. The two give the
+same model input bit for bit -- checked on CPU for many sizes, and the
+bundled model's results on its examples and on generated photos are
+identical -- so the default changes no output; on CPU the device path is
+also several times faster for large photos (``benchmarks/README.md``).
+``predict`` decodes images ahead in threads and batches them as they come
+(``read``, ``group_batches``), so memory holds a few batches of images.
 """
 
+import collections
+import concurrent.futures
 import dataclasses
+import functools
 import importlib.resources
+import itertools
 import os
 
 import jax
@@ -26,6 +40,7 @@ from PIL import Image
 from densecap_jax import checkpoint
 from densecap_jax import settings as settings_lib
 from densecap_jax.data import buckets as buckets_lib
+from densecap_jax.data import device_resize
 from densecap_jax.data import images as images_lib
 from densecap_jax.data import vocab as vocab_lib
 from densecap_jax.models import densecap
@@ -33,6 +48,11 @@ from densecap_jax.ops import boxes as boxes_lib
 
 
 BATCH_AXIS = "batch"
+# Where test-time images are resized (DenseCapPredictor's ``preprocess``).
+PREPROCESS_CHOICES = ("device", "host")
+DEFAULT_PREPROCESS = "device"
+# Streaming runs (``group_batches``) hold at most this many batches of images waiting.
+MAX_PENDING_BATCHES = 4
 
 
 def default_devices():
@@ -58,16 +78,35 @@ def bundled_examples_path():
 
 @dataclasses.dataclass
 class PreparedImage:
-  """One image after the test-time preprocessing.
+  """One image after the test-time preprocessing, or decoded for the device to resize.
+
+  Prepared on the host (``DenseCapPredictor.prepare(image)``), ``model_input``
+  and ``display`` are set. Left to the device (``prepare(image,
+  on_device=True)``), ``rgb`` and ``resized_size`` are set instead; the
+  device resize (``data.device_resize``) makes ``model_input`` there, bit for
+  bit the host's, and ``predict_prepared(..., displays=True)`` fills
+  ``display``.
 
   Attributes:
-    model_input: ``(h, w, 3)`` float32 BGR minus the VGG mean.
-    display: ``(h, w, 3)`` uint8 RGB, the resized image the boxes refer to.
+    model_input: ``(h, w, 3)`` float32 BGR minus the VGG mean, or ``None``.
+    display: ``(h, w, 3)`` uint8 RGB, the resized image the boxes refer to, or ``None``.
     original_size: ``(H0, W0)`` before resizing.
+    rgb: ``(H0, W0, 3)`` uint8 RGB, the decoded upright original (device
+      preprocessing only), or ``None``.
+    resized_size: ``(h, w)`` after resizing (device preprocessing only), or ``None``.
   """
-  model_input: np.ndarray
-  display: np.ndarray
+  model_input: np.ndarray | None
+  display: np.ndarray | None
   original_size: tuple
+  rgb: np.ndarray | None = None
+  resized_size: tuple | None = None
+
+  @property
+  def size(self):
+    """``(h, w)``, the resized size the boxes refer to."""
+    if self.model_input is not None:
+      return tuple(self.model_input.shape[:2])
+    return tuple(self.resized_size)
 
 
 def batch_by_bucket(prepared, buckets, batch_size):
@@ -79,20 +118,119 @@ def batch_by_bucket(prepared, buckets, batch_size):
     to the bucket (unused slots all zero) and ``(batch_size, 2)`` int32 true
     sizes (the bucket's for unused slots).
   """
-  by_bucket = {}
+  for bucket, on_device, chunk in _bucket_chunks(prepared, buckets, batch_size):
+    if on_device:
+      raise ValueError("batch_by_bucket takes images prepared on the host; "
+                       "DenseCapPredictor.batches resizes the others on the device")
+    yield (chunk, _host_batch(prepared, chunk, bucket, batch_size),
+           _model_sizes(prepared, chunk, bucket, batch_size))
+
+
+def _host_batch(prepared, chunk, bucket, batch_size):
+  """``(batch_size, Hb, Wb, 3)`` float32: the model inputs of ``chunk``, zero-padded."""
+  images = np.zeros((batch_size,) + bucket + (3,), np.float32)
+  for k, i in enumerate(chunk):
+    h, w = prepared[i].size
+    images[k, :h, :w] = prepared[i].model_input
+  return images
+
+
+def _bucket_chunks(prepared, buckets, batch_size):
+  """``(bucket, on_device, members)`` for each batch: indices of at most ``batch_size`` images.
+
+  Images are grouped by shape bucket, and within it by where they are
+  resized (host first seen first), in input order.
+  """
+  groups = {}
   for i, p in enumerate(prepared):
-    bucket = buckets_lib.pick_bucket(*p.model_input.shape[:2], buckets)
-    by_bucket.setdefault(bucket, []).append(i)
-  for bucket, members in by_bucket.items():
+    bucket = buckets_lib.pick_bucket(*p.size, buckets)
+    groups.setdefault((bucket, p.model_input is None), []).append(i)
+  for (bucket, on_device), members in groups.items():
     for start in range(0, len(members), batch_size):
-      chunk = members[start:start + batch_size]
-      images = np.zeros((batch_size,) + bucket + (3,), np.float32)
-      sizes = np.tile(np.asarray(bucket, np.int32), (batch_size, 1))
-      for k, i in enumerate(chunk):
-        h, w = prepared[i].model_input.shape[:2]
-        images[k, :h, :w] = prepared[i].model_input
-        sizes[k] = (h, w)
-      yield chunk, images, sizes
+      yield bucket, on_device, members[start:start + batch_size]
+
+
+def _model_sizes(prepared, chunk, bucket, batch_size):
+  """``(batch_size, 2)`` int32 true sizes of a batch (the bucket's for unused slots)."""
+  sizes = np.tile(np.asarray(bucket, np.int32), (batch_size, 1))
+  for k, i in enumerate(chunk):
+    sizes[k] = prepared[i].size
+  return sizes
+
+
+def read_ahead(fn, items, depth, workers=None):
+  """``(item, fn(item))`` for each item, in order, with up to ``depth`` computed ahead in threads.
+
+  Decoding images this way overlaps the device's work on earlier ones
+  (Pillow and NumPy release the GIL while they decode and resize), and holds
+  at most ``depth`` results besides the one being used, whatever the count.
+
+  Args:
+    fn: ``item -> result``; a ``ValueError`` it raises is given in place of
+      the result (an unreadable image); other exceptions propagate.
+    items: an iterable.
+    depth: results computed ahead, at least 1.
+    workers: threads (default: ``min(4, CPUs)``).
+
+  Yields:
+    ``(item, result or ValueError)``.
+  """
+  depth = max(int(depth), 1)
+  workers = workers or min(4, os.cpu_count() or 1)
+  pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="read_ahead")
+  pending = collections.deque()
+  source = iter(items)
+  try:
+    for item in itertools.islice(source, depth):
+      pending.append((item, pool.submit(fn, item)))
+    while pending:
+      item, future = pending.popleft()
+      for following in itertools.islice(source, 1):
+        pending.append((following, pool.submit(fn, following)))
+      try:
+        result = future.result()
+      except ValueError as e:
+        result = e
+      yield item, result
+  finally:
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def group_batches(pairs, buckets, batch_size, max_pending=None):
+  """Streams ``(key, PreparedImage)`` pairs into groups that each make one batch.
+
+  A group holds images of one shape bucket (and one place of resizing, host
+  or device). It is yielded as soon as it holds ``batch_size`` images; when
+  ``max_pending`` images wait in all, the largest group goes early, partly
+  filled; at the end the rest go, in the order of their first image. So at
+  most ``max_pending`` images wait, whatever the count, and images of a
+  common size fill whole batches.
+
+  Args:
+    pairs: an iterable of ``(key, PreparedImage)`` (the key is the caller's).
+    buckets: the model's shape buckets.
+    batch_size: images per batch.
+    max_pending: the most images waiting (default ``MAX_PENDING_BATCHES``
+      batches).
+
+  Yields:
+    Lists of ``(key, PreparedImage)``, at most ``batch_size`` long.
+  """
+  max_pending = max_pending or MAX_PENDING_BATCHES * batch_size
+  pending = {}
+  count = 0
+  for key, prepared in pairs:
+    group_key = (buckets_lib.pick_bucket(*prepared.size, buckets), prepared.model_input is None)
+    group = pending.setdefault(group_key, [])
+    group.append((key, prepared))
+    count += 1
+    if len(group) >= batch_size or count >= max_pending:
+      if len(group) < batch_size:
+        group_key = max(pending, key=lambda k: len(pending[k]))
+      group = pending.pop(group_key)
+      count -= len(group)
+      yield group
+  yield from pending.values()
 
 
 class DenseCapPredictor:
@@ -106,10 +244,16 @@ class DenseCapPredictor:
     batch_size: images per forward pass, a multiple of the devices.
     devices: where the model runs (default :func:`default_devices`); each
       batch is split over them, the params are replicated on each.
+    preprocess: where :meth:`predict` (and the ``predict`` and
+      ``extract_features`` commands) resize images: ``"device"`` (the default:
+      the decoded uint8 original goes to the devices, ``data.device_resize``)
+      or ``"host"`` (NumPy, ``data.images.prepare_test_image``). Both give the
+      same model input bit for bit (tested on CPU), hence the same results.
   """
 
   def __init__(self, params, config, vocab, *, image_size=None, num_proposals=None,
-               rpn_nms_thresh=None, final_nms_thresh=None, batch_size=1, devices=None):
+               rpn_nms_thresh=None, final_nms_thresh=None, batch_size=1, devices=None,
+               preprocess=None):
     settings_lib.check_settings(image_size=image_size, num_proposals=num_proposals,
                                 rpn_nms_thresh=rpn_nms_thresh,
                                 final_nms_thresh=final_nms_thresh)
@@ -127,6 +271,10 @@ class DenseCapPredictor:
                              else final_nms_thresh)
     if batch_size < 1:
       raise ValueError(f"batch_size must be positive, got {batch_size}")
+    self.preprocess = preprocess or DEFAULT_PREPROCESS
+    if self.preprocess not in PREPROCESS_CHOICES:
+      raise ValueError(f"preprocess must be one of {', '.join(PREPROCESS_CHOICES)}, "
+                       f"got {preprocess!r}")
     num_devices = len(self.devices)
     self.batch_size = -(-batch_size // num_devices) * num_devices  # a multiple of the devices
     if self.image_size == config.image_size:
@@ -149,7 +297,7 @@ class DenseCapPredictor:
     return tuple(jax.device_put(a, self._split if len(a) % len(self.devices) == 0
                                 else self._replicated) for a in arrays)
 
-  def prepare(self, image):
+  def prepare(self, image, on_device=False):
     """One image -> :class:`PreparedImage`.
 
     Args:
@@ -157,19 +305,83 @@ class DenseCapPredictor:
         or a uint8 NumPy array: ``(H, W)`` or ``(H, W, 1)`` grey, ``(H, W, 3)``
         RGB, ``(H, W, 4)`` RGBA (alpha dropped) -- see
         ``data.images.user_rgb``.
+      on_device: ``False``: resized here (``model_input`` and ``display``
+        set); ``True``: only decoded (``rgb`` and ``resized_size`` set), to be
+        resized on the devices by :meth:`batches`.
 
     Raises:
       TypeError: ``image`` is none of these.
-      ValueError: an unreadable file (one line naming it), or an array of
-        another dtype or shape.
+      ValueError: an unreadable file (one line naming it), an array of
+        another dtype or shape, or an image that would be resized to 0 pixels.
     """
     rgb = images_lib.user_rgb(image)
+    if on_device:
+      size = images_lib.torch_scale_size(rgb.shape[0], rgb.shape[1], self.image_size)
+      if min(size) < 1:
+        raise ValueError(f"image of {rgb.shape[0]}x{rgb.shape[1]} (HxW) would be resized to "
+                         f"{size[0]}x{size[1]}")
+      return PreparedImage(None, None, tuple(rgb.shape[:2]), rgb=rgb, resized_size=size)
     model_input = images_lib.prepare_test_image(rgb, self.image_size)
     display = np.clip(np.rint((model_input + images_lib.VGG_MEAN_BGR)[..., ::-1]), 0, 255)
     return PreparedImage(model_input, display.astype(np.uint8), tuple(rgb.shape[:2]))
 
-  def predict_prepared(self, prepared, max_detections=None):
+  def read(self, images, workers=None):
+    """Decodes (and prepares) images ahead in threads, for streaming runs.
+
+    Each image is prepared as :attr:`preprocess` says (only decoded when it
+    is ``"device"``), by ``workers`` threads (default ``min(4, CPUs)``), at
+    most ``max(batch_size, workers)`` ahead of the one being used.
+
+    Yields:
+      ``(image, PreparedImage or the ValueError that made it unreadable)``, in order.
+    """
+    workers = workers or min(4, os.cpu_count() or 1)
+    prepare = functools.partial(self.prepare, on_device=self.preprocess == "device")
+    return read_ahead(prepare, images, max(self.batch_size, workers), workers)
+
+  def batches(self, prepared, displays=False):
+    """Padded batches of :class:`PreparedImage` s, placed on the devices, one bucket each.
+
+    Images prepared on the host are padded here and sent as float32. The
+    others are sent as their uint8 originals, padded to an input bucket, and
+    resized on the devices (``data.device_resize``) into the padded batch.
+
+    Args:
+      prepared: a list of :class:`PreparedImage`.
+      displays: also fetch the resized uint8 image of those resized on the
+        devices into their ``display``, once the caller is done with the batch.
+
+    Yields:
+      ``(members, images, sizes)``: indices into ``prepared`` (at most
+      :attr:`batch_size`), ``(batch_size, Hb, Wb, 3)`` float32 images
+      (unused slots all zero) and ``(batch_size, 2)`` int32 true sizes (the
+      bucket's for unused slots), placed by :meth:`put_batch`.
+    """
+    for bucket, on_device, chunk in _bucket_chunks(prepared, self.buckets, self.batch_size):
+      sizes = _model_sizes(prepared, chunk, bucket, self.batch_size)
+      if not on_device:
+        yield (chunk, *self.put_batch(_host_batch(prepared, chunk, bucket, self.batch_size),
+                                      sizes))
+        continue
+      arrays = device_resize.batch_arrays([prepared[i].rgb for i in chunk],
+                                          [prepared[i].size for i in chunk], bucket,
+                                          self.batch_size)
+      placed = dict(zip(arrays, self.put_batch(*arrays.values())))
+      images, display = device_resize.resize_batch_jit(**placed, zero=np.uint32(0))
+      yield (chunk, images, *self.put_batch(sizes))
+      if displays:
+        display = jax.device_get(display)
+        for k, i in enumerate(chunk):
+          h, w = prepared[i].size
+          prepared[i].display = display[k, :h, :w].copy()
+
+  def predict_prepared(self, prepared, max_detections=None, displays=False):
     """Runs the model on :class:`PreparedImage` s, batching images of one bucket together.
+
+    Args:
+      prepared: a list of :class:`PreparedImage`.
+      max_detections: keep at most this many boxes per image (``None``: all).
+      displays: fill ``display`` of images resized on the devices (see :meth:`batches`).
 
     Returns:
       One dict per image, in input order: ``boxes`` ``(N, 4)`` float32 xywh
@@ -178,10 +390,9 @@ class DenseCapPredictor:
       and ``captions`` (``N`` strings).
     """
     results = [None] * len(prepared)
-    for chunk, images, sizes in batch_by_bucket(prepared, self.buckets, self.batch_size):
+    for chunk, images, sizes in self.batches(prepared, displays):
       boxes, scores, tokens, valid = jax.device_get(self._infer(
-          self.params, *self.put_batch(images, sizes), self.rpn_nms_thresh,
-          self.final_nms_thresh))
+          self.params, images, sizes, self.rpn_nms_thresh, self.final_nms_thresh))
       boxes = np.asarray(boxes_lib.xcycwh_to_xywh(boxes))  # whole batch: one fixed shape
       for k, i in enumerate(chunk):
         keep = np.flatnonzero(valid[k])[:max_detections]
@@ -194,6 +405,10 @@ class DenseCapPredictor:
 
   def predict(self, images, max_detections=None):
     """Captioned boxes for images (see ``prepare`` for what an image may be).
+
+    Images are decoded ahead in threads while the model runs (:meth:`read`)
+    and batched as they come (:func:`group_batches`), so memory holds a few
+    batches of images whatever their count.
 
     Args:
       images: a list (or other iterable) of images, or one image: a path, a
@@ -210,7 +425,20 @@ class DenseCapPredictor:
     elif isinstance(images, (bytes, bytearray)) or not hasattr(images, "__iter__"):
       raise TypeError(f"expected images (paths, PIL images or uint8 NumPy arrays), or a list of "
                       f"them, got {type(images).__name__}")
-    return self.predict_prepared([self.prepare(image) for image in images], max_detections)
+    results = []
+
+    def readable():
+      for _, prepared in self.read(images):  # in order
+        if isinstance(prepared, ValueError):
+          raise prepared
+        results.append(None)
+        yield len(results) - 1, prepared
+
+    for group in group_batches(readable(), self.buckets, self.batch_size):
+      outputs = self.predict_prepared([p for _, p in group], max_detections)
+      for (i, _), output in zip(group, outputs):
+        results[i] = output
+    return results
 
 
 def load_model(path=None, **settings):
@@ -220,7 +448,7 @@ def load_model(path=None, **settings):
     path: a model directory (``checkpoint.save_model``, a training directory,
       or a converted original checkpoint); ``None`` = the bundled model.
     **settings: ``image_size``, ``num_proposals``, ``rpn_nms_thresh``,
-      ``final_nms_thresh``, ``batch_size``, ``devices`` (see
+      ``final_nms_thresh``, ``batch_size``, ``devices``, ``preprocess`` (see
       :class:`DenseCapPredictor`).
   """
   params, config, vocab = checkpoint.load_model(path or bundled_model_path())

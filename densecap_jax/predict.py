@@ -17,6 +17,14 @@ Photos are captioned upright: their EXIF orientation is applied, as by the
 server and the Python API (``data.images.exif_upright``), and boxes refer to
 the upright image.
 
+Images stream: threads decode them ahead while the model runs, each batch
+goes to the model as soon as it is full, and each image's pictures are
+written when its batch is done, so memory holds a few batches of images
+whatever the folder size. With ``--preprocess device`` (the default) the
+decoded uint8 original is resized on the accelerator
+(``data.device_resize``), with ``host`` in NumPy; both give the same model
+input bit for bit, hence the same results.
+
 Nothing is replaced without ``--overwrite``: an existing ``results.json``, or
 an image of the same name in either output folder, stops the command before
 the model loads. Nothing is written when no image could be read. The exit
@@ -66,6 +74,9 @@ def parse_args(argv=None):
   inputs.add_argument("--max_images", type=int, default=100, help=MAX_IMAGES_HELP)
   model = cli.add_model_flags(parser)
   model.add_argument("--batch_size", type=int, default=1, help="images per forward pass")
+  model.add_argument("--preprocess", choices=("device", "host"), default="device",
+                     help="where images are resized: on the accelerator from the decoded uint8 "
+                          "original, or on the host in NumPy (the same model input bit for bit)")
   model.add_argument("--max_detections", type=int, default=-1,
                      help="keep at most this many boxes per image in results.json; -1 = all")
   output = parser.add_argument_group("outputs")
@@ -163,6 +174,56 @@ def check_outputs(args, paths):
                        f"pass --overwrite to replace them, or choose another folder")
 
 
+def caption_images(model, paths, args):
+  """Captions ``paths`` as they stream in, writing each image's pictures as soon as it is done.
+
+  Images are decoded ahead in threads while the model runs
+  (``DenseCapPredictor.read``) and go to the model batch by batch as they
+  come (``inference.group_batches``); the resized image (``--output_vis_dir``)
+  and the drawn one (``--output_dir``) of each are written when its batch is
+  done, so memory holds a few batches of images whatever the count.
+
+  Returns:
+    ``(entries, failed)``: the ``results.json`` entry of each readable image
+    (``boxes``, ``scores``, ``captions`` lists and ``img_name``), in input
+    order, and the unreadable paths.
+  """
+  from densecap_jax import inference  # pylint: disable=g-import-not-at-top
+  from densecap_jax import vis  # pylint: disable=g-import-not-at-top
+
+  max_detections = None if args.max_detections < 0 else args.max_detections
+  entries, failed = [], []
+  with tqdm(total=len(paths), desc="captioning", unit="img", disable=len(paths) < 2) as bar:
+
+    def readable():  # (entry index, PreparedImage), in input order
+      for path, prepared in model.read(paths):
+        if isinstance(prepared, ValueError):
+          failed.append(path)
+          tqdm.write(f"skipped: {prepared}")
+          bar.update(1)
+          continue
+        entries.append({"img_name": os.path.basename(path)})
+        yield len(entries) - 1, prepared
+
+    for group in inference.group_batches(readable(), model.buckets, model.batch_size):
+      prepared = [p for _, p in group]
+      drawing = bool(args.output_vis or args.output_dir)
+      outputs = model.predict_prepared(prepared, max_detections, displays=drawing)
+      for (i, p), r in zip(group, outputs):
+        name = entries[i]["img_name"]
+        entries[i] = {"boxes": r["boxes"].tolist(), "scores": r["scores"].tolist(),
+                      "captions": r["captions"], "img_name": name}
+        if args.output_vis:
+          vis.save_image_atomic(p.display, os.path.join(args.output_vis_dir, name))
+        if args.output_dir:
+          drawn = vis.draw_results(p.display, r["boxes"], r["captions"],
+                                   num_to_draw=args.num_to_draw, box_width=args.box_width,
+                                   text_size=args.text_size)
+          vis.save_image_atomic(drawn, os.path.join(args.output_dir, name))
+      bar.update(len(group))
+  return entries, failed
+
+
 def main(argv=None):
   args = parse_args(argv)
   try:
@@ -176,40 +237,16 @@ def main(argv=None):
   from densecap_jax import inference  # pylint: disable=g-import-not-at-top
   from densecap_jax import vis
 
-  model = cli.load_model_from_flags(args, batch_size=args.batch_size)
+  model = cli.load_model_from_flags(args, batch_size=args.batch_size, preprocess=args.preprocess)
 
   start = time.perf_counter()
-  prepared, names, failed = [], [], []
-  for path in tqdm(paths, desc="reading", unit="img", disable=len(paths) < 2):
-    try:
-      prepared.append(model.prepare(path))
-      names.append(os.path.basename(path))
-    except ValueError as e:
-      failed.append(path)
-      tqdm.write(f"skipped: {e}")
-  if not prepared:
+  results, failed = caption_images(model, paths, args)
+  if not results:
     sys.exit(f"error: no image could be read, nothing written: {', '.join(failed)}")
-  results = []
-  max_detections = None if args.max_detections < 0 else args.max_detections
-  chunk = max(model.batch_size * 8, 1)
-  with tqdm(total=len(prepared), desc="captioning", unit="img", disable=len(prepared) < 2) as bar:
-    for i in range(0, len(prepared), chunk):
-      results += model.predict_prepared(prepared[i:i + chunk], max_detections)
-      bar.update(len(prepared[i:i + chunk]))
-
-  entries = [{"boxes": r["boxes"].tolist(), "scores": r["scores"].tolist(),
-              "captions": r["captions"], "img_name": name} for r, name in zip(results, names)]
   opt = dict(vars(args), image_size=model.image_size, num_proposals=model.num_proposals,
              checkpoint=args.checkpoint or inference.bundled_model_path())
   if args.output_vis:
-    for p, name in zip(prepared, names):
-      vis.save_image_atomic(p.display, os.path.join(args.output_vis_dir, name))
-    page = vis.write_viewer(args.output_vis_dir, {"results": entries, "opt": opt})
-  if args.output_dir:
-    for p, name, r in zip(prepared, names, results):
-      drawn = vis.draw_results(p.display, r["boxes"], r["captions"], num_to_draw=args.num_to_draw,
-                               box_width=args.box_width, text_size=args.text_size)
-      vis.save_image_atomic(drawn, os.path.join(args.output_dir, name))
+    page = vis.write_viewer(args.output_vis_dir, {"results": results, "opt": opt})
 
   seconds = time.perf_counter() - start
   num_boxes = sum(len(r["captions"]) for r in results)
@@ -222,7 +259,7 @@ def main(argv=None):
   if args.output_dir:
     print(f"drawn images: {args.output_dir}")
   if len(results) == 1:
-    print(json.dumps({"img_name": names[0], "captions": results[0]["captions"][:5]}))
+    print(json.dumps({"img_name": results[0]["img_name"], "captions": results[0]["captions"][:5]}))
   if failed:
     sys.exit(f"error: {len(failed)} of {len(paths)} images could not be read: "
              f"{', '.join(failed)}")
