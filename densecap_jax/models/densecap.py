@@ -368,9 +368,9 @@ def final_nms(final_boxes, logits, proposal_valid, final_nms_thresh):
   """
   num_proposals = final_boxes.shape[1]
   threshold = jnp.where(jnp.asarray(final_nms_thresh) > 0, final_nms_thresh, 2.0)
-  nms_fn = functools.partial(nms_lib.nms, iou_threshold=threshold, max_output_size=num_proposals)
-  keep, count = jax.vmap(lambda b, s, v: nms_fn(b, s, valid=v))(
-      boxes_lib.xcycwh_to_x1y1x2y2(final_boxes), logits, proposal_valid)
+  # Batched (one loop for all images), in one block: every proposal may be kept.
+  keep, count = nms_lib.nms(boxes_lib.xcycwh_to_x1y1x2y2(final_boxes), logits, threshold,
+                            num_proposals, valid=proposal_valid, block_size=num_proposals)
   order = jnp.maximum(keep, 0)
 
   def take(x):

@@ -66,7 +66,7 @@ class LocalizationLayer(nn.Module):
       ``(B, Hf, Wf, 2k)`` float32 scores, channels as in the module doc.
     """
     init = nn.initializers.normal(self.std)
-    head = precision_lib.head_kwargs()
+    head = precision_lib.exact_kwargs()
     x = nn.relu(nn.Conv(self.num_filters, (3, 3), padding=1, kernel_init=init, name="rpn_conv",
                         **precision_lib.conv_kwargs(self.precision))(features))
     transforms = nn.Conv(4 * self.num_anchors, (1, 1), kernel_init=nn.initializers.zeros,
@@ -236,8 +236,10 @@ def propose(boxes, scores, cell_valid, image_size, nms_thresh, num_proposals,
     boxes, inside = boxes_lib.clip_boxes(boxes, bounds, "xcycwh")
     valid = valid & inside
   prob = jax.nn.softmax(scores, axis=-1)[:, 0]
+  # One NMS block of at least twice the picks usually holds them all (ops/nms.py).
   keep, count = nms_lib.nms(boxes_lib.xcycwh_to_x1y1x2y2(boxes), prob, nms_thresh,
-                            num_proposals, valid=valid)
+                            num_proposals, valid=valid,
+                            block_size=max(nms_lib.DEFAULT_BLOCK_SIZE, 2 * num_proposals))
   kept = jnp.arange(num_proposals) < count
   proposals = jnp.where(kept[:, None], boxes[jnp.maximum(keep, 0)], 0.0)
   return proposals, kept
