@@ -24,7 +24,6 @@ import sys
 from absl import app
 from absl import flags
 import jax
-from jax.experimental import multihost_utils
 import ml_collections
 from ml_collections import config_flags
 
@@ -61,9 +60,9 @@ def initialize_distributed():
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                              num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
-  # Connect every device to every other now, while all processes are here: the first
-  # training step's collective may otherwise wait for a peer still compiling it.
-  multihost_utils.sync_global_devices("densecap_jax start")
+  # Connect the devices now, while all processes are here: the first training step's
+  # all-reduce would otherwise wait for a peer still compiling, and give up after 30 s.
+  loop.connect_devices()
 
 
 def main(argv):

@@ -112,6 +112,18 @@ def prefetch_to_devices(batches, size=2, axis_name=AXIS):
     yield queue.popleft()
 
 
+def connect_devices(axis_name=AXIS):
+  """Runs one all-reduce over every device of the job, as the pmapped step runs its own.
+
+  The collectives between processes (gloo on CPU) set up their connections
+  on first use; done here, right after ``jax.distributed.initialize``, no
+  process waits long for a peer that is still compiling the training step.
+  """
+  ones = np.ones((jax.local_device_count(),), np.float32)
+  total = jax.pmap(lambda x: jax.lax.psum(x, axis_name), axis_name=axis_name)(ones)
+  return float(unreplicate(total))
+
+
 def replicate(tree, axis_name=AXIS):
   """A copy of ``tree`` on every local device, sharded as the pmapped step's own outputs.
 
