@@ -8,6 +8,7 @@
 import argparse
 import sys
 
+from densecap_jax import configs
 from densecap_jax import runtime
 from densecap_jax import settings
 
@@ -27,7 +28,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def add_model_flags(parser, *, final_nms_thresh=0.3, final_nms_help=None):
-  """Adds the ``model`` group: --checkpoint, --image_size, the NMS thresholds, --num_proposals.
+  """Adds the ``model`` group: --checkpoint, --image_size, the NMS thresholds, --num_proposals,
+  --precision.
 
   ``check_model_flags`` checks their values (``load_model_from_flags`` calls it).
   """
@@ -42,6 +44,10 @@ def add_model_flags(parser, *, final_nms_thresh=0.3, final_nms_help=None):
                      help=final_nms_help or "IoU threshold of the final NMS, in [0, 1]")
   model.add_argument("--num_proposals", type=int, default=None,
                      help="proposals after the RPN NMS (default: the model's, 1000 for vgg16)")
+  model.add_argument("--precision", choices=configs.PRECISIONS, default=None,
+                     help="how convs and matrix products compute: float32 (exact), tf32 or "
+                          "bfloat16 (faster on GPUs and TPUs, see the README) (default: the "
+                          "model's, float32 for converted and bundled models)")
   runtime.add_runtime_flags(parser)
   return model
 
@@ -66,7 +72,8 @@ def load_model_from_flags(args, *, announce=True, **settings):
     model = inference.load_model(
         args.checkpoint or None, image_size=args.image_size or None,
         num_proposals=args.num_proposals or None, rpn_nms_thresh=args.rpn_nms_thresh,
-        final_nms_thresh=args.final_nms_thresh, **settings)
+        final_nms_thresh=args.final_nms_thresh, precision=getattr(args, "precision", None),
+        **settings)
   except (OSError, ValueError) as e:
     sys.exit(f"error: {e}")
   if announce:

@@ -38,12 +38,14 @@ import numpy as np
 from PIL import Image
 
 from densecap_jax import checkpoint
+from densecap_jax import configs
 from densecap_jax import settings as settings_lib
 from densecap_jax.data import buckets as buckets_lib
 from densecap_jax.data import device_resize
 from densecap_jax.data import images as images_lib
 from densecap_jax.data import vocab as vocab_lib
 from densecap_jax.models import densecap
+from densecap_jax.models import precision as precision_lib
 from densecap_jax.ops import boxes as boxes_lib
 
 
@@ -244,6 +246,9 @@ class DenseCapPredictor:
     batch_size: images per forward pass, a multiple of the devices.
     devices: where the model runs (default :func:`default_devices`); each
       batch is split over them, the params are replicated on each.
+    precision: ``"float32"`` (exact), ``"tf32"`` or ``"bfloat16"``
+      (``models/precision.py``); the ``precision`` keyword overrides the
+      config's (float32 when the config has none).
     preprocess: where :meth:`predict` (and the ``predict`` and
       ``extract_features`` commands) resize images: ``"device"`` (the default:
       the decoded uint8 original goes to the devices, ``data.device_resize``)
@@ -253,10 +258,13 @@ class DenseCapPredictor:
 
   def __init__(self, params, config, vocab, *, image_size=None, num_proposals=None,
                rpn_nms_thresh=None, final_nms_thresh=None, batch_size=1, devices=None,
-               preprocess=None):
+               precision=None, preprocess=None):
     settings_lib.check_settings(image_size=image_size, num_proposals=num_proposals,
                                 rpn_nms_thresh=rpn_nms_thresh,
                                 final_nms_thresh=final_nms_thresh)
+    config = configs.with_precision(config, precision)
+    self.precision = configs.precision_of(config)
+    params = precision_lib.cast_for_inference(params, self.precision)  # bf16 kernels cast once
     self.devices = list(devices) if devices is not None else default_devices()
     mesh = jax.sharding.Mesh(np.array(self.devices), (BATCH_AXIS,))
     self._replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -448,8 +456,8 @@ def load_model(path=None, **settings):
     path: a model directory (``checkpoint.save_model``, a training directory,
       or a converted original checkpoint); ``None`` = the bundled model.
     **settings: ``image_size``, ``num_proposals``, ``rpn_nms_thresh``,
-      ``final_nms_thresh``, ``batch_size``, ``devices``, ``preprocess`` (see
-      :class:`DenseCapPredictor`).
+      ``final_nms_thresh``, ``batch_size``, ``devices``, ``precision``,
+      ``preprocess`` (see :class:`DenseCapPredictor`).
   """
   params, config, vocab = checkpoint.load_model(path or bundled_model_path())
   return DenseCapPredictor(params, config, vocab, **settings)

@@ -54,7 +54,7 @@ class RecognitionNetwork(nn.Module):
       float32 final box transforms.
     """
     dense_kwargs = precision_lib.dense_kwargs(self.precision)
-    head = precision_lib.head_kwargs()
+    head = precision_lib.exact_kwargs()
     x = flatten_chw(roi_features)
     for name in ("fc6", "fc7"):
       x = nn.relu(nn.Dense(self.fc_dim, kernel_init=nn.initializers.he_normal(), name=name,

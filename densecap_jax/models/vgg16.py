@@ -13,10 +13,11 @@ a "same" convolution sees zeros beyond the border either way, and a ceil-mode
 pool window that sticks out of the image takes the max of non-negative values
 and zeros, which is the max over its in-image part.
 
-Precision (``models/precision.py``): under ``"bfloat16"`` every conv takes
-bf16 activations and kernels and accumulates in float32; the activations are
-kept in bf16 between convs (the masks and pools are exact in bf16) and the
-features returned are float32.
+Precision (``models/precision.py``): under ``"bfloat16"`` every conv after
+``conv1_1`` takes bf16 activations and kernels and accumulates in float32;
+the activations are kept in bf16 between convs (the masks and pools are exact
+in bf16) and the features returned are float32. ``conv1_1``, on the pixels,
+is float32 under every policy.
 """
 
 from typing import Sequence
@@ -93,6 +94,7 @@ class VGG16(nn.Module):
       (bf16 values under ``"bfloat16"``).
     """
     conv_kwargs = precision_lib.conv_kwargs(self.precision)
+    exact_kwargs = precision_lib.exact_kwargs()
     dtype = precision_lib.compute_dtype(self.precision)
     x = images
     sizes = image_sizes
@@ -102,7 +104,8 @@ class VGG16(nn.Module):
     for block, block_widths in enumerate(self.widths, start=1):
       for index, width in enumerate(block_widths, start=1):
         x = nn.Conv(width, (3, 3), padding=1, kernel_init=nn.initializers.he_normal(),
-                    name=f"conv{block}_{index}", **conv_kwargs)(x)
+                    name=f"conv{block}_{index}",
+                    **(exact_kwargs if block == index == 1 else conv_kwargs))(x)
         x = nn.relu(x).astype(dtype)
         if sizes is not None:
           x = x * valid_region_mask(sizes, x.shape[1], x.shape[2]).astype(dtype)

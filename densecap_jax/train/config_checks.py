@@ -9,6 +9,7 @@ optax, the loader or the first compilation.
 
 import math
 
+from densecap_jax import configs as model_configs
 from densecap_jax.data import buckets as buckets_lib
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -74,6 +75,11 @@ def check_config(config):
           f"0 .. {len(model.cnn_widths)} (conv blocks that never train)")
   _at_least(model, "max_gt_boxes", 1, "a positive number of regions per image")
   _at_least(model, "image_size", 16, "a long side of at least 16 pixels")
+  precision = model.get("precision", model_configs.DEFAULT_PRECISION)
+  if precision not in model_configs.PRECISIONS:
+    _fail("model.precision", precision,
+          f"one of {', '.join(model_configs.PRECISIONS)} (float32 is exact, tf32 and bfloat16 "
+          f"are faster on GPUs and TPUs)")
 
 
 def check_fits_data(config, data, num_devices):
