@@ -137,6 +137,15 @@ def test_precision_flag():
     parser.parse_args(["--precision", "fp16"])
 
 
+def test_evaluation_precision_flag():
+  from densecap_jax.evaluation import __main__ as evaluation  # pylint: disable=g-import-not-at-top
+  flags = ["--checkpoint", "m", "--data_h5", "d.h5", "--data_json", "d.json"]
+  assert evaluation.parse_args(flags).precision is None
+  assert evaluation.parse_args(flags + ["--precision", "tf32"]).precision == "tf32"
+  with pytest.raises(SystemExit):
+    evaluation.parse_args(flags + ["--precision", "fp16"])
+
+
 def test_load_model_takes_a_precision():
   assert densecap_jax.load_model().precision == "float32"
   model = densecap_jax.load_model(precision="bfloat16")

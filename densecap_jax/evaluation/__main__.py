@@ -26,6 +26,7 @@ import argparse
 import os
 import sys
 
+from densecap_jax import configs
 from densecap_jax import files
 from densecap_jax import runtime
 from densecap_jax.evaluation import meteor
@@ -83,6 +84,10 @@ def parse_args(argv=None):
                      help="proposals kept after the RPN NMS (evaluate_model.lua ignored its "
                           "flag and kept 1000)")
   model.add_argument("--batch_size", type=int, default=1, help="images per forward pass")
+  model.add_argument("--precision", default=None, choices=configs.PRECISIONS,
+                     help="how convs and matrix products compute: float32 (exact), tf32 or "
+                          "bfloat16 (see the README) (default: the model's, float32 for "
+                          "converted models)")
   preds = parser.add_argument_group("predictions file (--predictions)")
   preds.add_argument("--format", default="auto", choices=predictions_lib.FORMATS,
                      help="file layout; auto tells them apart by content")
@@ -215,9 +220,12 @@ def _evaluate_model(args, meteor_fn):
   from densecap_jax import checkpoint
   from densecap_jax.data import loader
   from densecap_jax.evaluation import split_eval
+  from densecap_jax.models import precision as precision_lib
   runtime.setup_from_args(args)
   try:
     params, config, _ = checkpoint.load_model(args.checkpoint)
+    config = configs.with_precision(config, args.precision)
+    params = precision_lib.cast_for_inference(params, configs.precision_of(config))
     data = loader.DenseCapH5(args.data_h5, args.data_json)
     if data.vocab_size != config.vocab_size:
       raise ValueError(f"{args.data_json} has {data.vocab_size} words but the model was "
