@@ -19,8 +19,10 @@ import json
 import os
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from densecap_jax import checkpoint
@@ -196,7 +198,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume=True, progr
   if has_val and config.eval_first_iteration and start == 0:
     loop.run_validation(0, state.params, evaluate, writer, on_eval)
   if has_val and start > 0 and (start % config.save_checkpoint_every == 0 or
-                                start == config.max_iters) and not writer.has(start, best_key):
+                                start == config.max_iters) and _not_validated(writer, start,
+                                                                              best_key):
     print(f"validating step {start} (the run stopped before its validation)")
     loop.run_validation(start, state.params, evaluate, writer, on_eval)
   num_steps = config.max_iters if config.max_iters > 0 else 2**31 - 1
@@ -224,6 +227,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume=True, progr
     if meteor is not None:
       meteor.close()
   return state, reason
+
+
+def _not_validated(writer, step, key):
+  """Whether ``step`` has no validation line yet: the first process decides for all."""
+  missing = np.int32(not writer.has(step, key))
+  if jax.process_count() > 1:
+    missing = multihost_utils.broadcast_one_to_all(missing)
+  return bool(missing)
 
 
 def _no_meteor(candidates, references):

@@ -1,0 +1,182 @@
+"""Multi-process training on JAX's distributed runtime: real processes on 127.0.0.1, CPU gloo.
+
+2 processes x 2 CPU devices against 1 process x 4 devices with the same
+global batch of 4: the same final parameters to float32 rounding; the job's
+validation equals a single-process evaluation of its final parameters; a job
+killed after a checkpoint and started again ends at exactly the same
+parameters; the checkpoint that 2 x 2 wrote resumes on 1 x 4.
+
+Why rounding and not bit-exact across layouts: the gradient all-reduce over
+four devices adds the same four numbers in another order when two of them
+arrive through gloo from the other process ((a + b) + (c + d) rather than
+((a + b) + c) + d), and float32 addition is not associative. Everything else
+(data shards, random numbers per device, the step itself) is identical, so
+the runs agree to rounding. The test trains with Adam's epsilon at 1, where
+Adam moves like SGD: with the original's 1e-8 the first steps move each
+parameter by about ±learning_rate whatever the size of its gradient, which
+turns a rounding difference in a near-zero gradient into a difference of a
+whole step. Over many steps the discrete choices of training (which anchors
+the sampler takes, which boxes NMS keeps) turn rounding into different
+choices too, so the layouts are compared over 10 steps. Within one layout the
+order is fixed, so a resumed job is bit-identical.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from densecap_jax import checkpoint
+from densecap_jax.data import loader
+from densecap_jax.evaluation import split_eval
+import small_dataset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = 64
+STEPS = 10
+SAVE_EVERY = 5
+TIMEOUT = 600
+
+
+def _can_run_cpu_collectives():
+  return hasattr(jax.config, "jax_cpu_collectives_implementation")
+
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not _can_run_cpu_collectives(),
+                       reason="this jaxlib has no CPU collectives (gloo) for several processes"),
+]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("multiprocess")
+  return small_dataset.make_small_dataset(folder, 20, seed=3, image_size=SIZE)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _launch(workdir, dataset, *, num_processes, devices_per_process, steps=STEPS, val_images=4):
+  """Starts the training command as ``num_processes`` processes; returns the Popens."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
+  command = [sys.executable, "-m", "densecap_jax.train", "--config", "tiny",
+             f"--workdir={workdir}", f"--config.data_h5={dataset[0]}",
+             f"--config.data_json={dataset[1]}", f"--config.model.image_size={SIZE}",
+             f"--config.model.buckets=(({SIZE}, {SIZE}),)", "--config.model.sampler_batch_size=32",
+             f"--config.per_device_batch_size={4 // (num_processes * devices_per_process)}",
+             "--config.lr_schedule=constant", "--config.warmup_steps=0",
+             "--config.learning_rate=0.05", "--config.optim_epsilon=1.0",
+             f"--config.save_checkpoint_every={SAVE_EVERY}", "--config.keep_checkpoints=5",
+             "--config.losses_log_every=5", f"--config.val_images_use={val_images}",
+             "--config.val_metric=detmap", "--config.test_num_proposals=30",
+             f"--config.max_iters={steps}"]
+  if num_processes > 1:
+    port = _free_port()
+    command += [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}"]
+  procs = []
+  for i in range(num_processes):
+    extra = [f"--process_id={i}"] if num_processes > 1 else []
+    log = open(os.path.join(str(workdir) + f".log{i}"), "w")
+    procs.append(subprocess.Popen(command + extra, cwd=ROOT, env=env, stdout=log,
+                                  stderr=subprocess.STDOUT))
+  return procs
+
+
+def _wait(procs, workdir):
+  deadline = time.time() + TIMEOUT
+  for i, proc in enumerate(procs):
+    try:
+      code = proc.wait(max(deadline - time.time(), 1))
+    except subprocess.TimeoutExpired:
+      for p in procs:
+        p.kill()
+      code = "timeout"
+    if code != 0:
+      with open(str(workdir) + f".log{i}") as f:
+        raise AssertionError(f"process {i} ended with {code}:\n{f.read()[-3000:]}")
+
+
+def _final_params(workdir):
+  return jax.tree.leaves(checkpoint.load_model(os.path.join(workdir, "last"))[0])
+
+
+def _val(workdir):
+  import json  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [(r["step"], r["val_detmap"]) for r in map(json.loads, f) if "val_detmap" in r]
+
+
+def _assert_same_params(a, b):
+  """Equal to float32 rounding, allowing the odd parameter that a discrete choice moved.
+
+  Rounding leaves differences of ~1e-6 in weights of size ~0.1 after 10 steps;
+  where it tips a discrete choice of the sampler, a few parameters move by
+  ~1e-5. A wrong shard, random stream or all-reduce moves nearly every
+  parameter by whole updates (1e-4 .. 1e-2).
+  """
+  x = np.concatenate([np.ravel(v) for v in a])
+  y = np.concatenate([np.ravel(v) for v in b])
+  far = np.abs(x - y) > 1e-5 + 1e-4 * np.abs(y)
+  assert far.mean() < 1e-3, f"{far.sum()} of {far.size} parameters differ"
+  np.testing.assert_allclose(x, y, atol=1e-3)
+
+
+def _assert_identical_params(a, b):
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x, y)
+
+
+def _detmap_of(workdir, dataset):
+  """The detection mAP of ``workdir/last`` on the job's validation images, in this process."""
+  params, config, _ = checkpoint.load_model(os.path.join(workdir, "last"))
+  data = loader.DenseCapH5(*dataset)
+  results = split_eval.evaluate_split(
+      params, data, "val", split_eval.make_predict_fn(config, 30), config=config, max_images=4,
+      batch_size=8, meteor_fn=lambda c, r: [0.0] * len(c), progress=False)
+  return results["detmap"]
+
+
+def test_two_processes_train_as_one_with_four_devices(dataset, tmp_path):
+  single, multi = tmp_path / "single", tmp_path / "multi"
+  _wait(_launch(single, dataset, num_processes=1, devices_per_process=4), single)
+  _wait(_launch(multi, dataset, num_processes=2, devices_per_process=2), multi)
+  _assert_same_params(_final_params(single), _final_params(multi))
+  # Checkpoints are written once for the whole job, at each checkpoint step.
+  assert sorted(os.listdir(multi / "checkpoints")) == ["10", "5"]
+  # Validation ran over both processes' devices and equals one process's evaluation.
+  assert [s for s, _ in _val(multi)] == [5, 10]
+  assert _val(multi)[-1][1] == _detmap_of(multi, dataset)
+
+  # Killed after a checkpoint, started again: the run resumes and ends where it would have.
+  killed = tmp_path / "killed"
+  procs = _launch(killed, dataset, num_processes=2, devices_per_process=2)
+  deadline = time.time() + TIMEOUT
+  while not (killed / "checkpoints" / "5").is_dir():
+    assert time.time() < deadline and all(p.poll() is None for p in procs), "no checkpoint"
+    time.sleep(0.05)
+  procs[1].send_signal(signal.SIGKILL)
+  procs[0].send_signal(signal.SIGKILL)  # it would wait for its peer in the next all-reduce
+  for p in procs:
+    p.wait()
+  assert sorted(d for d in os.listdir(killed / "checkpoints") if d.isdigit()) == ["5"]
+  copy = tmp_path / "killed_on_one_process"
+  shutil.copytree(killed, copy)
+  _wait(_launch(killed, dataset, num_processes=2, devices_per_process=2), killed)
+  _assert_identical_params(_final_params(multi), _final_params(killed))
+
+  # What 2 x 2 wrote resumes on 1 x 4.
+  _wait(_launch(copy, dataset, num_processes=1, devices_per_process=4, val_images=0), copy)
+  _assert_same_params(_final_params(single), _final_params(copy))
