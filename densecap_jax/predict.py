@@ -185,8 +185,8 @@ def caption_images(model, paths, args):
 
   Returns:
     ``(entries, failed)``: the ``results.json`` entry of each readable image
-    (``boxes``, ``scores``, ``captions`` lists and ``img_name``), in input
-    order, and the unreadable paths.
+    (``boxes`` ``(N, 4)`` and ``scores`` ``(N,)`` float32 arrays, ``captions``
+    and ``img_name``), in input order, and the unreadable paths.
   """
   from densecap_jax import inference  # pylint: disable=g-import-not-at-top
   from densecap_jax import vis  # pylint: disable=g-import-not-at-top
@@ -211,8 +211,9 @@ def caption_images(model, paths, args):
       outputs = model.predict_prepared(prepared, max_detections, displays=drawing)
       for (i, p), r in zip(group, outputs):
         name = entries[i]["img_name"]
-        entries[i] = {"boxes": r["boxes"].tolist(), "scores": r["scores"].tolist(),
-                      "captions": r["captions"], "img_name": name}
+        # NumPy rows (20 bytes a box), made lists only as results.json is written.
+        entries[i] = {"boxes": r["boxes"], "scores": r["scores"], "captions": r["captions"],
+                      "img_name": name}
         if args.output_vis:
           vis.save_image_atomic(p.display, os.path.join(args.output_vis_dir, name))
         if args.output_dir:

@@ -224,14 +224,19 @@ def write_viewer(output_dir, results):
       NumPy arrays; boxes xywh, 1-based, in the saved image's pixels.
   """
   _check_results(results)
-  text = json.dumps(results, default=_json_value, allow_nan=False)
   os.makedirs(output_dir, exist_ok=True)
+  # Encoded piece by piece into the files (json.dump), never as one string in
+  # memory; results.json first, so that data JSON cannot hold (NaN) writes nothing.
+  for name, prefix, suffix in (("results.json", "", ""),
+                               ("results.js", "window.DENSECAP_RESULTS = ", ";\n")):
+    with atomic_output(os.path.join(output_dir, name)) as tmp_path:
+      with open(tmp_path, "w", encoding="utf-8") as f:
+        f.write(prefix)
+        json.dump(results, f, default=_json_value, allow_nan=False)
+        f.write(suffix)
   page_dir = importlib.resources.files("densecap_jax.viewer")
   for name in VIEWER_FILES:
     _write_bytes_atomic(os.path.join(output_dir, name), page_dir.joinpath(name).read_bytes())
-  _write_bytes_atomic(os.path.join(output_dir, "results.json"), text.encode("utf-8"))
-  _write_bytes_atomic(os.path.join(output_dir, "results.js"),
-                      f"window.DENSECAP_RESULTS = {text};\n".encode("utf-8"))
   return os.path.join(output_dir, VIEWER_PAGE)
 
 
