@@ -30,10 +30,11 @@ Design:
   see through, so every product is rounded to float32 as NumPy rounds it.
   Padded taps have weight 0 (adding ``+0`` changes nothing) and padded
   outputs norm 1. Verified on CPU (``tests/test_device_resize.py``: many
-  sizes, up and down, odd sizes, grey); on other backends the only
-  operation that could differ is the float32 division by ``norm`` (IEEE on
-  CPU and, by LLVM's default, on NVIDIA GPUs; approximate on TPUs), which
-  bounds any difference by about 1e-5 on the 0-255 scale.
+  sizes, up and down, odd sizes, grey; the test asserts the same on GPUs,
+  not yet run on one). On other backends the only operation that could
+  differ is the float32 division by ``norm`` (IEEE on CPU and, by LLVM's
+  default, on NVIDIA GPUs; possibly approximate on TPUs), which bounds any
+  difference by about 1e-5 on the 0-255 scale.
 * **Static shapes.** The uint8 input is zero-padded to an input bucket per
   side (:func:`input_bucket`: multiples of 64 up to 512, then 640, 768, 896,
   1024, 1280, ... -- at most 25 % padding), the tap count to a power of two
