@@ -4,6 +4,10 @@ Cases, sized like one 540 x 720 image through VGG-16 (a 34 x 45 conv5_3 map):
 
 * NMS of the 18,360 RPN boxes (34 * 45 * 12 anchors, jittered) at IoU 0.7,
   stopping at 1,000 picks, against the original's greedy algorithm in NumPy.
+* The final NMS of a batch of 32 images in one call: 1,000 proposals each
+  (the 1,000 picks of such a set, moved by a few pixels as the box
+  regression does, scored by random logits) at IoU 0.3, no count limit;
+  NumPy runs its greedy loop image by image.
 * Bilinear RoI pooling of 256 boxes to 7 x 7 from a 34 x 45 x 512 map, forward
   and forward + backward (features and boxes gradients for the forward +
   backward JAX row; the NumPy row scatters the feature gradient only),
@@ -11,9 +15,10 @@ Cases, sized like one 540 x 720 image through VGG-16 (a 34 x 45 conv5_3 map):
 
 Times are medians over ``--repeats`` runs after one warm-up call (which
 compiles the JAX kernels), with ``block_until_ready``. Each row also checks
-that both implementations agree. The JAX side runs on whatever
-``jax.devices()[0]`` is (set ``JAX_PLATFORMS`` to choose); the device is
-printed with the table.
+that both implementations agree; the NMS rows also give the sequential
+``lax.while_loop`` trips of the JAX call (``nms_with_trips``). The JAX side
+runs on whatever ``jax.devices()[0]`` is (set ``JAX_PLATFORMS`` to choose);
+the device is printed with the table.
 
   python benchmarks/ops.py [--repeats 10] [--seed 0]
 """
@@ -26,13 +31,15 @@ import jax
 import numpy as np
 
 from densecap_jax.ops.anchors import VGG16_ANCHOR_SIZES, VGG16_FIELD_CENTERS, make_anchors
-from densecap_jax.ops.nms import nms
+from densecap_jax.ops.nms import nms, nms_with_trips
 from densecap_jax.ops.roi_pool import bilinear_roi_pool
 
 IMAGE_SIZE = (540, 720)  # (H, W)
 FEATURE_SHAPE = (34, 45, 512)
 NMS_THRESHOLD = 0.7
 NMS_PICKS = 1000
+FINAL_NMS_THRESHOLD = 0.3
+FINAL_NMS_BATCH = 32
 ROI_BOXES = 256
 
 
@@ -150,17 +157,45 @@ def roi_inputs(rng):
   return features, np.stack([xc, yc, w, h], -1).astype(np.float32)
 
 
+def final_nms_inputs(rng):
+  """``FINAL_NMS_BATCH`` images of 1,000 proposals: the RPN NMS picks of ``nms_inputs``,
+  moved by a few pixels, and random logits; -> ``(B, 1000, 4)`` boxes, ``(B, 1000)`` scores."""
+  boxes, scores = [], []
+  for _ in range(FINAL_NMS_BATCH):
+    rpn_boxes, rpn_scores = nms_inputs(rng)
+    picks, _ = nms(rpn_boxes, rpn_scores, NMS_THRESHOLD, NMS_PICKS)
+    proposals = rpn_boxes[np.asarray(picks)]
+    boxes.append(proposals + rng.normal(0, 4, proposals.shape))
+    scores.append(rng.normal(0, 2, len(proposals)))
+  return np.stack(boxes).astype(np.float32), np.stack(scores).astype(np.float32)
+
+
 def bench_nms(rng, device, repeats):
   boxes, scores = nms_inputs(rng)
   boxes_d, scores_d = jax.device_put((boxes, scores), device)
   run = lambda: nms(boxes_d, scores_d, NMS_THRESHOLD, NMS_PICKS)
-  indices, count = run()
+  indices, count, trips = nms_with_trips(boxes_d, scores_d, NMS_THRESHOLD, NMS_PICKS)
   expected = nms_numpy(boxes, scores, NMS_THRESHOLD, NMS_PICKS)
   agree = np.array_equal(np.asarray(indices)[:int(count)], expected)
   name = f"NMS {len(boxes):,} boxes -> {int(count):,} picks"
   return (name, median_seconds(run, repeats),
           median_seconds(lambda: nms_numpy(boxes, scores, NMS_THRESHOLD, NMS_PICKS), repeats),
-          "same picks" if agree else "PICKS DIFFER")
+          f"{'same picks' if agree else 'PICKS DIFFER'}, {int(trips)} loop trips")
+
+
+def bench_final_nms(rng, device, repeats):
+  boxes, scores = final_nms_inputs(rng)
+  batch, num = scores.shape
+  boxes_d, scores_d = jax.device_put((boxes, scores), device)
+  run = lambda: nms(boxes_d, scores_d, FINAL_NMS_THRESHOLD, num, block_size=num)
+  indices, count, trips = nms_with_trips(boxes_d, scores_d, FINAL_NMS_THRESHOLD, num,
+                                         block_size=num)
+  run_numpy = lambda: [nms_numpy(b, s, FINAL_NMS_THRESHOLD, num) for b, s in zip(boxes, scores)]
+  agree = all(np.array_equal(np.asarray(i)[:int(c)], e)
+              for i, c, e in zip(indices, count, run_numpy()))
+  name = f"  final NMS, {batch} x {num:,} boxes at {FINAL_NMS_THRESHOLD}"
+  return (name, median_seconds(run, repeats), median_seconds(run_numpy, repeats),
+          f"{'same picks' if agree else 'PICKS DIFFER'}, {int(trips)} loop trips")
 
 
 def bench_roi_pool(rng, device, repeats):
@@ -202,8 +237,9 @@ def main():
     parser.error(f"--repeats must be at least 1, got {args.repeats}")
   device = jax.devices()[0]
   rng = np.random.default_rng(args.seed)
-  rows = [bench(rng, device, args.repeats)
-          for bench in (bench_nms, bench_roi_pool, bench_roi_pool_grad)]
+  final_rng = np.random.default_rng([args.seed, 1])  # the other rows' inputs as before
+  rows = [bench(final_rng if bench is bench_final_nms else rng, device, args.repeats)
+          for bench in (bench_nms, bench_final_nms, bench_roi_pool, bench_roi_pool_grad)]
   print(f"JAX {jax.__version__} on {device.platform}: {device.device_kind} ({device}); "
         f"NumPy {np.__version__}; median of {args.repeats} runs")
   print(f"{'case':<40} {'jax ms':>9} {'numpy ms':>9} {'numpy/jax':>10}  check")

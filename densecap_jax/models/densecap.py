@@ -286,41 +286,80 @@ def train_forward(params, batch, rng, config, finetune_cnn=False):
 
 
 def caption_sizes(num_boxes, num_sizes=4):
-  """Static caption batch sizes ``ceil(N / 2^i)``, ascending, the last being ``N``."""
+  """Static caption batch sizes ``ceil(N / 2^i)``, ascending, the last being ``N``: the rows
+  per image the captions used to be decoded on (``caption_kept`` now packs the kept rows of
+  a batch into one of ``caption_row_sizes``)."""
   return tuple(sorted({max(1, math.ceil(num_boxes / 2 ** i)) for i in range(num_sizes)}))
 
 
-def caption_kept(model, params, codes, valid):
-  """Greedy captions of the leading valid rows only.
+CAPTION_MIN_ROWS = 64  # fewer rows cost the LM about as much on an accelerator
 
-  The kept boxes come first in every image, so the LM runs on the first
-  ``n`` rows, ``n`` the smallest size of ``caption_sizes`` that holds the
-  largest count of kept boxes in the batch (a ``lax.switch`` over static
-  sizes); the other rows get token 0.
+
+def caption_row_sizes(max_rows, ratio=1.25, min_rows=CAPTION_MIN_ROWS):
+  """Static row counts the captioning LM may run on, ascending: 0, then ``min_rows`` (or
+  ``max_rows`` if less), then each the largest ``<= ratio * (previous + 1)``, up to
+  ``max_rows``.
+
+  Any count ``t >= 1`` of rows to caption fits in a size ``<= max(ratio * t,
+  min_rows)``. Each size is one compiled copy of the LM, so the floor keeps
+  their number down (14 for 1,000 rows, 29 for 32,000).
+  """
+  sizes = [0, min(min_rows, max_rows)]
+  while sizes[-1] < max_rows:
+    sizes.append(min(max_rows, max(sizes[-1] + 1, math.floor(ratio * (sizes[-1] + 1)))))
+  return tuple(sizes)
+
+
+def caption_kept(model, params, codes, valid, groups=1):
+  """Greedy captions of the valid rows only, packed across the batch.
+
+  The valid rows of all images are gathered, in order, into one array of
+  the smallest size of ``caption_row_sizes`` that holds them (a
+  ``lax.switch`` over static sizes: at most 1.25 times the valid rows, or
+  ``CAPTION_MIN_ROWS``, and none when there are none), captioned at once
+  and scattered back; the other rows get token 0. Rows are captioned
+  independently, so the tokens do not depend on how they are packed.
 
   Args:
     model, params: the ``DenseCap`` module and its params.
-    codes: ``(B, N, fc_dim)`` region codes, kept rows first.
-    valid: ``(B, N)`` bool, the kept rows (a prefix of each row).
+    codes: ``(B, N, fc_dim)`` region codes.
+    valid: ``(B, N)`` bool, the rows to caption.
+    groups: static int dividing ``B``: the images are packed in that many
+      groups of consecutive images (all of the same size, that of the group
+      with the most valid rows), e.g. one per device a batch is split over,
+      so that no rows move between devices.
 
   Returns:
-    ``(B, N, L)`` int32 tokens, 0 on rows that are not kept.
+    ``(B, N, L)`` int32 tokens, 0 on rows that are not valid.
   """
-  batch, num_boxes, _ = codes.shape
-  sizes = caption_sizes(num_boxes)
+  batch, num_boxes, dim = codes.shape
+  if batch % groups:
+    raise ValueError(f"groups must divide the batch, got {groups} groups for {batch} images")
+  rows = batch // groups * num_boxes
+  codes = codes.reshape(groups, rows, dim)
+  valid = valid.reshape(groups, rows)
+  packed_row = jnp.cumsum(valid, axis=1) - 1  # each valid row's place in its group's pack
+  group = jnp.arange(groups)[:, None]
+  # source[g, k]: the row of group g packed at place k (rows beyond its count: the last row).
+  source = jnp.full((groups, rows), rows - 1, jnp.int32).at[
+      group, jnp.where(valid, packed_row, rows)].set(jnp.arange(rows, dtype=jnp.int32),
+                                                     mode="drop")
+  sizes = caption_row_sizes(rows)
 
-  def caption_first(size):
+  def caption_packed(size):
     def run(codes):
-      head = codes[:, :size].reshape(batch * size, -1)
-      tokens = model.apply({"params": params}, head, method=DenseCap.sample_captions)
-      tokens = tokens.reshape(batch, size, -1)
-      return jnp.pad(tokens, ((0, 0), (0, num_boxes - size), (0, 0)))
+      if size == 0:
+        return jnp.zeros((groups, rows, model.seq_length), jnp.int32)
+      head = jnp.take_along_axis(codes, source[:, :size, None], axis=1)
+      tokens = model.apply({"params": params}, head.reshape(groups * size, dim),
+                           method=DenseCap.sample_captions).reshape(groups, size, -1)
+      return jnp.take_along_axis(tokens, jnp.clip(packed_row, 0, size - 1)[..., None], axis=1)
     return run
 
   needed = jnp.max(jnp.sum(valid, axis=1))
   branch = jnp.sum(jnp.asarray(sizes) < needed)
-  tokens = jax.lax.switch(branch, [caption_first(s) for s in sizes], codes)
-  return jnp.where(valid[..., None], tokens, 0)
+  tokens = jax.lax.switch(branch, [caption_packed(s) for s in sizes], codes)
+  return jnp.where(valid[..., None], tokens, 0).reshape(batch, num_boxes, -1)
 
 
 def _detect(params, images, image_sizes, config, num_proposals, rpn_nms_thresh,
@@ -380,7 +419,7 @@ def final_nms(final_boxes, logits, proposal_valid, final_nms_thresh):
 
 
 def infer(params, images, image_sizes, config, num_proposals=None, rpn_nms_thresh=None,
-          final_nms_thresh=None, caption_all=False):
+          final_nms_thresh=None, caption_all=False, caption_groups=1):
   """Test-time forward pass (``DenseCapModel:forward_test``, §3.6, §5).
 
   Proposals: the RPN boxes clipped to the image (the 1-px shrink quirk of
@@ -403,6 +442,10 @@ def infer(params, images, image_sizes, config, num_proposals=None, rpn_nms_thres
     num_proposals: static int N (default ``config.num_proposals``).
     rpn_nms_thresh, final_nms_thresh: floats, may be traced (defaults from config).
     caption_all: static bool, see above.
+    caption_groups: static int, ``caption_kept``'s ``groups``: the kept rows
+      of all images are captioned packed together, or in that many groups of
+      consecutive images (pass the number of devices a batch is split over,
+      so that each captions the rows of its own images).
 
   Returns:
     ``(boxes, scores, tokens, valid)``: ``(B, N, 4)`` float32 xcycwh final
@@ -416,10 +459,10 @@ def infer(params, images, image_sizes, config, num_proposals=None, rpn_nms_thres
   boxes = jnp.where(valid[..., None], take(det["final_boxes"]), 0.0)
   scores = jnp.where(valid, take(det["logits"]), 0.0)
   if caption_all:
-    all_tokens = caption_kept(model, params, det["codes"], jnp.ones_like(valid))
+    all_tokens = caption_kept(model, params, det["codes"], jnp.ones_like(valid), caption_groups)
     tokens = jnp.where(valid[..., None], take(all_tokens), 0)
   else:
-    tokens = caption_kept(model, params, take(det["codes"]), valid)
+    tokens = caption_kept(model, params, take(det["codes"]), valid, caption_groups)
   return boxes, scores, tokens, valid
 
 
