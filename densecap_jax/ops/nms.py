@@ -39,10 +39,10 @@ against the picks so far. ``block_size`` changes the speed only.
 Loop trips (``nms_with_trips``, counted in tests/test_nms.py), against the
 earlier 256-box blocks' 24 iterations for the first case: the benchmark's
 18,360 RPN boxes -> 1,000 picks at 0.7 (``benchmarks/ops.py``) take 2; the
-``vgg16`` test pass with random weights takes 1-2 for its RPN NMS and 3 for
+``vgg16`` test pass with random weights takes 1 for its RPN NMS and 3 for
 the final NMS of a batch of 32 (1,000 proposals at 0.3); the bundled model
-on its examples at batch 32 takes at most 6 (RPN, 3,264-4,352 boxes -> 300)
-and 3 (final).
+on its examples at batch 32 takes at most 6 (RPN, 3,264-4,352 boxes -> 300,
+in two or three blocks) and 3 (final).
 """
 
 import functools
