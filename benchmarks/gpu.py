@@ -256,6 +256,15 @@ def torch_child(spec, emit):
             for i in range(batch)]
     counts = [int(x.numel()) for x in kept]
     rows = codes[torch.cat(kept)]
+    if not lstm_fp32:
+      try:
+        return greedy(rows), counts
+      except RuntimeError as e:  # e.g. no bf16 RNN kernel: decode in float32 instead
+        lstm_fp32.append(short_error(e))
+    with torch.autocast(device.type, enabled=False):
+      return greedy(rows.float()), counts
+
+  def greedy(rows):
     state = None
     image = torch.relu(head["image_encoder"](rows))[None]
     _, state = head["lstm"](image, state)
@@ -265,7 +274,7 @@ def torch_child(spec, emit):
       hidden, state = head["lstm"](head["embed"](token)[None], state)
       token = head["output_proj"](hidden[0]).argmax(-1) + 1
       tokens.append(token)
-    return torch.stack(tokens, 1), counts
+    return torch.stack(tokens, 1)
 
   def whole(images):
     feats = stage_backbone(images)
@@ -275,7 +284,9 @@ def torch_child(spec, emit):
     return stage_finish(proposals, codes, logits, deltas)
 
   emit({"device": name, "torch": torch.__version__, "torchvision": torchvision.__version__})
+  lstm_fp32 = []  # set when the LSTM cannot run under the precision's autocast
   for precision in spec["precisions"]:
+    lstm_fp32.clear()
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     torch.backends.cudnn.allow_tf32 = precision == "tf32"
     for batch in spec["batch_sizes"]:
@@ -301,7 +312,8 @@ def torch_child(spec, emit):
           t, _ = median_time(lambda: stage_finish(proposals, codes, logits, deltas), 0,
                              spec["repeats"], sync)
           stage_s.append(t)
-        emit({"key": key, "seconds": e2e, "stages": stage_s, "kept": statistics.mean(counts)})
+        emit({"key": key, "seconds": e2e, "stages": stage_s, "kept": statistics.mean(counts),
+              "lstm_fp32": lstm_fp32[0] if lstm_fp32 else None})
         images = feats = proposals = pooled = codes = logits = deltas = None  # free the device
       except Exception as e:  # pylint: disable=broad-except
         emit({"key": key, "error": short_error(e)})
@@ -437,7 +449,7 @@ def jax_part(args, sizes, deadline):
 
   # Matrix rates of this device per precision (the dense-FLOP time's denominator).
   peak = {}
-  n = sizes["peak_n"]
+  n = sizes["peak_n"] if device.platform != "cpu" else min(sizes["peak_n"], 2048)
   a = jax.device_put(rng.standard_normal((n, n), np.float32), device)
   b = jax.device_put(rng.standard_normal((n, n), np.float32), device)
   matmuls = {
@@ -781,6 +793,11 @@ def main(argv=None):
                      if "kept" in v))
     if "stopped" in torch_result:
       notes.append(f"PyTorch: {torch_result['stopped']}")
+    fallbacks = {k: v["lstm_fp32"] for k, v in torch_result["results"].items()
+                 if v.get("lstm_fp32")}
+    if fallbacks:
+      notes.append("PyTorch LSTM decoded in float32 (its autocast failed) in " + ", ".join(
+          f"{k} ({why})" for k, why in fallbacks.items()))
   else:
     notes.append(f"PyTorch: {torch_result.get('skipped')}")
   kept = [f"{r['precision']}/{r['batch']} {r['kept']:.0f}" for r in rows if "kept" in r]
@@ -798,8 +815,9 @@ def main(argv=None):
   mode = "--small (toy sizes: not figures)" if args.small else "full size"
   notes.append(f"{mode}: {sizes['bucket'][0]}x{sizes['bucket'][1]} bucket, "
                f"{sizes['num_proposals']} proposals, V = {sizes['vocab_size']}; medians of "
-               f"{args.repeats} after {args.warmup} warm-up; {args.train_steps} timed training "
-               f"steps; wall time {time.time() - start:.0f} s")
+               f"{args.repeats} after {args.warmup} warm-up"
+               + (f"; {args.train_steps} timed training steps" if args.train else "")
+               + f"; wall time {time.time() - start:.0f} s")
 
   print()
   print(table(rows, torch_result))
