@@ -109,8 +109,10 @@ def _suppressor_rows(block_boxes, iou_threshold, row_tiles):
   for start in range(0, size, tile):
     stop = min(start + tile, size)
     earlier = jnp.arange(stop)[None, :] < jnp.arange(start, stop)[:, None]  # [j, i]: i < j
-    over = _overlaps(block_boxes[:, start:stop], block_boxes[:, :stop], iou_threshold)
-    part = _pack(over & earlier)
+    # IoU with the earlier box as boxes1, as in the test against the picks (the same float
+    # operations in the same order, whatever a compiler contracts), then rows j.
+    over = _overlaps(block_boxes[:, :stop], block_boxes[:, start:stop], iou_threshold)
+    part = _pack(jnp.swapaxes(over, 1, 2) & earlier)
     parts.append(jnp.pad(part, ((0, 0), (0, 0), (0, words - part.shape[-1]))))
   return jnp.concatenate(parts, axis=1)
 
