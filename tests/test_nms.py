@@ -296,6 +296,11 @@ def test_score_ties_lower_index_first():
   np.testing.assert_array_equal(idx, [1, 3, 0, -1])
 
 
+def test_block_size_must_be_positive():
+  with pytest.raises(ValueError, match="block_size must be positive"):
+    nms(np.zeros((4, 4), np.float32), np.zeros((4,), np.float32), 0.7, 2, block_size=0)
+
+
 def test_empty_input():
   idx, count = nms(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), 0.7, 5)
   np.testing.assert_array_equal(idx, [-1] * 5)

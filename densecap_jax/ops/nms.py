@@ -165,6 +165,8 @@ def nms_with_trips(boxes, scores, iou_threshold, max_output_size, valid=None,
   The trips are those of the whole call: with leading batch dimensions the
   loops run until every image is done.
   """
+  if block_size < 1:
+    raise ValueError(f"block_size must be positive, got {block_size}")
   boxes = jnp.asarray(boxes, jnp.float32)
   scores = jnp.asarray(scores, jnp.float32)
   batch_shape, n = scores.shape[:-1], scores.shape[-1]
