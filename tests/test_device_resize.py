@@ -116,9 +116,9 @@ def test_new_photo_sizes_within_a_bucket_compile_nothing(model_dir, record_compi
   model = inference.load_model(model_dir)
   assert model.preprocess == "device"
   rng = np.random.default_rng(2)
-  with record_compiles() as compiled:  # 90x120 -> 48x64: input bucket 128x128, 4 taps each way
-    first = model.predict(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8))
-  assert [n for n in compiled if "resize_batch" in n], compiled
+  # 90x120 -> 48x64: input bucket 128x128, 4 taps each way. (Its programs may already be
+  # compiled by an earlier test in this process, so only the second call is checked.)
+  first = model.predict(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8))
   photos = [rng.integers(0, 256, (84, 118, 3), dtype=np.uint8),  # -> 45x64, the same buckets
             rng.integers(0, 256, (80, 110), dtype=np.uint8)]  # grey -> 46x64, the same buckets
   with record_compiles() as compiled:
