@@ -53,16 +53,21 @@ def write_json(path, obj):
       json.dump(obj, f)
 
 
-def read_json(path, what="JSON file"):
-  """Reads a UTF-8 JSON file; raises a one-line ``ValueError`` naming ``what`` and ``path``."""
+def read_text(path, what="file"):
+  """Reads a UTF-8 text file; raises a one-line ``ValueError`` naming ``what`` and ``path``."""
   if not os.path.isfile(path):
     raise ValueError(f"{what} not found: {path}")
   with open(path, "rb") as f:
     raw = f.read()
   try:
-    text = raw.decode("utf-8")
+    return raw.decode("utf-8")
   except UnicodeDecodeError as e:
     raise ValueError(f"{what} {path} is not valid UTF-8 (byte {e.start})") from None
+
+
+def read_json(path, what="JSON file"):
+  """Reads a UTF-8 JSON file; raises a one-line ``ValueError`` naming ``what`` and ``path``."""
+  text = read_text(path, what)
   try:
     return json.loads(text)
   except json.JSONDecodeError as e:

@@ -47,10 +47,10 @@ import dataclasses
 import heapq
 import json
 import math
-import os
 
 import numpy as np
 
+from densecap_jax import files
 from densecap_jax.evaluation import ground_truth as gt_lib
 from densecap_jax.evaluation import metric
 
@@ -344,14 +344,10 @@ def read_predictions(path, fmt="auto", box_format="xywh"):
     raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
   if box_format not in BOX_FORMATS:
     raise ValueError(f"box format must be one of {BOX_FORMATS}, got {box_format!r}")
-  if not os.path.isfile(path):
-    raise PredictionsError(f"predictions file not found: {path}")
-  with open(path, "rb") as f:
-    raw = f.read()
   try:
-    text = raw.decode("utf-8")
-  except UnicodeDecodeError as e:
-    raise PredictionsError(f"{path} is not valid UTF-8 (byte {e.start})") from None
+    text = files.read_text(path, "predictions file")
+  except ValueError as e:
+    raise PredictionsError(str(e)) from None
   reader = _Reader(path, box_format)
   data = None
   if fmt != "jsonl":
