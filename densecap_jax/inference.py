@@ -291,9 +291,11 @@ class DenseCapPredictor:
       self.buckets = buckets_lib.make_buckets(self.image_size)
 
     def run(params, images, image_sizes, rpn_nms_thresh, final_nms_thresh):
+      # A batch split over the devices (put_batch) captions each device's own kept rows.
+      groups = len(self.devices) if self.splits(len(images)) else 1
       return densecap.infer(params, images, image_sizes, config,
                             num_proposals=self.num_proposals, rpn_nms_thresh=rpn_nms_thresh,
-                            final_nms_thresh=final_nms_thresh)
+                            final_nms_thresh=final_nms_thresh, caption_groups=groups)
 
     self._infer = jax.jit(run)
 
@@ -302,8 +304,12 @@ class DenseCapPredictor:
 
     A batch that does not divide evenly goes to every device whole.
     """
-    return tuple(jax.device_put(a, self._split if len(a) % len(self.devices) == 0
-                                else self._replicated) for a in arrays)
+    return tuple(jax.device_put(a, self._split if self.splits(len(a)) else self._replicated)
+                 for a in arrays)
+
+  def splits(self, batch_size):
+    """Whether a batch of ``batch_size`` images is split over the devices (else replicated)."""
+    return batch_size % len(self.devices) == 0
 
   def prepare(self, image, on_device=False):
     """One image -> :class:`PreparedImage`.
