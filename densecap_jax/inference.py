@@ -7,7 +7,11 @@
 
 Images are taken upright: a path or a PIL image is turned by its EXIF
 orientation (``data.images.exif_upright``), as ``predict``,
-``extract_features`` and the server do, and boxes refer to the upright image.
+``extract_features`` and the server do. Boxes are xywh, 1-based, in the
+pixels of the upright image as given (``regions.coords``; ``coords="resized"``
+gives them in the resized image the model sees, as results.json has them).
+``caption_regions``, ``score_phrases`` and ``score_codes`` caption boxes you
+give and score phrases against regions (``regions.api``).
 They go through the original's test-time preprocessing (reference §1.2:
 ``torch/image`` resize to a long side of ``image_size``, BGR, minus the VGG
 mean), are padded into the model's shape buckets and run in batches through
@@ -47,6 +51,8 @@ from densecap_jax.data import vocab as vocab_lib
 from densecap_jax.models import densecap
 from densecap_jax.models import precision as precision_lib
 from densecap_jax.ops import boxes as boxes_lib
+from densecap_jax.regions import api as regions_api
+from densecap_jax.regions import coords as coords_lib
 
 
 BATCH_AXIS = "batch"
@@ -389,20 +395,24 @@ class DenseCapPredictor:
           h, w = prepared[i].size
           prepared[i].display = display[k, :h, :w].copy()
 
-  def predict_prepared(self, prepared, max_detections=None, displays=False):
+  def predict_prepared(self, prepared, max_detections=None, displays=False, coords="resized"):
     """Runs the model on :class:`PreparedImage` s, batching images of one bucket together.
 
     Args:
       prepared: a list of :class:`PreparedImage`.
       max_detections: keep at most this many boxes per image (``None``: all).
       displays: fill ``display`` of images resized on the devices (see :meth:`batches`).
+      coords: ``"resized"`` (the default here: the original's results.json)
+        or ``"image"`` (``regions.coords``).
 
     Returns:
       One dict per image, in input order: ``boxes`` ``(N, 4)`` float32 xywh
-      (1-based, in the resized image's pixels, unclipped, as the original's
-      results.json), ``scores`` ``(N,)`` float32 objectness logits, descending,
-      and ``captions`` (``N`` strings).
+      (1-based, unclipped, in the resized image's pixels as the original's
+      results.json, or in the image's with ``coords="image"``), ``scores``
+      ``(N,)`` float32 objectness logits, descending, ``captions`` (``N``
+      strings), and ``width`` and ``height`` of the image as given.
     """
+    regions_api.check_coords(coords)
     results = [None] * len(prepared)
     for chunk, images, sizes in self.batches(prepared, displays):
       boxes, scores, tokens, valid = jax.device_get(self._infer(
@@ -410,14 +420,18 @@ class DenseCapPredictor:
       boxes = np.asarray(boxes_lib.xcycwh_to_xywh(boxes))  # whole batch: one fixed shape
       for k, i in enumerate(chunk):
         keep = np.flatnonzero(valid[k])[:max_detections]
+        p = prepared[i]
         results[i] = {
-            "boxes": boxes[k][keep],
+            "boxes": (boxes[k][keep] if coords == "resized"
+                      else coords_lib.to_image(boxes[k][keep], p.original_size, p.size)),
             "scores": scores[k][keep],
             "captions": vocab_lib.decode_captions(tokens[k][keep], self.vocab),
+            "width": int(p.original_size[1]),
+            "height": int(p.original_size[0]),
         }
     return results
 
-  def predict(self, images, max_detections=None):
+  def predict(self, images, max_detections=None, coords="image"):
     """Captioned boxes for images (see ``prepare`` for what an image may be).
 
     Images are decoded ahead in threads while the model runs (:meth:`read`)
@@ -429,16 +443,15 @@ class DenseCapPredictor:
         PIL image or a 2-D / 3-D array is taken as a list of one; a 4-D
         array as a batch of ``(H, W, C)`` images.
       max_detections: keep at most this many boxes per image (``None``: all).
+      coords: ``"image"`` (the default: boxes in the pixels of the image as
+        given, upright, ``regions.coords``) or ``"resized"`` (of the resized
+        image the model sees, as the original's results.json).
 
     Returns:
       One dict per image, in order (see ``predict_prepared``).
     """
-    if (isinstance(images, (str, os.PathLike, Image.Image))
-        or (isinstance(images, np.ndarray) and images.ndim in (2, 3))):
-      images = [images]
-    elif isinstance(images, (bytes, bytearray)) or not hasattr(images, "__iter__"):
-      raise TypeError(f"expected images (paths, PIL images or uint8 NumPy arrays), or a list of "
-                      f"them, got {type(images).__name__}")
+    regions_api.check_coords(coords)
+    images = regions_api.image_list(images)
     results = []
 
     def readable():
@@ -449,10 +462,77 @@ class DenseCapPredictor:
         yield len(results) - 1, prepared
 
     for group in group_batches(readable(), self.buckets, self.batch_size):
-      outputs = self.predict_prepared([p for _, p in group], max_detections)
+      outputs = self.predict_prepared([p for _, p in group], max_detections, coords=coords)
       for (i, _), output in zip(group, outputs):
         results[i] = output
     return results
+
+  @functools.cached_property
+  def regions(self):
+    """The :class:`regions.api.RegionModel` of this model (compiled on first use)."""
+    return regions_api.RegionModel(self)
+
+  def caption_regions(self, images, boxes, *, with_codes=False, coords="image"):
+    """Captions of boxes you give: per box its greedy caption and how sure the model is.
+
+    Args:
+      images: images as :meth:`predict` takes them (one image, or a list).
+      boxes: for one image a list of ``[x, y, w, h]`` (or a ``(k, 4)``
+        array); for a list of images one such list per image. xywh, 1-based,
+        in the pixels of the image as given, upright (``regions.coords``), or
+        of the resized image with ``coords="resized"``. A box partly outside
+        the image is clipped to it (``clipped`` says which).
+      with_codes: also return each box's fc7 code.
+      coords: ``"image"`` or ``"resized"``, for the boxes given and returned.
+
+    Returns:
+      One dict per image: ``boxes`` ``(k, 4)`` float32 xywh as used (after
+      clipping), ``clipped`` ``(k,)`` bool, ``captions`` (``k`` strings),
+      ``caption_log_probs`` ``(k,)`` float32 (the log-probability of each
+      caption: its words and END), ``scores`` ``(k,)`` float32 objectness
+      logits, ``width`` and ``height`` of the image, and with
+      ``with_codes`` ``codes`` ``(k, fc_dim)`` float32.
+
+    Raises:
+      ValueError: one line naming the image and box index: not 4 numbers,
+        NaN or infinite, a zero or negative size, or wholly outside the image.
+    """
+    return self.regions.caption_regions(images, boxes, with_codes=with_codes, coords=coords)
+
+  def score_phrases(self, images, phrases, boxes=None, *, coords="image", max_detections=None):
+    """How well each phrase describes each region: the language model's log-likelihood.
+
+    The phrase is scored teacher-forced given the region's code (paper
+    §4.3): ``log p(words, END | region)``. Phrases are tokenised as the
+    training captions were (``regions.phrases``).
+
+    Args:
+      images: images as :meth:`predict` takes them.
+      phrases: a string or a list of strings.
+      boxes: ``None`` (the model's own detections) or boxes as
+        :meth:`caption_regions` takes them.
+      coords: ``"image"`` or ``"resized"``, for the boxes given and returned.
+      max_detections: with ``boxes=None``, score at most this many
+        detections per image (the highest objectness first).
+
+    Returns:
+      One dict per image: ``boxes`` ``(n, 4)``, ``scores`` ``(n,)``
+      objectness logits, ``captions``, ``log_likelihood`` ``(n, P)`` float32
+      (summed over the words and END), ``mean_log_likelihood`` ``(n, P)``
+      (per token), ``phrases`` (the words scored), ``unknown_words`` (per
+      phrase, the words outside the vocabulary: ``<UNK>`` when the vocabulary
+      has it, else left out), ``width`` and ``height``.
+
+    Raises:
+      ValueError: a phrase with no known word or more than ``seq_length``
+        words, or a bad box (as :meth:`caption_regions`).
+    """
+    return self.regions.score_phrases(images, phrases, boxes, coords=coords,
+                                      max_detections=max_detections)
+
+  def score_codes(self, codes, phrases):
+    """``(n, P)`` log-likelihoods (sum, per-token mean) of phrases given ``(n, fc_dim)`` codes."""
+    return self.regions.score_codes(codes, phrases)
 
 
 def load_model(path=None, **settings):

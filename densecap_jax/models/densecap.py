@@ -16,7 +16,10 @@ to bottom:
   -> the same detections without captions, with their fc7 region codes
   (``extract_features``, §10.5).
 * ``region_codes(params, images, image_sizes, boxes, box_valid, config)`` ->
-  fc7 codes and objectness logits of given boxes.
+  fc7 codes and objectness logits of given boxes; ``region_captions`` adds
+  their greedy captions and the tokens' log-probabilities.
+* ``phrase_log_likelihood(params, codes, phrases, config)`` -> the
+  teacher-forced log-likelihood of phrases given region codes (paper §4.3).
 
 Batches hold several images padded into one shape bucket; every per-image step
 is ``jax.vmap``-ed, every shape is static, and the true image sizes are traced
@@ -100,6 +103,14 @@ class DenseCap(nn.Module):
   def sample_captions(self, codes):
     """Greedy ``(N, L)`` int32 tokens of ``(N, fc_dim)`` codes."""
     return self.language_model.sample(codes)
+
+  def sample_captions_scored(self, codes):
+    """Greedy ``(N, L)`` tokens and ``(N, L)`` log-probabilities (``LanguageModel.sample_scored``)."""
+    return self.language_model.sample_scored(codes)
+
+  def phrase_log_likelihood(self, codes, phrases):
+    """``(N, P, T)`` per-token log-likelihoods (``LanguageModel.phrase_log_likelihood``)."""
+    return self.language_model.phrase_log_likelihood(codes, phrases)
 
   def __call__(self, images, image_sizes, labels):
     """Runs every stage once on small inputs (used by ``init_params``)."""
@@ -544,3 +555,41 @@ def region_codes(params, images, image_sizes, boxes, box_valid, config):
                  config.roi_output_size)
   codes, logits, _ = model.apply({"params": params}, pooled, method=DenseCap.recognize)
   return jnp.where(box_valid[..., None], codes, 0.0), jnp.where(box_valid, logits, 0.0)
+
+
+def region_captions(params, images, image_sizes, boxes, box_valid, config):
+  """Codes, objectness, greedy captions and their log-probabilities of given boxes.
+
+  Args:
+    params, images, image_sizes, boxes, box_valid, config: as ``region_codes``.
+
+  Returns:
+    dict of ``codes`` ``(B, M, fc_dim)``, ``logits`` ``(B, M)``, ``tokens``
+    ``(B, M, L)`` int32 and ``log_probs`` ``(B, M, L)`` float32 (each chosen
+    token's log-probability); every row is captioned, invalid ones hold
+    zero codes.
+  """
+  codes, logits = region_codes(params, images, image_sizes, boxes, box_valid, config)
+  batch, slots, dim = codes.shape
+  tokens, log_probs = build_model(config).apply(
+      {"params": params}, codes.reshape(batch * slots, dim),
+      method=DenseCap.sample_captions_scored)
+  return {"codes": codes, "logits": logits, "tokens": tokens.reshape(batch, slots, -1),
+          "log_probs": log_probs.reshape(batch, slots, -1)}
+
+
+def phrase_log_likelihood(params, codes, phrases, config):
+  """Teacher-forced log-likelihood of phrases given region codes (paper §4.3).
+
+  Args:
+    params: the ``'params'`` collection.
+    codes: ``(N, fc_dim)`` float32 region codes.
+    phrases: ``(P, T - 1)`` int32 word ids, 0-padded (``regions.phrases``).
+    config: the model config.
+
+  Returns:
+    ``(N, P, T)`` float32 log-probabilities of each phrase's words and END
+    (``LanguageModel.phrase_log_likelihood``).
+  """
+  return build_model(config).apply({"params": params}, codes, phrases,
+                                   method=DenseCap.phrase_log_likelihood)

@@ -206,6 +206,24 @@ class LanguageModel(nn.Module):
     Returns:
       ``(N, L)`` int32 tokens in ``1..V+1``.
     """
+    return self._greedy(codes, with_log_probs=False)
+
+  def sample_scored(self, codes):
+    """Greedy captions and the log-probability of each chosen token.
+
+    The same tokens as ``sample`` (the same program, plus a log-softmax of
+    each step's scores).
+
+    Args:
+      codes: ``(N, fc_dim)`` region codes.
+
+    Returns:
+      ``(tokens, log_probs)``: ``(N, L)`` int32 tokens in ``1..V+1`` and
+      ``(N, L)`` float32 ``log p(token_t | image, tokens_<t)``.
+    """
+    return self._greedy(codes, with_log_probs=True)
+
+  def _greedy(self, codes, with_log_probs):
     image_step = nn.relu(self.image_encoder(codes))[:, None, :]
     _, carry = self.lstm(image_step)
     start = jnp.full(codes.shape[:1], self.vocab_size + 1, jnp.int32)
@@ -213,8 +231,64 @@ class LanguageModel(nn.Module):
     def step(state, _):
       carry, token = state
       hidden, carry = self.lstm(self.embed_tokens(token)[:, None, :], carry)
-      token = jnp.argmax(self.output_proj(hidden[:, 0]), axis=-1).astype(jnp.int32) + 1
-      return (carry, token), token
+      scores = self.output_proj(hidden[:, 0])
+      token = jnp.argmax(scores, axis=-1).astype(jnp.int32) + 1
+      if not with_log_probs:
+        return (carry, token), token
+      log_prob = jnp.take_along_axis(jax.nn.log_softmax(scores), token[:, None] - 1, axis=-1)
+      return (carry, token), (token, log_prob[:, 0])
 
-    _, tokens = jax.lax.scan(step, (carry, start), None, length=self.seq_length)
-    return jnp.swapaxes(tokens, 0, 1)
+    _, out = jax.lax.scan(step, (carry, start), None, length=self.seq_length)
+    return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), out)
+
+  def phrase_log_likelihood(self, codes, phrases):
+    """Teacher-forced log-likelihood of every phrase given every region (paper §4.3).
+
+    The image step and the START step depend on the region only, so they run
+    once per region; the LSTM then runs on every (region, phrase) pair for
+    ``T = phrases.shape[1] + 1`` steps only (the phrase's own words and its
+    END), not ``L + 2``: pass phrase rows cut to the longest phrase (see
+    ``regions.phrases``) to save the rest. The log-softmax normaliser of each
+    step needs the scores of the whole vocabulary; only the target's
+    log-probability is kept of it, so no ``(N, P, T, V + 1)`` array is made.
+
+    The score of a step is the one the captioning loss uses (``lm_targets``):
+    the words of the phrase, then END.
+
+    Args:
+      codes: ``(N, fc_dim)`` region codes.
+      phrases: ``(P, T - 1)`` int32 word ids ``1..V``, 0-padded (at least one
+        column; an all-zero row is the empty phrase, scored on END alone).
+
+    Returns:
+      ``(N, P, T)`` float32 ``log p(target_t | image, target_<t)``, 0 on
+      steps past the phrase's END.
+    """
+    num_phrases, length = phrases.shape
+    image_step = nn.relu(self.image_encoder(codes))[:, None, :]
+    _, carry = self.lstm(image_step)
+    start = jnp.full(codes.shape[:1], self.vocab_size + 1, jnp.int32)
+    hidden, carry = self.lstm(self.embed_tokens(start)[:, None, :], carry)
+    targets = lm_targets(phrases, self.vocab_size)[:, 1:length + 2]  # (P, T): words, END, 0
+    first = jax.nn.log_softmax(self.output_proj(hidden[:, 0]))  # (N, V + 1), shared
+    first = first[:, jnp.maximum(targets[:, 0], 1) - 1]  # (N, P)
+
+    num_regions = codes.shape[0]
+    pairs = lambda x: jnp.broadcast_to(x[:, None], (num_regions, num_phrases) + x.shape[1:]
+                                       ).reshape((num_regions * num_phrases,) + x.shape[1:])
+    carry = jax.tree.map(pairs, carry)
+    words = self.embed_tokens(lm_input_tokens(phrases, self.vocab_size)[:, 1:])  # (P, T-1, W)
+
+    def step(carry, inputs):
+      word, target = inputs  # (P, W), (P,)
+      word = jnp.broadcast_to(word[None], (num_regions,) + word.shape).reshape(
+          num_regions * num_phrases, -1)
+      hidden, carry = self.lstm(word[:, None, :], carry)
+      log_probs = jax.nn.log_softmax(self.output_proj(hidden[:, 0]))
+      target = jnp.tile(jnp.maximum(target, 1) - 1, num_regions)
+      return carry, jnp.take_along_axis(log_probs, target[:, None], axis=-1)[:, 0]
+
+    _, rest = jax.lax.scan(step, carry, (jnp.swapaxes(words, 0, 1), targets[:, 1:].T))
+    rest = jnp.swapaxes(rest, 0, 1).reshape(num_regions, num_phrases, length)
+    log_probs = jnp.concatenate([first[..., None], rest], axis=-1)
+    return jnp.where(targets[None] > 0, log_probs, 0.0)

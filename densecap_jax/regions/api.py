@@ -1,0 +1,303 @@
+"""Captions of given boxes and log-likelihoods of phrases given regions, for a loaded model.
+
+  model = densecap_jax.load_model()
+  (r,) = model.caption_regions(["photo.jpg"], [[[10, 20, 100, 80]]])
+  r["captions"], r["caption_log_probs"], r["scores"]
+  (s,) = model.score_phrases(["photo.jpg"], ["a red car", "a dog"])
+  s["log_likelihood"]          # (num_boxes, 2): sum over the words and END
+  s["mean_log_likelihood"]     # the same, per token
+
+``DenseCapPredictor.caption_regions``, ``score_phrases`` and ``score_codes``
+call the :class:`RegionModel` here. Boxes follow ``regions.coords``: xywh,
+1-based, in the pixels of the image as given (``coords="resized"``: of the
+resized image the model sees). Images go through the same preprocessing and
+shape buckets as ``predict``; the boxes of a batch are padded to a power of
+two (at least ``MIN_BOX_SLOTS``) and phrases as ``regions.phrases`` says, so
+calls with other box and phrase counts reuse the compiled programs.
+
+What a region's caption is: the greedy caption of the fc7 code of the box as
+given (``models.densecap.region_captions``). The detection path captions the
+code of each detection's *proposal* (before box regression), so captioning
+the proposals reproduces its captions; its final boxes are somewhat moved.
+"""
+
+import os
+
+import jax
+import numpy as np
+from PIL import Image
+
+from densecap_jax.data import vocab as vocab_lib
+from densecap_jax.models import densecap
+from densecap_jax.ops import boxes as boxes_lib
+from densecap_jax.regions import coords as coords_lib
+from densecap_jax.regions import phrases as phrases_lib
+
+COORDS = ("image", "resized")
+MIN_BOX_SLOTS = 16
+# Region x phrase pairs scored in one LM call at most (rows are cut into chunks).
+MAX_PAIRS = 8192
+
+
+def check_coords(coords):
+  if coords not in COORDS:
+    raise ValueError(f"coords must be one of {', '.join(COORDS)}, got {coords!r}")
+
+
+def is_single_image(images):
+  """Whether ``images`` is one image (a path, a PIL image, a 2-D or 3-D array), not a list."""
+  return (isinstance(images, (str, os.PathLike, Image.Image))
+          or (isinstance(images, np.ndarray) and images.ndim in (2, 3)))
+
+
+def image_list(images):
+  """``images`` as a list; TypeError for what is neither an image nor a list of them."""
+  if is_single_image(images):
+    return [images]
+  if isinstance(images, (bytes, bytearray)) or not hasattr(images, "__iter__"):
+    raise TypeError(f"expected images (paths, PIL images or uint8 NumPy arrays), or a list of "
+                    f"them, got {type(images).__name__}")
+  return list(images)
+
+
+def caption_log_prob(tokens, log_probs, end_token):
+  """``(..., L)`` tokens and their log-probabilities -> ``(...)`` the caption's log-probability.
+
+  The sum over the tokens up to and including the first END (all ``L`` when
+  there is none): the probability of the caption ``decode_captions`` shows.
+  """
+  tokens = np.asarray(tokens)
+  ended_before = np.cumsum(tokens == end_token, axis=-1) - (tokens == end_token)
+  return np.sum(np.where(ended_before == 0, log_probs, 0.0), axis=-1).astype(np.float32)
+
+
+class RegionModel:
+  """The region and phrase programs of one ``inference.DenseCapPredictor``.
+
+  Attributes:
+    predictor: the model, its settings, devices and shape buckets.
+  """
+
+  def __init__(self, predictor):
+    self.predictor = predictor
+    config = predictor.config
+
+    def regions(params, images, image_sizes, boxes, box_valid):
+      return densecap.region_captions(params, images, image_sizes, boxes, box_valid, config)
+
+    def detect(params, images, image_sizes, rpn_nms_thresh, final_nms_thresh):
+      det = densecap.detect_with_codes(
+          params, images, image_sizes, config, predictor.num_proposals,
+          num_proposals=predictor.num_proposals, rpn_nms_thresh=rpn_nms_thresh,
+          final_nms_thresh=final_nms_thresh)
+      model = densecap.build_model(config)
+      groups = len(predictor.devices) if predictor.splits(len(images)) else 1
+      det["tokens"] = densecap.caption_kept(model, params, det["codes"], det["valid"], groups)
+      return det
+
+    def phrases(params, codes, labels):
+      return densecap.phrase_log_likelihood(params, codes, labels, config)
+
+    self._regions = jax.jit(regions)
+    self._detect = jax.jit(detect)
+    self._phrases = jax.jit(phrases)
+
+  @property
+  def end_token(self):
+    return int(self.predictor.config.vocab_size) + 1
+
+  def _prepared(self, images):
+    """``[(index, PreparedImage)]`` groups of one batch each, decoded ahead in threads."""
+    from densecap_jax import inference  # pylint: disable=g-import-not-at-top
+
+    def readable():
+      for i, (_, prepared) in enumerate(self.predictor.read(images)):
+        if isinstance(prepared, ValueError):
+          raise prepared
+        yield i, prepared
+
+    return inference.group_batches(readable(), self.predictor.buckets, self.predictor.batch_size)
+
+  def given_boxes(self, prepared, boxes, coords="image"):
+    """Checked given boxes of prepared images, in both coordinate systems.
+
+    Args:
+      prepared: ``inference.PreparedImage`` s.
+      boxes: per image, ``(k_i, 4)`` xywh in ``coords``.
+      coords: ``"image"`` or ``"resized"``.
+
+    Returns:
+      Per image ``(image_boxes, resized_boxes, clipped)``: ``(k, 4)`` float32
+      xywh each (clipped to the image) and ``(k,)`` bool.
+
+    Raises:
+      ValueError: a bad box, naming the image and box index (``coords.check_boxes``).
+    """
+    out = []
+    for i, (p, b) in enumerate(zip(prepared, boxes)):
+      bounds = p.original_size if coords == "image" else p.size
+      checked, clipped = coords_lib.check_boxes(b, bounds, name=f"boxes of image {i}")
+      if coords == "image":
+        out.append((checked, coords_lib.to_resized(checked, p.original_size, p.size), clipped))
+      else:
+        out.append((coords_lib.to_image(checked, p.original_size, p.size), checked, clipped))
+    return out
+
+  def region_rows(self, prepared, resized_boxes):
+    """Codes, logits, tokens and token log-probabilities of given boxes of prepared images.
+
+    Args:
+      prepared: ``inference.PreparedImage`` s.
+      resized_boxes: per image, ``(k_i, 4)`` float32 xywh in the resized image.
+
+    Returns:
+      Per image a dict of ``codes`` ``(k, fc_dim)``, ``scores`` ``(k,)``
+      objectness logits, ``tokens`` ``(k, L)`` and ``log_probs`` ``(k, L)``.
+    """
+    rows = [None] * len(prepared)
+    for chunk, images, sizes in self.predictor.batches(prepared):
+      counts = [len(resized_boxes[i]) for i in chunk]
+      slots = phrases_lib.static_size(max(counts), floor=MIN_BOX_SLOTS)
+      batch_boxes = np.zeros((len(images), slots, 4), np.float32)
+      batch_valid = np.zeros((len(images), slots), bool)
+      for k, i in enumerate(chunk):
+        batch_boxes[k, :counts[k]] = coords_lib.xywh_to_model(resized_boxes[i])
+        batch_valid[k, :counts[k]] = True
+      out = jax.device_get(self._regions(self.predictor.params, images, sizes,
+                                         *self.predictor.put_batch(batch_boxes, batch_valid)))
+      for k, i in enumerate(chunk):
+        n = counts[k]
+        rows[i] = {"codes": out["codes"][k, :n], "scores": out["logits"][k, :n],
+                   "tokens": out["tokens"][k, :n], "log_probs": out["log_probs"][k, :n]}
+    return rows
+
+  def caption_regions(self, images, boxes, *, with_codes=False, coords="image"):
+    """Captions of given boxes (see ``DenseCapPredictor.caption_regions``)."""
+    check_coords(coords)
+    single = is_single_image(images)
+    images = image_list(images)
+    boxes = [boxes] if single else list(boxes)
+    if len(boxes) != len(images):
+      raise ValueError(f"got {len(images)} images and boxes for {len(boxes)}; give one list of "
+                       f"boxes per image")
+    results = [None] * len(images)
+    vocab = self.predictor.vocab
+    for group in self._prepared(images):
+      prepared = [p for _, p in group]
+      given = self.given_boxes(prepared, [boxes[i] for i, _ in group], coords)
+      rows = self.region_rows(prepared, [resized for _, resized, _ in given])
+      for (i, p), (image_boxes, resized, clipped), row in zip(group, given, rows):
+        result = {
+            "boxes": image_boxes if coords == "image" else resized,
+            "clipped": clipped,
+            "captions": vocab_lib.decode_captions(row["tokens"], vocab),
+            "caption_log_probs": caption_log_prob(row["tokens"], row["log_probs"],
+                                                  self.end_token),
+            "scores": row["scores"],
+            **_size_fields(p),
+        }
+        if with_codes:
+          result["codes"] = row["codes"]
+        results[i] = result
+    return results
+
+  def detections(self, prepared, max_detections=None):
+    """The model's detections with their codes and captions, per prepared image.
+
+    Returns:
+      Per image a dict of ``boxes`` ``(n, 4)`` float32 xywh (resized image),
+      ``scores``, ``captions``, ``codes`` ``(n, fc_dim)`` (of the
+      detections' proposals, as the captions).
+    """
+    rows = [None] * len(prepared)
+    for chunk, images, sizes in self.predictor.batches(prepared):
+      out = jax.device_get(self._detect(self.predictor.params, images, sizes,
+                                        self.predictor.rpn_nms_thresh,
+                                        self.predictor.final_nms_thresh))
+      boxes = np.asarray(boxes_lib.xcycwh_to_xywh(out["boxes"]))  # whole batch: one shape
+      for k, i in enumerate(chunk):
+        keep = np.flatnonzero(out["valid"][k])[:max_detections]
+        rows[i] = {"boxes": boxes[k][keep], "scores": out["scores"][k][keep],
+                   "captions": vocab_lib.decode_captions(out["tokens"][k][keep],
+                                                         self.predictor.vocab),
+                   "codes": out["codes"][k][keep]}
+    return rows
+
+  def encode_phrases(self, phrases):
+    """``regions.phrases.encode_phrases`` with the model's vocabulary and ``seq_length``."""
+    return phrases_lib.encode_phrases(phrases, self.predictor.vocab,
+                                      int(self.predictor.config.seq_length))
+
+  def score_codes(self, codes, phrases):
+    """Log-likelihood of each phrase given each region code.
+
+    Args:
+      codes: ``(n, fc_dim)`` float32 region codes (``caption_regions(...,
+        with_codes=True)``, ``extract_features``, an index).
+      phrases: a list of strings, or an ``EncodedPhrases``.
+
+    Returns:
+      ``(log_likelihood, mean_log_likelihood)``, each ``(n, P)`` float32: the
+      sum over the phrase's words and END, and that sum per token.
+    """
+    encoded = phrases if isinstance(phrases, phrases_lib.EncodedPhrases) else (
+        self.encode_phrases(phrases))
+    codes = np.asarray(codes, np.float32)
+    if codes.ndim != 2 or codes.shape[1] != int(self.predictor.config.fc_dim):
+      raise ValueError(f"codes must be (n, {self.predictor.config.fc_dim}), got {codes.shape}")
+    num_phrases = encoded.labels.shape[0]
+    rows = phrases_lib.static_size(min(max(len(codes), 1), max(MAX_PAIRS // num_phrases, 1)),
+                                   floor=MIN_BOX_SLOTS)
+    sums = np.zeros((len(codes), encoded.count), np.float32)
+    labels = jax.device_put(encoded.labels)
+    for start in range(0, len(codes), rows):
+      chunk = codes[start:start + rows]
+      padded = np.zeros((rows, codes.shape[1]), np.float32)
+      padded[:len(chunk)] = chunk
+      ll = np.asarray(self._phrases(self.predictor.params, padded, labels))
+      sums[start:start + len(chunk)] = ll[:len(chunk), :encoded.count].sum(axis=-1)
+    return sums, (sums / encoded.lengths[None, :]).astype(np.float32)
+
+  def score_phrases(self, images, phrases, boxes=None, *, coords="image", max_detections=None):
+    """Phrase log-likelihoods of regions (see ``DenseCapPredictor.score_phrases``)."""
+    check_coords(coords)
+    encoded = self.encode_phrases(phrases)
+    single = is_single_image(images)
+    images = image_list(images)
+    if boxes is not None:
+      boxes = [boxes] if single else list(boxes)
+      if len(boxes) != len(images):
+        raise ValueError(f"got {len(images)} images and boxes for {len(boxes)}; give one list "
+                         f"of boxes per image")
+    results = [None] * len(images)
+    for group in self._prepared(images):
+      prepared = [p for _, p in group]
+      if boxes is None:
+        rows = self.detections(prepared, max_detections)
+        placed = [(coords_lib.to_image(r["boxes"], p.original_size, p.size), r["boxes"])
+                  for r, p in zip(rows, prepared)]
+      else:
+        given = self.given_boxes(prepared, [boxes[i] for i, _ in group], coords)
+        rows = self.region_rows(prepared, [resized for _, resized, _ in given])
+        for row in rows:
+          row["captions"] = vocab_lib.decode_captions(row["tokens"], self.predictor.vocab)
+        placed = [(image_boxes, resized) for image_boxes, resized, _ in given]
+      for (i, p), row, (image_boxes, resized) in zip(group, rows, placed):
+        total, mean = self.score_codes(row["codes"], encoded)
+        results[i] = {
+            "boxes": image_boxes if coords == "image" else resized,
+            "scores": row["scores"],
+            "captions": row["captions"],
+            "log_likelihood": total,
+            "mean_log_likelihood": mean,
+            "phrases": [" ".join(w) for w in encoded.words],
+            "unknown_words": encoded.unknown,
+            **_size_fields(p),
+        }
+    return results
+
+
+def _size_fields(prepared):
+  """``width`` and ``height`` of the image as given (upright)."""
+  height, width = prepared.original_size
+  return {"width": int(width), "height": int(height)}
