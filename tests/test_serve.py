@@ -3,7 +3,8 @@
 The server tests start ``python -m densecap_jax.serve`` on 127.0.0.1 (a free
 port) with a small random model and talk to it over HTTP; expected answers
 come from ``DenseCapPredictor.predict_prepared`` in this process, with the
-boxes scaled to the upload in NumPy.
+boxes scaled to the upload in NumPy, and from ``caption_regions`` and
+``score_phrases`` for given boxes and phrases.
 """
 
 import asyncio
@@ -23,6 +24,7 @@ import sys
 import threading
 import time
 import types
+import urllib.parse
 import uuid
 import warnings
 import zlib
@@ -449,21 +451,49 @@ def test_decode_image_refuses_truncated_and_non_images_and_applies_orientation()
   assert app_lib.decode_image(buffer.getvalue(), 10**6).size == (20, 30)
 
 
-def test_parse_options_defaults_values_and_errors():
+def test_parse_fields_defaults_values_and_errors():
   defaults = captioner_lib.CaptionOptions(final_nms_thresh=0.3)
-  assert app_lib.parse_options([], defaults) == defaults
-  assert app_lib.parse_options(
+  assert app_lib.parse_fields([], defaults) == (defaults, {})
+  assert app_lib.parse_fields(
       [("max_boxes", "5"), ("min_score", "-1.5"), ("final_nms_thresh", " 0.5 ")],
-      defaults) == captioner_lib.CaptionOptions(0.5, 5, -1.5)
+      defaults) == (captioner_lib.CaptionOptions(0.5, 5, -1.5), {})
+  assert app_lib.parse_fields([("phrases", '["a"]'), ("max_boxes", "2")], defaults,
+                              ("boxes", "phrases")) == (
+                                  captioner_lib.CaptionOptions(0.3, 2), {"phrases": '["a"]'})
   for fields, message in (([("max_boxes", "2.5")], "max_boxes must be an integer, got '2.5'"),
                           ([("max_boxes", "-1")], "max_boxes must be non-negative"),
                           ([("final_nms_thresh", "1.5")], r"final_nms_thresh must be in \[0, 1\]"),
                           ([("min_score", "nan")], "min_score must be finite"),
                           ([("min_score", "high")], "min_score must be a number"),
-                          ([("maxboxes", "3")], "unknown field 'maxboxes'")):
+                          ([("maxboxes", "3")], "unknown field 'maxboxes'"),
+                          ([("phrases", "[]")], "unknown field 'phrases'; expected 'image' and "
+                                                "optionally .*'boxes'$"),
+                          ([("boxes", "[]"), ("min_score", "1")], "min_score: not with 'boxes'")):
     with pytest.raises(app_lib.RequestError, match=message) as e:
-      app_lib.parse_options(fields, defaults)
+      app_lib.parse_fields(fields, defaults, ("boxes",))
     assert e.value.status == 400
+
+
+def test_parse_boxes_and_phrases():
+  np.testing.assert_array_equal(app_lib.parse_boxes("[[1, 2.5, 3, 4]]"), [[1, 2.5, 3, 4]])
+  assert app_lib.parse_boxes("[]").shape == (0, 4)
+  assert app_lib.parse_phrases('["a red", "b"]') == ["a red", "b"]
+  too_many = json.dumps([[1, 1, 2, 2]] * (app_lib.MAX_GIVEN_BOXES + 1))
+  for parse, text, message in (
+      (app_lib.parse_boxes, "[[1, 2", "boxes must be a list of .* in JSON; cannot parse it"),
+      (app_lib.parse_boxes, '{"x": 1}', "boxes must be a list of .*, got dict"),
+      (app_lib.parse_boxes, "[1, 2, 3, 4]", r"boxes: box 0 must be \[x, y, w, h\], 4 numbers"),
+      (app_lib.parse_boxes, '[[1, 1, 2, 2], [1, "2", 3, 4]]', "boxes: box 1 must be"),
+      (app_lib.parse_boxes, "[[1, 1, true, 2]]", "boxes: box 0 must be"),
+      (app_lib.parse_boxes, too_many, "1025 boxes are more than the limit of 1024"),
+      (app_lib.parse_phrases, "a red", "phrases must be a list of strings in JSON"),
+      (app_lib.parse_phrases, '"a red"', "phrases must be a non-empty list"),
+      (app_lib.parse_phrases, "[]", "phrases must be a non-empty list"),
+      (app_lib.parse_phrases, '["a", 3]', "phrase 1 must be a string, got 3"),
+      (app_lib.parse_phrases, json.dumps(["a"] * 65), "65 phrases are more than the limit")):
+    with pytest.raises(app_lib.RequestError, match=message) as e:
+      parse(text)
+    assert e.value.status == 400 and "\n" not in e.value.message
 
 
 # ---------------------------------------------------------- real server
@@ -475,6 +505,8 @@ def test_healthz_and_page(server):
   assert health["model"] == "tiny_random" and health["config"] == "tiny"
   assert health["buckets"] == [[IMAGE_SIZE, IMAGE_SIZE]] and health["batch_sizes"] == [1, 4]
   assert health["image_size"] == IMAGE_SIZE and health["max_pixels"] == MAX_PIXELS
+  assert health["regions"]["max_boxes"] == app_lib.MAX_GIVEN_BOXES
+  assert health["regions"]["max_phrase_words"] == 15
   package = os.path.join(os.path.dirname(app_lib.__file__), os.pardir)
   for path, name, media in (("/", "static/index.html", "text/html"),
                             ("/static/app.js", "static/app.js", "text/javascript"),
@@ -637,6 +669,134 @@ def test_bad_uploads_get_a_clear_json_error_and_the_server_keeps_serving(
   assert status == 200 and answer["width"] == 30
 
 
+# ------------------------------------------------------- boxes and phrases
+
+
+def fields_query(**fields):
+  return "?" + urllib.parse.urlencode(fields)
+
+
+def assert_close(got, want, **tolerance):
+  np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64),
+                             **({"rtol": 1e-4, "atol": 2e-3} | tolerance))
+
+
+def test_caption_given_boxes_matches_caption_regions(server, predictor):
+  rgb = random_image(40, 45, 60)
+  boxes = [[5, 5, 20, 15], [-5, 10, 30, 30], [30.5, 20.25, 12, 9], [50, 40, 30, 30]]
+  (want,) = predictor.caption_regions(rgb, boxes)
+  body, content_type = multipart({"image": ("box.png", image_bytes(rgb, "PNG")),
+                                  "boxes": json.dumps(boxes)})
+  status, answer = server.json("POST", "/api/caption", body, {"Content-Type": content_type})
+  assert status == 200, answer
+  assert set(answer) == {"boxes", "clipped", "captions", "caption_log_probs", "scores", "width",
+                         "height", "img_name"}
+  assert (answer["width"], answer["height"], answer["img_name"]) == (60, 45, "box.png")
+  assert answer["clipped"] == [False, True, False, True] == want["clipped"].tolist()
+  assert answer["captions"] == want["captions"]
+  assert_close(answer["boxes"], want["boxes"], atol=1e-4)
+  assert answer["boxes"][1] == [1, 10, 24, 30]
+  assert_close(answer["caption_log_probs"], want["caption_log_probs"], atol=1e-3)
+  assert_close(answer["scores"], want["scores"], atol=1e-4)
+  # The same as a query field, one box: the same caption.
+  status, one = server.json("POST", "/api/caption" + fields_query(boxes=json.dumps(boxes[:1])),
+                            image_bytes(rgb, "PNG"), {"Content-Type": "image/png"})
+  assert status == 200 and one["captions"] == want["captions"][:1]
+
+
+def test_score_matches_score_phrases_over_detections_and_given_boxes(server, predictor):
+  rgb = random_image(41, 45, 60)
+  phrases = ["a red circle", "Blue square, zebra!", "square"]
+  predictor.final_nms_thresh = 0.3  # the server's default
+  (want,) = predictor.score_phrases(rgb, phrases)
+  status, answer = server.json("POST", "/api/score" + fields_query(phrases=json.dumps(phrases)),
+                               image_bytes(rgb, "PNG"), {"Content-Type": "image/png"})
+  assert status == 200, answer
+  assert set(answer) == {"boxes", "scores", "captions", "log_likelihood", "mean_log_likelihood",
+                         "phrases", "unknown_words", "width", "height", "img_name"}
+  assert answer["phrases"] == ["a red circle", "blue square", "square"]
+  assert answer["unknown_words"] == [[], ["zebra"], []]
+  assert len(answer["boxes"]) == len(want["boxes"]) > 0
+  assert answer["captions"] == want["captions"]
+  assert np.shape(answer["log_likelihood"]) == (len(want["boxes"]), 3)
+  assert_close(answer["boxes"], want["boxes"])
+  assert_close(answer["scores"], want["scores"], atol=1e-4)
+  assert_close(answer["log_likelihood"], want["log_likelihood"], atol=1e-3)
+  assert_close(answer["mean_log_likelihood"], want["mean_log_likelihood"], atol=1e-3)
+
+  boxes = [[2, 3, 30, 20], [40, 30, 40, 40]]
+  (want,) = predictor.score_phrases(rgb, phrases[:1], boxes)
+  body, content_type = multipart({"image": ("s.png", image_bytes(rgb, "PNG")),
+                                  "phrases": json.dumps(phrases[:1]), "boxes": json.dumps(boxes)})
+  status, answer = server.json("POST", "/api/score", body, {"Content-Type": content_type})
+  assert status == 200, answer
+  assert answer["clipped"] == [False, True] and answer["captions"] == want["captions"]
+  assert np.shape(answer["mean_log_likelihood"]) == (2, 1)
+  assert_close(answer["boxes"], want["boxes"], atol=1e-4)
+  assert_close(answer["log_likelihood"], want["log_likelihood"], atol=1e-3)
+  assert_close(answer["mean_log_likelihood"], want["mean_log_likelihood"], atol=1e-3)
+  # The detection options choose among the detections scored.
+  status, top = server.json("POST", "/api/score" + fields_query(
+      phrases=json.dumps(["a"]), max_boxes=1), image_bytes(rgb, "PNG"),
+      {"Content-Type": "image/png"})
+  assert status == 200 and len(top["boxes"]) == 1
+
+
+def test_boxes_scale_with_the_uploaded_image(server):
+  blocks = np.random.default_rng(42).integers(0, 256, (6, 8, 3), dtype=np.uint8)
+  small = np.repeat(np.repeat(blocks, 4, axis=0), 4, axis=1)  # 24 x 32: the model's size
+  large = np.repeat(np.repeat(small, 2, axis=0), 2, axis=1)  # the same photo at 2x
+  answers = []
+  for rgb in (small, large):
+    status, answer = server.json("POST", "/api/caption", image_bytes(rgb, "PNG"),
+                                 {"Content-Type": "image/png"})
+    assert status == 200
+    answers.append(answer)
+  one, two = answers
+  assert (two["width"], two["height"]) == (2 * one["width"], 2 * one["height"])
+  assert one["captions"] and two["captions"] == one["captions"]
+  np.testing.assert_allclose(two["boxes"], 2 * np.asarray(one["boxes"]), atol=1.0)
+  # Given boxes: the same region at either size has the same caption.
+  box = [5, 3, 12, 10]
+  given = []
+  for rgb, scaled in ((small, box), (large, [2 * box[0] - 1, 2 * box[1] - 1, 24, 20])):
+    status, answer = server.json("POST", "/api/caption" + fields_query(boxes=json.dumps([scaled])),
+                                 image_bytes(rgb, "PNG"), {"Content-Type": "image/png"})
+    assert status == 200
+    given.append(answer)
+  assert given[0]["captions"] == given[1]["captions"]
+  assert_close(given[0]["scores"], given[1]["scores"], atol=1e-4)
+
+
+@pytest.mark.parametrize("route, fields, message", [
+    ("caption", {"boxes": "[[NaN, 1, 5, 5]]"}, r"^boxes: box 0: x is nan$"),
+    ("caption", {"boxes": "[[1, 1, 5, 5], [3, 3, 0, 5]]"},
+     r"^boxes: box 1: w and h must be positive, got w=0, h=5$"),
+    ("caption", {"boxes": "[[100, 5, 5, 5]]"}, r"^boxes: box 0 \[100, 5, 5, 5\] is wholly outside "
+                                               r"the image of 30x20 \(WxH\) pixels$"),
+    ("caption", {"boxes": "[[1, 2, 3]]"}, r"^boxes: box 0 must be \[x, y, w, h\], 4 numbers"),
+    ("caption", {"boxes": "[[1, 2, 3, 4"}, r"^boxes must be a list of .* cannot parse it"),
+    ("caption", {"boxes": "[[1, 2, 3, 4]]", "max_boxes": "2"}, "max_boxes: not with 'boxes'"),
+    ("caption", {"phrases": '["a"]'}, "unknown field 'phrases'"),
+    ("score", {"phrases": '[""]'}, r"^phrase 0 '': it has no words$"),
+    ("score", {"phrases": '["a", "' + "red " * 16 + '"]'},
+     r"^phrase 1 .* has 16 words, more than the model's seq_length 15$"),
+    ("score", {"phrases": '["zebra giraffe"]'},
+     r"^phrase 0 'zebra giraffe': none of its words \(zebra, giraffe\) is in the model's"),
+    ("score", {"phrases": "a red"}, r"^phrases must be a list of strings in JSON"),
+    ("score", {}, r"^give the phrases to score: field 'phrases'"),
+    ("score", {"phrases": '["a"]', "boxes": "[[1, 1, 5, -5]]"}, r"^boxes: box 0: w and h must"),
+])
+def test_bad_boxes_and_phrases_get_a_one_line_400(server, route, fields, message):
+  png = image_bytes(random_image(5, 20, 30), "PNG")
+  status, headers, body = server.request("POST", f"/api/{route}" + fields_query(**fields), png,
+                                         {"Content-Type": "image/png"})
+  answer = json.loads(body)
+  assert status == 400 and set(answer) == {"error"} and b"\n" not in body, answer
+  assert re.search(message, answer["error"]), answer
+  assert headers["content-type"] == "application/json"
+
+
 def test_unknown_routes_and_methods_are_json_errors(server):
   assert server.json("GET", "/api/caption") == (405, {"error": "method not allowed"})
   assert server.json("POST", "/healthz") == (405, {"error": "method not allowed"})
@@ -715,8 +875,8 @@ class StubCaptioner:
 
   batch_sizes = (1,)
   max_batch = 1
-  predictor = types.SimpleNamespace(config=types.SimpleNamespace(name="tiny"), image_size=32,
-                                    buckets=((32, 32),), final_nms_thresh=0.3)
+  predictor = types.SimpleNamespace(config=types.SimpleNamespace(name="tiny", seq_length=15),
+                                    image_size=32, buckets=((32, 32),), final_nms_thresh=0.3)
 
   def default_options(self):
     return captioner_lib.CaptionOptions(final_nms_thresh=0.3)
@@ -768,6 +928,8 @@ def test_app_answers_503_starting_until_warm_up_returns_then_serves():
                                            {"Content-Type": "image/png"})
     assert status == 503 and headers["retry-after"] == "1"
     assert json.loads(body) == {"error": app_lib.STARTING_MESSAGE} and b"\n" not in body
+    assert client.json("POST", "/api/score?phrases=[]", png, {"Content-Type": "image/png"}) == (
+        503, {"error": app_lib.STARTING_MESSAGE})
     assert not ready
     release.set()
     _wait_for(lambda: client.json("GET", "/healthz")[0] == 200)

@@ -6,8 +6,8 @@ Routes:
                             drawing shared with the results browser comes from
                             ``densecap_jax/viewer``).
   ``GET /healthz``          status, model name, device, buckets, limits, batching
-                            counters: 200 with ``"status": "ok"`` once the
-                            model is compiled, 503 with ``"status":
+                            and region counters: 200 with ``"status": "ok"``
+                            once the model is compiled, 503 with ``"status":
                             "starting"`` (or ``"failed"`` and ``"error"``)
                             before.
   ``POST /api/caption``     an image as ``multipart/form-data`` (field ``image``)
@@ -18,16 +18,42 @@ Routes:
                             "height", "img_name"}``: boxes 1-based in the
                             uploaded image's pixels (the ``results.json`` fields
                             of reference §10.2 plus the webcam daemon's size
-                            fields, §11.1). While the server is starting it
-                            answers 503 with a one-line JSON error.
+                            fields, §11.1). With the field ``boxes`` (a JSON
+                            list of ``[x, y, w, h]`` in the uploaded image's
+                            pixels, ``regions.coords``) it captions those boxes
+                            instead of detecting: ``{"boxes"`` (as used: clipped
+                            to the image), ``"clipped"``, ``"captions"``,
+                            ``"caption_log_probs"``, ``"scores"`` (objectness
+                            logits, in the boxes' order), ``"width"``,
+                            ``"height"``, ``"img_name"}``.
+  ``POST /api/score``       the image as for ``/api/caption``, the field
+                            ``phrases`` (a JSON list of strings) and optionally
+                            ``boxes`` (as above; else the model's detections,
+                            kept as the three options say). Answers ``{"boxes",
+                            "scores", "captions", "log_likelihood",
+                            "mean_log_likelihood", "phrases", "unknown_words",
+                            "width", "height", "img_name"}`` (and ``"clipped"``
+                            with ``boxes``): the log-likelihoods are
+                            ``[num_boxes][num_phrases]``, summed over each
+                            phrase's words and END and per token; ``phrases``
+                            are the words scored, ``unknown_words`` per phrase
+                            those outside the vocabulary.
+
+While the server is starting both API routes answer 503 with a one-line JSON
+error. Detections go through the micro-batcher (``batching``); requests with
+``boxes`` and ``/api/score`` bypass it: each runs alone in a worker thread, one
+at a time, beside the batcher's thread (their programs compile on first use,
+see ``captioner``).
 
 Every error is JSON ``{"error": "..."}`` with a 4xx status (5xx only for a
-failure of the server itself). Page files are read once at start-up from a
-fixed list; no request path is ever mapped to the file system.
+failure of the server itself); a bad box or phrase is a 400 naming its index.
+Page files are read once at start-up from a fixed list; no request path is
+ever mapped to the file system.
 """
 
 import contextlib
 import importlib.resources
+import json
 import logging
 import math
 import os
@@ -35,6 +61,7 @@ import threading
 
 import anyio
 import jax
+import numpy as np
 from starlette import applications, exceptions, formparsers, requests, responses, routing
 
 from densecap_jax.data import images as images_lib
@@ -52,6 +79,12 @@ STATIC_FILES = {
 # Decoders accepted for uploads; other Pillow plugins (EPS, PSD, ...) are never tried.
 IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 OPTION_FIELDS = ("final_nms_thresh", "max_boxes", "min_score")
+BOXES_FIELD = "boxes"
+PHRASES_FIELD = "phrases"
+# Most boxes and phrases in one request, and the most bytes of one form field.
+MAX_GIVEN_BOXES = 1024
+MAX_PHRASES = 64
+MAX_FIELD_BYTES = 256 * 1024
 SECURITY_HEADERS = {
     "Content-Security-Policy": ("default-src 'self'; img-src 'self' blob: data:; "
                                 "media-src 'self' blob: mediastream:; object-src 'none'; "
@@ -127,24 +160,32 @@ def decode_image(data, max_pixels):
     raise RequestError(400, f"cannot decode the image: {message}") from None
 
 
-def parse_options(fields, defaults):
-  """Query / form fields -> ``CaptionOptions``; unknown or malformed fields are errors.
+def parse_fields(fields, defaults, json_fields=()):
+  """Query / form fields -> ``(CaptionOptions, {JSON field: text})``; unknown fields are errors.
 
   Args:
     fields: ``(name, value)`` string pairs, later ones win.
     defaults: ``CaptionOptions`` for fields not given.
+    json_fields: the other fields the route takes (``BOXES_FIELD``,
+      ``PHRASES_FIELD``), returned as given.
 
   Raises:
-    RequestError: 400 naming the field and what it must be.
+    RequestError: 400 naming the field and what it must be; options given
+      with ``boxes`` (they choose among detections).
   """
+  known = OPTION_FIELDS + tuple(json_fields)
   given = {}
   for name, value in fields:
-    if name not in OPTION_FIELDS:
+    if name not in known:
       raise RequestError(400, f"unknown field {name!r}; expected 'image' and optionally "
-                              f"{', '.join(repr(f) for f in OPTION_FIELDS)}")
+                              f"{', '.join(repr(f) for f in known)}")
     if not isinstance(value, str):
       raise RequestError(400, f"field {name!r} must be a plain value, not a file")
     given[name] = value.strip()
+  texts = {name: given.pop(name) for name in json_fields if name in given}
+  if BOXES_FIELD in texts and given:
+    raise RequestError(400, f"{', '.join(sorted(given))}: not with 'boxes' (these options "
+                            f"choose among the model's detections)")
   values = {}
   if "final_nms_thresh" in given:
     thresh = _number(given, "final_nms_thresh", float)
@@ -160,7 +201,57 @@ def parse_options(fields, defaults):
     values["min_score"] = _number(given, "min_score", float)
   return captioner_lib.CaptionOptions(**{
       "final_nms_thresh": defaults.final_nms_thresh, "max_boxes": defaults.max_boxes,
-      "min_score": defaults.min_score, **values})
+      "min_score": defaults.min_score, **values}), texts
+
+
+def _json_field(name, text, what):
+  try:
+    return json.loads(text)
+  except ValueError as e:
+    raise RequestError(400, f"{name} must be {what} in JSON; cannot parse it: {e}") from None
+
+
+def parse_boxes(text):
+  """The ``boxes`` field -> a ``(k, 4)`` float64 array of ``[x, y, w, h]`` (values unchecked).
+
+  Raises:
+    RequestError: 400 for text that is not a JSON list of lists of 4
+      numbers (naming the box index) or has more than ``MAX_GIVEN_BOXES``.
+  """
+  what = "a list of [x, y, w, h] boxes"
+  boxes = _json_field("boxes", text, what)
+  if not isinstance(boxes, list):
+    raise RequestError(400, f"boxes must be {what}, got {type(boxes).__name__}")
+  if len(boxes) > MAX_GIVEN_BOXES:
+    raise RequestError(400, f"boxes: {len(boxes)} boxes are more than the limit of "
+                            f"{MAX_GIVEN_BOXES}")
+  for i, box in enumerate(boxes):
+    if not (isinstance(box, list) and len(box) == 4 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
+      raise RequestError(400, f"boxes: box {i} must be [x, y, w, h], 4 numbers, got "
+                              f"{json.dumps(box)[:80]}")
+  return np.asarray(boxes, np.float64).reshape(-1, 4)
+
+
+def parse_phrases(text):
+  """The ``phrases`` field -> a list of strings (tokenised later, ``regions.phrases``).
+
+  Raises:
+    RequestError: 400 for text that is not a non-empty JSON list of at most
+      ``MAX_PHRASES`` strings (naming the phrase index).
+  """
+  what = "a list of strings"
+  phrases = _json_field("phrases", text, what)
+  if not isinstance(phrases, list) or not phrases:
+    raise RequestError(400, f"phrases must be a non-empty list of strings, got "
+                            f"{json.dumps(phrases)[:80]}")
+  if len(phrases) > MAX_PHRASES:
+    raise RequestError(400, f"phrases: {len(phrases)} phrases are more than the limit of "
+                            f"{MAX_PHRASES}")
+  for i, phrase in enumerate(phrases):
+    if not isinstance(phrase, str):
+      raise RequestError(400, f"phrase {i} must be a string, got {json.dumps(phrase)[:80]}")
+  return phrases
 
 
 def _number(given, name, kind):
@@ -228,7 +319,8 @@ async def _parse_multipart(headers, body, limit):
     yield body
 
   parser = formparsers.MultiPartParser(headers, one_chunk(), max_files=1,
-                                       max_fields=len(OPTION_FIELDS), max_part_size=1024)
+                                       max_fields=len(OPTION_FIELDS) + 2,
+                                       max_part_size=MAX_FIELD_BYTES)
   parser.spool_max_size = limit  # the body is in memory already; keep the file part there too
   try:
     return await parser.parse()
@@ -242,7 +334,7 @@ def create_app(captioner, *, model_name, max_upload_bytes, max_pixels, batch_wai
 
   With ``warm_up`` the application answers at once: ``warm_up()`` runs in a
   background thread when the application starts, and until it has returned
-  ``/healthz`` and ``/api/caption`` answer 503 (``app.state.readiness``).
+  ``/healthz`` and the API routes answer 503 (``app.state.readiness``).
 
   Args:
     captioner: a ``captioner.Captioner``, warmed up unless ``warm_up`` is given.
@@ -262,28 +354,72 @@ def create_app(captioner, *, model_name, max_upload_bytes, max_pixels, batch_wai
   batcher = batching.MicroBatcher(captioner.run, max_batch=captioner.max_batch,
                                   wait_s=batch_wait_ms / 1000, max_pending=max_pending)
   decode_limiter = anyio.CapacityLimiter(os.cpu_count() or 1)
+  region_limiter = anyio.CapacityLimiter(1)  # box and phrase requests: one at a time
+  region_counts = {"requests": 0}
   predictor = captioner.predictor
   device = jax.devices()[0]
   readiness = Readiness(ready=warm_up is None)
 
-  def prepare(data, options):
+  def prepare(data):
     image = decode_image(data, max_pixels)
     try:
-      return captioner_lib.CaptionRequest(captioner.prepare(image), options)
+      return captioner.prepare(image)
     except ValueError as e:
       raise RequestError(400, f"cannot use the image: {e}") from None
 
-  async def caption(request):
+  def prepare_with_boxes(data, boxes):
+    """``(prepared, (boxes, clipped) or None)``, the boxes checked against the image."""
+    prepared = prepare(data)
+    if boxes is None:
+      return prepared, None
+    try:
+      return prepared, captioner.check_boxes(prepared, boxes)
+    except ValueError as e:
+      raise RequestError(400, str(e)) from None
+
+  def check_ready():
     if not readiness.ready:
       raise RequestError(503, STARTING_MESSAGE if readiness.status == "starting"
                          else f"the model failed to start: {readiness.error}")
+
+  async def run_regions(fn, *args):
+    """``fn(*args)`` in the region worker thread: serialised, the event loop stays free."""
+    region_counts["requests"] += 1
+    return await anyio.to_thread.run_sync(fn, *args, limiter=region_limiter)
+
+  async def caption(request):
+    check_ready()
     data, name, fields = await read_upload(request, max_upload_bytes)
-    options = parse_options(fields, captioner.default_options())
-    job = await anyio.to_thread.run_sync(prepare, data, options, limiter=decode_limiter)
+    options, texts = parse_fields(fields, captioner.default_options(), (BOXES_FIELD,))
+    if BOXES_FIELD in texts:
+      boxes = parse_boxes(texts[BOXES_FIELD])
+      prepared, given = await anyio.to_thread.run_sync(prepare_with_boxes, data, boxes,
+                                                       limiter=decode_limiter)
+      result = await run_regions(captioner.caption_boxes, prepared, given)
+    else:
+      prepared = await anyio.to_thread.run_sync(prepare, data, limiter=decode_limiter)
+      try:
+        result = await batcher.submit(captioner_lib.CaptionRequest(prepared, options))
+      except batching.QueueFullError as e:
+        raise RequestError(503, f"server busy ({e}); try again") from None
+    return responses.JSONResponse(dict(result, img_name=name))
+
+  async def score(request):
+    check_ready()
+    data, name, fields = await read_upload(request, max_upload_bytes)
+    options, texts = parse_fields(fields, captioner.default_options(),
+                                  (BOXES_FIELD, PHRASES_FIELD))
+    if PHRASES_FIELD not in texts:
+      raise RequestError(400, "give the phrases to score: field 'phrases', a JSON list of "
+                              "strings")
     try:
-      result = await batcher.submit(job)
-    except batching.QueueFullError as e:
-      raise RequestError(503, f"server busy ({e}); try again") from None
+      encoded = captioner.encode_phrases(parse_phrases(texts[PHRASES_FIELD]))
+    except ValueError as e:
+      raise RequestError(400, str(e)) from None
+    boxes = parse_boxes(texts[BOXES_FIELD]) if BOXES_FIELD in texts else None
+    prepared, given = await anyio.to_thread.run_sync(prepare_with_boxes, data, boxes,
+                                                     limiter=decode_limiter)
+    result = await run_regions(captioner.score, prepared, encoded, given, options)
     return responses.JSONResponse(dict(result, img_name=name))
 
   async def healthz(request):
@@ -303,6 +439,9 @@ def create_app(captioner, *, model_name, max_upload_bytes, max_pixels, batch_wai
         "max_pixels": max_pixels,
         "batches": {"requests": batcher.stats.items, "batches": batcher.stats.batches,
                     "largest": batcher.stats.largest_batch},
+        "regions": {"requests": region_counts["requests"], "max_boxes": MAX_GIVEN_BOXES,
+                    "max_phrases": MAX_PHRASES,
+                    "max_phrase_words": int(predictor.config.seq_length)},
     }, status_code=200 if readiness.ready else 503,
        headers=None if readiness.ready else {"Retry-After": "1"})
 
@@ -345,6 +484,7 @@ def create_app(captioner, *, model_name, max_upload_bytes, max_pixels, batch_wai
       await batcher.stop()
 
   routes = [routing.Route("/api/caption", caption, methods=["POST"]),
+            routing.Route("/api/score", score, methods=["POST"]),
             routing.Route("/healthz", healthz, methods=["GET"])]
   routes += [routing.Route(path, page_file(path), methods=["GET"]) for path in static]
   app = applications.Starlette(routes=routes, lifespan=lifespan, exception_handlers={

@@ -1,11 +1,22 @@
 """The model side of the server: compiled shapes, batches of uploads, boxes in the upload's pixels.
 
 A ``Captioner`` wraps a loaded ``inference.DenseCapPredictor``. Each batch of
-requests is split by final-NMS threshold and shape bucket and padded to one
-of two batch sizes, 1 or ``max_batch``, so the server runs exactly
+detection requests is split by final-NMS threshold and shape bucket and padded
+to one of two batch sizes, 1 or ``max_batch``, so detecting runs exactly
 ``len(buckets) * len(batch_sizes)`` programs, all compiled by ``warm_up``
-before the first request. Boxes are scaled back to the uploaded image the way
-the original webcam daemon does (reference §11.1).
+before the first request.
+
+Captioning given boxes (``caption_boxes``) and scoring phrases (``score``) run
+one image at a time through the predictor's ``regions.api.RegionModel``. Its
+programs have static shapes too -- box counts padded to powers of two (at
+least ``regions.api.MIN_BOX_SLOTS``), phrase counts and lengths to the sizes
+of ``regions.phrases`` -- so requests with other counts reuse them; they are
+not compiled by ``warm_up`` (one per bucket and padded size would multiply the
+start-up time) but on first use, once per shape.
+
+Boxes follow ``regions.coords``: xywh, 1-based, in the uploaded image's
+pixels (upright), scaled to and from the resized image with the height ratio
+the original webcam daemon uses (reference §11.1).
 """
 
 import concurrent.futures
@@ -17,7 +28,9 @@ import numpy as np
 
 from densecap_jax import inference
 from densecap_jax.data import buckets as buckets_lib
-from densecap_jax.ops import boxes as boxes_lib
+from densecap_jax.data import vocab as vocab_lib
+from densecap_jax.regions import api as regions_api
+from densecap_jax.regions import coords as coords_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,34 +130,133 @@ class Captioner:
         outputs = self._runner(size, final_nms_thresh).predict_prepared(
             [requests[i].prepared for i in chunk])
         for i, output in zip(chunk, outputs):
-          results[i] = to_upload_result(output, requests[i].prepared, requests[i].options,
-                                        self.predictor.num_proposals)
+          results[i] = to_upload_result(output, requests[i].prepared, requests[i].options)
     return results
 
+  def encode_phrases(self, phrases):
+    """A list of strings -> ``regions.phrases.EncodedPhrases``; ValueError naming a bad phrase."""
+    return self.predictor.regions.encode_phrases(phrases)
 
-def to_upload_result(output, prepared, options, capacity):
+  def check_boxes(self, prepared, boxes):
+    """Given boxes of a prepared upload -> ``(boxes, clipped)``, clipped to the image.
+
+    Raises:
+      ValueError: one line naming the box index (``regions.coords.check_boxes``).
+    """
+    return coords_lib.check_boxes(boxes, prepared.original_size, name="boxes")
+
+  def caption_boxes(self, prepared, given):
+    """Captions the checked boxes ``given = (boxes, clipped)`` of one prepared upload.
+
+    Returns:
+      A JSON-ready dict: ``boxes`` (as used, clipped), ``clipped``,
+      ``captions``, ``caption_log_probs`` (each caption's log-probability,
+      its words and END), ``scores`` (objectness logits, in the boxes' order)
+      and the upload's ``width`` and ``height``.
+    """
+    regions = self.predictor.regions
+    boxes, clipped = given
+    (row,) = regions.region_rows([prepared], [self._resized(prepared, boxes)])
+    return {
+        "boxes": boxes.tolist(),
+        "clipped": clipped.tolist(),
+        "captions": vocab_lib.decode_captions(row["tokens"], self.predictor.vocab),
+        "caption_log_probs": regions_api.caption_log_prob(
+            row["tokens"], row["log_probs"], regions.end_token).tolist(),
+        "scores": np.asarray(row["scores"], np.float32).tolist(),
+        **_size_fields(prepared),
+    }
+
+  def score(self, prepared, encoded, given, options):
+    """Log-likelihoods of ``encoded`` phrases given regions of one prepared upload.
+
+    Args:
+      prepared: the upload, ``inference.PreparedImage``.
+      encoded: ``regions.phrases.EncodedPhrases``.
+      given: checked ``(boxes, clipped)``, or ``None`` to score the model's
+        detections (kept as ``options`` says, as ``run`` keeps them).
+      options: ``CaptionOptions`` for the detections.
+
+    Returns:
+      A JSON-ready dict: ``boxes``, ``scores`` (objectness logits),
+      ``captions``, ``log_likelihood`` and ``mean_log_likelihood``
+      (``[num_boxes][num_phrases]``: the sum over each phrase's words and END,
+      and that sum per token), ``phrases`` (the words scored), ``unknown_words``
+      (per phrase), the upload's ``width`` and ``height``, and with ``given``
+      ``clipped``.
+    """
+    if given is None:
+      regions = self._regions(options.final_nms_thresh)
+      (row,) = regions.detections([prepared])
+      keep = _kept(row["scores"], options)
+      boxes = coords_lib.to_image(row["boxes"][keep], prepared.original_size, prepared.size)
+      scores, captions = row["scores"][keep], [row["captions"][i] for i in keep]
+      codes, extra = row["codes"][keep], {}
+    else:
+      regions = self.predictor.regions
+      boxes, clipped = given
+      (row,) = regions.region_rows([prepared], [self._resized(prepared, boxes)])
+      scores = row["scores"]
+      captions = vocab_lib.decode_captions(row["tokens"], self.predictor.vocab)
+      codes, extra = row["codes"], {"clipped": clipped.tolist()}
+    total, mean = regions.score_codes(codes, encoded)
+    return {
+        "boxes": np.asarray(boxes, np.float32).reshape(-1, 4).tolist(),
+        "scores": np.asarray(scores, np.float32).tolist(),
+        "captions": captions,
+        "log_likelihood": total.tolist(),
+        "mean_log_likelihood": mean.tolist(),
+        "phrases": [" ".join(words) for words in encoded.words],
+        "unknown_words": encoded.unknown,
+        **extra,
+        **_size_fields(prepared),
+    }
+
+  def _regions(self, final_nms_thresh):
+    """The predictor's ``RegionModel`` detecting with ``final_nms_thresh``: its compiled programs.
+
+    The threshold is an argument of the compiled program, so a new value
+    compiles nothing.
+    """
+    regions = self.predictor.regions
+    if final_nms_thresh == self.predictor.final_nms_thresh:
+      return regions
+    regions = copy.copy(regions)
+    regions.predictor = self._runner(self.predictor.batch_size, final_nms_thresh)
+    return regions
+
+  @staticmethod
+  def _resized(prepared, boxes):
+    return coords_lib.to_resized(boxes, prepared.original_size, prepared.size)
+
+
+def _kept(scores, options):
+  """Indices of the boxes kept: score at least ``options.min_score``, then the first ``max_boxes``."""
+  keep = np.arange(len(scores))
+  if options.min_score is not None:
+    keep = keep[np.asarray(scores) >= options.min_score]
+  return keep[:options.max_boxes]
+
+
+def _size_fields(prepared):
+  height, width = prepared.original_size
+  return {"width": int(width), "height": int(height)}
+
+
+def to_upload_result(output, prepared, options):
   """One ``predict_prepared`` output -> the JSON-ready result for the uploaded image.
 
   Boxes with a score below ``options.min_score`` are dropped, then all but the
   first ``options.max_boxes``. Boxes go from the resized image to the upload
-  with ``scale_boxes_xywh(frac = H0 / h)``, the height ratio, as the webcam
-  daemon does (reference §11.1); they are padded to ``capacity`` rows (the
-  most an image can have) for that, so every image reuses one compiled shape.
+  with ``regions.coords.to_image`` (the height ratio ``H0 / h``, as the webcam
+  daemon does, reference §11.1), in NumPy.
   """
   scores = np.asarray(output["scores"], np.float32)
-  keep = np.arange(len(scores))
-  if options.min_score is not None:
-    keep = keep[scores >= options.min_score]
-  keep = keep[:options.max_boxes]
-  height, width = prepared.original_size
-  frac = height / prepared.model_input.shape[0]
-  padded = np.zeros((max(capacity, len(keep)), 4), np.float32)
-  padded[:len(keep)] = np.asarray(output["boxes"], np.float32).reshape(-1, 4)[keep]
-  boxes = np.asarray(boxes_lib.scale_boxes_xywh(padded, frac))[:len(keep)]
+  keep = _kept(scores, options)
+  boxes = np.asarray(output["boxes"], np.float32).reshape(-1, 4)[keep]
   return {
-      "boxes": boxes.tolist(),
+      "boxes": coords_lib.to_image(boxes, prepared.original_size, prepared.size).tolist(),
       "scores": scores[keep].tolist(),
       "captions": [output["captions"][i] for i in keep],
-      "width": int(width),
-      "height": int(height),
+      **_size_fields(prepared),
   }
