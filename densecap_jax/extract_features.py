@@ -20,7 +20,7 @@ the region pooled before box regression moved it to the stored box
 (``/proposal_boxes``); ``--pool_final_boxes 1`` pools the stored boxes
 instead. With ``--boxes_json`` (``{"image path or name": [[x, y, w, h], ...]}``,
 1-based xywh in the pixels of the original, upright image) the codes of exactly those boxes
-are computed. A listed image is looked up by its path as listed, then by its
+are computed, as ``caption_regions`` pools them (``regions.api``). A listed image is looked up by its path as listed, then by its
 file name.
 
 The HDF5 file (written atomically, only when some image could be read; the
@@ -28,12 +28,18 @@ exit status is 0 only when all could), for the N images that could be read,
 in input order, and M = ``--boxes_per_image``:
 
 * ``/feats`` float32 ``(N, M, fc_dim)`` region codes;
-* ``/boxes`` float32 ``(N, M, 4)`` xywh, 1-based, in the resized image's pixels
-  (long side ``image_size``), as the original;
+* ``/boxes`` float32 ``(N, M, 4)`` xywh, 1-based, in the pixels of the image
+  as given, upright (``regions.coords``, as every entry point; given boxes
+  partly outside the image are clipped to it);
+* ``/resized_boxes`` float32 ``(N, M, 4)`` the same boxes in the resized
+  image's pixels (long side ``image_size``): the original's ``/boxes``;
+* ``/image_scale`` float32 ``(N,)`` image pixels per resized-image pixel
+  (``H0 / h``, the factor between the two);
 * ``/scores`` float32 ``(N, M)`` objectness logits;
 * ``/num_boxes`` int32 ``(N,)`` real rows of each image; rows beyond are zero
   (the original failed on images with fewer than M detections);
-* ``/proposal_boxes`` float32 ``(N, M, 4)`` xywh (detections only);
+* ``/proposal_boxes`` float32 ``(N, M, 4)`` xywh in the image's pixels
+  (detections only);
 * ``/image_paths`` ``(N,)`` strings, the paths as listed;
 * file attributes: the options (``checkpoint``, ``image_size``, ...) and
   ``source`` (``detections`` or ``boxes_json``).
@@ -56,6 +62,7 @@ from densecap_jax import inference
 from densecap_jax import predict
 from densecap_jax.models import densecap
 from densecap_jax.ops import boxes as boxes_lib
+from densecap_jax.regions import coords as coords_lib
 
 
 def parse_args(argv=None):
@@ -118,7 +125,12 @@ def list_inputs(args):
 
 
 def _check_box(box, where):
-  """One ``[x, y, w, h]`` of the boxes JSON -> 4 floats; ValueError naming ``where`` otherwise."""
+  """One ``[x, y, w, h]`` of the boxes JSON -> 4 floats; ValueError naming ``where`` otherwise.
+
+  The checks that need no image (4 numbers, finite, positive size) run here,
+  before any image is read; the rest (wholly outside, clipping) as each image
+  is, by ``regions.coords.check_boxes``.
+  """
   numbers = (isinstance(box, list) and len(box) == 4
              and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box))
   if not numbers:
@@ -171,18 +183,16 @@ def read_boxes_json(path, image_paths, boxes_per_image):
   return given
 
 
-def resized_boxes(boxes, original_size, image_size):
-  """``(k, 4)`` xywh boxes of an original ``(H0, W0)`` image -> xywh in the resized image.
-
-  The factor is ``image_size / max(H0, W0)``, the resize of §1.2.
-  """
-  factor = image_size / max(original_size)
-  return np.asarray(boxes_lib.scale_boxes_xywh(boxes, factor), np.float32)
-
-
 def _xywh_rows(boxes, valid):
   """``(M, 4)`` xcycwh boxes -> float32 xywh (§10.2's rule), zero rows where ``valid`` is False."""
   return np.where(valid[:, None], np.asarray(boxes_lib.xcycwh_to_xywh(boxes)), 0).astype(np.float32)
+
+
+def _padded(rows, length):
+  """``(k, ...)`` -> ``(length, ...)`` float32, zero rows after the first ``k``."""
+  out = np.zeros((length,) + rows.shape[1:], np.float32)
+  out[:len(rows)] = rows
+  return out
 
 
 class FeatureExtractor:
@@ -204,19 +214,16 @@ class FeatureExtractor:
           num_proposals=model.num_proposals, rpn_nms_thresh=rpn_nms_thresh,
           final_nms_thresh=final_nms_thresh, pool_final_boxes=pool_final_boxes)
 
-    def pool(params, images, image_sizes, boxes, box_valid):
-      return densecap.region_codes(params, images, image_sizes, boxes, box_valid, config)
-
     self._detect = jax.jit(detect)
-    self._pool = jax.jit(pool)
 
   def detections(self, prepared):
     """Rows of the first M detections of each :class:`inference.PreparedImage`.
 
     Returns:
       One dict per image: ``boxes`` and ``proposal_boxes`` ``(M, 4)`` float32
-      xywh (resized image), ``scores`` ``(M,)``, ``feats`` ``(M, fc_dim)``,
-      ``num_boxes`` int; rows from ``num_boxes`` on are zero.
+      xywh in the image's pixels (``regions.coords``), ``resized_boxes`` in
+      the resized image's, ``scores`` ``(M,)``, ``feats`` ``(M, fc_dim)``,
+      ``image_scale`` and ``num_boxes``; rows from ``num_boxes`` on are zero.
     """
     rows = [None] * len(prepared)
     for chunk, images, sizes in self.model.batches(prepared):
@@ -224,42 +231,46 @@ class FeatureExtractor:
                                         self.model.rpn_nms_thresh, self.model.final_nms_thresh))
       for k, i in enumerate(chunk):
         valid = out["valid"][k]
+        p = prepared[i]
+        resized = _xywh_rows(out["boxes"][k], valid)
         rows[i] = {
-            "boxes": _xywh_rows(out["boxes"][k], valid),
-            "proposal_boxes": _xywh_rows(out["proposals"][k], valid),
+            "boxes": _image_rows(resized, valid, p),
+            "resized_boxes": resized,
+            "proposal_boxes": _image_rows(_xywh_rows(out["proposals"][k], valid), valid, p),
             "scores": out["scores"][k],
             "feats": out["codes"][k],
+            "image_scale": coords_lib.image_scale(p.original_size, p.size),
             "num_boxes": int(valid.sum()),
         }
     return rows
 
   def given_boxes(self, prepared, boxes):
-    """Rows of given boxes: ``boxes[i]`` ``(k_i, 4)`` xywh in image ``i``'s *original* pixels.
+    """Rows of given boxes: ``boxes[i]`` ``(k_i, 4)`` xywh in image ``i``'s pixels.
+
+    The boxes are checked, clipped and pooled as ``caption_regions`` does
+    (``regions.api.RegionModel``), without captions.
 
     Returns:
-      One dict per image: ``boxes`` ``(M, 4)`` float32 xywh scaled to the
-      resized image, ``scores`` ``(M,)`` logits, ``feats`` ``(M, fc_dim)``
-      codes of those boxes, ``num_boxes`` = ``k_i``; rows beyond are zero.
+      One dict per image: ``boxes`` ``(M, 4)`` float32 xywh as used (clipped
+      to the image), ``resized_boxes`` the same in the resized image,
+      ``scores`` ``(M,)`` logits, ``feats`` ``(M, fc_dim)`` codes of those
+      boxes, ``image_scale`` and ``num_boxes`` = ``k_i``; rows beyond are zero.
     """
     m = self.boxes_per_image
-    scaled = np.zeros((len(prepared), m, 4), np.float32)
-    for i, (p, b) in enumerate(zip(prepared, boxes)):
-      scaled[i, :len(b)] = resized_boxes(b, p.original_size, self.model.image_size)
-    counts = np.array([len(b) for b in boxes], np.int64)
-    valid = np.arange(m)[None, :] < counts[:, None]
-    centred = np.asarray(boxes_lib.xywh_to_xcycwh(scaled), np.float32)
-    rows = [None] * len(prepared)
-    for chunk, images, sizes in self.model.batches(prepared):
-      batch_boxes = np.zeros((len(images), m, 4), np.float32)
-      batch_valid = np.zeros((len(images), m), bool)
-      batch_boxes[:len(chunk)] = centred[chunk]
-      batch_valid[:len(chunk)] = valid[chunk]
-      codes, logits = jax.device_get(self._pool(
-          self.model.params, images, sizes, *self.model.put_batch(batch_boxes, batch_valid)))
-      for k, i in enumerate(chunk):
-        rows[i] = {"boxes": scaled[i], "scores": logits[k], "feats": codes[k],
-                   "num_boxes": int(counts[i])}
-    return rows
+    regions = self.model.regions
+    given = regions.given_boxes(prepared, boxes, "image")
+    pooled = regions.region_rows(prepared, [resized for _, resized, _ in given], captions=False)
+    return [{"boxes": _padded(image_boxes, m), "resized_boxes": _padded(resized, m),
+             "scores": _padded(row["scores"], m), "feats": _padded(row["codes"], m),
+             "image_scale": coords_lib.image_scale(p.original_size, p.size),
+             "num_boxes": len(image_boxes)}
+            for p, (image_boxes, resized, _), row in zip(prepared, given, pooled)]
+
+
+def _image_rows(resized, valid, prepared):
+  """``(M, 4)`` xywh rows of the resized image -> the image's pixels, zero where not ``valid``."""
+  boxes = coords_lib.to_image(resized, prepared.original_size, prepared.size)
+  return np.where(valid[:, None], boxes, 0).astype(np.float32)
 
 
 class _FeatureFile:
@@ -267,7 +278,8 @@ class _FeatureFile:
 
   def __init__(self, h5, capacity, boxes_per_image, fc_dim, with_proposals, attrs):
     m = boxes_per_image
-    shapes = {"feats": (m, fc_dim), "boxes": (m, 4), "scores": (m,), "num_boxes": ()}
+    shapes = {"feats": (m, fc_dim), "boxes": (m, 4), "resized_boxes": (m, 4), "scores": (m,),
+              "image_scale": (), "num_boxes": ()}
     if with_proposals:
       shapes["proposal_boxes"] = (m, 4)
     self.h5 = h5
@@ -373,6 +385,7 @@ def main(argv=None):
       "source": "boxes_json" if given is not None else "detections",
       "boxes_json": args.boxes_json,
       "box_format": "xywh",
+      "box_coords": "image",
   }
 
   start = time.perf_counter()

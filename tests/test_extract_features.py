@@ -23,6 +23,7 @@ from densecap_jax.models import densecap
 from densecap_jax.models import vgg16
 from densecap_jax.ops import boxes as boxes_lib
 from densecap_jax.ops import roi_pool
+from densecap_jax.regions import coords
 
 VOCAB = [None, "a", "red", "circle", "square", "blue"]
 NUM_PROPOSALS = 20
@@ -148,14 +149,19 @@ def test_detection_features_are_fc7_codes_of_their_proposals(detections, hand, p
   expected_boxes, expected_scores = hand.infer(photos / name)
   n = int(detections["num_boxes"][index])
   assert 0 < n == len(expected_boxes) <= NUM_PROPOSALS < 30
-  boxes = detections["boxes"][index]
+  boxes = detections["resized_boxes"][index]
+  scale = detections["image_scale"][index]  # a.jpg and c.jpg: 90 x 120 -> 48 x 64
+  assert scale == pytest.approx(90 / 48)
+  np.testing.assert_allclose(detections["boxes"][index, :n],
+                             coords.scale_xywh(boxes[:n], scale), rtol=1e-6)
   # Same detections as infer (final NMS at 0.4), in xywh: x = xc - (w - 1) / 2.
   np.testing.assert_allclose(_detection_xywh_to_xcycwh(boxes[:n]), expected_boxes,
                              rtol=1e-5, atol=1e-4)
   np.testing.assert_allclose(detections["scores"][index, :n], expected_scores, rtol=1e-5,
                              atol=1e-5)
   # The codes are fc7 of the pooled proposals, whose regression gives the stored boxes.
-  proposals = _detection_xywh_to_xcycwh(detections["proposal_boxes"][index, :n])
+  proposals = _detection_xywh_to_xcycwh(
+      coords.scale_xywh(detections["proposal_boxes"][index, :n], 1 / scale))
   codes, logits, transforms = hand.recognize(photos / name, proposals)
   np.testing.assert_allclose(detections["feats"][index, :n], codes, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(detections["scores"][index, :n], logits, rtol=1e-4, atol=1e-4)
@@ -164,7 +170,7 @@ def test_detection_features_are_fc7_codes_of_their_proposals(detections, hand, p
   assert np.abs(proposals - expected_boxes).max() > 0.5
   assert np.all(detections["feats"][index, :n] >= 0)  # post-ReLU
   # Fewer detections than rows: zero padding.
-  for key in ("feats", "boxes", "scores", "proposal_boxes"):
+  for key in ("feats", "boxes", "resized_boxes", "scores", "proposal_boxes"):
     assert not np.any(detections[key][index, n:]), key
 
 
@@ -179,7 +185,8 @@ def test_pool_final_boxes_gives_codes_of_the_stored_boxes(detections, hand, mode
   n = int(data["num_boxes"][0])
   assert n == min(5, detections["num_boxes"][0])
   np.testing.assert_allclose(data["boxes"][0], detections["boxes"][0, :5], atol=1e-5)
-  codes, _, _ = hand.recognize(photos / "a.jpg", _detection_xywh_to_xcycwh(data["boxes"][0, :n]))
+  codes, _, _ = hand.recognize(photos / "a.jpg",
+                               _detection_xywh_to_xcycwh(data["resized_boxes"][0, :n]))
   np.testing.assert_allclose(data["feats"][0, :n], codes, rtol=1e-4, atol=1e-4)
   assert not np.allclose(data["feats"][0, :n], detections["feats"][0, :n], atol=1e-3)
   assert data["attrs"]["pool_final_boxes"] == 1
@@ -202,12 +209,14 @@ def test_given_boxes_are_scaled_and_pooled(hand, model_dir, photos, tmp_path):
   original = np.array(given["a.jpg"], np.float64)
   scaled = np.stack([(original[:, 0] - 1) * f + 1, (original[:, 1] - 1) * f + 1,
                      original[:, 2] * f, original[:, 3] * f], -1)
-  np.testing.assert_allclose(data["boxes"][0, :3], scaled, rtol=1e-6, atol=1e-5)
-  centred = np.concatenate([scaled[:, :2] + scaled[:, 2:] / 2, scaled[:, 2:]], -1)
+  np.testing.assert_allclose(data["resized_boxes"][0, :3], scaled, rtol=1e-6, atol=1e-5)
+  np.testing.assert_allclose(data["boxes"][0, :3], original, rtol=1e-6)  # as given
+  # Pooled as the region API pools a given box: the inverse of x = xc - (w - 1) / 2.
+  centred = _detection_xywh_to_xcycwh(scaled)
   codes, logits, _ = hand.recognize(photos / "a.jpg", centred.astype(np.float32))
   np.testing.assert_allclose(data["feats"][0, :3], codes, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(data["scores"][0, :3], logits, rtol=1e-4, atol=1e-4)
-  for key in ("feats", "boxes", "scores"):
+  for key in ("feats", "boxes", "resized_boxes", "scores"):
     assert not np.any(data[key][0, 3:]) and not np.any(data[key][1]), key
 
 

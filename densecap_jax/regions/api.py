@@ -95,10 +95,15 @@ class RegionModel:
       det["tokens"] = densecap.caption_kept(model, params, det["codes"], det["valid"], groups)
       return det
 
+    def codes(params, images, image_sizes, boxes, box_valid):
+      codes, logits = densecap.region_codes(params, images, image_sizes, boxes, box_valid, config)
+      return {"codes": codes, "logits": logits}
+
     def phrases(params, codes, labels):
       return densecap.phrase_log_likelihood(params, codes, labels, config)
 
     self._regions = jax.jit(regions)
+    self._codes = jax.jit(codes)
     self._detect = jax.jit(detect)
     self._phrases = jax.jit(phrases)
 
@@ -143,17 +148,20 @@ class RegionModel:
         out.append((coords_lib.to_image(checked, p.original_size, p.size), checked, clipped))
     return out
 
-  def region_rows(self, prepared, resized_boxes):
+  def region_rows(self, prepared, resized_boxes, captions=True):
     """Codes, logits, tokens and token log-probabilities of given boxes of prepared images.
 
     Args:
       prepared: ``inference.PreparedImage`` s.
       resized_boxes: per image, ``(k_i, 4)`` float32 xywh in the resized image.
+      captions: also caption the boxes (``False``: codes and logits only).
 
     Returns:
       Per image a dict of ``codes`` ``(k, fc_dim)``, ``scores`` ``(k,)``
-      objectness logits, ``tokens`` ``(k, L)`` and ``log_probs`` ``(k, L)``.
+      objectness logits, and with ``captions`` ``tokens`` ``(k, L)`` and
+      ``log_probs`` ``(k, L)``.
     """
+    run = self._regions if captions else self._codes
     rows = [None] * len(prepared)
     for chunk, images, sizes in self.predictor.batches(prepared):
       counts = [len(resized_boxes[i]) for i in chunk]
@@ -163,12 +171,11 @@ class RegionModel:
       for k, i in enumerate(chunk):
         batch_boxes[k, :counts[k]] = coords_lib.xywh_to_model(resized_boxes[i])
         batch_valid[k, :counts[k]] = True
-      out = jax.device_get(self._regions(self.predictor.params, images, sizes,
-                                         *self.predictor.put_batch(batch_boxes, batch_valid)))
+      out = jax.device_get(run(self.predictor.params, images, sizes,
+                               *self.predictor.put_batch(batch_boxes, batch_valid)))
       for k, i in enumerate(chunk):
-        n = counts[k]
-        rows[i] = {"codes": out["codes"][k, :n], "scores": out["logits"][k, :n],
-                   "tokens": out["tokens"][k, :n], "log_probs": out["log_probs"][k, :n]}
+        rows[i] = {"scores" if key == "logits" else key: value[k, :counts[k]]
+                   for key, value in out.items()}
     return rows
 
   def caption_regions(self, images, boxes, *, with_codes=False, coords="image"):
