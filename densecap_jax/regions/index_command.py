@@ -1,0 +1,84 @@
+"""The ``index`` command: index a photo folder for ``search`` (``regions.index``).
+
+  python -m densecap_jax.index --input_dir photos/ --output photos.index
+  python -m densecap_jax.index --input_dir photos/ --output photos.index   # again: only changes
+
+Stores per image its first ``--max_boxes`` detections (boxes in the image's
+pixels, captions, objectness logits) and their fc7 codes, in shards of
+``--shard_size`` images committed as they finish: a second run indexes only
+new or changed files (size or modification time differs) and drops the
+entries of deleted ones; a run that was killed continues where it stopped.
+The format is described in ``densecap_jax/regions/index.py``. The model flags
+(and ``--max_boxes``, ``--codes_dtype``) must be those the index was built
+with. The exit status is 0 only when every image could be read.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+from densecap_jax import cli
+from densecap_jax.regions import index as index_lib
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(
+      prog="python -m densecap_jax.index", formatter_class=cli.HelpFormatter,
+      description="Index the images of a folder (detections, captions, fc7 codes) for search.")
+  parser.add_argument("--input_dir", default="", help="folder of images (default: none; required)")
+  parser.add_argument("--output", default="",
+                      help="index folder to create or bring up to date (default: none; required)")
+  model = cli.add_model_flags(parser)
+  model.add_argument("--batch_size", type=int, default=1, help="images per forward pass")
+  storage = parser.add_argument_group("storage")
+  storage.add_argument("--max_boxes", type=int, default=50,
+                       help="detections stored per image at most, in score order")
+  storage.add_argument("--codes_dtype", choices=index_lib.CODES_DTYPES, default="float32",
+                       help="how codes are stored; float16 halves the index, its search scores "
+                            "differ slightly")
+  storage.add_argument("--shard_size", type=int, default=256,
+                       help="images per shard (each is committed when done)")
+  return parser.parse_args(argv)
+
+
+def check_args(args):
+  """Raises ValueError with a one-line reason for flags that cannot work."""
+  if not args.input_dir:
+    raise ValueError("--input_dir is required")
+  if not args.output:
+    raise ValueError("--output is required")
+  if not os.path.isdir(args.input_dir):
+    raise ValueError(f"--input_dir is not a folder: {args.input_dir}")
+  for flag in ("batch_size", "max_boxes", "shard_size"):
+    if getattr(args, flag) < 1:
+      raise ValueError(f"--{flag} must be positive, got {getattr(args, flag)}")
+  cli.check_model_flags(args)
+  index_lib.check_output(args.output)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  try:
+    check_args(args)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
+  from densecap_jax import inference  # pylint: disable=g-import-not-at-top
+  model = cli.load_model_from_flags(args, batch_size=args.batch_size)
+  start = time.perf_counter()
+  try:
+    stats = index_lib.build_index(
+        model, args.input_dir, args.output,
+        checkpoint=args.checkpoint or inference.bundled_model_path(), max_boxes=args.max_boxes,
+        shard_size=args.shard_size, codes_dtype=args.codes_dtype)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
+  except OSError as e:
+    sys.exit(f"error: cannot write the index {args.output}: {e}")
+  seconds = time.perf_counter() - start
+  print(f"indexed {len(stats['indexed'])} images, kept {stats['kept']}, dropped "
+        f"{len(stats['dropped'])} (deleted or changed) in {seconds:.1f} s; {args.output}: "
+        f"{stats['images']} images, {stats['regions']} regions")
+  if stats["failed"]:
+    sys.exit(f"error: {len(stats['failed'])} images could not be read: "
+             f"{'; '.join(stats['failed'])}")

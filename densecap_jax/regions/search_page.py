@@ -1,0 +1,120 @@
+"""The page of a search's hits: ``search.html`` in the results viewer's style, opening from disk.
+
+``write_search_page(folder, result)`` writes into ``folder``:
+
+* ``search.html``: the query and one card per hit, best first: the image with
+  the best box drawn over it (an SVG rectangle, in the box colours of the
+  viewer), its rank, name, score and the box's caption; it needs no server,
+  no script and no network access;
+* ``boxes.css``: the viewer's stylesheet (``densecap_jax/viewer``);
+* ``search.json``: the hits as data (``{"query", "words", "unknown", "hits":
+  [{"rank", "image", "box", "score", "log_likelihood", "caption",
+  "objectness", "width", "height", "src"}]}``; boxes xywh, 1-based, in the
+  image's pixels);
+* ``images/<name>``: a copy of each hit's image.
+"""
+
+import html
+import importlib.resources
+import json
+import os
+import shutil
+
+from densecap_jax import files
+
+PAGE = "search.html"
+DATA = "search.json"
+STYLE = "boxes.css"
+IMAGES = "images"
+# The viewer's first box colour (boxes.js PALETTE[0]).
+BOX_COLOR = "rgb(173, 35, 35)"
+
+_PAGE_STYLE = """
+#hits { display: grid; grid-template-columns: repeat(auto-fill, minmax(280px, 1fr)); gap: 18px; }
+.hit { margin: 0; }
+.hit .frame { position: relative; line-height: 0; border: 1px solid var(--ink); }
+.hit .frame img { display: block; width: 100%; height: auto; }
+.hit .frame svg { position: absolute; inset: 0; width: 100%; height: 100%; }
+.hit figcaption { font-size: 15px; margin-top: 6px; }
+.hit .rank { font-weight: 400; }
+.hit .caption { color: BOX_COLOR; font-weight: 400; }
+.hit .score, .hit .name { color: var(--muted); font-size: 13px; }
+""".replace("BOX_COLOR", BOX_COLOR)
+
+
+def outputs(result):
+  """Paths (relative to the folder) that :func:`write_search_page` writes for ``result``."""
+  return [PAGE, DATA, STYLE] + [f"{IMAGES}/{hit.image}" for hit in result.hits]
+
+
+def _card(hit):
+  x, y, w, h = hit.box
+  title = html.escape(f"{hit.caption} ({hit.score:.3f})")
+  return f"""<figure class="hit">
+  <div class="frame">
+    <img src="{html.escape(IMAGES + '/' + hit.image)}" alt="{html.escape(hit.image)}">
+    <svg viewBox="0 0 {hit.width} {hit.height}"><rect class="box" x="{x - 1:g}" y="{y - 1:g}" \
+width="{w:g}" height="{h:g}" stroke="{BOX_COLOR}"><title>{title}</title></rect></svg>
+  </div>
+  <figcaption><span class="rank">{hit.rank}.</span> <span class="caption">\
+{html.escape(hit.caption)}</span><br><span class="name">{html.escape(hit.image)}</span> \
+<span class="score">score {hit.score:.3f}</span></figcaption>
+</figure>"""
+
+
+def _page(result):
+  query = html.escape(result.query)
+  unknown = (f" &middot; not in the model's vocabulary: {html.escape(', '.join(result.unknown))}"
+             if result.unknown else "")
+  cards = "\n".join(_card(hit) for hit in result.hits) or "<p>No hits.</p>"
+  return f"""<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <meta name="viewport" content="width=device-width, initial-scale=1">
+  <title>DenseCap search: {query}</title>
+  <link rel="stylesheet" href="{STYLE}">
+  <style>{_PAGE_STYLE}</style>
+</head>
+<body>
+  <main id="wrap">
+    <header>
+      <h1>&ldquo;{query}&rdquo;</h1>
+      <p class="help">{len(result.hits)} images, best first; the box drawn is the region where
+        the query is most likely (score: log-likelihood per word){unknown}</p>
+    </header>
+    <section id="hits">
+{cards}
+    </section>
+  </main>
+</body>
+</html>
+"""
+
+
+def _data(result):
+  hits = [dict(vars(hit), src=f"{IMAGES}/{hit.image}") for hit in result.hits]
+  for hit in hits:
+    del hit["path"]
+  return {"query": result.query, "words": result.words, "unknown": result.unknown, "hits": hits}
+
+
+def write_search_page(folder, result):
+  """Writes the page of ``result`` (a ``regions.search.SearchResult``) into ``folder``.
+
+  Every file is written atomically; the images are copied from their paths.
+
+  Returns:
+    The page's path.
+  """
+  os.makedirs(os.path.join(folder, IMAGES), exist_ok=True)
+  for hit in result.hits:
+    with files.atomic_output(os.path.join(folder, IMAGES, hit.image)) as tmp_path:
+      shutil.copyfile(hit.path, tmp_path)
+  style = importlib.resources.files("densecap_jax.viewer").joinpath(STYLE).read_text("utf-8")
+  for name, text in ((STYLE, style), (DATA, json.dumps(_data(result), indent=1)),
+                     (PAGE, _page(result))):
+    with files.atomic_output(os.path.join(folder, name)) as tmp_path:
+      with open(tmp_path, "w", encoding="utf-8") as f:
+        f.write(text)
+  return os.path.join(folder, PAGE)
