@@ -180,8 +180,9 @@ def bench_config(name, bucket, image_size, vocab_size, num_proposals, device, ar
       predict, (params, images, sizes, rpn_nms, final_nms), args.warmup, args.repeats)
   print(f"  done: {name} whole infer", flush=True)
 
-  kept = int(np.sum(np.asarray(staged[3])))
-  rows = min(s for s in densecap.caption_sizes(num_proposals) if s >= max(kept, 1))
+  valid = np.asarray(staged[3])
+  kept = int(np.sum(valid))  # caption_kept packs the kept rows of the batch into one call
+  rows = min(s for s in densecap.caption_row_sizes(valid.size) if s >= kept)
   same_valid = np.array_equal(np.asarray(staged[3]), np.asarray(whole[3]))
   return {
       "name": name, "bucket": bucket, "image_size": image_size, "vocab_size": vocab_size,

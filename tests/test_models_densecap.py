@@ -272,11 +272,6 @@ def test_final_boxes_are_unclipped_and_scores_are_logits(params, batch, infer_fn
   assert np.all(right_edge > batch["image_size"][:, 1])
 
 
-def test_caption_sizes():
-  assert dc.caption_sizes(1000) == (125, 250, 500, 1000)
-  assert dc.caption_sizes(3) == (1, 2, 3)
-
-
 @pytest.mark.slow
 def test_loss_falls_when_overfitting_one_image(config, params):
   batch = make_batch(seed=7, sizes=((64, 64),))

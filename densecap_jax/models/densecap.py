@@ -296,13 +296,6 @@ def train_forward(params, batch, rng, config, finetune_cnn=False):
   return total_loss, losses, aux
 
 
-def caption_sizes(num_boxes, num_sizes=4):
-  """Static caption batch sizes ``ceil(N / 2^i)``, ascending, the last being ``N``: the rows
-  per image the captions used to be decoded on (``caption_kept`` now packs the kept rows of
-  a batch into one of ``caption_row_sizes``)."""
-  return tuple(sorted({max(1, math.ceil(num_boxes / 2 ** i)) for i in range(num_sizes)}))
-
-
 CAPTION_MIN_ROWS = 64  # fewer rows cost the LM about as much on an accelerator
 
 
