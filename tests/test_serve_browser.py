@@ -1,4 +1,5 @@
-"""The demo page in headless Chromium against a real server: upload, live webcam, no network.
+"""The demo page in headless Chromium against a real server: upload, drawn boxes, phrases, live
+webcam, no network.
 
 Chromium (Debian's ``chromium`` package) is driven over the DevTools protocol
 with a small WebSocket client written here on the standard library. The live
@@ -191,6 +192,11 @@ def browser(server, tmp_path):
   page.close()
 
 
+# The page has asked /healthz and enabled its controls (the HTML starts "idle" already).
+PAGE_READY = ("document.body.dataset.state === 'idle' && "
+              "document.getElementById('model').textContent.includes('tiny_random')")
+
+
 def post_png(server, png):
   status, answer = server.json("POST", "/api/caption", png, {"Content-Type": "image/png"})
   assert status == 200
@@ -204,8 +210,7 @@ def test_upload_shows_boxes_and_captions(server, browser, tmp_path):
   expected = post_png(server, path.read_bytes())
   assert expected["captions"]
 
-  browser.wait_for("document.body.dataset.state === 'idle' && "
-                   "document.getElementById('model').textContent.includes('tiny_random')")
+  browser.wait_for(PAGE_READY)
   document = browser.call("DOM.getDocument")
   node = browser.call("DOM.querySelector", nodeId=document["root"]["nodeId"], selector="#file")
   browser.call("DOM.setFileInputFiles", files=[str(path)], nodeId=node["nodeId"])
@@ -249,9 +254,96 @@ def test_upload_shows_boxes_and_captions(server, browser, tmp_path):
   assert browser.evaluate("document.querySelector('#overlay .box').classList.contains('highlight')")
 
 
+def upload(browser, path):
+  browser.wait_for(PAGE_READY)
+  document = browser.call("DOM.getDocument")
+  node = browser.call("DOM.querySelector", nodeId=document["root"]["nodeId"], selector="#file")
+  browser.call("DOM.setFileInputFiles", files=[str(path)], nodeId=node["nodeId"])
+  browser.wait_for("document.body.dataset.state === 'ready'")
+
+
+def drag(browser, start, end):
+  """Drags the mouse from ``start`` to ``end``, fractions ``(x, y)`` of the shown image."""
+  rect = browser.evaluate("(() => { const r = document.getElementById('overlay')"
+                          ".getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; })()")
+  points = [(rect[0] + fx * rect[2], rect[1] + fy * rect[3]) for fx, fy in (start, end)]
+  browser.call("Input.dispatchMouseEvent", type="mousePressed", x=points[0][0], y=points[0][1],
+               button="left", buttons=1, clickCount=1)
+  middle = [(a + b) / 2 for a, b in zip(*points)]
+  for x, y in (middle, points[1]):
+    browser.call("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y, button="left", buttons=1)
+  browser.call("Input.dispatchMouseEvent", type="mouseReleased", x=points[1][0], y=points[1][1],
+               button="left", buttons=0, clickCount=1)
+
+
+def test_a_drawn_box_is_captioned_and_a_phrase_highlights_regions(server, browser, tmp_path):
+  rgb = random_image(22, 48, 64)
+  path = tmp_path / "draw.png"
+  path.write_bytes(image_bytes(rgb, "PNG"))
+  png = path.read_bytes()
+  detected = post_png(server, png)
+  upload(browser, path)
+
+  drag(browser, (0.1, 0.2), (0.6, 0.7))
+  browser.wait_for("document.querySelectorAll('#overlay .box.given').length === 1")
+  shown = browser.evaluate("""(() => {
+    const rect = document.querySelector('#overlay .box.given');
+    const first = document.querySelector('#captions li');
+    return {box: ['x', 'y', 'width', 'height'].map(k => Number(rect.getAttribute(k))),
+            rank: rect.dataset.rank, caption: first.querySelector('.caption').textContent,
+            given: first.classList.contains('given'),
+            status: document.getElementById('status').textContent,
+            boxes: document.querySelectorAll('#overlay .box').length};
+  })()""")
+  x, y, w, h = shown["box"]
+  box = [x + 1, y + 1, w, h]  # drawn at (x - 1, y - 1)
+  np.testing.assert_allclose(box, [0.1 * 64 + 1, 0.2 * 48 + 1, 0.5 * 64, 0.5 * 48], atol=0.5)
+  status, mine = server.json("POST", "/api/caption?" + urllib.parse.urlencode(
+      {"boxes": json.dumps([box])}), png, {"Content-Type": "image/png"})
+  assert status == 200
+  assert shown["rank"] == "0" and shown["given"] and shown["caption"] == mine["captions"][0]
+  assert shown["status"].startswith(f"Your box: \u201c{mine['captions'][0]}\u201d")
+  assert shown["boxes"] == min(10, len(detected["boxes"])) + 1
+
+  # A phrase: every box is scored, the three best are highlighted, the others dimmed.
+  browser.evaluate("document.getElementById('phrase').focus()")
+  browser.call("Input.insertText", text="red square")
+  browser.wait_for("document.querySelectorAll('#overlay .box.match').length === 3")
+  shown = browser.evaluate("""(() => ({
+    matched: [...document.querySelectorAll('#captions li.match .caption')].map(e => e.textContent),
+    scores: [...document.querySelectorAll('#captions li .score')].map(e => Number(e.textContent)),
+    dimmed: document.getElementById('overlay').classList.contains('has-matches'),
+    status: document.getElementById('status').textContent,
+  }))()""")
+  boxes = [box] + detected["boxes"]
+  status, scored = server.json("POST", "/api/score?" + urllib.parse.urlencode(
+      {"phrases": json.dumps(["red square"]), "boxes": json.dumps(boxes)}), png,
+      {"Content-Type": "image/png"})
+  assert status == 200
+  mean = np.asarray(scored["mean_log_likelihood"])[:, 0]
+  best = np.argsort(-mean, kind="stable")[:3]
+  assert sorted(shown["matched"]) == sorted(scored["captions"][i] for i in best)
+  assert shown["dimmed"] and shown["status"].startswith("\u201cred square\u201d: the 3 best")
+  # The list is ranked by the phrase: its scores descend from the best match's.
+  assert shown["scores"] == sorted(shown["scores"], reverse=True)
+  np.testing.assert_allclose(shown["scores"][0], mean.max(), atol=0.006)
+
+  # A phrase of unknown words is a one-line error in the status; clearing it restores the view.
+  browser.evaluate("""(() => {
+    const input = document.getElementById('phrase');
+    input.value = 'zebra';
+    input.form.requestSubmit();
+  })()""")
+  browser.wait_for("document.getElementById('status').classList.contains('error')")
+  assert "none of its words (zebra)" in browser.evaluate(
+      "document.getElementById('status').textContent")
+  assert browser.evaluate("document.querySelectorAll('#overlay .box.match').length") == 0
+  assert browser.evaluate("document.body.dataset.state") == "ready"
+
+
 def test_live_mode_captions_fake_camera_frames(server, browser):
   _, before = server.json("GET", "/healthz")
-  browser.wait_for("document.body.dataset.state === 'idle'")
+  browser.wait_for(PAGE_READY)
   browser.evaluate("document.getElementById('live').click()")
   frames = browser.wait_for(
       "Number(document.getElementById('fps').dataset.frames) >= 5 && "

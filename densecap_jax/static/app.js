@@ -10,6 +10,13 @@
  * downscaled to the model's image size, draw that frame with its boxes when
  * the answer comes, then grab the next.
  *
+ * Dragging a rectangle on the image (an upload, or the last frame once live
+ * mode stops) sends that image again to POST /api/caption with the field
+ * `boxes` and adds the captioned box (drawn dashed) at the top of the list.
+ * Typing a phrase sends the image, the phrase and every box shown to
+ * POST /api/score; the boxes are then ranked by the phrase's mean
+ * log-likelihood per word, the best MATCHES highlighted and the others dimmed.
+ *
  * While the server is starting (GET /healthz answers 503 with status
  * "starting": it is compiling the model) the page says it is warming up,
  * keeps its controls disabled and asks again every second.
@@ -22,12 +29,17 @@
   const JPEG_QUALITY = 0.9;
   const LABEL_FONT_PX = 15;  // caption size on screen, whatever the image's size
   const HEALTH_POLL_MS = 1000;  // how often a starting server is asked again
+  const MIN_DRAG_PX = 4;  // smaller drags (on screen) are clicks, not boxes
+  const PHRASE_DELAY_MS = 400;  // typing pause before a phrase is scored
+  const MATCHES = 3;  // boxes highlighted for a phrase
 
   const view = {
     body: document.body,
     model: document.getElementById('model'),
     file: document.getElementById('file'),
     live: document.getElementById('live'),
+    phraseForm: document.getElementById('phrase-form'),
+    phrase: document.getElementById('phrase'),
     labelsButton: document.getElementById('toggle-labels'),
     fps: document.getElementById('fps'),
     status: document.getElementById('status'),
@@ -41,10 +53,15 @@
 
   const state = {
     server: null,       // the /healthz answer
-    result: null,       // the last /api/caption answer
+    result: null,       // the boxes shown: the last /api/caption answer and drawn boxes
+    image: null,        // {blob, name} the image of `result`, to send again with boxes
+    matches: null,      // {scores, order, best, title} for the phrase typed
     labels: true,
     live: null,         // {stream, running, frames, times} while live
+    drag: null,         // {x, y, clientX, clientY, rect} while a box is being drawn
     uploadId: 0,        // the latest upload; answers to older ones are dropped
+    phraseId: 0,        // the latest phrase request; answers to older ones are dropped
+    phraseTimer: 0,
   };
 
   const boxView = new window.DenseCapBoxes.BoxView({
@@ -66,25 +83,32 @@
     return `HTTP ${response.status} ${response.statusText}`;
   }
 
-  // POSTs an image; a named file goes as multipart (its name comes back), a frame as the body.
-  async function caption(blob, fileName) {
+  // POSTs an image and `fields` (values sent as JSON) to `path`; a named file goes as
+  // multipart (its name comes back), a frame as the body with the fields in the query.
+  async function post(path, blob, fileName, fields = {}) {
+    const values = Object.entries(fields).map(([key, value]) => [key, JSON.stringify(value)]);
     let request;
+    let url = path;
     if (fileName) {
       const form = new FormData();
       form.append('image', blob, fileName);
+      for (const [key, value] of values) form.append(key, value);
       request = {method: 'POST', body: form};
     } else {
+      if (values.length) url += `?${new URLSearchParams(values)}`;
       request = {method: 'POST', body: blob, headers: {'Content-Type': blob.type}};
     }
     let response;
     try {
-      response = await fetch('/api/caption', request);
+      response = await fetch(url, request);
     } catch (error) {
       throw new Error('cannot reach the server');
     }
     if (!response.ok) throw new Error(await errorMessage(response));
     return checkResult(await response.json());
   }
+
+  const caption = (blob, fileName, fields) => post('/api/caption', blob, fileName, fields);
 
   function checkResult(result) {
     for (const field of ['boxes', 'scores', 'captions']) {
@@ -134,6 +158,7 @@
   function setControlsDisabled(disabled) {
     view.file.disabled = disabled;
     view.live.disabled = disabled;
+    view.phrase.disabled = disabled;
   }
 
   // ----------------------------------------------------------------- status
@@ -171,7 +196,18 @@
       const shownWidth = view.overlay.getBoundingClientRect().width;
       fontSize = LABEL_FONT_PX * (shownWidth > 0 ? result.width / shownWidth : 1);
     }
-    boxView.draw(result, {width: result.width, height: result.height, fontSize});
+    const matches = state.matches;
+    boxView.draw(result, {width: result.width, height: result.height, fontSize,
+                          order: matches && matches.order, matches});
+    view.overlay.classList.toggle('can-draw', canDraw());
+  }
+
+  // Shows a new /api/caption answer for the image `blob` (named `name`, or a frame).
+  function showResult(result, blob, name) {
+    state.result = Object.assign(result, {given: result.boxes.map(() => false)});
+    state.image = {blob, name};
+    state.matches = null;
+    state.phraseId += 1;
   }
 
   // ---------------------------------------------------------------- uploads
@@ -199,10 +235,134 @@
       setStatus(`${file.name}: the browser cannot display this image; its captions are below.`);
     }
     view.name.textContent = `${result.img_name} (${result.width} \u00d7 ${result.height})`;
-    state.result = result;
+    showResult(result, file, file.name || 'image');
     boxView.resetHighlight();
     render();
     view.body.dataset.state = 'ready';
+    if (view.phrase.value.trim()) findPhrase();
+  }
+
+  // ------------------------------------------------------------ drawn boxes
+
+  function canDraw() {
+    return Boolean(state.result && state.image && !state.live);
+  }
+
+  // A pointer event's position in the image's pixels (0-based, inside the image).
+  function imagePoint(event) {
+    const rect = view.overlay.getBoundingClientRect();
+    const clamp = (v, max) => Math.min(max, Math.max(0, v));
+    return {
+      x: clamp((event.clientX - rect.left) / rect.width * state.result.width, state.result.width),
+      y: clamp((event.clientY - rect.top) / rect.height * state.result.height,
+               state.result.height),
+    };
+  }
+
+  // The rectangle dragged from `start` to `event` as [x, y, w, h], 1-based, in the image's pixels.
+  function dragBox(start, event) {
+    const end = imagePoint(event);
+    const round = v => Math.round(v * 100) / 100;
+    return [round(Math.min(start.x, end.x) + 1), round(Math.min(start.y, end.y) + 1),
+            round(Math.abs(end.x - start.x)), round(Math.abs(end.y - start.y))];
+  }
+
+  function onDragStart(event) {
+    if (event.button !== 0 || !canDraw()) return;
+    event.preventDefault();
+    view.overlay.setPointerCapture(event.pointerId);
+    const rect = document.createElementNS(view.overlay.namespaceURI, 'rect');
+    rect.setAttribute('class', 'drag-box');
+    view.overlay.append(rect);
+    state.drag = {...imagePoint(event), clientX: event.clientX, clientY: event.clientY, rect};
+  }
+
+  function onDragMove(event) {
+    if (!state.drag) return;
+    const [x, y, w, h] = dragBox(state.drag, event);
+    for (const [key, value] of Object.entries({x: x - 1, y: y - 1, width: w, height: h})) {
+      state.drag.rect.setAttribute(key, value);
+    }
+  }
+
+  function onDragEnd(event) {
+    const drag = state.drag;
+    if (!drag) return;
+    state.drag = null;
+    drag.rect.remove();
+    const big = Math.abs(event.clientX - drag.clientX) >= MIN_DRAG_PX &&
+        Math.abs(event.clientY - drag.clientY) >= MIN_DRAG_PX;
+    if (event.type === 'pointerup' && big) captionBox(dragBox(drag, event));
+  }
+
+  // Captions `box` of the image shown and adds it at the top of the list.
+  async function captionBox(box) {
+    const {result, image} = state;
+    setStatus('Captioning your box\u2026');
+    let answer;
+    try {
+      answer = await caption(image.blob, image.name, {boxes: [box]});
+    } catch (error) {
+      if (state.result === result) setStatus(`Your box: ${error.message}`, true);
+      return;
+    }
+    if (state.result !== result) return;
+    for (const field of ['boxes', 'captions', 'scores']) result[field].unshift(answer[field][0]);
+    result.given.unshift(true);
+    boxView.changeCount(1, result.boxes.length);
+    boxView.resetHighlight();
+    const logProb = answer.caption_log_probs[0].toFixed(2);
+    setStatus(`Your box: \u201c${answer.captions[0]}\u201d (caption log-probability ` +
+              `${logProb}${answer.clipped[0] ? ', clipped to the image' : ''})`);
+    if (state.matches || view.phrase.value.trim()) {
+      findPhrase();
+    } else {
+      render();
+    }
+  }
+
+  // ---------------------------------------------------------------- phrases
+
+  // Scores the phrase typed against every box of the image shown; highlights the best.
+  async function findPhrase() {
+    clearTimeout(state.phraseTimer);
+    const id = ++state.phraseId;
+    const phrase = view.phrase.value.trim();
+    const {result, image} = state;
+    if (!phrase || !result || !image || state.live) {
+      state.matches = null;
+      if (result) render();
+      if (phrase && !state.live) setStatus('Choose an image first, then type a phrase.');
+      return;
+    }
+    const limit = state.server.regions.max_boxes;
+    let answer;
+    try {
+      answer = await post('/api/score', image.blob, image.name,
+                          {phrases: [phrase], boxes: result.boxes.slice(0, limit)});
+    } catch (error) {
+      if (id === state.phraseId) {
+        state.matches = null;
+        render();
+        setStatus(`\u201c${phrase}\u201d: ${error.message}`, true);
+      }
+      return;
+    }
+    if (id !== state.phraseId || state.result !== result) return;
+    const scores = answer.mean_log_likelihood.map(row => row[0]);
+    const order = [...scores.keys()].sort((a, b) => scores[b] - scores[a]);
+    state.matches = {scores, order, best: new Set(order.slice(0, MATCHES)),
+                     title: 'the phrase\u2019s mean log-likelihood per word'};
+    const unknown = answer.unknown_words[0];
+    setStatus(`\u201c${answer.phrases[0]}\u201d: the ${Math.min(MATCHES, scores.length)} ` +
+              `best-matching regions are highlighted (mean log-likelihood per word)` +
+              (unknown.length ? `; not in the vocabulary: ${unknown.join(', ')}` : ''));
+    render();
+  }
+
+  function onPhraseInput() {
+    clearTimeout(state.phraseTimer);
+    state.phraseTimer = setTimeout(findPhrase, PHRASE_DELAY_MS);
   }
 
   // -------------------------------------------------------------- live mode
@@ -243,9 +403,11 @@
     const frameCanvas = document.createElement('canvas');
     const sendCanvas = document.createElement('canvas');
     while (live.running) {
+      let frame;
       let result;
       try {
-        result = await caption(await grabFrame(frameCanvas, sendCanvas), null);
+        frame = await grabFrame(frameCanvas, sendCanvas);
+        result = await caption(frame, null);
       } catch (error) {
         if (live.running) {
           stopLive();
@@ -255,7 +417,7 @@
       }
       if (!live.running) return;
       showPicture(frameCanvas, frameCanvas.width, frameCanvas.height);
-      state.result = result;
+      showResult(result, frame, null);
       render();
       countFrame(live);
     }
@@ -305,6 +467,7 @@
     state.live = null;
     view.live.setAttribute('aria-pressed', 'false');
     if (view.body.dataset.state === 'live') view.body.dataset.state = 'ready';
+    render();
   }
 
   // ----------------------------------------------------------------- wiring
@@ -315,6 +478,15 @@
       view.file.value = '';
     });
     view.live.addEventListener('click', () => (state.live ? stopLive() : startLive()));
+    view.overlay.addEventListener('pointerdown', onDragStart);
+    view.overlay.addEventListener('pointermove', onDragMove);
+    view.overlay.addEventListener('pointerup', onDragEnd);
+    view.overlay.addEventListener('pointercancel', onDragEnd);
+    view.phrase.addEventListener('input', onPhraseInput);
+    view.phraseForm.addEventListener('submit', event => {
+      event.preventDefault();
+      findPhrase();
+    });
     view.labelsButton.addEventListener('click', () => {
       state.labels = !state.labels;
       view.labelsButton.setAttribute('aria-pressed', String(state.labels));

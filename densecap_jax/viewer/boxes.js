@@ -6,7 +6,8 @@
  * with boxes 1-based in the pixels of the image they belong to, so a box is
  * drawn at (x - 1, y - 1) in an SVG whose viewBox is that image's size.
  * Detections are shown by rank: `order[rank]` is the index of the detection
- * with that rank, and the rank picks its colour.
+ * with that rank, and the rank picks its colour. An optional `given` list of
+ * booleans marks boxes a user drew (class "given").
  *
  * A plain script (no module) so that a page opened from disk can load it; it
  * defines window.DenseCapBoxes.
@@ -45,6 +46,7 @@ window.DenseCapBoxes = (() => {
       this.elements = elements;
       this.numBoxes = INITIAL_BOXES;
       this.highlight = -1;
+      this.matches = null;
       elements.slider.addEventListener('input', () => {
         this.numBoxes = Number(elements.slider.value);
         onSlide();
@@ -74,9 +76,14 @@ window.DenseCapBoxes = (() => {
      * Draws `detections` over an image of `width` x `height` pixels. `order`
      * lists detection indices by rank (default: the given order). A positive
      * `fontSize` (in image pixels) also writes each caption on its box.
+     * `matches` ({scores, best, title}: a score per detection index, a Set of
+     * indices, what the scores are) shows those scores in the list instead of
+     * the objectness and marks the `best` detections (class "match") in
+     * containers of class "has-matches".
      */
-    draw(detections, {width, height, order = null, fontSize = 0}) {
+    draw(detections, {width, height, order = null, fontSize = 0, matches = null}) {
       const {overlay, captions, slider, sliderValue} = this.elements;
+      this.matches = matches;
       const total = detections.boxes.length;
       const indexOf = order ? rank => order[rank] : rank => rank;
       const ranks = [...Array(this.shownCount(total)).keys()];
@@ -106,7 +113,12 @@ window.DenseCapBoxes = (() => {
         overlay.append(labels);
         fitLabelBackgrounds(labels);
       }
-      for (const rank of ranks) captions.append(captionItem(detections, indexOf(rank), rank));
+      for (const rank of ranks) {
+        captions.append(captionItem(detections, indexOf(rank), rank, matches));
+      }
+      for (const container of [overlay, captions]) {
+        container.classList.toggle('has-matches', Boolean(matches));
+      }
       if (!ranks.length) captions.append(Object.assign(document.createElement('li'), {
         className: 'empty', textContent: total ? 'no boxes shown' : 'no detections',
       }));
@@ -142,7 +154,7 @@ window.DenseCapBoxes = (() => {
     boxElement(detections, index, rank) {
       const [x, y, w, h] = detections.boxes[index];
       const rect = this.svgElement('rect', {
-        class: 'box', 'data-rank': rank,
+        class: classNames('box', detections, index, this.matches), 'data-rank': rank,
         x: x - 1, y: y - 1, width: Math.max(0, w), height: Math.max(0, h),
         stroke: cssColor(colorOf(rank)),
       });
@@ -157,7 +169,9 @@ window.DenseCapBoxes = (() => {
     labelElement(detections, index, rank, fontSize) {
       const [x, y] = detections.boxes[index];
       const color = colorOf(rank);
-      const group = this.svgElement('g', {class: 'label', 'data-rank': rank});
+      const group = this.svgElement('g', {
+        class: classNames('label', detections, index, this.matches), 'data-rank': rank,
+      });
       const background = this.svgElement('rect', {fill: cssColor(color)});
       const text = this.svgElement('text', {
         x: Math.max(0, x - 1), y: Math.max(0, y - 1), 'font-size': fontSize,
@@ -182,9 +196,18 @@ window.DenseCapBoxes = (() => {
     }
   }
 
-  function captionItem(detections, index, rank) {
+  // `base` plus "given" for a drawn box and "match" for one of the best matches.
+  function classNames(base, detections, index, matches) {
+    const names = [base];
+    if (detections.given && detections.given[index]) names.push('given');
+    if (matches && matches.best.has(index)) names.push('match');
+    return names.join(' ');
+  }
+
+  function captionItem(detections, index, rank, matches) {
     const color = colorOf(rank);
     const item = document.createElement('li');
+    item.className = classNames('', detections, index, matches).trim();
     item.dataset.rank = rank;
     item.style.setProperty('--box-color', cssColor(color));
     item.classList.toggle('light', isLight(color));
@@ -193,8 +216,8 @@ window.DenseCapBoxes = (() => {
     caption.textContent = detections.captions[index];
     const score = document.createElement('span');
     score.className = 'score';
-    score.title = 'score (objectness logit)';
-    score.textContent = formatScore(detections.scores[index]);
+    score.title = matches ? matches.title : 'score (objectness logit)';
+    score.textContent = formatScore(matches ? matches.scores[index] : detections.scores[index]);
     item.append(caption, score);
     return item;
   }
