@@ -5,17 +5,23 @@
       --certfile server.crt --keyfile server.key     # HTTPS (browsers allow webcams only
                                                      # on https:// or localhost pages)
 
-The page at ``/`` captions an uploaded image or the browser's webcam, live.
-``POST /api/caption`` takes an image (multipart field ``image``, or the raw
-body with ``Content-Type: image/...``) and answers boxes (xywh, 1-based, in the
-uploaded image's pixels), scores and captions; ``GET /healthz`` reports the
-model and its shape buckets (see ``densecap_jax.server.app``).
+The page at ``/`` captions an uploaded image or the browser's webcam, live;
+a rectangle dragged on the image is captioned, and a phrase typed highlights
+the regions it describes best. ``POST /api/caption`` takes an image (multipart
+field ``image``, or the raw body with ``Content-Type: image/...``) and answers
+boxes (xywh, 1-based, in the uploaded image's pixels), scores and captions;
+with ``boxes`` (a JSON list of ``[x, y, w, h]``) it captions those instead.
+``POST /api/score`` takes an image and ``phrases`` (a JSON list of strings),
+optionally ``boxes``, and answers each phrase's log-likelihood given each
+region. ``GET /healthz`` reports the model and its shape buckets (see
+``densecap_jax.server.app``).
 
 The original's demo (reference §11) hands images from a Flask server to a
 separate Lua daemon through files; here the model is loaded once, every shape
 it serves is compiled at start-up, and requests that arrive together are
-captioned in one batch. The server listens at once: while it compiles,
-``/healthz`` and ``/api/caption`` answer 503 (``"status": "starting"``) and
+captioned in one batch (the programs for given boxes and phrases compile on
+first use). The server listens at once: while it compiles,
+``/healthz`` and the API answer 503 (``"status": "starting"``) and
 the page says it is warming up; a ``ready: URL`` line follows. Compiled
 programs are kept between runs in the compilation cache (see
 ``densecap_jax.runtime``; ``--no_compilation_cache`` turns it off), so a

@@ -559,22 +559,25 @@ def test_a_sideways_phone_photo_is_upright_in_the_cli_the_api_and_the_server(
   for other in (from_pil, from_pixels):
     np.testing.assert_array_equal(other["boxes"], api["boxes"])
     assert other["captions"] == api["captions"]
-  # predict command: the same boxes and captions, on the upright resized image.
+  # predict command: the same boxes and captions, on the upright resized image (results.json
+  # keeps the resized image's pixels).
   vis_dir = tmp_path / "vis"
   predict.main(["--input_image", str(path), "--checkpoint", model_dir, "--output_vis_dir",
                 str(vis_dir)])
   with open(vis_dir / "results.json") as f:
     (entry,) = json.load(f)["results"]
   assert Image.open(vis_dir / "phone.jpg").size == (24, 32)
-  np.testing.assert_allclose(np.reshape(entry["boxes"], (-1, 4)), api["boxes"], rtol=1e-6,
+  (resized,) = predictor.predict(str(path), coords="resized")
+  np.testing.assert_allclose(np.reshape(entry["boxes"], (-1, 4)), resized["boxes"], rtol=1e-6,
                              atol=1e-5)
   assert entry["captions"] == api["captions"]
-  # Server: the upright size, and the same boxes scaled to the upload.
+  # Server: the upright size, and the boxes of the API (in the upload's pixels).
   status, answer = server.json("POST", "/api/caption", path.read_bytes(),
                                {"Content-Type": "image/jpeg"})
   assert status == 200 and (answer["width"], answer["height"]) == (30, 40)
   assert_same_answer(answer, expected_answer(predictor, upright))
   assert answer["captions"] == api["captions"]
+  np.testing.assert_allclose(answer["boxes"], api["boxes"], rtol=1e-5, atol=1e-4)
 
 
 def test_32_concurrent_requests_are_batched_and_all_correct(server, predictor):

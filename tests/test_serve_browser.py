@@ -265,7 +265,8 @@ def upload(browser, path):
 def drag(browser, start, end):
   """Drags the mouse from ``start`` to ``end``, fractions ``(x, y)`` of the shown image."""
   rect = browser.evaluate("(() => { const r = document.getElementById('overlay')"
-                          ".getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; })()")
+                          ".getBoundingClientRect(); "
+                          "return [r.left, r.top, r.width, r.height]; })()")
   points = [(rect[0] + fx * rect[2], rect[1] + fy * rect[3]) for fx, fy in (start, end)]
   browser.call("Input.dispatchMouseEvent", type="mousePressed", x=points[0][0], y=points[0][1],
                button="left", buttons=1, clickCount=1)

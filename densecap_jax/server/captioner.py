@@ -231,7 +231,7 @@ class Captioner:
 
 
 def _kept(scores, options):
-  """Indices of the boxes kept: score at least ``options.min_score``, then the first ``max_boxes``."""
+  """The boxes kept: a score of at least ``options.min_score``, then the first ``max_boxes``."""
   keep = np.arange(len(scores))
   if options.min_score is not None:
     keep = keep[np.asarray(scores) >= options.min_score]
