@@ -870,6 +870,27 @@ def test_captioner_after_warm_up_compiles_no_model_for_new_thresholds(predictor,
   assert_same_answer(result, expected_answer(predictor, rgb, final_nms_thresh=0.45))
 
 
+def test_region_requests_of_other_box_and_phrase_counts_compile_nothing(predictor,
+                                                                        record_compiles):
+  captioner = captioner_lib.Captioner(predictor, max_batch=1)
+  prepared = captioner.prepare(Image.fromarray(random_image(31, 45, 60)))
+  options = captioner.default_options()
+
+  def requests(boxes, phrases):
+    given = captioner.check_boxes(prepared, boxes)
+    encoded = captioner.encode_phrases(phrases)
+    return (captioner.caption_boxes(prepared, given),
+            captioner.score(prepared, encoded, given, options),
+            captioner.score(prepared, encoded, None, options))
+
+  requests([[1, 1, 10, 10]] * 3, ["a red", "blue"])
+  with record_compiles() as names:
+    caption, score, detected = requests([[2, 3, 20, 10]] * 11, ["a red circle", "square blue a"])
+  assert not names, names
+  assert len(caption["captions"]) == 11 and np.shape(score["log_likelihood"]) == (11, 2)
+  assert np.shape(detected["log_likelihood"]) == (len(detected["boxes"]), 2)
+
+
 # ---------------------------------------------------------- start-up and shutdown
 
 
