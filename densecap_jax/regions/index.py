@@ -334,7 +334,7 @@ def _start_manifest(output, input_dir, model_entry, settings):
   return manifest
 
 
-def _commit(output, manifest, shards):
+def commit(output, manifest, shards):
   """Writes the manifest listing ``shards`` (``Shard`` s) as the index's shards."""
   manifest["shards"] = [{"name": s.name, "images": s.num_images, "regions": s.num_regions}
                         for s in shards]
@@ -352,7 +352,7 @@ def _remove_leftovers(output, manifest):
       shutil.rmtree(os.path.join(folder, name))
 
 
-def _write_shard(output, manifest, images, captions, arrays):
+def write_shard(output, manifest, images, captions, arrays):
   """Writes a new shard (the next number) atomically; returns its :class:`Shard`.
 
   Args:
@@ -411,9 +411,9 @@ def _drop_stale(output, manifest, current):
       continue
     replaced.append(shard.folder)
     if keep:
-      shards.append(_write_shard(output, manifest, *_kept_part(shard, keep)))
+      shards.append(write_shard(output, manifest, *_kept_part(shard, keep)))
   if replaced:
-    _commit(output, manifest, shards)
+    commit(output, manifest, shards)
     for folder in replaced:
       shutil.rmtree(folder)
   return shards, kept, dropped
@@ -528,10 +528,10 @@ def build_index(model, input_dir, output, *, checkpoint=None, max_boxes=50, shar
                            failed)
       if not detections:
         continue
-      shard = _write_shard(output, manifest, *_new_shard_parts(
+      shard = write_shard(output, manifest, *_new_shard_parts(
           model, input_dir, names, table, detections, codes_dtype))
       shards.append(shard)
-      _commit(output, manifest, shards)
+      commit(output, manifest, shards)
       indexed.extend(shard.images["names"])
       if on_commit is not None:
         on_commit(shard)

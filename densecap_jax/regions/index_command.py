@@ -14,11 +14,11 @@ with. The exit status is 0 only when every image could be read.
 """
 
 import argparse
-import os
 import sys
 import time
 
 from densecap_jax import cli
+from densecap_jax import predict
 from densecap_jax.regions import index as index_lib
 
 
@@ -48,8 +48,7 @@ def check_args(args):
     raise ValueError("--input_dir is required")
   if not args.output:
     raise ValueError("--output is required")
-  if not os.path.isdir(args.input_dir):
-    raise ValueError(f"--input_dir is not a folder: {args.input_dir}")
+  predict.image_files(args.input_dir)
   for flag in ("batch_size", "max_boxes", "shard_size"):
     if getattr(args, flag) < 1:
       raise ValueError(f"--{flag} must be positive, got {getattr(args, flag)}")

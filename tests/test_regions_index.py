@@ -1,0 +1,231 @@
+"""Tests for the photo index (``regions.index``, the ``index`` command), with the bundled model.
+
+The photos are square synthetic scenes, so every image falls in one shape
+bucket and the detection program compiles once.
+"""
+
+import filecmp
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from densecap_jax import inference
+from densecap_jax.data import synthetic
+from densecap_jax.data import vocab as vocab_lib
+from densecap_jax.regions import index as index_lib
+from densecap_jax.regions import index_command
+
+
+def square_scenes(count, seed):
+  """``count`` (image id, Scene) pairs of square synthetic scenes of ``seed``."""
+  out, image_id = [], 0
+  while len(out) < count:
+    image_id += 1
+    scene = synthetic.make_scene(seed, image_id, 256)
+    if scene.width == scene.height:
+      out.append((image_id, scene))
+  return out
+
+
+def write_scenes(folder, scenes):
+  os.makedirs(folder, exist_ok=True)
+  for image_id, scene in scenes:
+    rgb, _ = synthetic.render_scene(scene)
+    Image.fromarray(rgb).save(os.path.join(folder, f"{image_id}.jpg"), quality=90)
+
+
+@pytest.fixture(scope="module")
+def model():
+  return inference.load_model(batch_size=1)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+  folder = str(tmp_path_factory.mktemp("photos"))
+  write_scenes(folder, square_scenes(5, seed=3))
+  return folder
+
+
+@pytest.fixture
+def counted(model, monkeypatch):
+  """The number of images of each detection call."""
+  counts = []
+  detections = model.regions.detections
+
+  def spy(prepared, max_detections=None):
+    counts.append(len(prepared))
+    return detections(prepared, max_detections)
+
+  monkeypatch.setattr(model.regions, "detections", spy)
+  return counts
+
+
+def _copy_photos(photos, folder, names=None):
+  os.makedirs(folder)
+  for name in names or sorted(os.listdir(photos)):
+    shutil.copy2(os.path.join(photos, name), os.path.join(folder, name))
+  return str(folder)
+
+
+def _same_tree(a, b):
+  """Whether two index folders hold the same files with the same bytes (input_dir aside)."""
+  files_a = sorted(os.path.relpath(os.path.join(d, f), a) for d, _, fs in os.walk(a) for f in fs)
+  files_b = sorted(os.path.relpath(os.path.join(d, f), b) for d, _, fs in os.walk(b) for f in fs)
+  assert files_a == files_b
+  for name in files_a:
+    if name != index_lib.MANIFEST:
+      assert filecmp.cmp(os.path.join(a, name), os.path.join(b, name), shallow=False), name
+  ma, mb = (json.load(open(os.path.join(p, index_lib.MANIFEST))) for p in (a, b))
+  assert ma == mb
+
+
+def test_index_stores_detections_in_image_pixels(model, photos, tmp_path):
+  output = str(tmp_path / "p.index")
+  stats = index_lib.build_index(model, photos, output, max_boxes=7, shard_size=2, progress=False)
+  names = sorted(os.listdir(photos))
+  assert sorted(stats["indexed"]) == names and not stats["dropped"] and not stats["failed"]
+  index = index_lib.open_index(output)
+  manifest = index.manifest
+  assert manifest["format"] == "densecap_jax.index" and manifest["version"] == 1
+  assert manifest["input_dir"] == os.path.abspath(photos)
+  assert manifest["model"]["fingerprint"] == index_lib.model_fingerprint(model)
+  assert manifest["model"]["fc_dim"] == 256 and manifest["settings"]["max_boxes"] == 7
+  assert [s["images"] for s in manifest["shards"]] == [2, 2, 1]
+  assert manifest["images"] == 5 and manifest["regions"] == index.num_regions
+  assert index.image_names == sorted(names)  # shards hold the images in name order
+  # The stored detections are the model's: boxes in the image's pixels, captions, codes.
+  reference = model.score_phrases([index.image_path(i) for i in range(5)], ["a red circle"],
+                                  max_detections=7)
+  codes = index.concatenated("codes")
+  tokens = index.concatenated("tokens")
+  for i, ref in enumerate(reference):
+    rows = np.flatnonzero(index.image_of_region == i)
+    assert len(rows) == len(ref["captions"]) == 7
+    np.testing.assert_allclose(index.rows("boxes", rows), ref["boxes"], rtol=1e-6)
+    assert index.captions(rows) == ref["captions"]
+    assert vocab_lib.decode_captions(tokens[rows], model.vocab) == ref["captions"]
+    np.testing.assert_allclose(index.rows("scores", rows), ref["scores"], rtol=1e-6)
+    _, mean = model.regions.score_codes(codes[rows], ["a red circle"])
+    np.testing.assert_allclose(mean, ref["mean_log_likelihood"], rtol=1e-5, atol=1e-6)
+    assert index.image_size(i) == (ref["width"], ref["height"])
+  assert codes.dtype == np.float32 and codes.shape == (index.num_regions, 256)
+  assert isinstance(index.shards[0].array("codes"), np.memmap)
+
+
+def test_second_run_indexes_only_new_and_changed_files(model, photos, tmp_path, counted):
+  names = sorted(os.listdir(photos))
+  folder = _copy_photos(photos, tmp_path / "photos", names[:4])
+  output = str(tmp_path / "p.index")
+  index_lib.build_index(model, folder, output, shard_size=2, progress=False)
+  before = index_lib.open_index(output)
+  kept_rows = np.flatnonzero(before.image_of_region == before.image_names.index(names[1]))
+  kept_codes = before.rows("codes", kept_rows)
+  counted.clear()
+
+  shutil.copy2(os.path.join(photos, names[4]), os.path.join(folder, names[4]))  # new
+  with Image.open(os.path.join(photos, names[0])) as image:  # changed: another picture
+    image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(os.path.join(folder, names[3]))
+  os.remove(os.path.join(folder, names[2]))  # deleted
+  stats = index_lib.build_index(model, folder, output, shard_size=2, progress=False)
+  assert sorted(stats["indexed"]) == sorted([names[3], names[4]])
+  assert sorted(stats["dropped"]) == sorted([names[2], names[3]])
+  assert stats["kept"] == 2 and stats["images"] == 4
+  assert sum(counted) == 2  # only those two went through the model
+  after = index_lib.open_index(output)
+  assert sorted(after.image_names) == sorted([names[0], names[1], names[3], names[4]])
+  rows = np.flatnonzero(after.image_of_region == after.image_names.index(names[1]))
+  np.testing.assert_array_equal(after.rows("codes", rows), kept_codes)
+  listed = {s["name"] for s in after.manifest["shards"]}
+  assert set(os.listdir(os.path.join(output, "shards"))) == listed  # replaced shards removed
+
+  counted.clear()
+  stats = index_lib.build_index(model, folder, output, shard_size=2, progress=False)
+  assert stats["indexed"] == [] and stats["dropped"] == [] and sum(counted) == 0
+
+
+class _Killed(Exception):
+  pass
+
+
+def test_rerun_after_a_kill_gives_the_same_index(model, photos, tmp_path):
+  whole = str(tmp_path / "whole.index")
+  index_lib.build_index(model, photos, whole, shard_size=2, progress=False)
+
+  killed = str(tmp_path / "killed.index")
+
+  def kill_after_first(shard):
+    # A half-written next shard, as a kill while writing it leaves one.
+    os.makedirs(os.path.join(killed, "shards", ".tmp-half"))
+    os.makedirs(os.path.join(killed, "shards", "000001"))
+    raise _Killed(shard.name)
+
+  with pytest.raises(_Killed):
+    index_lib.build_index(model, photos, killed, shard_size=2, progress=False,
+                          on_commit=kill_after_first)
+  assert [s["name"] for s in index_lib.read_manifest(killed)["shards"]] == ["000000"]
+  stats = index_lib.build_index(model, photos, killed, shard_size=2, progress=False)
+  assert stats["kept"] == 2 and len(stats["indexed"]) == 3
+  _same_tree(whole, killed)
+
+
+def test_run_against_another_model_or_settings_is_refused(model, photos, tmp_path):
+  output = str(tmp_path / "p.index")
+  index_lib.build_index(model, photos, output, max_boxes=5, shard_size=8, progress=False)
+  with pytest.raises(ValueError, match="built with max_boxes 5, not 6"):
+    index_lib.build_index(model, photos, output, max_boxes=6, progress=False)
+  with pytest.raises(ValueError, match="built with codes_dtype float32, not float16"):
+    index_lib.build_index(model, photos, output, max_boxes=5, codes_dtype="float16",
+                          progress=False)
+  manifest_path = os.path.join(output, index_lib.MANIFEST)
+  manifest = json.load(open(manifest_path))
+  manifest["model"]["fingerprint"] = "sha256:0"
+  json.dump(manifest, open(manifest_path, "w"))
+  with pytest.raises(ValueError, match="built with another model"):
+    index_lib.build_index(model, photos, output, max_boxes=5, progress=False)
+  other = _copy_photos(photos, tmp_path / "other", sorted(os.listdir(photos))[:1])
+  manifest["model"]["fingerprint"] = index_lib.model_fingerprint(model)
+  json.dump(manifest, open(manifest_path, "w"))
+  with pytest.raises(ValueError, match="is of the folder"):
+    index_lib.build_index(model, other, output, max_boxes=5, progress=False)
+
+
+def test_codes_stored_as_float16(model, photos, tmp_path):
+  folder = _copy_photos(photos, tmp_path / "photos", sorted(os.listdir(photos))[:1])
+  output = str(tmp_path / "half.index")
+  index_lib.build_index(model, folder, output, codes_dtype="float16", progress=False)
+  index = index_lib.open_index(output)
+  assert index.concatenated("codes").dtype == np.float16
+  assert index.rows("codes", [0, 1]).dtype == np.float16
+
+
+def _error(capsys, argv):
+  with pytest.raises(SystemExit) as e:
+    index_command.main(argv)
+  message = str(e.value.code)
+  assert message.startswith("error: ") and "\n" not in message, message
+  return message
+
+
+def test_command_errors_are_one_line(photos, tmp_path, capsys):
+  assert "--input_dir is required" in _error(capsys, ["--output", str(tmp_path / "x")])
+  assert "--output is required" in _error(capsys, ["--input_dir", photos])
+  assert "not a folder" in _error(capsys, ["--input_dir", str(tmp_path / "none"),
+                                           "--output", str(tmp_path / "x")])
+  a_file = tmp_path / "a_file"
+  a_file.write_text("mine")
+  assert "not an index folder" in _error(capsys, ["--input_dir", photos, "--output", str(a_file)])
+  mine = tmp_path / "mine"
+  mine.mkdir()
+  (mine / "notes.txt").write_text("mine")
+  assert "not an index" in _error(capsys, ["--input_dir", photos, "--output", str(mine)])
+  assert (mine / "notes.txt").read_text() == "mine" and a_file.read_text() == "mine"
+  assert "--max_boxes must be positive" in _error(
+      capsys, ["--input_dir", photos, "--output", str(tmp_path / "x"), "--max_boxes", "0"])
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  assert "no image files" in _error(capsys, ["--input_dir", str(empty),
+                                             "--output", str(tmp_path / "x")])
