@@ -1,4 +1,4 @@
-"""``python -m densecap_jax.search``: rank an index's images by a phrase (``regions.search_command``)."""
+"""``python -m densecap_jax.search``: rank an index's images by a phrase."""
 
 from densecap_jax.regions import search_command
 
