@@ -10,9 +10,11 @@ match, so the test fails when the README's commands change under it):
 * ``--num_images 3000`` -> ``--num_images 40`` (32 train, 4 val, 4 test images);
 * the train command gets ``--config.max_iters=6 --config.warmup_steps=2
   --config.save_checkpoint_every=6`` (one checkpoint and one validation, at
-  the end) and ``--config.model.buckets=((256,256),)``: a single shape
-  bucket, so that training, validation, evaluation and predict each compile
-  their programs once.
+  the end), ``--config.finetune_cnn_after=-1`` (one training program, where
+  CNN fine-tuning from step 1 compiles a second) and
+  ``--config.model.buckets=((256,256),)``: a single shape bucket, so that
+  training, validation, evaluation and predict each compile their programs
+  once.
 
 The commands run on one CPU device (``XLA_FLAGS`` of the test set-up
 removed), with the user's cache folder in the temporary folder. Validation
@@ -39,7 +41,8 @@ SUBSTITUTIONS = [  # (module, README text, replacement)
     ("densecap_jax.data.synthetic", "--num_images 3000", "--num_images 40"),
     ("densecap_jax.train", "--workdir runs/tiny",
      "--workdir runs/tiny --config.max_iters=6 --config.warmup_steps=2 "
-     "--config.save_checkpoint_every=6 '--config.model.buckets=((256,256),)'"),
+     "--config.save_checkpoint_every=6 --config.finetune_cnn_after=-1 "
+     "'--config.model.buckets=((256,256),)'"),
 ]
 
 
