@@ -142,7 +142,8 @@ def test_predictions_and_displays_equal_the_host_path(model_dir):
     np.testing.assert_array_equal(d["scores"], h["scores"])
     assert d["captions"] == h["captions"]
     np.testing.assert_array_equal(p.display, q.display)
-  for d, h in zip(model.predict(images), device_results):  # the API streams, on the device
+  # The API streams, on the device (boxes in the resized image, as predict_prepared's).
+  for d, h in zip(model.predict(images, coords="resized"), device_results):
     np.testing.assert_array_equal(d["boxes"], h["boxes"])
   with pytest.raises(ValueError, match="preprocess must be one of device, host"):
     inference.load_model(model_dir, preprocess="gpu")

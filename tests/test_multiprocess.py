@@ -84,7 +84,6 @@ def _launch(workdir, dataset, *, num_processes, devices_per_process, steps=STEPS
              f"--config.save_checkpoint_every={SAVE_EVERY}", "--config.keep_checkpoints=5",
              "--config.losses_log_every=5", f"--config.val_images_use={val_images}",
              "--config.val_metric=detmap", "--config.test_num_proposals=30",
-             "--config.finetune_cnn_after=-1",  # one training program to compile, not two
              f"--config.max_iters={steps}"]
   if num_processes > 1:
     port = _free_port()

@@ -14,6 +14,7 @@ from densecap_jax import predict
 from densecap_jax.data import buckets as buckets_lib
 from densecap_jax.data import images as images_lib
 from densecap_jax.models import densecap
+from densecap_jax.regions import coords
 
 VOCAB = [None, "a", "red", "circle", "square", "blue"]
 
@@ -39,7 +40,11 @@ def test_predict_matches_infer_and_converts_boxes(model_dir, photos):
   model = inference.load_model(model_dir, batch_size=2)
   assert model.image_size == 64 and model.num_proposals == 20
   image = Image.open(photos / "a.jpg")
-  (result,) = model.predict([image])
+  (result,) = model.predict([image], coords="resized")
+  (in_image,) = model.predict([image])  # the default: the image's own pixels, 90 x 120
+  assert (in_image["width"], in_image["height"]) == (120, 90)
+  np.testing.assert_allclose(in_image["boxes"], coords.scale_xywh(result["boxes"], 90 / 48),
+                             rtol=1e-6)
   # The same image straight through infer: boxes converted xcycwh -> xywh.
   prepared = images_lib.prepare_test_image(np.asarray(image), 64)
   bucket = buckets_lib.pick_bucket(*prepared.shape[:2], model.buckets)
@@ -137,7 +142,8 @@ def test_package_level_load_model(model_dir, photos):
   import densecap_jax
   model = densecap_jax.load_model(model_dir)
   (result,) = model.predict([str(photos / "a.jpg")])
-  assert set(result) == {"boxes", "scores", "captions"}
+  assert set(result) == {"boxes", "scores", "captions", "width", "height"}
+  assert (result["width"], result["height"]) == (120, 90)
 
 
 def _good_photos(folder, names=("a.jpg", "b.png")):

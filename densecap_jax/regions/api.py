@@ -188,28 +188,48 @@ class RegionModel:
       raise ValueError(f"got {len(images)} images and boxes for {len(boxes)}; give one list of "
                        f"boxes per image")
     results = [None] * len(images)
-    vocab = self.predictor.vocab
     for group in self._prepared(images):
       prepared = [p for _, p in group]
       given = self.given_boxes(prepared, [boxes[i] for i, _ in group], coords)
-      rows = self.region_rows(prepared, [resized for _, resized, _ in given])
-      for (i, p), (image_boxes, resized, clipped), row in zip(group, given, rows):
-        result = {
-            "boxes": image_boxes if coords == "image" else resized,
-            "clipped": clipped,
-            "captions": vocab_lib.decode_captions(row["tokens"], vocab),
-            "caption_log_probs": caption_log_prob(row["tokens"], row["log_probs"],
-                                                  self.end_token),
-            "scores": row["scores"],
-            **_size_fields(p),
-        }
-        if with_codes:
-          result["codes"] = row["codes"]
-        results[i] = result
+      outputs = self.caption_prepared(prepared, given, coords=coords, with_codes=with_codes)
+      for (i, _), output in zip(group, outputs):
+        results[i] = output
     return results
 
-  def detections(self, prepared, max_detections=None):
+  def caption_prepared(self, prepared, given, *, coords="image", with_codes=False):
+    """``caption_regions``' results for prepared images and their checked boxes.
+
+    Args:
+      prepared: ``inference.PreparedImage`` s.
+      given: per image, ``given_boxes``' ``(image_boxes, resized_boxes, clipped)``.
+      coords: the coordinates of the boxes returned.
+      with_codes: also return the fc7 codes.
+    """
+    rows = self.region_rows(prepared, [resized for _, resized, _ in given])
+    results = []
+    for p, (image_boxes, resized, clipped), row in zip(prepared, given, rows):
+      result = {
+          "boxes": image_boxes if coords == "image" else resized,
+          "clipped": clipped,
+          "captions": vocab_lib.decode_captions(row["tokens"], self.predictor.vocab),
+          "caption_log_probs": caption_log_prob(row["tokens"], row["log_probs"],
+                                                self.end_token),
+          "scores": row["scores"],
+          **_size_fields(p),
+      }
+      if with_codes:
+        result["codes"] = row["codes"]
+      results.append(result)
+    return results
+
+  def detections(self, prepared, max_detections=None, final_nms_thresh=None):
     """The model's detections with their codes and captions, per prepared image.
+
+    Args:
+      prepared: ``inference.PreparedImage`` s.
+      max_detections: keep at most this many per image (``None``: all).
+      final_nms_thresh: the final NMS threshold (default the predictor's; an
+        argument of the compiled program, so another value compiles nothing).
 
     Returns:
       Per image a dict of ``boxes`` ``(n, 4)`` float32 xywh (resized image),
@@ -218,9 +238,9 @@ class RegionModel:
     """
     rows = [None] * len(prepared)
     for chunk, images, sizes in self.predictor.batches(prepared):
-      out = jax.device_get(self._detect(self.predictor.params, images, sizes,
-                                        self.predictor.rpn_nms_thresh,
-                                        self.predictor.final_nms_thresh))
+      out = jax.device_get(self._detect(
+          self.predictor.params, images, sizes, self.predictor.rpn_nms_thresh,
+          self.predictor.final_nms_thresh if final_nms_thresh is None else final_nms_thresh))
       boxes = np.asarray(boxes_lib.xcycwh_to_xywh(out["boxes"]))  # whole batch: one shape
       for k, i in enumerate(chunk):
         keep = np.flatnonzero(out["valid"][k])[:max_detections]
@@ -279,28 +299,59 @@ class RegionModel:
     results = [None] * len(images)
     for group in self._prepared(images):
       prepared = [p for _, p in group]
-      if boxes is None:
-        rows = self.detections(prepared, max_detections)
-        placed = [(coords_lib.to_image(r["boxes"], p.original_size, p.size), r["boxes"])
-                  for r, p in zip(rows, prepared)]
-      else:
-        given = self.given_boxes(prepared, [boxes[i] for i, _ in group], coords)
-        rows = self.region_rows(prepared, [resized for _, resized, _ in given])
-        for row in rows:
-          row["captions"] = vocab_lib.decode_captions(row["tokens"], self.predictor.vocab)
-        placed = [(image_boxes, resized) for image_boxes, resized, _ in given]
-      for (i, p), row, (image_boxes, resized) in zip(group, rows, placed):
-        total, mean = self.score_codes(row["codes"], encoded)
-        results[i] = {
-            "boxes": image_boxes if coords == "image" else resized,
-            "scores": row["scores"],
-            "captions": row["captions"],
-            "log_likelihood": total,
-            "mean_log_likelihood": mean,
-            "phrases": [" ".join(w) for w in encoded.words],
-            "unknown_words": encoded.unknown,
-            **_size_fields(p),
-        }
+      given = (None if boxes is None
+               else self.given_boxes(prepared, [boxes[i] for i, _ in group], coords))
+      outputs = self.score_prepared(prepared, encoded, given, coords=coords,
+                                    max_detections=max_detections)
+      for (i, _), output in zip(group, outputs):
+        results[i] = output
+    return results
+
+  def score_prepared(self, prepared, encoded, given=None, *, coords="image", max_detections=None,
+                     min_score=None, final_nms_thresh=None):
+    """``score_phrases``' results for prepared images.
+
+    Args:
+      prepared: ``inference.PreparedImage`` s.
+      encoded: ``regions.phrases.EncodedPhrases``.
+      given: per image, ``given_boxes``' ``(image_boxes, resized_boxes,
+        clipped)``, or ``None`` to score the model's detections.
+      coords: the coordinates of the boxes returned.
+      max_detections, min_score, final_nms_thresh: which detections are
+        scored (``given=None``): those with an objectness logit of at least
+        ``min_score``, then the first ``max_detections``, of a final NMS at
+        ``final_nms_thresh`` (default the predictor's).
+    """
+    if given is None:
+      rows = self.detections(prepared, final_nms_thresh=final_nms_thresh)
+      for row in rows:
+        keep = np.arange(len(row["scores"]))
+        if min_score is not None:
+          keep = keep[row["scores"] >= min_score]
+        keep = keep[:max_detections]
+        row.update(boxes=row["boxes"][keep], scores=row["scores"][keep],
+                   captions=[row["captions"][i] for i in keep], codes=row["codes"][keep])
+      placed = [(coords_lib.to_image(r["boxes"], p.original_size, p.size), r["boxes"], None)
+                for r, p in zip(rows, prepared)]
+    else:
+      rows = self.region_rows(prepared, [resized for _, resized, _ in given])
+      for row in rows:
+        row["captions"] = vocab_lib.decode_captions(row["tokens"], self.predictor.vocab)
+      placed = given
+    results = []
+    for p, row, (image_boxes, resized, clipped) in zip(prepared, rows, placed):
+      total, mean = self.score_codes(row["codes"], encoded)
+      results.append({
+          "boxes": image_boxes if coords == "image" else resized,
+          "scores": row["scores"],
+          "captions": row["captions"],
+          "log_likelihood": total,
+          "mean_log_likelihood": mean,
+          "phrases": [" ".join(w) for w in encoded.words],
+          "unknown_words": encoded.unknown,
+          **({} if clipped is None else {"clipped": clipped}),
+          **_size_fields(p),
+      })
     return results
 
 

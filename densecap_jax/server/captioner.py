@@ -28,8 +28,6 @@ import numpy as np
 
 from densecap_jax import inference
 from densecap_jax.data import buckets as buckets_lib
-from densecap_jax.data import vocab as vocab_lib
-from densecap_jax.regions import api as regions_api
 from densecap_jax.regions import coords as coords_lib
 
 
@@ -138,34 +136,25 @@ class Captioner:
     return self.predictor.regions.encode_phrases(phrases)
 
   def check_boxes(self, prepared, boxes):
-    """Given boxes of a prepared upload -> ``(boxes, clipped)``, clipped to the image.
+    """Given boxes of a prepared upload -> ``(boxes, resized_boxes, clipped)``, clipped to it.
 
     Raises:
       ValueError: one line naming the box index (``regions.coords.check_boxes``).
     """
-    return coords_lib.check_boxes(boxes, prepared.original_size, name="boxes")
+    checked, clipped = coords_lib.check_boxes(boxes, prepared.original_size, name="boxes")
+    return checked, coords_lib.to_resized(checked, prepared.original_size, prepared.size), clipped
 
   def caption_boxes(self, prepared, given):
-    """Captions the checked boxes ``given = (boxes, clipped)`` of one prepared upload.
+    """Captions the checked boxes ``given`` (``check_boxes``) of one prepared upload.
 
     Returns:
       A JSON-ready dict: ``boxes`` (as used, clipped), ``clipped``,
       ``captions``, ``caption_log_probs`` (each caption's log-probability,
       its words and END), ``scores`` (objectness logits, in the boxes' order)
-      and the upload's ``width`` and ``height``.
+      and the upload's ``width`` and ``height`` (``RegionModel.caption_prepared``).
     """
-    regions = self.predictor.regions
-    boxes, clipped = given
-    (row,) = regions.region_rows([prepared], [self._resized(prepared, boxes)])
-    return {
-        "boxes": boxes.tolist(),
-        "clipped": clipped.tolist(),
-        "captions": vocab_lib.decode_captions(row["tokens"], self.predictor.vocab),
-        "caption_log_probs": regions_api.caption_log_prob(
-            row["tokens"], row["log_probs"], regions.end_token).tolist(),
-        "scores": np.asarray(row["scores"], np.float32).tolist(),
-        **_size_fields(prepared),
-    }
+    (result,) = self.predictor.regions.caption_prepared([prepared], [given])
+    return _json_ready(result)
 
   def score(self, prepared, encoded, given, options):
     """Log-likelihoods of ``encoded`` phrases given regions of one prepared upload.
@@ -173,61 +162,28 @@ class Captioner:
     Args:
       prepared: the upload, ``inference.PreparedImage``.
       encoded: ``regions.phrases.EncodedPhrases``.
-      given: checked ``(boxes, clipped)``, or ``None`` to score the model's
+      given: checked boxes (``check_boxes``), or ``None`` to score the model's
         detections (kept as ``options`` says, as ``run`` keeps them).
       options: ``CaptionOptions`` for the detections.
 
     Returns:
-      A JSON-ready dict: ``boxes``, ``scores`` (objectness logits),
-      ``captions``, ``log_likelihood`` and ``mean_log_likelihood``
-      (``[num_boxes][num_phrases]``: the sum over each phrase's words and END,
-      and that sum per token), ``phrases`` (the words scored), ``unknown_words``
-      (per phrase), the upload's ``width`` and ``height``, and with ``given``
-      ``clipped``.
+      A JSON-ready dict (``RegionModel.score_prepared``): ``boxes``, ``scores``
+      (objectness logits), ``captions``, ``log_likelihood`` and
+      ``mean_log_likelihood`` (``[num_boxes][num_phrases]``: the sum over each
+      phrase's words and END, and that sum per token), ``phrases`` (the words
+      scored), ``unknown_words`` (per phrase), the upload's ``width`` and
+      ``height``, and with ``given`` ``clipped``.
     """
-    if given is None:
-      regions = self._regions(options.final_nms_thresh)
-      (row,) = regions.detections([prepared])
-      keep = _kept(row["scores"], options)
-      boxes = coords_lib.to_image(row["boxes"][keep], prepared.original_size, prepared.size)
-      scores, captions = row["scores"][keep], [row["captions"][i] for i in keep]
-      codes, extra = row["codes"][keep], {}
-    else:
-      regions = self.predictor.regions
-      boxes, clipped = given
-      (row,) = regions.region_rows([prepared], [self._resized(prepared, boxes)])
-      scores = row["scores"]
-      captions = vocab_lib.decode_captions(row["tokens"], self.predictor.vocab)
-      codes, extra = row["codes"], {"clipped": clipped.tolist()}
-    total, mean = regions.score_codes(codes, encoded)
-    return {
-        "boxes": np.asarray(boxes, np.float32).reshape(-1, 4).tolist(),
-        "scores": np.asarray(scores, np.float32).tolist(),
-        "captions": captions,
-        "log_likelihood": total.tolist(),
-        "mean_log_likelihood": mean.tolist(),
-        "phrases": [" ".join(words) for words in encoded.words],
-        "unknown_words": encoded.unknown,
-        **extra,
-        **_size_fields(prepared),
-    }
+    (result,) = self.predictor.regions.score_prepared(
+        [prepared], encoded, None if given is None else [given],
+        max_detections=options.max_boxes, min_score=options.min_score,
+        final_nms_thresh=options.final_nms_thresh)
+    return _json_ready(result)
 
-  def _regions(self, final_nms_thresh):
-    """The predictor's ``RegionModel`` detecting with ``final_nms_thresh``: its compiled programs.
 
-    The threshold is an argument of the compiled program, so a new value
-    compiles nothing.
-    """
-    regions = self.predictor.regions
-    if final_nms_thresh == self.predictor.final_nms_thresh:
-      return regions
-    regions = copy.copy(regions)
-    regions.predictor = self._runner(self.predictor.batch_size, final_nms_thresh)
-    return regions
-
-  @staticmethod
-  def _resized(prepared, boxes):
-    return coords_lib.to_resized(boxes, prepared.original_size, prepared.size)
+def _json_ready(result):
+  """Arrays of a result dict as (nested) lists."""
+  return {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in result.items()}
 
 
 def _kept(scores, options):
