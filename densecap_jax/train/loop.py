@@ -58,6 +58,14 @@ def make_train_step(loss_fn, tx, axis_name=AXIS):
     ``train_step(state, batch, base_rng) -> (state, metrics)``. A non-finite
     loss or gradient leaves params and optimiser state unchanged (the step
     count still advances) and is reported as ``metrics['finite'] = False``.
+
+    What the skip costs: one reduction over the gradients (``isfinite``),
+    which must finish before any output is chosen. The ``where`` itself
+    fuses into the optimiser's elementwise update: in the compiled step each
+    new parameter and moment is one loop fusion that reads the gradient and
+    the old values and writes the chosen one (checked in the CPU HLO, 2026-12;
+    not yet on a GPU), so no parameter or slot is read or written a second
+    time for it.
   """
 
   def train_step(state, batch, base_rng):
