@@ -4,6 +4,7 @@
   python -m densecap_jax.predict --input_dir photos/ --output_dir drawn/
   python -m densecap_jax.predict --input_split test --splits_json info/densecap_splits.json \
       --vg_img_root_dir data/visual-genome/images --checkpoint MODEL_DIR
+  python -m densecap_jax.predict --input_dir photos/ --boxes_json boxes.json
 
 Writes ``results.json`` (reference §10.2: xywh boxes in the resized image,
 objectness logits, captions, image name, options), the resized images and
@@ -12,6 +13,15 @@ the results viewer (``view_results.html``, opens from disk) to
 and captions drawn in. Without ``--checkpoint`` the small demo model bundled
 with the package is used; its defaults (image size, proposals) come from its
 config, and for the ``vgg16`` model they are the original's 720 and 1000.
+
+With ``--boxes_json`` (``{"image path or name": [[x, y, w, h], ...]}``, as
+``extract_features`` takes it: 1-based xywh in the pixels of the upright image
+as given) the given boxes are captioned instead of detections, in the order
+given (``RegionModel.caption_prepared``): each ``results.json`` entry has those
+boxes in the resized image, as the schema says, their objectness logits as
+``scores``, their captions and ``caption_log_probs`` (the log-probability of
+each caption). A box partly outside its image is clipped to it; a box wholly
+outside is a one-line error naming the image and the box.
 
 Photos are captioned upright: their EXIF orientation is applied, as by the
 server and the Python API (``data.images.exif_upright``), and boxes refer to
@@ -72,13 +82,18 @@ def parse_args(argv=None):
                       help="folder of the Visual Genome images for --input_split "
                            "(default: the current folder)")
   inputs.add_argument("--max_images", type=int, default=100, help=MAX_IMAGES_HELP)
+  inputs.add_argument("--boxes_json", default="",
+                      help='{"image path or name": [[x, y, w, h], ...]} in the pixels of the '
+                           "images as given; caption these boxes instead of detections "
+                           "(default: detections)")
   model = cli.add_model_flags(parser)
   model.add_argument("--batch_size", type=int, default=1, help="images per forward pass")
   model.add_argument("--preprocess", choices=("device", "host"), default="device",
                      help="where images are resized: on the accelerator from the decoded uint8 "
                           "original, or on the host in NumPy (the same model input bit for bit)")
   model.add_argument("--max_detections", type=int, default=-1,
-                     help="keep at most this many boxes per image in results.json; -1 = all")
+                     help="keep at most this many detections per image in results.json; "
+                          "-1 = all (given --boxes_json boxes are all kept)")
   output = parser.add_argument_group("outputs")
   output.add_argument("--output_dir", default="",
                       help="if set, write the images with boxes and captions drawn in "
@@ -174,7 +189,42 @@ def check_outputs(args, paths):
                        f"pass --overwrite to replace them, or choose another folder")
 
 
-def caption_images(model, paths, args):
+def read_given_boxes(args, paths):
+  """Per path the ``--boxes_json`` boxes (``extract_features.read_boxes_json``); None without it."""
+  if not args.boxes_json:
+    return None
+  from densecap_jax import extract_features  # pylint: disable=g-import-not-at-top
+  return extract_features.read_boxes_json(args.boxes_json, paths, sys.maxsize)
+
+
+def check_given_boxes(model, prepared, paths, boxes, boxes_json):
+  """``RegionModel.given_boxes`` of prepared images, with errors naming the file and image.
+
+  Args:
+    model: an ``inference.DenseCapPredictor``.
+    prepared: its ``PreparedImage`` s.
+    paths: the image path of each.
+    boxes: per image, ``(k, 4)`` xywh in the image's pixels (``read_given_boxes``).
+    boxes_json: the file the boxes came from, for errors.
+
+  Returns:
+    ``given_boxes``' ``(image_boxes, resized_boxes, clipped)`` per image.
+
+  Raises:
+    ValueError: one line naming ``boxes_json``, the image and the box index.
+  """
+  checked = []
+  for p, path, b in zip(prepared, paths, boxes):
+    try:
+      (one,) = model.regions.given_boxes([p], [b])
+    except ValueError as e:  # "boxes of image 0: box i ...": name the image by its path instead
+      reason = str(e).removeprefix("boxes of image 0: ")
+      raise ValueError(f"--boxes_json {boxes_json}: {path!r} {reason}") from None
+    checked.append(one)
+  return checked
+
+
+def caption_images(model, paths, args, given=None):
   """Captions ``paths`` as they stream in, writing each image's pictures as soon as it is done.
 
   Images are decoded ahead in threads while the model runs
@@ -183,36 +233,56 @@ def caption_images(model, paths, args):
   and the drawn one (``--output_dir``) of each are written when its batch is
   done, so memory holds a few batches of images whatever the count.
 
+  Args:
+    model: an ``inference.DenseCapPredictor``.
+    paths: image paths.
+    args: the parsed flags.
+    given: ``None`` to caption detections, or per path ``(k, 4)`` xywh boxes in
+      the image's pixels to caption (``read_given_boxes``).
+
   Returns:
     ``(entries, failed)``: the ``results.json`` entry of each readable image
     (``boxes`` ``(N, 4)`` and ``scores`` ``(N,)`` float32 arrays, ``captions``
-    and ``img_name``), in input order, and the unreadable paths.
+    and ``img_name``; with ``given`` also ``caption_log_probs`` ``(N,)``), in
+    input order, and the unreadable paths.
+
+  Raises:
+    ValueError: a given box wholly outside its image (``check_given_boxes``).
   """
   from densecap_jax import inference  # pylint: disable=g-import-not-at-top
   from densecap_jax import vis  # pylint: disable=g-import-not-at-top
 
   max_detections = None if args.max_detections < 0 else args.max_detections
+  drawing = bool(args.output_vis or args.output_dir)
   entries, failed = [], []
   with tqdm(total=len(paths), desc="captioning", unit="img", disable=len(paths) < 2) as bar:
 
-    def readable():  # (entry index, PreparedImage), in input order
-      for path, prepared in model.read(paths):
+    def readable():  # ((entry index, path index), PreparedImage), in input order
+      for j, (path, prepared) in enumerate(model.read(paths)):
         if isinstance(prepared, ValueError):
           failed.append(path)
           tqdm.write(f"skipped: {prepared}")
           bar.update(1)
           continue
         entries.append({"img_name": os.path.basename(path)})
-        yield len(entries) - 1, prepared
+        yield (len(entries) - 1, j), prepared
 
     for group in inference.group_batches(readable(), model.buckets, model.batch_size):
       prepared = [p for _, p in group]
-      drawing = bool(args.output_vis or args.output_dir)
-      outputs = model.predict_prepared(prepared, max_detections, displays=drawing)
-      for (i, p), r in zip(group, outputs):
+      if given is None:
+        outputs = model.predict_prepared(prepared, max_detections, displays=drawing)
+      else:
+        checked = check_given_boxes(model, prepared, [paths[j] for (_, j), _ in group],
+                                    [given[j] for (_, j), _ in group], args.boxes_json)
+        outputs = model.regions.caption_prepared(prepared, checked, coords="resized")
+        for p in prepared:
+          if drawing and p.display is None:  # resized on the device: the picture made here
+            p.display = model.prepare(p.rgb).display
+      for ((i, _), p), r in zip(group, outputs):
         name = entries[i]["img_name"]
         # NumPy rows (20 bytes a box), made lists only as results.json is written.
         entries[i] = {"boxes": r["boxes"], "scores": r["scores"], "captions": r["captions"],
+                      **({} if given is None else {"caption_log_probs": r["caption_log_probs"]}),
                       "img_name": name}
         if args.output_vis:
           vis.save_image_atomic(p.display, os.path.join(args.output_vis_dir, name))
@@ -232,6 +302,7 @@ def main(argv=None):
     listed = list_inputs(args)
     paths = listed if args.max_images < 0 else listed[:args.max_images]
     check_outputs(args, paths)
+    given = read_given_boxes(args, paths)
   except ValueError as e:
     sys.exit(f"error: {e}")
 
@@ -241,7 +312,10 @@ def main(argv=None):
   model = cli.load_model_from_flags(args, batch_size=args.batch_size, preprocess=args.preprocess)
 
   start = time.perf_counter()
-  results, failed = caption_images(model, paths, args)
+  try:
+    results, failed = caption_images(model, paths, args, given)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
   if not results:
     sys.exit(f"error: no image could be read, nothing written: {', '.join(failed)}")
   opt = dict(vars(args), image_size=model.image_size, num_proposals=model.num_proposals,

@@ -280,3 +280,50 @@ def test_predict_takes_one_image_and_grey_or_rgba_arrays(model_dir, photos):
 def test_bucket_error_names_image_size():
   with pytest.raises(ValueError, match=r"fits no shape bucket.*use --image_size 256 "):
     buckets_lib.pick_bucket(720, 540, buckets_lib.make_buckets(256))
+
+
+def test_cli_captions_given_boxes(model_dir, photos, tmp_path):
+  boxes = {"a.jpg": [[60, 40, 50, 30], [1, 1, 120, 90], [10, 70, 30, 15]],
+           str(photos / "b.png"): [[5, 10, 40, 100]]}
+  (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+  vis_dir, drawn_dir = tmp_path / "vis", tmp_path / "drawn"
+  predict.main(["--input_dir", str(photos), "--max_images", "2", "--checkpoint", model_dir,
+                "--boxes_json", str(tmp_path / "boxes.json"), "--output_vis_dir", str(vis_dir),
+                "--output_dir", str(drawn_dir), "--max_detections", "1"])
+  with open(vis_dir / "results.json") as f:
+    results = json.load(f)["results"]
+  assert [r["img_name"] for r in results] == ["a.jpg", "b.png"]
+  model = inference.load_model(model_dir)
+  paths = [str(photos / "a.jpg"), str(photos / "b.png")]
+  want = model.caption_regions(paths, [boxes["a.jpg"], boxes[paths[1]]])
+  for r, w, p in zip(results, want, paths):
+    assert r["captions"] == w["captions"]  # in the order given, all kept
+    np.testing.assert_allclose(r["caption_log_probs"], w["caption_log_probs"], rtol=1e-5)
+    np.testing.assert_allclose(r["scores"], w["scores"], rtol=1e-5, atol=1e-5)
+    prepared = model.prepare(p)
+    np.testing.assert_allclose(r["boxes"], coords.to_resized(w["boxes"], prepared.original_size,
+                                                             prepared.size), rtol=1e-6)
+  # a.jpg is 90 x 120 (H x W), resized to 48 x 64: boxes scaled by 48 / 90.
+  np.testing.assert_allclose(results[0]["boxes"][0],
+                             coords.scale_xywh([60, 40, 50, 30], 48 / 90), rtol=1e-6)
+  assert Image.open(vis_dir / "a.jpg").size == (64, 48)
+  assert sorted(os.listdir(drawn_dir)) == ["a.jpg", "b.png"]
+
+
+def test_cli_given_boxes_errors_name_image_and_box(model_dir, photos, tmp_path):
+  boxes_json = tmp_path / "boxes.json"
+  common = ["--input_image", str(photos / "a.jpg"), "--checkpoint", model_dir,
+            "--boxes_json", str(boxes_json), "--output_vis_dir", str(tmp_path / "vis")]
+  boxes_json.write_text(json.dumps({"a.jpg": [[1, 1, 10, 10], [500, 10, 20, 20]]}))
+  with pytest.raises(SystemExit) as e:
+    predict.main(common)
+  assert e.value.code == (f"error: --boxes_json {boxes_json}: {str(photos / 'a.jpg')!r} box 1 "
+                          f"[500, 10, 20, 20] is wholly outside the image of 120x90 (WxH) pixels")
+  assert not (tmp_path / "vis" / "results.json").exists()
+  boxes_json.write_text(json.dumps({"a.jpg": [[1, 1, 0, 10]]}))
+  with pytest.raises(SystemExit, match=r"^error: --boxes_json .*'a.jpg' box 0: w and h must be "
+                                       r"positive, got w=0, h=10$"):
+    predict.main(common)
+  boxes_json.write_text(json.dumps({"b.png": []}))
+  with pytest.raises(SystemExit, match=r"^error: --boxes_json .* has no entry for image "):
+    predict.main(common)
