@@ -213,15 +213,8 @@ def check_given_boxes(model, prepared, paths, boxes, boxes_json):
   Raises:
     ValueError: one line naming ``boxes_json``, the image and the box index.
   """
-  checked = []
-  for p, path, b in zip(prepared, paths, boxes):
-    try:
-      (one,) = model.regions.given_boxes([p], [b])
-    except ValueError as e:  # "boxes of image 0: box i ...": name the image by its path instead
-      reason = str(e).removeprefix("boxes of image 0: ")
-      raise ValueError(f"--boxes_json {boxes_json}: {path!r} {reason}") from None
-    checked.append(one)
-  return checked
+  return model.regions.given_boxes(prepared, boxes,
+                                   names=[f"--boxes_json {boxes_json}: {path!r}" for path in paths])
 
 
 def caption_images(model, paths, args, given=None):
@@ -274,10 +267,8 @@ def caption_images(model, paths, args, given=None):
       else:
         checked = check_given_boxes(model, prepared, [paths[j] for (_, j), _ in group],
                                     [given[j] for (_, j), _ in group], args.boxes_json)
-        outputs = model.regions.caption_prepared(prepared, checked, coords="resized")
-        for p in prepared:
-          if drawing and p.display is None:  # resized on the device: the picture made here
-            p.display = model.prepare(p.rgb).display
+        outputs = model.regions.caption_prepared(prepared, checked, coords="resized",
+                                                 displays=drawing)
       for ((i, _), p), r in zip(group, outputs):
         name = entries[i]["img_name"]
         # NumPy rows (20 bytes a box), made lists only as results.json is written.

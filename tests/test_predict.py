@@ -317,7 +317,7 @@ def test_cli_given_boxes_errors_name_image_and_box(model_dir, photos, tmp_path):
   boxes_json.write_text(json.dumps({"a.jpg": [[1, 1, 10, 10], [500, 10, 20, 20]]}))
   with pytest.raises(SystemExit) as e:
     predict.main(common)
-  assert e.value.code == (f"error: --boxes_json {boxes_json}: {str(photos / 'a.jpg')!r} box 1 "
+  assert e.value.code == (f"error: --boxes_json {boxes_json}: {str(photos / 'a.jpg')!r}: box 1 "
                           f"[500, 10, 20, 20] is wholly outside the image of 120x90 (WxH) pixels")
   assert not (tmp_path / "vis" / "results.json").exists()
   boxes_json.write_text(json.dumps({"a.jpg": [[1, 1, 0, 10]]}))

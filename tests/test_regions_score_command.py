@@ -90,7 +90,7 @@ def test_scores_given_boxes(bundled, tmp_path, capsys):
     (["--phrase", "a", "--top", "0"], "--top must be positive, got 0"),
     (["--phrase", "a", "--input_dir", EXAMPLES], "give one of --input_image or --input_dir"),
     (["--phrase", "a", "--boxes_json", "BOXES"],
-     f"--boxes_json BOXES: {PHOTOS[0]!r} box 0 [300, 10, 20, 20] is wholly outside the image "
+     f"--boxes_json BOXES: {PHOTOS[0]!r}: box 0 [300, 10, 20, 20] is wholly outside the image "
      f"of 236x315 (WxH) pixels"),
 ])
 def test_errors_are_one_line(tmp_path, flags, message):

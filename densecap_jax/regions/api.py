@@ -123,13 +123,14 @@ class RegionModel:
 
     return inference.group_batches(readable(), self.predictor.buckets, self.predictor.batch_size)
 
-  def given_boxes(self, prepared, boxes, coords="image"):
+  def given_boxes(self, prepared, boxes, coords="image", names=None):
     """Checked given boxes of prepared images, in both coordinate systems.
 
     Args:
       prepared: ``inference.PreparedImage`` s.
       boxes: per image, ``(k_i, 4)`` xywh in ``coords``.
       coords: ``"image"`` or ``"resized"``.
+      names: per image, what errors call its boxes (default ``"boxes of image i"``).
 
     Returns:
       Per image ``(image_boxes, resized_boxes, clipped)``: ``(k, 4)`` float32
@@ -141,20 +142,23 @@ class RegionModel:
     out = []
     for i, (p, b) in enumerate(zip(prepared, boxes)):
       bounds = p.original_size if coords == "image" else p.size
-      checked, clipped = coords_lib.check_boxes(b, bounds, name=f"boxes of image {i}")
+      name = names[i] if names is not None else f"boxes of image {i}"
+      checked, clipped = coords_lib.check_boxes(b, bounds, name=name)
       if coords == "image":
         out.append((checked, coords_lib.to_resized(checked, p.original_size, p.size), clipped))
       else:
         out.append((coords_lib.to_image(checked, p.original_size, p.size), checked, clipped))
     return out
 
-  def region_rows(self, prepared, resized_boxes, captions=True):
+  def region_rows(self, prepared, resized_boxes, captions=True, displays=False):
     """Codes, logits, tokens and token log-probabilities of given boxes of prepared images.
 
     Args:
       prepared: ``inference.PreparedImage`` s.
       resized_boxes: per image, ``(k_i, 4)`` float32 xywh in the resized image.
       captions: also caption the boxes (``False``: codes and logits only).
+      displays: fill ``display`` of images resized on the devices
+        (``DenseCapPredictor.batches``).
 
     Returns:
       Per image a dict of ``codes`` ``(k, fc_dim)``, ``scores`` ``(k,)``
@@ -163,7 +167,7 @@ class RegionModel:
     """
     run = self._regions if captions else self._codes
     rows = [None] * len(prepared)
-    for chunk, images, sizes in self.predictor.batches(prepared):
+    for chunk, images, sizes in self.predictor.batches(prepared, displays):
       counts = [len(resized_boxes[i]) for i in chunk]
       slots = phrases_lib.static_size(max(counts), floor=MIN_BOX_SLOTS)
       batch_boxes = np.zeros((len(images), slots, 4), np.float32)
@@ -196,7 +200,8 @@ class RegionModel:
         results[i] = output
     return results
 
-  def caption_prepared(self, prepared, given, *, coords="image", with_codes=False):
+  def caption_prepared(self, prepared, given, *, coords="image", with_codes=False,
+                       displays=False):
     """``caption_regions``' results for prepared images and their checked boxes.
 
     Args:
@@ -204,8 +209,9 @@ class RegionModel:
       given: per image, ``given_boxes``' ``(image_boxes, resized_boxes, clipped)``.
       coords: the coordinates of the boxes returned.
       with_codes: also return the fc7 codes.
+      displays: fill ``display`` of images resized on the devices.
     """
-    rows = self.region_rows(prepared, [resized for _, resized, _ in given])
+    rows = self.region_rows(prepared, [resized for _, resized, _ in given], displays=displays)
     results = []
     for p, (image_boxes, resized, clipped), row in zip(prepared, given, rows):
       result = {
