@@ -62,10 +62,9 @@ def test_every_device_gives_the_numbers_of_one_image_at_a_time(model_and_data):
   reference = _one_image_at_a_time(params, config, data, predict_fn)
   assert reference["num_images"] == len(data.split_indices("val")) >= 10
   assert reference["detmap"] > 0 and reference["map"] > 0
-  for batch_size in (1, 16):
-    results = split_eval.evaluate_split(params, data, "val", predict_fn, config=config,
-                                        batch_size=batch_size, meteor_fn=fake_meteor,
-                                        progress=False)
-    assert results["num_images"] == reference["num_images"]
-    np.testing.assert_allclose(results["map"], reference["map"], rtol=1e-6)
-    np.testing.assert_allclose(results["detmap"], reference["detmap"], rtol=1e-6)
+  # 16 images a batch: two per device, the last batch partly filled.
+  results = split_eval.evaluate_split(params, data, "val", predict_fn, config=config,
+                                      batch_size=16, meteor_fn=fake_meteor, progress=False)
+  assert results["num_images"] == reference["num_images"]
+  np.testing.assert_allclose(results["map"], reference["map"], rtol=1e-6)
+  np.testing.assert_allclose(results["detmap"], reference["detmap"], rtol=1e-6)

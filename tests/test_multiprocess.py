@@ -148,7 +148,7 @@ def _detmap_of(workdir, dataset):
 
 def test_two_processes_train_as_one_with_four_devices(dataset, tmp_path):
   single, multi = tmp_path / "single", tmp_path / "multi"
-  _wait(_launch(single, dataset, num_processes=1, devices_per_process=4), single)
+  _wait(_launch(single, dataset, num_processes=1, devices_per_process=4, val_images=0), single)
   _wait(_launch(multi, dataset, num_processes=2, devices_per_process=2), multi)
   _assert_same_params(_final_params(single), _final_params(multi))
   # Checkpoints are written once for the whole job, at each checkpoint step.
