@@ -493,9 +493,9 @@ def test_trips_on_the_bundled_model_examples_at_batch_32(recorded_nms):
 @pytest.mark.slow
 def test_trips_on_the_benchmark_inputs_with_random_weights(recorded_nms):
   """``benchmarks/model_stages.py``'s ``vgg16`` inputs (random parameters of seed 0, random
-  540 x 720 images in the 544 x 720 bucket, 1,000 proposals): the RPN's NMS on 8 images,
-  the final NMS on a batch of 32 (those 8 four times: a batched NMS takes as many trips as
-  its slowest image, so the CNN runs on 8 only)."""
+  540 x 720 images in the 544 x 720 bucket, 1,000 proposals): the RPN's NMS on 4 images,
+  the final NMS on a batch of 32 (those 4 eight times: a batched NMS takes as many trips as
+  its slowest image, so the CNN runs on 4 only)."""
   sys.path.insert(0, BENCHMARKS)
   try:
     import model_stages  # pylint: disable=g-import-not-at-top
@@ -503,7 +503,7 @@ def test_trips_on_the_benchmark_inputs_with_random_weights(recorded_nms):
     sys.path.remove(BENCHMARKS)
   config = configs.get_model_config("vgg16")
   config.vocab_size = 10000  # model_stages.py's default for vgg16
-  num_proposals, images_run, batch, chunk = 1000, 8, 32, 4
+  num_proposals, images_run, batch, chunk = 1000, 4, 32, 4
   params = densecap.init_params(config, jax.random.key(0))
   backbone, proposals, pool, recognize, _ = model_stages.stage_functions(config, num_proposals)
 
