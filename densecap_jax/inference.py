@@ -426,8 +426,7 @@ class DenseCapPredictor:
                       else coords_lib.to_image(boxes[k][keep], p.original_size, p.size)),
             "scores": scores[k][keep],
             "captions": vocab_lib.decode_captions(tokens[k][keep], self.vocab),
-            "width": int(p.original_size[1]),
-            "height": int(p.original_size[0]),
+            **regions_api.size_fields(p),
         }
     return results
 
@@ -451,21 +450,33 @@ class DenseCapPredictor:
       One dict per image, in order (see ``predict_prepared``).
     """
     regions_api.check_coords(coords)
-    images = regions_api.image_list(images)
-    results = []
-
-    def readable():
-      for _, prepared in self.read(images):  # in order
-        if isinstance(prepared, ValueError):
-          raise prepared
-        results.append(None)
-        yield len(results) - 1, prepared
-
-    for group in group_batches(readable(), self.buckets, self.batch_size):
+    results = {}
+    for group in self.stream_groups(regions_api.image_list(images)):
       outputs = self.predict_prepared([p for _, p in group], max_detections, coords=coords)
       for (i, _), output in zip(group, outputs):
         results[i] = output
-    return results
+    return [results[i] for i in range(len(results))]
+
+  def stream_groups(self, images):
+    """Images, decoded ahead in threads (:meth:`read`), in groups of one batch each.
+
+    Args:
+      images: an iterable of images (see :meth:`prepare`).
+
+    Yields:
+      Lists of ``(i, PreparedImage)`` (:func:`group_batches`), ``i`` the
+      image's place in ``images``.
+
+    Raises:
+      ValueError: an unreadable image (one line naming it).
+    """
+    def readable():
+      for i, (_, prepared) in enumerate(self.read(images)):  # in order
+        if isinstance(prepared, ValueError):
+          raise prepared
+        yield i, prepared
+
+    return group_batches(readable(), self.buckets, self.batch_size)
 
   @functools.cached_property
   def regions(self):

@@ -51,13 +51,48 @@ def is_single_image(images):
 
 
 def image_list(images):
-  """``images`` as a list; TypeError for what is neither an image nor a list of them."""
+  """One image as a list of one, else ``images`` itself (an iterable, not read here).
+
+  Raises:
+    TypeError: ``images`` is neither an image nor an iterable of them.
+  """
   if is_single_image(images):
     return [images]
   if isinstance(images, (bytes, bytearray)) or not hasattr(images, "__iter__"):
     raise TypeError(f"expected images (paths, PIL images or uint8 NumPy arrays), or a list of "
                     f"them, got {type(images).__name__}")
-  return list(images)
+  return images
+
+
+def _boxes_per_image(images, boxes):
+  """``(images, boxes)`` as two lists, one entry per image (``boxes`` may be ``None``).
+
+  ``boxes`` of one image (not a list of images) is that image's list of boxes.
+  """
+  single = is_single_image(images)
+  images = list(image_list(images))
+  if boxes is None:
+    return images, None
+  boxes = [boxes] if single else list(boxes)
+  if len(boxes) != len(images):
+    raise ValueError(f"got {len(images)} images and boxes for {len(boxes)}; give one list of "
+                     f"boxes per image")
+  return images, boxes
+
+
+def kept_detections(scores, min_score=None, max_detections=None):
+  """Indices of the detections kept: a score of at least ``min_score``, then the first
+  ``max_detections`` (``None``: no bound)."""
+  keep = np.arange(len(scores))
+  if min_score is not None:
+    keep = keep[np.asarray(scores) >= min_score]
+  return keep[:max_detections]
+
+
+def size_fields(prepared):
+  """``width`` and ``height`` of the image as given (upright), for results."""
+  height, width = prepared.original_size
+  return {"width": int(width), "height": int(height)}
 
 
 def caption_log_prob(tokens, log_probs, end_token):
@@ -110,18 +145,6 @@ class RegionModel:
   @property
   def end_token(self):
     return int(self.predictor.config.vocab_size) + 1
-
-  def _prepared(self, images):
-    """``[(index, PreparedImage)]`` groups of one batch each, decoded ahead in threads."""
-    from densecap_jax import inference  # pylint: disable=g-import-not-at-top
-
-    def readable():
-      for i, (_, prepared) in enumerate(self.predictor.read(images)):
-        if isinstance(prepared, ValueError):
-          raise prepared
-        yield i, prepared
-
-    return inference.group_batches(readable(), self.predictor.buckets, self.predictor.batch_size)
 
   def given_boxes(self, prepared, boxes, coords="image", names=None):
     """Checked given boxes of prepared images, in both coordinate systems.
@@ -185,14 +208,9 @@ class RegionModel:
   def caption_regions(self, images, boxes, *, with_codes=False, coords="image"):
     """Captions of given boxes (see ``DenseCapPredictor.caption_regions``)."""
     check_coords(coords)
-    single = is_single_image(images)
-    images = image_list(images)
-    boxes = [boxes] if single else list(boxes)
-    if len(boxes) != len(images):
-      raise ValueError(f"got {len(images)} images and boxes for {len(boxes)}; give one list of "
-                       f"boxes per image")
+    images, boxes = _boxes_per_image(images, boxes)
     results = [None] * len(images)
-    for group in self._prepared(images):
+    for group in self.predictor.stream_groups(images):
       prepared = [p for _, p in group]
       given = self.given_boxes(prepared, [boxes[i] for i, _ in group], coords)
       outputs = self.caption_prepared(prepared, given, coords=coords, with_codes=with_codes)
@@ -221,7 +239,7 @@ class RegionModel:
           "caption_log_probs": caption_log_prob(row["tokens"], row["log_probs"],
                                                 self.end_token),
           "scores": row["scores"],
-          **_size_fields(p),
+          **size_fields(p),
       }
       if with_codes:
         result["codes"] = row["codes"]
@@ -295,15 +313,9 @@ class RegionModel:
     """Phrase log-likelihoods of regions (see ``DenseCapPredictor.score_phrases``)."""
     check_coords(coords)
     encoded = self.encode_phrases(phrases)
-    single = is_single_image(images)
-    images = image_list(images)
-    if boxes is not None:
-      boxes = [boxes] if single else list(boxes)
-      if len(boxes) != len(images):
-        raise ValueError(f"got {len(images)} images and boxes for {len(boxes)}; give one list "
-                         f"of boxes per image")
+    images, boxes = _boxes_per_image(images, boxes)
     results = [None] * len(images)
-    for group in self._prepared(images):
+    for group in self.predictor.stream_groups(images):
       prepared = [p for _, p in group]
       given = (None if boxes is None
                else self.given_boxes(prepared, [boxes[i] for i, _ in group], coords))
@@ -331,10 +343,7 @@ class RegionModel:
     if given is None:
       rows = self.detections(prepared, final_nms_thresh=final_nms_thresh)
       for row in rows:
-        keep = np.arange(len(row["scores"]))
-        if min_score is not None:
-          keep = keep[row["scores"] >= min_score]
-        keep = keep[:max_detections]
+        keep = kept_detections(row["scores"], min_score, max_detections)
         row.update(boxes=row["boxes"][keep], scores=row["scores"][keep],
                    captions=[row["captions"][i] for i in keep], codes=row["codes"][keep])
       placed = [(coords_lib.to_image(r["boxes"], p.original_size, p.size), r["boxes"], None)
@@ -356,12 +365,6 @@ class RegionModel:
           "phrases": [" ".join(w) for w in encoded.words],
           "unknown_words": encoded.unknown,
           **({} if clipped is None else {"clipped": clipped}),
-          **_size_fields(p),
+          **size_fields(p),
       })
     return results
-
-
-def _size_fields(prepared):
-  """``width`` and ``height`` of the image as given (upright)."""
-  height, width = prepared.original_size
-  return {"width": int(width), "height": int(height)}

@@ -76,6 +76,7 @@ from tqdm import tqdm
 
 from densecap_jax import files
 from densecap_jax.data import vocab as vocab_lib
+from densecap_jax.regions import api as regions_api
 from densecap_jax.regions import coords as coords_lib
 
 FORMAT = "densecap_jax.index"
@@ -449,9 +450,8 @@ def _detect(model, paths, max_boxes, bar, failed):
   for group in inference.group_batches(readable(), model.buckets, model.batch_size):
     prepared = [p for _, p in group]
     for (path, p), det in zip(group, model.regions.detections(prepared, max_boxes)):
-      height, width = p.original_size
       out[path] = dict(det, boxes=coords_lib.to_image(det["boxes"], p.original_size, p.size),
-                       width=int(width), height=int(height))
+                       **regions_api.size_fields(p))
     bar.update(len(group))
   return out
 

@@ -99,16 +99,8 @@ def score_images(model, paths, encoded, given=None, boxes_json=""):
   Raises:
     ValueError: one line naming an unreadable image, or a box wholly outside its image.
   """
-  from densecap_jax import inference  # pylint: disable=g-import-not-at-top
-
-  def readable():
-    for j, (_, prepared) in enumerate(model.read(paths)):
-      if isinstance(prepared, ValueError):
-        raise prepared
-      yield j, prepared
-
   results = [None] * len(paths)
-  for group in inference.group_batches(readable(), model.buckets, model.batch_size):
+  for group in model.stream_groups(paths):
     prepared = [p for _, p in group]
     checked = None if given is None else predict.check_given_boxes(
         model, prepared, [paths[j] for j, _ in group], [given[j] for j, _ in group], boxes_json)

@@ -28,6 +28,7 @@ import numpy as np
 
 from densecap_jax import inference
 from densecap_jax.data import buckets as buckets_lib
+from densecap_jax.regions import api as regions_api
 from densecap_jax.regions import coords as coords_lib
 
 
@@ -186,19 +187,6 @@ def _json_ready(result):
   return {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in result.items()}
 
 
-def _kept(scores, options):
-  """The boxes kept: a score of at least ``options.min_score``, then the first ``max_boxes``."""
-  keep = np.arange(len(scores))
-  if options.min_score is not None:
-    keep = keep[np.asarray(scores) >= options.min_score]
-  return keep[:options.max_boxes]
-
-
-def _size_fields(prepared):
-  height, width = prepared.original_size
-  return {"width": int(width), "height": int(height)}
-
-
 def to_upload_result(output, prepared, options):
   """One ``predict_prepared`` output -> the JSON-ready result for the uploaded image.
 
@@ -208,11 +196,11 @@ def to_upload_result(output, prepared, options):
   daemon does, reference §11.1), in NumPy.
   """
   scores = np.asarray(output["scores"], np.float32)
-  keep = _kept(scores, options)
+  keep = regions_api.kept_detections(scores, options.min_score, options.max_boxes)
   boxes = np.asarray(output["boxes"], np.float32).reshape(-1, 4)[keep]
   return {
       "boxes": coords_lib.to_image(boxes, prepared.original_size, prepared.size).tolist(),
       "scores": scores[keep].tolist(),
       "captions": [output["captions"][i] for i in keep],
-      **_size_fields(prepared),
+      **regions_api.size_fields(prepared),
   }
