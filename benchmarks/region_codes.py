@@ -1,0 +1,106 @@
+"""Do a model's region codes carry what its captions should say? A check on synthetic scenes.
+
+The objects of the first ``--images`` scenes of the bundled model's test
+split (``synthetic.split_ids(3000, 0)``, the scenes ``tools/make_bundled_model.py``
+trains on) are captioned at their ground-truth boxes
+(``caption_regions(..., with_codes=True)``). Then:
+
+1. **Probes**: for colour, shape, texture and size, a ridge regression from
+   the fc7 code to the one-hot attribute, fit on the first 70 % of the
+   objects and scored on the rest, against the majority class of the rest.
+   A code that does not carry the attribute scores at the majority rate.
+2. **Captions**: the share of objects whose greedy caption names the
+   object's own colour (shape, ...).
+3. **Language model**: the per-token log-likelihood (``score_codes``) of one
+   ground-truth caption of each object given its own code and given the
+   other objects' codes, and the median rank of the own object among all of
+   them for its caption (chance: half the objects).
+
+  python benchmarks/region_codes.py [--model DIR] [--images 60]
+
+Prints markdown tables.
+"""
+
+import argparse
+
+import numpy as np
+
+from densecap_jax import inference
+from densecap_jax.data import synthetic
+
+DATASET_IMAGES, DATASET_SEED = 3000, 0  # tools/make_bundled_model.py's defaults
+ATTRIBUTES = {
+    "colour": ("color", tuple(synthetic.COLORS)),
+    "shape": ("shape", synthetic.SHAPES),
+    "texture": ("texture", synthetic.TEXTURES),
+    "size": ("size", tuple(synthetic.SIZES)),
+}
+FIT_SHARE = 0.7
+RIDGE = 0.1
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--model", default=None, help="model directory (default: the bundled one)")
+  parser.add_argument("--images", type=int, default=60, help="test scenes used")
+  parser.add_argument("--seed", type=int, default=0, help="picks each object's caption")
+  return parser.parse_args(argv)
+
+
+def object_captions(scene, obj):
+  """The scene's captions whose box is the object's own box (its one-object captions)."""
+  return [phrase for phrase, box in scene.regions if tuple(box) == tuple(obj.box)]
+
+
+def probe_accuracy(codes, labels, num_classes):
+  """Held-out accuracy of a ridge regression from codes to one-hot labels, and the majority rate."""
+  fit = np.arange(len(labels)) < FIT_SHARE * len(labels)
+  x = np.concatenate([codes, np.ones((len(codes), 1), codes.dtype)], axis=1).astype(np.float64)
+  y = np.eye(num_classes)[labels]
+  weights = np.linalg.solve(x[fit].T @ x[fit] + RIDGE * np.eye(x.shape[1]), x[fit].T @ y[fit])
+  predicted = (x[~fit] @ weights).argmax(axis=1)
+  majority = np.bincount(labels[~fit], minlength=num_classes).max() / max((~fit).sum(), 1)
+  return float(np.mean(predicted == labels[~fit])), float(majority)
+
+
+def collect(model, num_images):
+  """Codes, greedy captions, attributes and one ground-truth caption of every test object."""
+  test_ids = synthetic.split_ids(DATASET_IMAGES, DATASET_SEED)["test"][:num_images]
+  scenes = [synthetic.make_scene(DATASET_SEED, image_id) for image_id in test_ids]
+  images = [synthetic.render_scene(scene)[0] for scene in scenes]
+  boxes = [[list(obj.box) for obj in scene.objects] for scene in scenes]
+  results = model.caption_regions(images, boxes, with_codes=True)
+  objects = [(scene, obj) for scene in scenes for obj in scene.objects]
+  codes = np.concatenate([r["codes"] for r in results])
+  captions = [c for r in results for c in r["captions"]]
+  return objects, codes, captions
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  model = inference.load_model(args.model)
+  objects, codes, captions = collect(model, args.images)
+  print(f"{len(objects)} objects of {args.images} test scenes, codes of size {codes.shape[1]}\n")
+  print("| attribute | classes | probe accuracy | majority class | greedy captions naming it |")
+  print("|---|---|---|---|---|")
+  for name, (field, values) in ATTRIBUTES.items():
+    labels = np.array([values.index(getattr(obj, field)) for _, obj in objects])
+    accuracy, majority = probe_accuracy(codes, labels, len(values))
+    named = np.mean([getattr(obj, field) in caption.split()
+                     for (_, obj), caption in zip(objects, captions)])
+    print(f"| {name} | {len(values)} | {accuracy:.3f} | {majority:.3f} | {named:.3f} |")
+  rng = np.random.default_rng(args.seed)
+  phrases = [str(rng.choice(object_captions(scene, obj))) for scene, obj in objects]
+  _, means = model.score_codes(codes, phrases)  # (objects, phrases)
+  own = np.diag(means)
+  others = (means.sum(axis=0) - own) / (len(own) - 1)
+  ranks = (means > own[None, :]).sum(axis=0) + 1
+  print(f"\n| per-token log-likelihood of an object's caption | value |\n|---|---|\n"
+        f"| given its own code | {own.mean():.3f} |\n| given another object's code | "
+        f"{others.mean():.3f} |\n| median rank of the own object (of {len(own)}; chance "
+        f"{(len(own) + 1) / 2:g}) | {np.median(ranks):g} |\n"
+        f"| distinct greedy captions | {len(set(captions))} |")
+
+
+if __name__ == "__main__":
+  main()
