@@ -1,16 +1,17 @@
 """Do a model's region codes carry what its captions should say? A check on synthetic scenes.
 
-The objects of the first ``--images`` scenes of the bundled model's test
-split (``synthetic.split_ids(3000, 0)``, the scenes ``tools/make_bundled_model.py``
-trains on) are captioned at their ground-truth boxes
-(``caption_regions(..., with_codes=True)``). Then:
+The objects of the first ``--images`` scenes of the test split of the
+dataset ``tools/make_bundled_model.py`` renders (``synthetic.split_ids(3000,
+0)``; the scenes are rendered again as arrays, not read from JPEG files) are
+captioned at their ground-truth boxes (``caption_regions(...,
+with_codes=True)``). Then:
 
 1. **Probes**: for colour, shape, texture and size, a ridge regression from
    the fc7 code (standardised per dimension) to the one-hot attribute, fit on
    the first 70 % of the objects and scored on the rest, against the majority
-   class of the rest. 200 scenes give about 800 objects, so the fit has more
+   class of the rest. A code that does not carry the attribute scores at the
+   majority rate. 200 scenes give about 800 objects, so the fit has more
    objects than the code has dimensions.
-   A code that does not carry the attribute scores at the majority rate.
 2. **Captions**: the share of objects whose greedy caption names the
    object's own colour (shape, ...).
 3. **Language model**: the per-token log-likelihood (``score_codes``) of one
@@ -68,7 +69,11 @@ def probe_accuracy(codes, labels, num_classes):
 
 
 def collect(model, num_images):
-  """Codes, greedy captions, attributes and one ground-truth caption of every test object."""
+  """``(objects, codes, captions)`` of the first test scenes' objects at their boxes.
+
+  ``objects``: ``(scene, SceneObject)`` pairs; ``codes``: ``(n, fc_dim)``
+  float32 fc7 codes; ``captions``: the ``n`` greedy captions, in that order.
+  """
   test_ids = synthetic.split_ids(DATASET_IMAGES, DATASET_SEED)["test"][:num_images]
   scenes = [synthetic.make_scene(DATASET_SEED, image_id) for image_id in test_ids]
   images = [synthetic.render_scene(scene)[0] for scene in scenes]
