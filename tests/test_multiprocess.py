@@ -13,7 +13,7 @@ arrive through gloo from the other process ((a + b) + (c + d) rather than
 (data shards, random numbers per device, the step itself) is identical, so
 the runs agree to rounding. The test trains with Adam's epsilon at 1, where
 Adam moves like SGD: with the original's 1e-8 the first steps move each
-parameter by about +-learning_rate whatever the size of its gradient, which
+parameter by about ±learning_rate whatever the size of its gradient, which
 turns a rounding difference in a near-zero gradient into a difference of a
 whole step. Over more steps the discrete choices of training (which anchors
 the sampler takes, which boxes NMS keeps) turn rounding into different
@@ -36,7 +36,6 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from densecap_jax import checkpoint
@@ -121,7 +120,8 @@ def _final_params(workdir):
 
 def _params_at(workdir, step):
   """The parameters of the training state checkpointed at ``step``."""
-  state = ocp.PyTreeCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))
+  state = checkpoint.local_checkpointer().restore(
+      os.path.join(workdir, "checkpoints", str(step), "state"))
   return jax.tree.leaves(state["params"])
 
 
