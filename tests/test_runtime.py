@@ -123,7 +123,13 @@ def test_second_predict_loads_its_programs_from_the_cache(model_and_image, tmp_p
   assert "loading up to 1 compiled program from the cache" in second.stderr, second.stderr
   assert hits in second.stderr, second.stderr  # usually faster too (not asserted: shared CPUs)
   assert first.stdout.splitlines()[-1] == second.stdout.splitlines()[-1]  # the same captions
-  assert cache_entries(cache) == entries
+  # nothing of the first run's cache was lost, and the model was not compiled again
+  # under another key; small helper programs (jit_add, jit_stack, ...) cross the
+  # 0.1 s caching threshold or not with the machine's load, so they may be added
+  after = cache_entries(cache)
+  assert set(entries) <= set(after)
+  assert [n for n in after if n.startswith("jit_run-")] == [
+      n for n in entries if n.startswith("jit_run-")]
   print(f"first run {first_s:.1f} s, second {second_s:.1f} s")
 
 
