@@ -4,6 +4,9 @@ All functions act on one image's fixed-size RoI minibatch: ``S`` slots,
 positives first, described by boolean masks (``is_pos``, ``is_neg``); the
 counts ``P`` and ``M`` are the mask sums. Losses return unweighted float32
 scalars; ``weighted_losses`` applies the released weights.
+``word_presence_loss`` is not the original's: an optional bag-of-words head
+on the region codes (``word_loss_weight``, 0 in the released recipe) that
+makes a network trained from scratch put what the captions name into its codes.
 
 Gradient flow (§4.2) follows from autodiff plus two explicit choices:
 
@@ -16,6 +19,7 @@ Gradient flow (§4.2) follows from autodiff plus two explicit choices:
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from densecap_jax.ops import boxes as boxes_lib
 
@@ -156,6 +160,28 @@ def captioning_loss(scores, targets, is_pos):
   picked = jnp.take_along_axis(log_probs, jnp.maximum(targets - 1, 0)[..., None], axis=-1)[..., 0]
   used = (targets > 0) & is_pos[:, None]
   return -jnp.sum(jnp.where(used, picked, 0.0)) / _safe_count(is_pos)
+
+
+def word_presence_loss(scores, labels, is_pos):
+  """Bag-of-words loss of the region codes: which words the caption holds (no order).
+
+  Per row, the sum over the ``V`` words of the sigmoid cross-entropy between
+  the word's score and whether the caption contains it; averaged over the
+  rows that count (0 when none does).
+
+  Args:
+    scores: ``(S, V)`` logits, column ``j`` for word ``j + 1``.
+    labels: ``(S, L)`` int32 caption words ``1..V``, 0-padded.
+    is_pos: ``(S,)`` bool rows that count.
+
+  Returns:
+    float32 scalar.
+  """
+  words = jnp.arange(1, scores.shape[-1] + 1)
+  present = jnp.any(labels[:, :, None] == words, axis=1).astype(jnp.float32)
+  per_row = jnp.sum(optax.sigmoid_binary_cross_entropy(scores.astype(jnp.float32), present),
+                    axis=-1)
+  return jnp.sum(jnp.where(is_pos, per_row, 0.0)) / _safe_count(is_pos)
 
 
 def weighted_losses(losses, config):

@@ -120,6 +120,24 @@ def test_captioning_loss_sums_steps_and_divides_by_positives():
   np.testing.assert_allclose(got, total / 2, rtol=1e-5)
 
 
+def test_word_presence_loss_is_bag_of_words_cross_entropy_over_positives():
+  rng = np.random.default_rng(5)
+  scores = rng.normal(size=(3, 6)).astype(np.float32) * 3  # V = 6 words
+  labels = np.array([[2, 2, 5, 0], [1, 6, 3, 4], [1, 0, 0, 0]], np.int32)
+  is_pos = np.array([True, True, False])
+  p = 1 / (1 + np.exp(-scores.astype(np.float64)))
+  per_row = []
+  for i in range(2):
+    words = set(labels[i][labels[i] > 0])
+    per_row.append(-sum(np.log(p[i, j - 1]) if j in words else np.log(1 - p[i, j - 1])
+                        for j in range(1, 7)))
+  got = losses.word_presence_loss(jnp.asarray(scores), jnp.asarray(labels), jnp.asarray(is_pos))
+  np.testing.assert_allclose(got, np.mean(per_row), rtol=1e-5)
+  none = losses.word_presence_loss(jnp.asarray(scores), jnp.asarray(labels),
+                                   jnp.zeros(3, bool))
+  assert float(none) == 0.0
+
+
 def test_weighted_losses_use_released_weights():
   config = ml_collections.ConfigDict(dict(
       mid_objectness_weight=0.1, mid_box_reg_weight=0.05, end_objectness_weight=0.1,

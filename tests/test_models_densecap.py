@@ -137,6 +137,29 @@ def test_train_forward_losses(config, params, batch, loss_and_grad):
   assert np.all(num_pos >= 1) and np.all(num_pos <= config.sampler_batch_size // 2)
 
 
+def test_word_head_only_when_its_loss_has_a_weight(config, params, batch):
+  assert "word_classifier" not in params
+  cfg = micro_config()
+  for name in losses_lib.LOSS_NAMES:
+    cfg[name.replace("_loss", "_weight")] = 0.0
+  cfg.word_loss_weight = 0.5
+  with_head = dc.init_params(cfg, jax.random.key(0))
+  assert with_head["word_classifier"]["kernel"].shape == (cfg.fc_dim, V)
+  # at zero scores every word costs log 2 whether the caption holds it or not
+  zero = jax.tree.map(jnp.zeros_like, with_head["word_classifier"])
+  p = dict(with_head, word_classifier=zero)
+  forward = jax.jit(lambda q: dc.train_forward(q, batch, jax.random.key(1), cfg)[:2])
+  total, losses = forward(p)
+  np.testing.assert_allclose(losses["word_loss"], 0.5 * V * np.log(2), rtol=1e-6)
+  np.testing.assert_allclose(total, losses["word_loss"], rtol=1e-6)
+  # its gradient reaches the codes' layers and not the language model
+  grads = jax.jit(jax.grad(lambda q: dc.train_forward(q, batch, jax.random.key(1), cfg)[0]))(
+      with_head)
+  assert np.any(grads["recognition"]["fc7"]["kernel"])
+  assert np.any(grads["word_classifier"]["kernel"])
+  assert not any(np.any(g) for g in jax.tree.leaves(grads["language_model"]))
+
+
 def _group_max(grads, params, config):
   labels = optim.param_groups(params, config.frozen_blocks)
   out = {}

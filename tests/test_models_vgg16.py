@@ -57,6 +57,15 @@ def test_layer_names_are_the_original_ones():
   assert names == expected
 
 
+def test_input_scale_multiplies_the_images_before_conv1_1():
+  rng = np.random.default_rng(4)
+  image = jnp.asarray(rng.normal(size=(1, 20, 24, 3)).astype(np.float32) * 60)
+  model, params = _init(NARROW, (1, 20, 24, 3))
+  scaled = vgg16.VGG16(NARROW, input_scale=1 / 64)
+  np.testing.assert_array_equal(scaled.apply(params, image), model.apply(params, image / 64))
+  assert not np.array_equal(scaled.apply(params, image), model.apply(params, image))
+
+
 def test_padded_image_gives_the_features_of_the_unpadded_one():
   rng = np.random.default_rng(1)
   image = rng.normal(size=(50, 70, 3)).astype(np.float32) * 50

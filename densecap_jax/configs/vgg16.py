@@ -37,6 +37,10 @@ def get_config():
   # Backbone (§2): conv widths per block; four ceil-mode pools (stride 16).
   config.cnn_widths = VGG16_WIDTHS
   config.frozen_blocks = 2  # conv1_1 .. conv2_2 never receive gradient.
+  # Images are multiplied by this before conv1_1 (1.0 = the original). Not a
+  # change for ImageNet weights; for a network trained from scratch it sets
+  # the scale its codes start at (``VGG16.input_scale``).
+  config.input_scale = 1.0
 
   # Localization layer (§3).
   config.rpn_num_filters = 256
@@ -63,6 +67,9 @@ def get_config():
   config.end_objectness_weight = 0.1
   config.end_box_reg_weight = 0.1
   config.captioning_weight = 1.0
+  # Not the original's: weight of a bag-of-words head on the region codes
+  # (``losses.word_presence_loss``); 0 = no head, no extra parameters.
+  config.word_loss_weight = 0.0
 
   # Test time (§3.6, §5).
   config.num_proposals = 1000

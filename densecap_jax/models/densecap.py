@@ -47,6 +47,7 @@ from densecap_jax import losses as losses_lib
 from densecap_jax.data import vocab as vocab_lib
 from densecap_jax.models import language_model as lm_lib
 from densecap_jax.models import localization as loc_lib
+from densecap_jax.models import precision as precision_lib
 from densecap_jax.models import recognition as recog_lib
 from densecap_jax.models import vgg16 as vgg_lib
 from densecap_jax.ops import boxes as boxes_lib
@@ -73,9 +74,12 @@ class DenseCap(nn.Module):
   rnn_encoding_size: int
   std: float = 0.01
   precision: str = "float32"
+  input_scale: float = 1.0
+  word_head: bool = False
 
   def setup(self):
-    self.backbone = vgg_lib.VGG16(self.cnn_widths, self.frozen_blocks, self.precision)
+    self.backbone = vgg_lib.VGG16(self.cnn_widths, self.frozen_blocks, self.precision,
+                                  self.input_scale)
     self.localization = loc_lib.LocalizationLayer(self.num_anchors, self.rpn_num_filters,
                                                   self.std, self.precision)
     self.recognition = recog_lib.RecognitionNetwork(self.fc_dim, self.drop_prob, self.std,
@@ -83,6 +87,8 @@ class DenseCap(nn.Module):
     self.language_model = lm_lib.LanguageModel(self.vocab_size, self.seq_length, self.fc_dim,
                                                self.rnn_encoding_size, self.rnn_size,
                                                self.precision)
+    if self.word_head:
+      self.word_classifier = nn.Dense(self.vocab_size, **precision_lib.exact_kwargs())
 
   def features(self, images, image_sizes, finetune_cnn=False):
     """``(B, H, W, 3)`` images -> ``(B, Hf, Wf, C)`` conv5_3 features (``VGG16``)."""
@@ -112,12 +118,18 @@ class DenseCap(nn.Module):
     """``(N, P, T)`` per-token log-likelihoods (``LanguageModel.phrase_log_likelihood``)."""
     return self.language_model.phrase_log_likelihood(codes, phrases)
 
+  def word_scores(self, codes):
+    """``(N, fc_dim)`` codes -> ``(N, V)`` word-presence logits (only with ``word_head``)."""
+    return self.word_classifier(codes)
+
   def __call__(self, images, image_sizes, labels):
     """Runs every stage once on small inputs (used by ``init_params``)."""
     features = self.features(images, image_sizes)
     self.rpn(features)
     pooled = jnp.zeros((1, 7, 7, features.shape[-1]), features.dtype)
     codes, _, _ = self.recognize(pooled)
+    if self.word_head:
+      self.word_scores(codes)
     return self.caption_scores(codes, labels)
 
 
@@ -143,7 +155,9 @@ def build_model(config):
       rnn_size=config.rnn_size,
       rnn_encoding_size=config.rnn_encoding_size,
       std=config.std,
-      precision=configs_lib.precision_of(config))
+      precision=configs_lib.precision_of(config),
+      input_scale=config.get("input_scale", 1.0),
+      word_head=config.get("word_loss_weight", 0.0) > 0)
 
 
 def init_params(config, rng):
@@ -290,6 +304,12 @@ def train_forward(params, batch, rng, config, finetune_cnn=False):
 
   per_image = jax.vmap(_image_losses)(samples, logits, final_transforms, lm_scores)
   losses = losses_lib.weighted_losses(jax.tree.map(jnp.mean, per_image), config)
+  if model.word_head:
+    word_scores = model.apply({"params": params}, lm_codes, method=DenseCap.word_scores)
+    per_image_words = jax.vmap(losses_lib.word_presence_loss)(
+        word_scores.reshape(num_images, num_lm, -1), samples.target_labels[:, :num_lm],
+        samples.is_pos[:, :num_lm])
+    losses["word_loss"] = config.word_loss_weight * jnp.mean(per_image_words)
   total_loss = sum(losses.values())
   losses["box_decay_loss"] = rpn["box_decay_loss"]
   aux = {"num_pos": samples.num_pos, "neg_with_replacement": samples.neg_with_replacement}
