@@ -38,6 +38,9 @@ def test_shipped_configs_pass():
     ({"optim_beta2": 1.0}, r"optim_beta2=1.0 .* \[0, 1\)"),
     ({"test_final_nms_thresh": 1.5}, r"test_final_nms_thresh=1.5 .* \[0, 1\]"),
     ({"model.frozen_blocks": 7}, "model.frozen_blocks=7 .* 0 .. 5"),
+    ({"model.input_scale": 0.0}, "model.input_scale=0.0 .* positive number"),
+    ({"model.word_loss_weight": -0.1}, "model.word_loss_weight=-0.1 .* >= 0"),
+    ({"trained_modules": ("lm",)}, r"trained_modules=\('lm',\) .* language_model"),
 ])
 def test_bad_fields_are_named_with_the_accepted_values(overrides, message):
   with pytest.raises(ValueError, match=message) as error:

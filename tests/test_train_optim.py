@@ -68,6 +68,23 @@ def test_param_groups():
   assert labels["conv1_1"]["kernel"] == labels["conv5_3"]["bias"] == "cnn"
 
 
+def test_trained_modules_freeze_the_rest():
+  params = {"backbone": {"conv3_1": {"kernel": jnp.ones(3)}},
+            "recognition": {"fc6": {"kernel": jnp.ones(3)}},
+            "language_model": {"lstm": {"weight": jnp.ones(3)}}}
+  labels = optim.param_groups(params, trained_modules=("language_model",))
+  assert labels["backbone"]["conv3_1"]["kernel"] == labels["recognition"]["fc6"]["kernel"] == (
+      "frozen")
+  assert labels["language_model"]["lstm"]["weight"] == "rest"
+  tx = optim.make_optimizer(0.1, finetune_cnn_after=0, trained_modules=("language_model",))
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  new = optax.apply_updates(params, updates)
+  np.testing.assert_array_equal(new["recognition"]["fc6"]["kernel"], 1.0)
+  np.testing.assert_array_equal(new["backbone"]["conv3_1"]["kernel"], 1.0)
+  assert np.all(np.asarray(new["language_model"]["lstm"]["weight"]) < 1.0)
+
+
 def _model_like():
   return {"conv1_1": {"kernel": jnp.full(3, 1.0)}, "conv3_1": {"kernel": jnp.full(3, 2.0)},
           "fc6": {"kernel": jnp.full(3, 3.0)}}

@@ -14,6 +14,8 @@ from densecap_jax.data import buckets as buckets_lib
 
 LR_SCHEDULES = ("constant", "cosine")
 VAL_METRICS = ("map", "detmap")
+TRAINABLE_MODULES = ("backbone", "localization", "recognition", "language_model",
+                     "word_classifier")  # the top-level modules of models/densecap.py
 
 
 def _fail(field, value, accepted):
@@ -60,6 +62,10 @@ def check_config(config):
   _at_least(config, "weight_decay", 0)
   _at_least(config, "explode_factor", 0, "0 (off) or a positive factor")
   _at_least(config, "finetune_cnn_after", -1, "-1 (never) or a step number")
+  unknown = [m for m in config.get("trained_modules", ()) if m not in TRAINABLE_MODULES]
+  if unknown:
+    _fail("trained_modules", tuple(config.trained_modules),
+          f"names among {', '.join(TRAINABLE_MODULES)} (or () for all)")
   _at_least(config, "val_images_use", -1, "-1 (all), 0 (no validation) or a number of images")
   _at_least(config, "debug_max_train_images", -1, "-1 (all) or a positive number of images")
   if config.debug_max_train_images == 0:
@@ -80,6 +86,12 @@ def check_config(config):
     _fail("model.precision", precision,
           f"one of {', '.join(model_configs.PRECISIONS)} (float32 is exact, tf32 and bfloat16 "
           f"are faster on GPUs and TPUs)")
+  scale = model.get("input_scale", 1.0)
+  if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+    _fail("model.input_scale", scale, "a positive number (1.0: the original)")
+  weight = model.get("word_loss_weight", 0.0)
+  if not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+    _fail("model.word_loss_weight", weight, "a number >= 0 (0: no bag-of-words head)")
 
 
 def check_fits_data(config, data, num_devices):

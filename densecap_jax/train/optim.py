@@ -87,26 +87,31 @@ def starting_at(inner, start_step):
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def param_group(path, frozen_blocks=2):
+def param_group(path, frozen_blocks=2, trained_modules=()):
   """``'frozen'``, ``'cnn'`` or ``'rest'`` for a parameter's key path.
 
   The convs of the first ``frozen_blocks`` VGG blocks are frozen (the original:
-  2, conv1_1 … conv2_2), the other convs are the CNN group.
+  2, conv1_1 … conv2_2), the other convs are the CNN group. A non-empty
+  ``trained_modules`` (top-level module names, e.g. ``("language_model",)``)
+  freezes every parameter outside those modules.
   """
   names = {getattr(k, "key", getattr(k, "name", None)) for k in path}
+  if trained_modules and not names & set(trained_modules):
+    return "frozen"
   for block, layers in enumerate(VGG16_BLOCKS):
     if names & set(layers):
       return "frozen" if block < frozen_blocks else "cnn"
   return "rest"
 
 
-def param_groups(params, frozen_blocks=2):
+def param_groups(params, frozen_blocks=2, trained_modules=()):
   """The pytree of group labels of ``params`` (see :func:`param_group`)."""
-  return jax.tree_util.tree_map_with_path(lambda path, _: param_group(path, frozen_blocks), params)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: param_group(path, frozen_blocks, trained_modules), params)
 
 
 def make_optimizer(learning_rate, *, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-6,
-                   finetune_cnn_after=-1, frozen_blocks=2):
+                   finetune_cnn_after=-1, frozen_blocks=2, trained_modules=()):
   """The original's optimiser over DenseCap params (module docstring).
 
   Args:
@@ -115,6 +120,8 @@ def make_optimizer(learning_rate, *, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e
     weight_decay: ``g += weight_decay * param`` for every trained parameter.
     finetune_cnn_after: first iteration at which the CNN group steps; −1 never.
     frozen_blocks: VGG blocks whose convs never change (the original: 2).
+    trained_modules: when non-empty, only these top-level modules change
+      (e.g. ``("language_model",)`` trains the captioner on a fixed detector).
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -126,4 +133,4 @@ def make_optimizer(learning_rate, *, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e
 
   cnn = optax.set_to_zero() if finetune_cnn_after < 0 else starting_at(group(), finetune_cnn_after)
   return optax.multi_transform({"rest": group(), "cnn": cnn, "frozen": optax.set_to_zero()},
-                               lambda params: param_groups(params, frozen_blocks))
+                               lambda params: param_groups(params, frozen_blocks, trained_modules))

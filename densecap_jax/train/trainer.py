@@ -58,7 +58,8 @@ def make_optimizer(config):
   return optim.make_optimizer(
       learning_rate_schedule(config), b1=config.optim_beta1, b2=config.optim_beta2,
       eps=config.optim_epsilon, weight_decay=config.weight_decay,
-      finetune_cnn_after=config.finetune_cnn_after, frozen_blocks=config.model.frozen_blocks)
+      finetune_cnn_after=config.finetune_cnn_after, frozen_blocks=config.model.frozen_blocks,
+      trained_modules=tuple(config.get("trained_modules", ())))
 
 
 def make_loss_fn(model_config, finetune_cnn):

@@ -66,6 +66,9 @@ def get_config(model_name):
   config.optim_epsilon = 1e-8
   config.weight_decay = 1e-6
   config.finetune_cnn_after = -1
+  # Not an option of the original: when set, only these top-level modules
+  # train (e.g. ("language_model",) fits the captioner to a fixed detector).
+  config.trained_modules = ()
 
   config.max_iters = -1
   config.seed = 123
