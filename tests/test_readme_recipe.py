@@ -8,9 +8,9 @@ match, so the test fails when the README's commands change under it):
 
 * ``.venv/bin/python`` -> this interpreter (the project's environment);
 * ``--num_images 3000`` -> ``--num_images 40`` (32 train, 4 val, 4 test images);
-* the train command gets ``--config.max_iters=6 --config.warmup_steps=2
-  --config.save_checkpoint_every=6`` (one checkpoint and one validation, at
-  the end), ``--config.finetune_cnn_after=-1`` (one training program, where
+* both train commands get ``--config.max_iters=6 --config.warmup_steps=2
+  --config.save_checkpoint_every=6`` appended (one checkpoint and one
+  validation, at the end; the last occurrence of a flag wins), ``--config.finetune_cnn_after=-1`` (one training program, where
   CNN fine-tuning from step 1 compiles a second) and
   ``--config.model.buckets=((256,256),)``: a single shape bucket, so that
   training, validation, evaluation and predict each compile their programs
@@ -35,14 +35,15 @@ from densecap_jax.evaluation import meteor
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARKER = "<!-- readme-recipe"
 EXPECTED_MODULES = ["densecap_jax.data.synthetic", "densecap_jax.data.preprocess",
-                    "densecap_jax.train", "densecap_jax.evaluation", "densecap_jax.predict"]
+                    "densecap_jax.train", "densecap_jax.train", "densecap_jax.evaluation",
+                    "densecap_jax.predict"]
+# appended to both train commands (the last occurrence of a flag wins)
+TRAIN_FLAGS = (" --config.max_iters=6 --config.warmup_steps=2 --config.save_checkpoint_every=6 "
+               "--config.finetune_cnn_after=-1 '--config.model.buckets=((256,256),)'")
 SUBSTITUTIONS = [  # (module, README text, replacement)
     (None, ".venv/bin/python", sys.executable),
     ("densecap_jax.data.synthetic", "--num_images 3000", "--num_images 40"),
-    ("densecap_jax.train", "--workdir runs/tiny",
-     "--workdir runs/tiny --config.max_iters=6 --config.warmup_steps=2 "
-     "--config.save_checkpoint_every=6 --config.finetune_cnn_after=-1 "
-     "'--config.model.buckets=((256,256),)'"),
+    ("densecap_jax.train", "--config tiny", "--config tiny"),
 ]
 
 
@@ -77,6 +78,8 @@ def shrink(command):
     if module is None or module_of(command) == module:
       assert old in command, f"the README's {module or 'recipe'} command lost {old!r}: {command}"
       command = command.replace(old, new)
+  if module_of(command) == "densecap_jax.train":
+    command += TRAIN_FLAGS
   return command
 
 
@@ -84,8 +87,9 @@ def test_recipe_block_is_the_documented_commands():
   commands = readme_recipe(os.path.join(ROOT, "README.md"))
   assert [module_of(c) for c in commands] == EXPECTED_MODULES, commands
   assert all(c.startswith(".venv/bin/python -m ") for c in commands), commands
-  train = commands[EXPECTED_MODULES.index("densecap_jax.train")]
-  assert "--config tiny" in train
+  first, captioner = (c for c in commands if module_of(c) == "densecap_jax.train")
+  assert "--config tiny --workdir runs/tiny" in first
+  assert "--config.checkpoint_start_from=runs/tiny " in captioner
   preprocess = commands[EXPECTED_MODULES.index("densecap_jax.data.preprocess")]
   for flag in ("--image_size 256", "--h5_output data/synthetic/regions.h5",
                "--json_output data/synthetic/regions-dicts.json"):
@@ -109,7 +113,10 @@ def test_readme_recipe_runs(tmp_path):
 
   assert os.path.isfile(tmp_path / "data/synthetic/regions.h5")
   assert os.path.isdir(tmp_path / "runs/tiny/best") and os.path.isdir(tmp_path / "runs/tiny/last")
-  with open(tmp_path / "runs/tiny/eval_test.json") as f:
+  with open(tmp_path / "runs/captioner/config.json") as f:
+    captioner = json.load(f)
+  assert captioner["trained_modules"] == ["language_model"], captioner["trained_modules"]
+  with open(tmp_path / "runs/captioner/eval_test.json") as f:
     results = json.load(f)["results"]
   assert results["num_images"] == 4 and 0.0 <= results["map"] <= 1.0
   with open(tmp_path / "out/tiny/vis/results.json") as f:

@@ -12,6 +12,11 @@ def get_config():
   config = common.get_config("tiny")
   config.model.frozen_blocks = 0
   config.finetune_cnn_after = 0
+  # Trained from scratch: the images start the CNN near unit scale, as
+  # ImageNet weights would, and a bag-of-words head keeps what the captions
+  # name in the region codes (``configs/vgg16.py``).
+  config.model.input_scale = 1 / 64
+  config.model.word_loss_weight = 0.1
   config.data_h5 = "data/synthetic/regions.h5"
   config.data_json = "data/synthetic/regions-dicts.json"
   config.per_device_batch_size = 2
@@ -19,7 +24,7 @@ def get_config():
   config.learning_rate = 1e-3
   config.lr_schedule = "cosine"
   config.warmup_steps = 200
-  config.max_iters = 10000
+  config.max_iters = 8000
   config.save_checkpoint_every = 500
   config.losses_log_every = 10
   config.val_images_use = 300
