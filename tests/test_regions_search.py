@@ -34,10 +34,6 @@ def collection(model, tmp_path_factory):
   return index_lib.open_index(output), {f"{i}.jpg": s for i, s in scenes}
 
 
-@pytest.mark.xfail(reason="the bundled model's captions here do not follow the image content "
-                   "(the same few captions on every scene, also for ground-truth boxes of "
-                   "training scenes), so its LM ranks images at chance; see benchmarks/README.md",
-                   strict=True)
 def test_search_finds_the_image_a_caption_came_from(model, collection):
   index, scenes = collection
   fingerprint = index_lib.model_fingerprint(model)
