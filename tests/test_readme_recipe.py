@@ -10,8 +10,9 @@ match, so the test fails when the README's commands change under it):
 * ``--num_images 3000`` -> ``--num_images 40`` (32 train, 4 val, 4 test images);
 * both train commands get ``--config.max_iters=6 --config.warmup_steps=2
   --config.save_checkpoint_every=6`` appended (one checkpoint and one
-  validation, at the end; the last occurrence of a flag wins), ``--config.finetune_cnn_after=-1`` (one training program, where
-  CNN fine-tuning from step 1 compiles a second) and
+  validation, at the end; the last occurrence of a flag wins),
+  ``--config.finetune_cnn_after=-1`` (one training program, where CNN
+  fine-tuning from step 1 compiles a second) and
   ``--config.model.buckets=((256,256),)``: a single shape bucket, so that
   training, validation, evaluation and predict each compile their programs
   once.

@@ -54,7 +54,7 @@ def parse_args(argv=None):
 
 
 def captioner_config(config, start_from, max_iters):
-  """The joint ``config`` turned into the captioner stage: LM only, from the model ``start_from``."""
+  """The joint ``config`` as the captioner stage: the LM alone, from the model ``start_from``."""
   config = config.copy_and_resolve_references()
   config.checkpoint_start_from = start_from
   config.trained_modules = ("language_model",)
@@ -96,8 +96,8 @@ def main(argv=None):
   files.write_json(os.path.join(target, "metrics.json"), {
       "split": "test", "num_images": results["num_images"], "map": results["map"],
       "detmap": results["detmap"], "num_proposals": model_config.num_proposals,
-      "training_steps": config.max_iters, "captioner_steps": args.captioner_iters, "dataset": {"num_images": args.num_images,
-                                                      "seed": args.seed}})
+      "training_steps": config.max_iters, "captioner_steps": args.captioner_iters,
+      "dataset": {"num_images": args.num_images, "seed": args.seed}})
   examples = os.path.join(BUNDLED, "examples")
   os.makedirs(examples, exist_ok=True)
   with open(os.path.join(vg_dir, "densecap_splits.json")) as f:
