@@ -2,9 +2,11 @@
 
 import types
 
+import jax
 import numpy as np
 import pytest
 
+from densecap_jax.models import densecap
 from densecap_jax.train import __main__ as train_main
 from densecap_jax.train import config_checks
 from densecap_jax.train.configs import tiny
@@ -23,6 +25,14 @@ def _config(**overrides):
 
 def test_shipped_configs_pass():
   config_checks.check_config(tiny.get_config())
+
+
+def test_trainable_modules_are_the_models_top_level_modules():
+  model = tiny.get_config().model
+  model.vocab_size = 10
+  params = jax.eval_shape(lambda: densecap.init_params(model, jax.random.key(0)))
+  assert "word_classifier" in params  # the tiny recipe has the bag-of-words head
+  assert sorted(params) == sorted(config_checks.TRAINABLE_MODULES)
 
 
 @pytest.mark.parametrize("overrides, message", [

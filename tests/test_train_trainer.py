@@ -43,6 +43,15 @@ def small_config(dataset, **overrides):
   return config
 
 
+def test_no_cnn_gradient_program_when_trained_modules_fix_the_backbone():
+  config = tiny.get_config()
+  assert config.finetune_cnn_after == 0 and trainer.cnn_finetune_start(config) == 0
+  config.trained_modules = ("language_model",)
+  assert trainer.cnn_finetune_start(config) == -1
+  config.trained_modules = ("backbone", "language_model")
+  assert trainer.cnn_finetune_start(config) == 0
+
+
 @pytest.mark.slow
 def test_resume_continues_bit_identically(dataset, tmp_path):
   full, reason = trainer.train(small_config(dataset, max_iters=10), str(tmp_path / "full"),

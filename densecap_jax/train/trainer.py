@@ -62,6 +62,15 @@ def make_optimizer(config):
       trained_modules=tuple(config.get("trained_modules", ())))
 
 
+def cnn_finetune_start(config):
+  """``finetune_cnn_after``, or -1 when ``trained_modules`` leaves the backbone fixed.
+
+  A fixed backbone needs no gradient, so no step program computes one.
+  """
+  trained = config.get("trained_modules", ())
+  return -1 if trained and "backbone" not in trained else config.finetune_cnn_after
+
+
 def make_loss_fn(model_config, finetune_cnn):
   """``(params, batch, rng) -> (total_loss, metrics)`` for ``loop.make_train_step``."""
 
@@ -159,9 +168,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume=True, progr
         loop.make_train_step(make_loss_fn(config.model, finetune_cnn), tx))
 
   step_fn_from = {}
-  if config.finetune_cnn_after >= 0:
+  finetune_start = cnn_finetune_start(config)
+  if finetune_start >= 0:
     # The CNN gets gradient for iterations > finetune_cnn_after (reference §7.1).
-    step_fn_from[config.finetune_cnn_after + 1] = step_fn(True)
+    step_fn_from[finetune_start + 1] = step_fn(True)
 
   meteor = None
   predict_fn = split_eval.make_predict_fn(config.model, config.test_num_proposals)
@@ -209,7 +219,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume=True, progr
     runtime.announce_compiles(
         (1 + len(step_fn_from)) * num_buckets + (num_buckets if has_val else 0),
         key=("train", config.model.to_json(), config.per_device_batch_size,
-             config.finetune_cnn_after >= 0, config.test_num_proposals, jax.device_count()),
+             finetune_start >= 0, config.test_num_proposals, jax.device_count()),
         upto=True,
         detail="training steps and validation, per shape bucket", record_at_exit=True)
   try:
