@@ -12,6 +12,7 @@ import argparse
 import collections
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -456,3 +457,73 @@ def test_bfloat16_training_ends_within_ten_percent_of_float32(train_data, capsys
     print(f"\nloss over steps 201-300: {final['float32']:.3f} (float32), "
           f"{final['bfloat16']:.3f} (bfloat16)")
   assert abs(final["bfloat16"] - final["float32"]) <= 0.1 * final["float32"]
+
+
+# ---------------------------------------------------------------------------
+# bfloat16 3x3 convs as nine dots on CPU.
+
+
+def _conv_same(inputs, kernel, **kwargs):
+  return jax.lax.conv_general_dilated(inputs, kernel, (1, 1), ((1, 1), (1, 1)),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"), **kwargs)
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 7, 3, 4), (2, 9, 6, 16, 8)])
+def test_conv3x3_as_dots_matches_the_convolution(shape):
+  batch, height, width, channels, features = shape
+  rng = np.random.default_rng(0)
+  inputs = jnp.asarray(rng.standard_normal((batch, height, width, channels)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((3, 3, channels, features)), jnp.float32)
+  highest = jax.lax.Precision.HIGHEST
+  with jax.default_matmul_precision("highest"):
+    got = precision_lib.conv3x3_as_dots(inputs, kernel)
+  np.testing.assert_allclose(got, _conv_same(inputs, kernel, precision=highest),
+                             rtol=1e-5, atol=1e-5)
+  # A corner by hand: out[0, 0, 0] sees only the 2x2 taps kernel[1:, 1:].
+  corner = np.einsum("yxc,yxco->o", np.asarray(inputs[0, :2, :2]), np.asarray(kernel[1:, 1:]))
+  np.testing.assert_allclose(got[0, 0, 0], corner, rtol=1e-5, atol=1e-5)
+  # bf16 operands, float32 accumulation: the same exact products, summed in another order.
+  bf16 = inputs.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
+  got = precision_lib.conv3x3_as_dots(*bf16, preferred_element_type=jnp.float32)
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(got, _conv_same(*bf16, preferred_element_type=jnp.float32),
+                             rtol=1e-5, atol=1e-5)
+
+
+def _conv_layer(channels):
+  layer = nn.Conv(8, (3, 3), padding=1, **precision_lib.conv_kwargs("bfloat16"))
+  inputs = jnp.asarray(np.random.default_rng(1).standard_normal((1, 6, 5, channels)),
+                       jnp.float32)
+  return layer, layer.init(jax.random.key(0), inputs), inputs
+
+
+def _hlo_ops(fn, *args, platform):
+  text = jax.jit(fn).trace(*args).lower(lowering_platforms=(platform,)).as_text()
+  return {op: text.count(f"stablehlo.{op}") for op in ("convolution", "dot_general")}
+
+
+def test_bfloat16_wide_convs_run_as_dots_on_amx_cpus_only(monkeypatch):
+  monkeypatch.setattr(precision_lib, "host_has_amx", lambda: True)
+  layer, params, inputs = _conv_layer(channels=precision_lib.DOT_CONV_MIN_CHANNELS)
+  apply = lambda p, x: layer.apply(p, x)
+  assert _hlo_ops(apply, params, inputs, platform="cpu") == {"convolution": 0, "dot_general": 9}
+  assert _hlo_ops(apply, params, inputs, platform="cuda") == {"convolution": 1, "dot_general": 0}
+  narrow, narrow_params, narrow_inputs = _conv_layer(channels=8)
+  assert _hlo_ops(lambda p, x: narrow.apply(p, x), narrow_params, narrow_inputs,
+                  platform="cpu") == {"convolution": 1, "dot_general": 0}
+  with monkeypatch.context() as patch:
+    patch.setattr(precision_lib, "host_has_amx", lambda: False)
+    assert _hlo_ops(lambda p, x: layer.apply(p, x), params, inputs,  # traced anew
+                    platform="cpu") == {"convolution": 1, "dot_general": 0}
+
+  weights = jnp.asarray(np.random.default_rng(2).standard_normal((1, 6, 5, 8)), jnp.float32)
+  linear_loss = lambda p: jnp.sum(layer.apply(p, inputs) * weights)
+  as_dots = jax.jit(apply)(params, inputs), jax.jit(jax.grad(linear_loss))(params)
+  monkeypatch.setattr(precision_lib, "DOT_CONV_MIN_CHANNELS", 10**9)  # the convolution
+  as_conv = jax.jit(apply)(params, inputs), jax.jit(jax.grad(linear_loss))(params)
+  assert as_dots[0].dtype == jnp.float32
+  np.testing.assert_allclose(as_dots[0], as_conv[0], rtol=1e-5, atol=1e-5)
+  # The backward products are the convolution's whatever the forward's form:
+  # with a loss linear in the output, the gradients are identical.
+  for got, want in zip(jax.tree.leaves(as_dots[1]), jax.tree.leaves(as_conv[1])):
+    np.testing.assert_array_equal(got, want)

@@ -16,7 +16,13 @@ module of the model:
   backward products take bf16 operands too (``_bf16_product``). The
   parameters stay float32 (master weights, and what is saved). The backbone keeps its
   activations in bfloat16 between convs (half the memory traffic) and returns
-  float32 features.
+  float32 features. On a CPU with AMX (:func:`host_has_amx`) the 3x3 convs
+  with at least ``DOT_CONV_MIN_CHANNELS`` input channels run as nine shifted
+  matrix products (:func:`conv3x3_as_dots`): XLA:CPU computes bf16
+  convolutions on operands converted to float32 but bf16 x bf16 -> float32
+  dots natively, so these convs then run faster than in float32
+  (``benchmarks/cpu_bf16.py``). Other devices, and the backward products,
+  keep the convolution.
 
 Whatever the policy, everything that ranks, decodes or scores stays float32:
 anchors, box transforms and clipping, IoU / NMS, RoI sampling coordinates and
@@ -68,15 +74,17 @@ def _bf16_operands(inputs, kernel, bias=None, *, dtype=None, inexact=True):
   return [inputs.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), bias]
 
 
-def _bf16_product(product):
+def _bf16_product(product, forward_product=None):
   """``product`` (a ``lax`` conv or dot) of bf16 operands: float32 forward, bf16 backward.
 
   The forward pass accumulates and returns float32 (``preferred_element_type``),
-  so the results the model ranks and decodes are not rounded to bf16. The
-  backward pass rounds the incoming cotangent to bf16 and runs the transposed
-  products on bf16 operands, as fast as the forward ones (a float32 cotangent
-  would make them float32 products).
+  so the results the model ranks and decodes are not rounded to bf16; it runs
+  ``forward_product`` (same signature and result as ``product``; default
+  ``product``). The backward pass rounds the incoming cotangent to bf16 and
+  runs the transposed products of ``product`` on bf16 operands, as fast as the
+  forward ones (a float32 cotangent would make them float32 products).
   """
+  forward_product = forward_product or product
 
   @functools.wraps(product)
   def wrapped(lhs, rhs, *args, preferred_element_type=None, **kwargs):
@@ -85,7 +93,7 @@ def _bf16_product(product):
 
     @jax.custom_vjp
     def run(lhs, rhs):
-      return product(lhs, rhs, *args, preferred_element_type=jnp.float32, **kwargs)
+      return forward_product(lhs, rhs, *args, preferred_element_type=jnp.float32, **kwargs)
 
     def forward(lhs, rhs):
       return run(lhs, rhs), (lhs, rhs)
@@ -100,9 +108,90 @@ def _bf16_product(product):
   return wrapped
 
 
+# On an AMX CPU under "bfloat16", 3x3 convs with at least this many input
+# channels run as dots: in VGG-16 from conv3_2 on, where the dots measured faster than
+# both the bf16 and the float32 convolution (``benchmarks/cpu_bf16.py``); on
+# the larger, shallower maps of blocks 1-2 the nine shifted slices cost more
+# than the native bf16 products save.
+DOT_CONV_MIN_CHANNELS = 256
+
+# Flax's NHWC / HWIO convolution layout.
+_NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
+                                 out_spec=(0, 3, 1, 2))
+
+
+def conv3x3_as_dots(inputs, kernel, preferred_element_type=None):
+  """A 3x3, stride-1, zero-padded ("same") convolution as nine matrix products.
+
+  ``out[n, y, x] = sum_{i, j} pad(inputs)[n, y + i, x + j, :] @ kernel[i, j]``:
+  the products of ``lax.conv_general_dilated`` with padding 1, summed in
+  another order.
+
+  Args:
+    inputs: ``[N, H, W, C]``.
+    kernel: ``[3, 3, C, O]`` (HWIO), the dtype of ``inputs``.
+    preferred_element_type: dtype of the products' accumulation and result
+      (default: that of the operands).
+
+  Returns:
+    ``[N, H, W, O]``.
+  """
+  _, height, width, _ = inputs.shape
+  padded = jnp.pad(inputs, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  out = None
+  for i in range(3):
+    for j in range(3):
+      tap = lax.dot_general(padded[:, i:i + height, j:j + width, :], kernel[i, j],
+                            (((3,), (0,)), ((), ())),
+                            preferred_element_type=preferred_element_type)
+      out = tap if out is None else out + tap
+  return out
+
+
+@functools.cache
+def host_has_amx():
+  """Whether this machine's CPU has AMX bf16 units (``amx_bf16`` in /proc/cpuinfo's flags)."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      return any(line.startswith("flags") and "amx_bf16" in line.split() for line in f)
+  except OSError:
+    return False
+
+
+def _runs_as_dots(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                  dimension_numbers, feature_group_count):
+  """Whether a conv is one :func:`conv3x3_as_dots` computes and speeds up on CPU."""
+  ones = (1, 1)
+  return (lhs.ndim == 4 and rhs.shape[:2] == (3, 3)
+          and rhs.shape[2] >= DOT_CONV_MIN_CHANNELS
+          and not isinstance(padding, str)
+          and [tuple(pair) for pair in padding] == [ones, ones]
+          and tuple(window_strides) == ones
+          and tuple(lhs_dilation or ones) == ones and tuple(rhs_dilation or ones) == ones
+          and feature_group_count == 1
+          and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC)
+
+
+def _conv_forward(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                  dimension_numbers=None, feature_group_count=1, precision=None,
+                  preferred_element_type=None):
+  """``lax.conv_general_dilated``; on CPU as :func:`conv3x3_as_dots` where that pays."""
+  conv = functools.partial(
+      lax.conv_general_dilated, window_strides=window_strides, padding=padding,
+      lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+      precision=precision, preferred_element_type=preferred_element_type)
+  if not host_has_amx() or not _runs_as_dots(
+      lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+      feature_group_count):
+    return conv(lhs, rhs)
+  dots = functools.partial(conv3x3_as_dots, preferred_element_type=preferred_element_type)
+  return lax.platform_dependent(lhs, rhs, cpu=dots, default=conv)
+
+
 # Products of bf16 operands accumulated and returned in float32 (``_bf16_product``).
 _dot_general_f32 = _bf16_product(lax.dot_general)
-_conv_f32 = _bf16_product(lax.conv_general_dilated)
+_conv_f32 = _bf16_product(lax.conv_general_dilated, _conv_forward)
 
 
 def dense_kwargs(precision):
