@@ -7,7 +7,8 @@ in plain bf16 (bf16 result):
 
 * fc6: ``(1000, 25088) @ (25088, 4096)`` (1,000 RoIs through fc6, 205.5 GFLOP);
 * conv: a 3 x 3 convolution 512 -> 512 on a 34 x 45 map, batch 1, NHWC / HWIO
-  (conv5-sized, 7.2 GFLOP);
+  (conv5-sized, 7.2 GFLOP), also as the nine shifted bf16 -> float32 dots
+  that the policy runs on AMX CPUs (``precision.conv3x3_as_dots``);
 * fc6-bwd, conv-bwd: the input and weight gradients of fc6 on 256 RoIs (a
   training image's sampled regions, 105 GFLOP) and of the conv, in float32
   and as bf16 training computes them (float32 values rounded to bf16 inside
@@ -62,25 +63,36 @@ VARIANTS = {
 FC6 = (1000, 25088, 4096)  # rows, K, N
 CONV = (34, 45, 512, 512)  # H, W, C in, C out (3 x 3, SAME)
 BWD_ROWS = 256  # RoIs per training image (sampler_batch_size)
-TOLERANCE = {"float32": 1e-5, "bf16->f32": 1e-2, "bf16->bf16": 1e-2, "bf16 autocast": 1e-2}
+TOLERANCE = {"float32": 1e-5, "bf16->f32": 1e-2, "bf16->bf16": 1e-2, "bf16->f32 9 dots": 1e-2,
+             "bf16 autocast": 1e-2}
 
 
-def cpu_model_and_amx():
-  """(CPU model name, whether /proc/cpuinfo lists amx_bf16)."""
-  model, amx = "unknown CPU", False
+def cpu_model():
+  """The CPU model name in /proc/cpuinfo."""
   try:
     with open("/proc/cpuinfo", encoding="utf-8") as f:
       for line in f:
-        if line.startswith("model name") and model == "unknown CPU":
-          model = line.split(":", 1)[1].strip()
-        elif line.startswith("flags"):
-          amx = amx or "amx_bf16" in line.split()
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
   except OSError:
     pass
-  return model, amx
+  return "unknown CPU"
 
 
-def library_of(hlo_text, operand_shape):
+def product_operand_dtypes(hlo_text):
+  """Element types of the operands of the HLO's dots and convolutions.
+
+  Each product sits in a computation of its own (a library fusion) whose
+  root it is; the types are those of that computation's parameters.
+  """
+  dtypes = set()
+  for computation in hlo_text.split("\n\n"):
+    if re.search(r"ROOT %\S+ = \S+ (dot|convolution)\(", computation):
+      dtypes |= set(re.findall(r"= (\w+)\[[^\]]*\]\S* parameter\(", computation))
+  return dtypes
+
+
+def library_of(hlo_text):
   """What the optimised HLO calls for its product, and whether bf16 operands became f32."""
   found = []
   for key, name in (("__onednn_fusion", "oneDNN fusion"), ("__onednn$", "oneDNN custom call"),
@@ -88,9 +100,10 @@ def library_of(hlo_text, operand_shape):
     if key in hlo_text:
       found.append(name)
   text = "+".join(found) or "XLA (Eigen)"
-  dims = re.escape(",".join(str(d) for d in operand_shape))
-  if "bf16[" in hlo_text and re.search(rf"%\S*convert\S* = f32\[{dims}\]", hlo_text):
-    text += ", bf16 operands converted to f32"
+  if "bf16[" in hlo_text:
+    dtypes = product_operand_dtypes(hlo_text)
+    text += (", bf16 operands" if "bf16" in dtypes
+             else ", bf16 operands converted to f32" if dtypes else "")
   return text
 
 
@@ -176,6 +189,8 @@ def child(out_dir, variant, repeats, seed):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jax import lax  # pylint: disable=g-import-not-at-top
 
+  from densecap_jax.models import precision  # pylint: disable=g-import-not-at-top
+
   rows, k, n = FC6
   h, wd, cin, cout = CONV
   x, w, image, kernel, g_fc, g_conv = inputs(seed)
@@ -201,6 +216,9 @@ def child(out_dir, variant, repeats, seed):
   def conv_bf16_out(a, b):
     return lax.conv_general_dilated(a, b, (1, 1), "SAME", dimension_numbers=dims)
 
+  def conv_bf16_dots(a, b):
+    return precision.conv3x3_as_dots(a, b, preferred_element_type=jnp.float32)
+
   bf16 = lambda *arrays: tuple(jnp.asarray(a, jnp.bfloat16) for a in arrays)
   f32 = lambda *arrays: tuple(jnp.asarray(a) for a in arrays)
   fc_flops, conv_flops = 2.0 * rows * k * n, 2.0 * h * wd * cin * cout * 9
@@ -209,7 +227,8 @@ def child(out_dir, variant, repeats, seed):
            ("fc6", "bf16->bf16", fc6_bf16_out, bf16(x, w), fc_flops),
            ("conv", "float32", conv_f32, f32(image, kernel), conv_flops),
            ("conv", "bf16->f32", conv_bf16, bf16(image, kernel), conv_flops),
-           ("conv", "bf16->bf16", conv_bf16_out, bf16(image, kernel), conv_flops)]
+           ("conv", "bf16->bf16", conv_bf16_out, bf16(image, kernel), conv_flops),
+           ("conv", "bf16->f32 9 dots", conv_bf16_dots, bf16(image, kernel), conv_flops)]
 
   # Backward (input and weight gradients) as training takes it: float32 master values
   # rounded to bf16 inside the function, float32 cotangents.
@@ -243,7 +262,7 @@ def child(out_dir, variant, repeats, seed):
             np.asarray(out, np.float32))
     results.append({"op": op, "dtype": dtype, "seconds": statistics.median(times),
                     "times": times, "flops": flops,
-                    "library": library_of(compiled.as_text(), args[0].shape)})
+                    "library": library_of(compiled.as_text())})
     print(f"  {variant}: {op} {dtype} {statistics.median(times) * 1e3:.1f} ms", file=sys.stderr,
           flush=True)
   with open(os.path.join(out_dir, f"{variant}.json"), "w", encoding="utf-8") as f:
@@ -296,7 +315,8 @@ def main(argv=None):
     variants.remove("default")
   variants.insert(0, "default")  # the reference runs first
 
-  model, amx = cpu_model_and_amx()
+  from densecap_jax.models import precision  # pylint: disable=g-import-not-at-top
+  model, amx = cpu_model(), precision.host_has_amx()
   summaries, errors = {}, {}
   with tempfile.TemporaryDirectory() as out_dir:
     for variant in variants:

@@ -23,7 +23,7 @@ host into two JAX devices so that the data-parallel path (pmap, ``pmean`` of
 the gradients) runs; the two devices share the same cores, so this checks
 the path, it does not speed anything up.
 
-  python benchmarks/train.py [--configs tiny,vgg16] [--steps 10]
+  python benchmarks/train.py [--configs tiny,vgg16] [--precisions float32,bfloat16] [--steps 10]
   XLA_FLAGS=--xla_force_host_platform_device_count=2 python benchmarks/train.py --configs tiny
 """
 
@@ -55,9 +55,10 @@ MIN_BOX_SIDE = 16
 NUM_BATCHES = 2  # distinct batches the timed steps cycle through
 
 
-def train_config(name, vocab_size, per_device_batch_size, finetune_cnn):
-  """The training config ``name`` with V set, and the overrides asked for."""
+def train_config(name, vocab_size, per_device_batch_size, finetune_cnn, precision):
+  """The training config ``name`` with V and the model ``precision`` set, and the overrides asked for."""
   config = TRAIN_CONFIGS[name].get_config()
+  config.model = configs.with_precision(config.model, precision)
   config.model.vocab_size = vocab_size
   if per_device_batch_size is not None:
     config.per_device_batch_size = per_device_batch_size
@@ -174,10 +175,14 @@ def parse_args(argv=None):
                       help="V for every config (default: tiny 64, vgg16 10000)")
   parser.add_argument("--regions", type=int, default=None,
                       help="ground-truth regions per image (default: half of max_gt_boxes)")
+  parser.add_argument("--precisions", default="float32",
+                      help=f"model precisions, comma-separated, of {configs.PRECISIONS}")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
   try:
     args.configs = tuple(args.configs.split(","))
+    args.precisions = tuple(configs.check_precision(p, "--precisions")
+                            for p in args.precisions.split(","))
     unknown = [c for c in args.configs if c not in TRAIN_CONFIGS]
     if unknown:
       raise ValueError(f"--configs: unknown {unknown}, expected some of {tuple(TRAIN_CONFIGS)}")
@@ -202,24 +207,28 @@ def main(argv=None):
   devices = jax.local_devices()
   rows = []
   for name in args.configs:
-    config = train_config(name, args.vocab_size or DEFAULT_VOCAB_SIZES[name],
-                          args.per_device_batch_size, args.finetune_cnn)
-    num_regions = min(args.regions or config.model.max_gt_boxes // 2, config.model.max_gt_boxes)
-    result = bench_config(config, args.buckets[name], num_regions, args.warmup, args.steps,
-                          args.seed)
-    rows.append((name, config, result))
-    print(f"  done: {name}", flush=True)
+    for precision in args.precisions:
+      config = train_config(name, args.vocab_size or DEFAULT_VOCAB_SIZES[name],
+                            args.per_device_batch_size, args.finetune_cnn, precision)
+      num_regions = min(args.regions or config.model.max_gt_boxes // 2,
+                        config.model.max_gt_boxes)
+      result = bench_config(config, args.buckets[name], num_regions, args.warmup, args.steps,
+                            args.seed)
+      rows.append((name, config, result))
+      print(f"  done: {name} {precision}", flush=True)
 
   print(f"JAX {jax.__version__}: {len(devices)} x {devices[0].platform} "
         f"{devices[0].device_kind}; {args.steps} timed steps after {args.warmup} warm-up")
-  print(f"{'config':<7} {'bucket':>8} {'img/dev':>7} {'devices':>7} {'CNN':>6} {'V':>6} "
+  print(f"{'config':<7} {'precision':>9} {'bucket':>8} {'img/dev':>7} {'devices':>7} {'CNN':>6} "
+        f"{'V':>6} "
         f"{'step 1 s':>8} {'step 2 s':>8} {'step ms':>9} {'steps/s':>8} {'images/s':>9}  finite")
   for name, config, result in rows:
     height, width = args.buckets[name]
     images = config.per_device_batch_size * len(devices)
     cnn = "train" if config.finetune_cnn_after >= 0 else "frozen"
     warmup = [f"{s:8.1f}" for s in result["warmup_s"][:2]] + [f"{'-':>8}"]
-    print(f"{name:<7} {f'{height}x{width}':>8} {config.per_device_batch_size:>7} "
+    print(f"{name:<7} {config.model.precision:>9} {f'{height}x{width}':>8} "
+          f"{config.per_device_batch_size:>7} "
           f"{len(devices):>7} {cnn:>6} {config.model.vocab_size:>6} {warmup[0]} {warmup[1]} "
           f"{result['step_s'] * 1e3:9.1f} {result['steps_per_s']:8.3f} "
           f"{result['steps_per_s'] * images:9.2f}  {'yes' if result['finite'] else 'NO'}")
