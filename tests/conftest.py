@@ -1,7 +1,8 @@
 """Test set-up: eight host CPU devices so multi-device code runs on any machine.
 
-Commands run by tests (in this process or as subprocesses) keep compiled
-programs in a temporary folder removed at exit, never in the user's cache.
+Commands run by tests (in this process or as subprocesses), and the tests
+themselves, keep compiled programs in a temporary folder removed at exit,
+never in the user's cache.
 """
 
 import atexit
@@ -20,6 +21,13 @@ if "DENSECAP_JAX_CACHE_DIR" not in os.environ:
 
 import jax  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
+
+from densecap_jax import runtime  # pylint: disable=g-import-not-at-top
+
+# Tests in this process use the same cache as the commands they run: a program
+# that several test files compile (the bundled model's passes, say) is
+# compiled once per test run.
+runtime.setup()
 
 
 class _CompileRecorder(logging.Handler):
