@@ -55,8 +55,12 @@ MIN_BOX_SIDE = 16
 NUM_BATCHES = 2  # distinct batches the timed steps cycle through
 
 
-def train_config(name, vocab_size, per_device_batch_size, finetune_cnn, precision):
-  """The training config ``name`` with V and the model ``precision`` set, and the overrides asked for."""
+def train_config(name, vocab_size, per_device_batch_size, finetune_cnn, precision=None):
+  """The training config ``name`` with V set, and the overrides asked for.
+
+  ``precision``: the model's precision (``configs.PRECISIONS``); ``None``
+  keeps the config's.
+  """
   config = TRAIN_CONFIGS[name].get_config()
   config.model = configs.with_precision(config.model, precision)
   config.model.vocab_size = vocab_size
