@@ -109,10 +109,10 @@ def _bf16_product(product, forward_product=None):
 
 
 # On an AMX CPU under "bfloat16", 3x3 convs with at least this many input
-# channels run as dots: in VGG-16 from conv3_2 on, where the dots measured faster than
-# both the bf16 and the float32 convolution (``benchmarks/cpu_bf16.py``); on
-# the larger, shallower maps of blocks 1-2 the nine shifted slices cost more
-# than the native bf16 products save.
+# channels run as dots: in VGG-16 conv3_2 ... conv5_3 and the RPN conv, the
+# threshold with which the backbone ran fastest (the CPU bfloat16 section of
+# benchmarks/README.md); on the larger, shallower maps of blocks 1-2 slicing
+# and summing the nine shifted taps costs more than the bf16 products save.
 DOT_CONV_MIN_CHANNELS = 256
 
 # Flax's NHWC / HWIO convolution layout.
