@@ -223,17 +223,17 @@ def main(argv=None):
 
   print(f"JAX {jax.__version__}: {len(devices)} x {devices[0].platform} "
         f"{devices[0].device_kind}; {args.steps} timed steps after {args.warmup} warm-up")
-  print(f"{'config':<7} {'precision':>9} {'bucket':>8} {'img/dev':>7} {'devices':>7} {'CNN':>6} "
-        f"{'V':>6} "
-        f"{'step 1 s':>8} {'step 2 s':>8} {'step ms':>9} {'steps/s':>8} {'images/s':>9}  finite")
+  print(f"{'config':<7} {'precision':>9} {'bucket':>8} {'img/dev':>7} {'devices':>7} "
+        f"{'CNN':>6} {'V':>6} {'step 1 s':>8} {'step 2 s':>8} {'step ms':>9} {'steps/s':>8} "
+        f"{'images/s':>9}  finite")
   for name, config, result in rows:
     height, width = args.buckets[name]
     images = config.per_device_batch_size * len(devices)
     cnn = "train" if config.finetune_cnn_after >= 0 else "frozen"
     warmup = [f"{s:8.1f}" for s in result["warmup_s"][:2]] + [f"{'-':>8}"]
     print(f"{name:<7} {config.model.precision:>9} {f'{height}x{width}':>8} "
-          f"{config.per_device_batch_size:>7} "
-          f"{len(devices):>7} {cnn:>6} {config.model.vocab_size:>6} {warmup[0]} {warmup[1]} "
+          f"{config.per_device_batch_size:>7} {len(devices):>7} {cnn:>6} "
+          f"{config.model.vocab_size:>6} {warmup[0]} {warmup[1]} "
           f"{result['step_s'] * 1e3:9.1f} {result['steps_per_s']:8.3f} "
           f"{result['steps_per_s'] * images:9.2f}  {'yes' if result['finite'] else 'NO'}")
 
