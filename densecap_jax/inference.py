@@ -43,6 +43,7 @@ from PIL import Image
 
 from densecap_jax import checkpoint
 from densecap_jax import configs
+from densecap_jax import runtime
 from densecap_jax import settings as settings_lib
 from densecap_jax.data import buckets as buckets_lib
 from densecap_jax.data import device_resize
@@ -260,11 +261,19 @@ class DenseCapPredictor:
       the decoded uint8 original goes to the devices, ``data.device_resize``)
       or ``"host"`` (NumPy, ``data.images.prepare_test_image``). Both give the
       same model input bit for bit (tested on CPU), hence the same results.
+    compilation_cache: keep compiled programs in the persistent compilation
+      cache (``runtime.use_compilation_cache``: ``~/.cache/densecap_jax/jax``
+      or ``$DENSECAP_JAX_CACHE_DIR``), so the next process loads them instead
+      of compiling; ``False`` leaves it off, as does
+      ``DENSECAP_JAX_CACHE_DIR=off``. A process that set the cache up itself
+      (a command's ``runtime.setup``, JAX's ``jax_compilation_cache_dir``)
+      keeps its choice.
   """
 
   def __init__(self, params, config, vocab, *, image_size=None, num_proposals=None,
                rpn_nms_thresh=None, final_nms_thresh=None, batch_size=1, devices=None,
-               precision=None, preprocess=None):
+               precision=None, preprocess=None, compilation_cache=True):
+    runtime.use_compilation_cache(compilation_cache)  # before anything compiles
     settings_lib.check_settings(image_size=image_size, num_proposals=num_proposals,
                                 rpn_nms_thresh=rpn_nms_thresh,
                                 final_nms_thresh=final_nms_thresh)
@@ -554,7 +563,10 @@ def load_model(path=None, **settings):
       or a converted original checkpoint); ``None`` = the bundled model.
     **settings: ``image_size``, ``num_proposals``, ``rpn_nms_thresh``,
       ``final_nms_thresh``, ``batch_size``, ``devices``, ``precision``,
-      ``preprocess`` (see :class:`DenseCapPredictor`).
+      ``preprocess``, ``compilation_cache`` (see :class:`DenseCapPredictor`;
+      the persistent compilation cache is on unless
+      ``compilation_cache=False``).
   """
+  runtime.use_compilation_cache(settings.get("compilation_cache", True))
   params, config, vocab = checkpoint.load_model(path or bundled_model_path())
   return DenseCapPredictor(params, config, vocab, **settings)

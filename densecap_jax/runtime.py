@@ -1,7 +1,11 @@
 """Process start-up shared by every command: the compilation cache, quiet logs, compile notices.
 
-Every entry point (predict, extract_features, serve, training, evaluation)
-calls :func:`setup` once, before its first JAX computation:
+Every command (predict, extract_features, serve, training, evaluation)
+calls :func:`setup` once, before its first JAX computation; the library's
+entry points that compile (``load_model``, ``DenseCapPredictor``,
+``train.trainer.train``, ``evaluation.split_eval.evaluate_split``) call
+:func:`use_compilation_cache`, which turns on the same cache without touching
+logging, unless the process chose already:
 
 * JAX's persistent compilation cache is on by default, in
   ``$XDG_CACHE_HOME/densecap_jax/jax`` (else ``~/.cache/densecap_jax/jax``),
@@ -30,6 +34,11 @@ API:
 ``setup(*, verbose=False, compilation_cache=True) -> str | None``
     applies the settings; idempotent; returns the cache folder in use, or
     ``None`` when the cache is off or unusable.
+``use_compilation_cache(enabled=True) -> str | None``
+    for library entry points: the persistent cache of :func:`cache_dir` on,
+    unless :func:`setup` (or an earlier call) already chose, or the user set
+    JAX's own ``jax_compilation_cache_dir``; ``enabled=False`` leaves it off.
+    Returns the folder in use (``None``: off).
 ``cache_dir() -> str | None``
     the folder the environment selects (``None``: off), without creating it.
 ``compiling(count, *, key=None, detail="", upto=False, file=None)``
@@ -89,8 +98,8 @@ QUIET_LEVELS = {"absl": logging.ERROR, "orbax": logging.ERROR, "jax": logging.WA
 NOISE_PREFIXES = ("Unable to initialize backend",)
 
 _lock = threading.RLock()
-_state = {"cache": None, "warned": set(), "announced": set(), "listening": False,
-          "hits": 0, "requests": 0, "filter": None}
+_state = {"cache": None, "configured": False, "warned": set(), "announced": set(),
+          "listening": False, "hits": 0, "requests": 0, "filter": None}
 
 
 def cache_dir():
@@ -161,7 +170,42 @@ def setup(*, verbose=False, compilation_cache=True):
     if folder:
       folder = _usable(folder)
     _set_cache(folder)
+    _state["configured"] = True
     return folder
+
+
+def use_compilation_cache(enabled=True):
+  """The persistent compilation cache for library use: on by default, once per process.
+
+  The library's entry points that compile call it (``load_model(...,
+  compilation_cache=False)`` passes ``enabled=False``), so a Python program
+  loads the programs an earlier process compiled, as the commands do. It
+  changes nothing when the process chose already: after :func:`setup` or an
+  earlier call, or when the user set JAX's ``jax_compilation_cache_dir``
+  (then that folder is used). Unlike :func:`setup` it leaves logging alone.
+  ``DENSECAP_JAX_CACHE_DIR=off`` turns the cache off here too.
+
+  Args:
+    enabled: ``False``: leave the cache off (JAX's default) in this process
+      unless something else turns it on.
+
+  Returns:
+    The cache folder in use, or ``None``.
+  """
+  with _lock:
+    if _state["configured"]:
+      return _state["cache"]
+    import jax  # pylint: disable=g-import-not-at-top
+    if jax.config.jax_compilation_cache_dir:  # the user's own choice
+      _state["cache"] = jax.config.jax_compilation_cache_dir
+      _listen(jax)
+    elif enabled:
+      folder = cache_dir()
+      _set_cache(_usable(folder) if folder else None)
+    else:
+      return None  # undecided: a later call may still turn it on
+    _state["configured"] = True
+    return _state["cache"]
 
 
 def _usable(folder):

@@ -161,3 +161,66 @@ def test_log_noise_only_with_verbose(model_and_image, tmp_path):
   assert "INFO" not in quiet.stderr and "Unable to initialize backend" not in quiet.stderr
   _, verbose = run_predict(model_and_image, tmp_path, "--verbose", cache="off")
   assert NOISE_MARKER in verbose.stderr
+
+
+# ------------------------------------------------------------ the Python API
+
+LIBRARY_RUN = """
+import sys
+import jax
+import densecap_jax
+hits = []
+jax.monitoring.register_event_listener(
+    lambda event, **kw: hits.append(event) if event == "/jax/compilation_cache/cache_hits" else None)
+keyword = {"on": {}, "off": {"compilation_cache": False}}[sys.argv[3]]
+model = densecap_jax.load_model(sys.argv[1], **keyword)
+result = model.predict([sys.argv[2]])[0]
+print(jax.config.jax_compilation_cache_dir)
+print(len(hits))
+print(" | ".join(result["captions"]))
+"""
+
+
+def run_library(model_and_image, env, mode="on"):
+  """Runs ``load_model(...).predict`` in a fresh Python process that never calls runtime.setup."""
+  model, image = model_and_image
+  environment = dict(os.environ, JAX_PLATFORMS="cpu", **env)
+  environment.pop("XLA_FLAGS", None)
+  for name in (runtime.CACHE_ENV, "JAX_COMPILATION_CACHE_DIR"):
+    if name not in env:
+      environment.pop(name, None)
+  done = subprocess.run([sys.executable, "-c", LIBRARY_RUN, model, image, mode],
+                        capture_output=True, text=True, env=environment, timeout=600, check=False)
+  assert done.returncode == 0, done.stderr
+  folder, hits, captions = done.stdout.splitlines()[-3:]
+  return folder, int(hits), captions
+
+
+@pytest.mark.slow
+def test_load_model_uses_the_compilation_cache_across_processes(model_and_image, tmp_path):
+  # No DENSECAP_JAX_CACHE_DIR: the default folder under XDG_CACHE_HOME, as for a user.
+  xdg = tmp_path / "xdg"
+  env = {"XDG_CACHE_HOME": str(xdg), "HOME": str(tmp_path / "home")}
+  folder, hits, captions = run_library(model_and_image, env)
+  assert folder == str(xdg / "densecap_jax" / "jax")
+  assert hits == 0
+  model_entries = [n for n in cache_entries(folder) if n.startswith("jit_run-")]
+  assert model_entries
+  folder2, hits2, captions2 = run_library(model_and_image, env)
+  assert (folder2, captions2) == (folder, captions)
+  assert hits2 >= 1  # the model's program came from the first process's cache
+  assert [n for n in cache_entries(folder) if n.startswith("jit_run-")] == model_entries
+  # turned off: by the keyword or by the environment, nothing is used or written
+  off = {"XDG_CACHE_HOME": str(tmp_path / "xdg-off"), "HOME": str(tmp_path / "home")}
+  assert run_library(model_and_image, off, mode="off")[:2] == ("None", 0)
+  assert run_library(model_and_image, dict(off, **{runtime.CACHE_ENV: "off"}))[:2] == ("None", 0)
+  assert not (tmp_path / "xdg-off").exists()
+
+
+def test_use_compilation_cache_keeps_a_choice_already_made(monkeypatch, tmp_path):
+  state = runtime._state  # pylint: disable=protected-access
+  monkeypatch.setitem(state, "configured", True)
+  monkeypatch.setitem(state, "cache", "/chosen")
+  monkeypatch.setenv(runtime.CACHE_ENV, str(tmp_path / "other"))
+  assert runtime.use_compilation_cache() == "/chosen"  # setup() ran first: kept
+  assert not (tmp_path / "other").exists()

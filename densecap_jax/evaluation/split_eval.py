@@ -16,6 +16,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 from tqdm import tqdm
 
+from densecap_jax import runtime
 from densecap_jax.evaluation import metric
 from densecap_jax.data import loader as loader_lib
 from densecap_jax.data import vocab as vocab_lib
@@ -66,6 +67,7 @@ def evaluate_split(params, data, split, predict_fn, *, config, max_images=-1, ba
   Returns:
     The ``DenseCaptioningEvaluator.evaluate()`` dict, on every process.
   """
+  runtime.use_compilation_cache()
   indices = data.split_indices(split)
   num_images = len(indices) if max_images < 0 else min(max_images, len(indices))
   max_boxes = max(1, int(data.num_boxes[indices[:num_images]].max(initial=0)))

@@ -116,9 +116,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume=True, progr
 
   With ``resume`` a run continues from the newest checkpoint in ``workdir``;
   without it, a ``workdir`` that already holds checkpoints is refused rather
-  than overwritten.
+  than overwritten. The persistent compilation cache is on
+  (``runtime.use_compilation_cache``) unless the process chose otherwise.
   """
   config_checks.check_config(config)
+  runtime.use_compilation_cache()
   data = loader_lib.DenseCapH5(config.data_h5, config.data_json)
   with config.unlocked():
     config.model.vocab_size = data.vocab_size
