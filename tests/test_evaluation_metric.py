@@ -443,6 +443,24 @@ def test_result_keys_follow_the_original():
   assert "mAP 100.00" in table and len(table.splitlines()) == 7
 
 
+def test_probabilities_distinct_in_float64_but_equal_in_float32_keep_their_order():
+  # One ground-truth box (0, 0)-(10, 10) "a cat". The far box (50, 50)-(60, 60)
+  # is listed first at 0.99999999, the exact box second at 0.999999999: both
+  # are 1.0 in float32. Ranked in float64 the exact box comes first, claims
+  # the box with IoU 1 and a METEOR of 1: TP at rank 1, every AP 1 (the far box
+  # after it overlaps nothing; the only box is claimed already). Ranked as a
+  # float32 tie, the far box would come first and claim the last box
+  # (used[-1]) with IoU 0, leaving the exact box not ok: every AP 0.
+  scores = np.array([0.99999999, 0.999999999])
+  assert np.float32(scores[0]) == np.float32(scores[1]) and scores[0] < scores[1]
+  e = ev.DenseCaptioningEvaluator(meteor_fn=constant_meteor(1.0))
+  e.add_result(scores, xcycwh((50, 50, 60, 60), (0, 0, 10, 10)), ["a cat", "a cat"],
+               xcycwh((0, 0, 10, 10)), ["a cat"])
+  r = e.evaluate()
+  assert r["map"] == 1.0 and r["detmap"] == 1.0
+  np.testing.assert_array_equal(e.records()["score"], scores[::-1])
+
+
 def test_image_without_ground_truth_and_without_detections():
   e = ev.DenseCaptioningEvaluator(meteor_fn=constant_meteor(1.0))
   e.add_result(np.array([5.0]), xcycwh(G), ["a"], np.zeros((0, 4)), [])

@@ -147,6 +147,22 @@ def test_every_format_gives_the_in_process_map(setup, tmp_path, capsys):
   assert output["checks"]["format"] == "jsonl" and output["checks"]["boxes_in"] == "resized"
 
 
+def test_probabilities_near_1_rank_as_the_logits_do(setup, tmp_path, capsys):
+  # sigmoid(logit) in float64 keeps the logits' order; the highest logits
+  # give probabilities that float32 rounds to 1.0, where they would tie and
+  # rank in file order.
+  dets = [dict(d, scores=(1 / (1 + np.exp(-np.asarray(d["scores"], np.float64)))).tolist())
+          for d in setup["detections"]]
+  probabilities = np.concatenate([d["scores"] for d in dets])
+  logits = np.concatenate([d["scores"] for d in setup["detections"]])
+  assert (np.float32(probabilities) == 1).sum() > 1 and len(np.unique(probabilities)) == (
+      len(np.unique(logits)))
+  path = write(tmp_path / "probabilities.json", results_json(dets))
+  output, _ = run(["--predictions", path, *h5_flags(setup)], tmp_path, capsys)
+  assert output["results"]["map"] == setup["reference"]["map"]
+  assert output["results"]["detmap"] == setup["reference"]["detmap"]
+
+
 def test_visual_genome_ground_truth_equals_the_preprocessed_one(setup, tmp_path, capsys):
   from_h5 = ground_truth.from_h5(setup["h5"], setup["json"], "test")
   vg = setup["vg"]

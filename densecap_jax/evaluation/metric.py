@@ -35,9 +35,11 @@ Quirks kept by default (``quirks=True``), changed by ``quirks=False``:
 
 Both variants keep the strict METEOR ``>`` (intended, ``eval/README.md``: with
 ``>=`` the threshold 0 would accept every caption and repeat the localisation
-AP), the claim-whatever-the-IoU rule and the merging. Ties in scores keep
-input order (stable sort); Torch's sort does not specify an order for ties
-(§15). An image without ground truth is allowed (its detections are all false
+AP), the claim-whatever-the-IoU rule and the merging. Scores are ranked in
+float64 (a model's float32 logits are exact in it; probabilities read from a
+file such as 0.99999999 and 0.999999999 stay distinct, where float32 would
+round both to 1). Ties in scores keep input order (stable sort); Torch's sort
+does not specify an order for ties (§15). An image without ground truth is allowed (its detections are all false
 positives); the original fails on it.
 """
 
@@ -299,13 +301,15 @@ class DenseCaptioningEvaluator:
     """Adds one image's detections and ground truth.
 
     Args:
-      scores: ``(B,)`` detection scores (logits; only the order matters).
+      scores: ``(B,)`` detection scores (logits or probabilities; only the
+        order matters), ranked in float64: the model's float32 logits exactly,
+        a file's probabilities without rounding distinct values near 1 into ties.
       boxes: ``(B, 4)`` xcycwh detections.
       captions: ``B`` predicted captions.
       gt_boxes: ``(M, 4)`` xcycwh ground-truth boxes.
       gt_captions: ``M`` ground-truth captions.
     """
-    scores = np.asarray(scores, np.float32).astype(np.float64)
+    scores = np.asarray(scores, np.float64)
     boxes = _as_boxes(boxes, "boxes")
     gt_boxes = _as_boxes(gt_boxes, "gt_boxes")
     if scores.shape != (len(boxes),):
