@@ -14,8 +14,8 @@ from densecap_jax import settings
 
 BUNDLED_NOTICE = (
     "note: using the bundled demo model (tiny config, trained on synthetic shapes; it only knows "
-    "such scenes). For real photos convert the released VG model "
-    "(tools/convert_torch_weights/README.md) and pass --checkpoint.")
+    "such scenes). For real photos convert the released VG model with densecap-convert "
+    "(README: \"Converting the original weights\") and pass --checkpoint.")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -99,3 +99,9 @@ def program_key(model, **extra):
   return dict(config=str(model.config), image_size=model.image_size,
               num_proposals=model.num_proposals, batch_size=model.batch_size,
               buckets=model.buckets, **extra)
+
+
+def count(n, word, plural=None):
+  """``n`` and the noun in the right number: ``count(1, "image")`` is "1 image",
+  ``count(2, "box", "boxes")`` "2 boxes" (default plural: ``word + "s"``)."""
+  return f"{n} {word if n == 1 else plural or word + 's'}"

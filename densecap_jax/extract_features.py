@@ -60,6 +60,7 @@ from densecap_jax import cli
 from densecap_jax import files
 from densecap_jax import inference
 from densecap_jax import predict
+from densecap_jax import runtime
 from densecap_jax.models import densecap
 from densecap_jax.ops import boxes as boxes_lib
 from densecap_jax.regions import coords as coords_lib
@@ -67,7 +68,7 @@ from densecap_jax.regions import coords as coords_lib
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(
-      prog="python -m densecap_jax.extract_features", formatter_class=cli.HelpFormatter,
+      prog=runtime.prog_name("densecap_jax.extract_features"), formatter_class=cli.HelpFormatter,
       description="Boxes and region features (fc7 codes) of images, to an HDF5 file.")
   model = cli.add_model_flags(parser, final_nms_thresh=0.4)
   model.add_argument("--boxes_per_image", type=int, default=100,

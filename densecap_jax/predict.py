@@ -51,6 +51,7 @@ import time
 from tqdm import tqdm
 
 from densecap_jax import cli
+from densecap_jax import runtime
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -67,7 +68,7 @@ def check_max_images(max_images):
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(
-      prog="python -m densecap_jax.predict", formatter_class=cli.HelpFormatter,
+      prog=runtime.prog_name("densecap_jax.predict"), formatter_class=cli.HelpFormatter,
       description="Dense captioning of images: boxes, scores and captions.")
   inputs = parser.add_argument_group("inputs (first given wins)")
   inputs.add_argument("--input_image", default="", help="one image (default: none)")

@@ -39,6 +39,9 @@ API:
     unless :func:`setup` (or an earlier call) already chose, or the user set
     JAX's own ``jax_compilation_cache_dir``; ``enabled=False`` leaves it off.
     Returns the folder in use (``None``: off).
+``prog_name(module) -> str``
+    the command's name as the user typed it (``densecap-predict``, ``python
+    -m densecap_jax.predict``), for argparse's ``prog``.
 ``cache_dir() -> str | None``
     the folder the environment selects (``None``: off), without creating it.
 ``compiling(count, *, key=None, detail="", upto=False, file=None)``
@@ -111,6 +114,34 @@ def cache_dir():
     return os.path.expanduser(os.environ["JAX_COMPILATION_CACHE_DIR"])
   base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
   return os.path.join(base, "densecap_jax", "jax")
+
+
+def prog_name(module):
+  """The command's name as the user typed it, for ``--help`` usage lines and errors.
+
+  ``densecap-predict`` when run as that console script, ``python -m
+  densecap_jax.predict`` when run with ``-m`` (a package's ``__main__`` named
+  by its package), the script's path as typed (``eval/evaluate.py``), and
+  ``python -m MODULE`` otherwise (e.g. when ``main(argv)`` is called from
+  Python).
+
+  Args:
+    module: the command's module, e.g. ``"densecap_jax.predict"``.
+  """
+  main = sys.modules.get("__main__")
+  spec = getattr(main, "__spec__", None)
+  argv0 = sys.argv[0] if sys.argv else ""
+  if spec is not None and spec.name:  # python -m NAME
+    name = spec.name.removesuffix(".__main__")
+    if name.startswith(("densecap_jax", "tools")):
+      return f"python -m {name}"
+  elif argv0:
+    base = os.path.basename(argv0)
+    if base.startswith("densecap-"):  # a console script
+      return base
+    if argv0.endswith(".py") and base != "__main__.py":  # a script of the checkout, as typed
+      return argv0
+  return f"python -m {module}"
 
 
 def add_runtime_flags(parser):

@@ -43,6 +43,7 @@ from densecap_jax import runtime
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(
+      prog=runtime.prog_name("densecap_jax.serve"),
       description="Web demo and JSON API for dense captioning.")
   server = parser.add_argument_group("server")
   server.add_argument("--host", default="127.0.0.1",

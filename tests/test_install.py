@@ -35,6 +35,9 @@ SCRIPTS = {  # console script -> a flag its --help must list
     "densecap-convert": "--input",
     "densecap-preprocess": "--region_data",
     "densecap-synthetic": "--num_images",
+    "densecap-index": "--shard_size",
+    "densecap-search": "--query",
+    "densecap-score": "--phrase",
 }
 # absl's --help (densecap-train) exits with status 1 after printing the help.
 ABSL_SCRIPTS = {"densecap-train"}
@@ -102,9 +105,12 @@ def test_console_scripts_show_their_help(installed):
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode in ((0, 1) if script in ABSL_SCRIPTS else (0,)), (script, done.stderr)
     assert flag in done.stdout, (script, done.stdout, done.stderr[-2000:])
+    if script not in ABSL_SCRIPTS:  # usage names the command as typed
+      assert done.stdout.startswith(f"usage: {script} "), (script, done.stdout[:200])
   done = run([str(venv / "bin" / "python"), "-m", "densecap_jax.convert", "--help"],
              cwd=user_dir, env=env)
   assert "--output" in done.stdout
+  assert done.stdout.startswith("usage: python -m densecap_jax.convert "), done.stdout[:200]
 
 
 @pytest.mark.slow

@@ -224,3 +224,28 @@ def test_use_compilation_cache_keeps_a_choice_already_made(monkeypatch, tmp_path
   monkeypatch.setenv(runtime.CACHE_ENV, str(tmp_path / "other"))
   assert runtime.use_compilation_cache() == "/chosen"  # setup() ran first: kept
   assert not (tmp_path / "other").exists()
+
+
+def test_prog_name_is_the_command_as_typed(monkeypatch):
+  import types  # pylint: disable=g-import-not-at-top
+  script = types.ModuleType("__main__")  # a console script or a checkout script: no spec
+  script.__spec__ = None
+  monkeypatch.setitem(sys.modules, "__main__", script)
+  monkeypatch.setattr(sys, "argv", ["/venv/bin/densecap-score", "--help"])
+  assert runtime.prog_name("densecap_jax.score") == "densecap-score"
+  monkeypatch.setattr(sys, "argv", ["eval/evaluate.py"])
+  assert runtime.prog_name("densecap_jax.evaluation") == "eval/evaluate.py"
+  module = types.ModuleType("__main__")  # python -m densecap_jax.evaluation
+  module.__spec__ = types.SimpleNamespace(name="densecap_jax.evaluation.__main__")
+  monkeypatch.setitem(sys.modules, "__main__", module)
+  monkeypatch.setattr(sys, "argv", ["/src/densecap_jax/evaluation/__main__.py"])
+  assert runtime.prog_name("densecap_jax.evaluation") == "python -m densecap_jax.evaluation"
+  module.__spec__ = types.SimpleNamespace(name="pytest.__main__")  # main(argv) from elsewhere
+  assert runtime.prog_name("densecap_jax.score") == "python -m densecap_jax.score"
+
+
+def test_bundled_notice_names_the_installed_converter():
+  from densecap_jax import cli  # pylint: disable=g-import-not-at-top
+  assert "densecap-convert" in cli.BUNDLED_NOTICE
+  assert "Converting the original weights" in cli.BUNDLED_NOTICE
+  assert "tools/" not in cli.BUNDLED_NOTICE  # a pip install has no tools/ folder

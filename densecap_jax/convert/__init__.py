@@ -1,9 +1,9 @@
 """Converts the original DenseCap checkpoint and ImageNet VGG-16 weights to densecap_jax models.
 
-``python -m densecap_jax.convert --input FILE --output DIR`` (also
-``python -m tools.convert_torch_weights`` in a checkout; see
-``tools/convert_torch_weights/README.md``) reads, with neither Torch nor
-Caffe installed:
+``densecap-convert --input FILE --output DIR`` (``python -m
+densecap_jax.convert``; the README's "Converting the original weights" and,
+in a checkout, ``tools/convert_torch_weights/README.md`` with the tensor
+mapping) reads, with neither Torch nor Caffe installed:
 
 * ``t7``: the original's training checkpoint (``densecap-pretrained-vgg16.t7``),
   reader in ``t7.py``, mapping in ``densecap_t7.py``;

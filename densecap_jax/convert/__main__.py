@@ -12,12 +12,13 @@ import numpy as np
 
 from densecap_jax import checkpoint
 from densecap_jax import convert as convert_lib
+from densecap_jax import runtime
 from densecap_jax.convert import mapping
 
 
 def parse_args(argv):
   parser = argparse.ArgumentParser(
-      prog="python -m densecap_jax.convert",
+      prog=runtime.prog_name("densecap_jax.convert"),
       description="Convert the original DenseCap .t7 checkpoint, or ImageNet VGG-16 weights "
                   "(Caffe .caffemodel, torchvision .pth), to a densecap_jax model directory.")
   parser.add_argument("--input", required=True, help="the .t7, .caffemodel or .pth file")

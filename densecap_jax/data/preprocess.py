@@ -41,6 +41,7 @@ import numpy as np
 import tqdm
 
 from densecap_jax import files
+from densecap_jax import runtime
 from densecap_jax.data import images
 from densecap_jax.data import vocab as vocab_lib
 
@@ -399,7 +400,7 @@ def preprocess(region_data, image_dir, split_json, h5_output, json_output, *, im
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(
-      prog="python -m densecap_jax.data.preprocess",
+      prog=runtime.prog_name("densecap_jax.data.preprocess"),
       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
       description="Visual Genome region descriptions -> DenseCap HDF5 + JSON (reference §8).")
   parser.add_argument("--region_data", default="data/visual-genome/region_descriptions.json",

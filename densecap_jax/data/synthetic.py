@@ -34,6 +34,7 @@ import tqdm
 from PIL import Image, ImageDraw
 
 from densecap_jax import files
+from densecap_jax import runtime
 
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "hexagon", "cross")
 PLURALS = {s: s + ("es" if s == "cross" else "s") for s in SHAPES}
@@ -361,7 +362,7 @@ def generate_dataset(out_dir, num_images, seed, *, image_size=320, val_fraction=
 
 def main(argv=None):
   parser = argparse.ArgumentParser(
-      prog="python -m densecap_jax.data.synthetic",
+      prog=runtime.prog_name("densecap_jax.data.synthetic"),
       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
       description="Writes synthetic dense-captioning scenes in the Visual Genome format: "
                   "OUT/images/<id>.jpg, OUT/region_descriptions.json, OUT/image_data.json and "

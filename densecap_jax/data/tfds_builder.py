@@ -34,6 +34,7 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from densecap_jax import runtime
 from densecap_jax.data import loader
 
 
@@ -126,7 +127,7 @@ def load_data_sources(dataset_dir):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(
-      prog="python -m densecap_jax.data.tfds_builder",
+      prog=runtime.prog_name("densecap_jax.data.tfds_builder"),
       description="Preprocessed DenseCap HDF5 + JSON -> TFDS array_record.")
   parser.add_argument("--h5", required=True, help="HDF5 written by densecap_jax.data.preprocess")
   parser.add_argument("--json", required=True, help="JSON written by densecap_jax.data.preprocess")

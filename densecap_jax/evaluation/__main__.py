@@ -44,7 +44,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def parse_args(argv=None):
-  parser = argparse.ArgumentParser(prog="python -m densecap_jax.evaluation",
+  parser = argparse.ArgumentParser(prog=runtime.prog_name("densecap_jax.evaluation"),
                                    description=__doc__.split("\n\n")[0],
                                    formatter_class=_HelpFormatter)
   what = parser.add_argument_group("what to score (one of)")

@@ -19,12 +19,13 @@ import time
 
 from densecap_jax import cli
 from densecap_jax import predict
+from densecap_jax import runtime
 from densecap_jax.regions import index as index_lib
 
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(
-      prog="python -m densecap_jax.index", formatter_class=cli.HelpFormatter,
+      prog=runtime.prog_name("densecap_jax.index"), formatter_class=cli.HelpFormatter,
       description="Index the images of a folder (detections, captions, fc7 codes) for search.")
   parser.add_argument("--input_dir", default="", help="folder of images (default: none; required)")
   parser.add_argument("--output", default="",

@@ -30,12 +30,13 @@ import numpy as np
 from densecap_jax import cli
 from densecap_jax import files
 from densecap_jax import predict
+from densecap_jax import runtime
 from densecap_jax.data import vocab as vocab_lib
 
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(
-      prog="python -m densecap_jax.score", formatter_class=cli.HelpFormatter,
+      prog=runtime.prog_name("densecap_jax.score"), formatter_class=cli.HelpFormatter,
       description="Log-likelihoods of phrases given the regions of images.")
   inputs = parser.add_argument_group("inputs")
   inputs.add_argument("--input_image", default="", help="one image (default: none)")

@@ -19,6 +19,7 @@ import os
 import sys
 
 from densecap_jax import cli
+from densecap_jax import runtime
 from densecap_jax.regions import index as index_lib
 from densecap_jax.regions import search as search_lib
 from densecap_jax.regions import search_page
@@ -26,7 +27,7 @@ from densecap_jax.regions import search_page
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(
-      prog="python -m densecap_jax.search", formatter_class=cli.HelpFormatter,
+      prog=runtime.prog_name("densecap_jax.search"), formatter_class=cli.HelpFormatter,
       description="Find the images of an index where a phrase fits a region best.")
   parser.add_argument("--index", default="", help="index folder (default: none; required)")
   parser.add_argument("--query", default="", help='a phrase, e.g. "a red car" (required)')
