@@ -163,6 +163,18 @@ def test_probabilities_near_1_rank_as_the_logits_do(setup, tmp_path, capsys):
   assert output["results"]["detmap"] == setup["reference"]["detmap"]
 
 
+def test_without_output_nothing_is_written(setup, tmp_path, capsys, monkeypatch):
+  path = write(setup["folder"] / "quiet.json", results_json(setup["detections"]))
+  monkeypatch.chdir(tmp_path)
+  evaluation_main.main(["--predictions", path, *h5_flags(setup)], meteor_fn=fake_meteor)
+  out = capsys.readouterr().out
+  assert f"mAP {100 * setup['reference']['map']:.2f}" in out and "written" not in out
+  assert os.listdir(tmp_path) == []
+  with pytest.raises(SystemExit):
+    evaluation_main.parse_args(["--help"])
+  assert "(default: nothing is written" in " ".join(capsys.readouterr().out.split())
+
+
 def test_visual_genome_ground_truth_equals_the_preprocessed_one(setup, tmp_path, capsys):
   from_h5 = ground_truth.from_h5(setup["h5"], setup["json"], "test")
   vg = setup["vg"]

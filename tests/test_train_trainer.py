@@ -106,13 +106,6 @@ def test_eval_driver_rejects_a_missing_model(dataset, tmp_path):
                    "--data_json", dataset[1]])
 
 
-def test_free_path_keeps_existing_files(tmp_path):
-  (tmp_path / "eval_val.json").write_text("{}")
-  (tmp_path / "eval_val.1.json").write_text("{}")
-  assert evaluate.free_path(str(tmp_path / "eval_val.json")) == str(tmp_path / "eval_val.2.json")
-  assert evaluate.free_path(str(tmp_path / "x.json")) == str(tmp_path / "x.json")
-
-
 def test_missing_java_stops_training_before_the_first_step(dataset, tmp_path, monkeypatch):
   monkeypatch.setenv("PATH", str(tmp_path))  # no java on PATH
   with pytest.raises(ValueError, match="val_metric=detmap") as error:

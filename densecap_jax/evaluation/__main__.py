@@ -17,13 +17,11 @@ Visual Genome's ``--region_data`` and ``--split_json`` preprocessed in memory
 (``evaluation.ground_truth``). Warnings go to stderr; a hard format error
 exits with status 1 and one ``error:`` line. Java and METEOR are checked
 before any scoring starts. ``eval/evaluate.py`` is the same command. Prints
-the table and writes the results as JSON (``--output``, default
-``eval_<split>.json``; an existing file is kept and a numbered name is used
-instead).
+the table; the results (every AP, the counts, the flags and, for a file, the
+checks) are written as JSON only when ``--output`` names a file.
 """
 
 import argparse
-import os
 import sys
 
 from densecap_jax import configs
@@ -109,8 +107,8 @@ def parse_args(argv=None):
                      help="the clean variant (DenseCaptioningEvaluator(quirks=False)) instead of "
                           "the original's quirks")
   parser.add_argument("--output", default="",
-                      help="results JSON (default: eval_<split>.json, or eval_<split>.N.json "
-                           "when that exists)")
+                      help="write the results as JSON to this file (default: nothing is "
+                           "written, the table is printed)")
   runtime.add_runtime_flags(parser)
   args = parser.parse_args(argv)
   _check_args(parser, args)
@@ -142,16 +140,6 @@ def _check_args(parser, args):
   if vg and not (args.image_data or args.image_dir):
     parser.error("--region_data needs the original image sizes, which region_descriptions.json "
                  "lacks: give --image_data (Visual Genome's image_data.json) or --image_dir")
-
-
-def free_path(path):
-  """``path``, or ``stem.N.ext`` with the smallest N that does not exist yet."""
-  stem, ext = os.path.splitext(path)
-  n = 0
-  while os.path.exists(path):
-    n += 1
-    path = f"{stem}.{n}{ext}"
-  return path
 
 
 def load_ground_truth(args):
@@ -209,9 +197,9 @@ def main(argv=None, meteor_fn=None):
   print(metric.format_results(results))
   if rows:
     print(predictions_lib.format_per_image(rows))
-  path = args.output or free_path(f"eval_{args.split}.json")
-  files.write_json(path, dict(results=results, **output))
-  print(f"results written to {path}")
+  if args.output:
+    files.write_json(args.output, dict(results=results, **output))
+    print(f"results written to {args.output}")
 
 
 def _evaluate_model(args, meteor_fn):
