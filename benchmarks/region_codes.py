@@ -100,7 +100,7 @@ def main(argv=None):
     print(f"| {name} | {len(values)} | {accuracy:.3f} | {majority:.3f} | {named:.3f} |")
   rng = np.random.default_rng(args.seed)
   phrases = [str(rng.choice(object_captions(scene, obj))) for scene, obj in objects]
-  _, means = model.score_codes(codes, phrases)  # (objects, phrases)
+  means = model.score_codes(codes, phrases)["mean_log_likelihood"]  # (objects, phrases)
   own = np.diag(means)
   others = (means.sum(axis=0) - own) / (len(own) - 1)
   ranks = (means > own[None, :]).sum(axis=0) + 1

@@ -541,7 +541,10 @@ class DenseCapPredictor:
       (summed over the words and END), ``mean_log_likelihood`` ``(n, P)``
       (per token), ``phrases`` (the words scored), ``unknown_words`` (per
       phrase, the words outside the vocabulary: ``<UNK>`` when the vocabulary
-      has it, else left out), ``width`` and ``height``.
+      has it, else left out), ``no_known_content_words`` (per phrase: the
+      words scored are all function words, as "a man riding a horse" scored
+      as "a a" when the vocabulary lacks the others; such a column ranks
+      nothing, ``regions.phrases``), ``width`` and ``height``.
 
     Raises:
       ValueError: a phrase with no known word or more than ``seq_length``
@@ -551,7 +554,14 @@ class DenseCapPredictor:
                                       max_detections=max_detections)
 
   def score_codes(self, codes, phrases):
-    """``(n, P)`` log-likelihoods (sum, per-token mean) of phrases given ``(n, fc_dim)`` codes."""
+    """How well each phrase describes each of ``(n, fc_dim)`` stored fc7 codes.
+
+    Returns:
+      A dict as :meth:`score_phrases`' without the regions' fields:
+      ``log_likelihood`` and ``mean_log_likelihood`` ``(n, P)`` float32,
+      ``phrases`` (the words scored), ``unknown_words`` and
+      ``no_known_content_words`` (``regions.api.RegionModel.score_codes``).
+    """
     return self.regions.score_codes(codes, phrases)
 
 

@@ -99,8 +99,13 @@ def test_score_codes_sum_and_mean(converted):
   rng = np.random.default_rng(1)
   codes = (rng.random((40, predictor.config.fc_dim)) * 2).astype(np.float32)
   phrases = [f"{vocab[2]} {vocab[5]}", vocab[1].upper() + "!"]  # tokenised as captions are
-  total, mean = predictor.score_codes(codes, phrases)
+  scored = predictor.score_codes(codes, phrases)
+  total, mean = scored["log_likelihood"], scored["mean_log_likelihood"]
   assert total.shape == mean.shape == (40, 2)
+  assert set(scored) == {"log_likelihood", "mean_log_likelihood", "phrases", "unknown_words",
+                         "no_known_content_words"}
+  assert scored["phrases"] == [f"{vocab[2]} {vocab[5]}", vocab[1]]
+  assert scored["unknown_words"] == [[], []]
   np.testing.assert_allclose(total[:, 0], _reference_log_likelihood(weights, codes, [2, 5]),
                              rtol=1e-5, atol=1e-4)
   np.testing.assert_allclose(total[:, 1], _reference_log_likelihood(weights, codes, [1]),
@@ -220,9 +225,31 @@ def test_score_phrases_on_detections_and_given_boxes(bundled, photo):
   boxes = [[10, 20, 60, 40], [100, 5, 80, 150]]
   (given,) = bundled.score_phrases([photo], ["a red circle"], [boxes])
   (regions,) = bundled.caption_regions(photo, boxes, with_codes=True)
-  total, mean = bundled.score_codes(regions["codes"], ["a red circle"])
-  np.testing.assert_allclose(given["log_likelihood"], total, rtol=1e-6)
-  np.testing.assert_allclose(given["mean_log_likelihood"], mean, rtol=1e-6)
+  scored = bundled.score_codes(regions["codes"], ["a red circle"])
+  np.testing.assert_allclose(given["log_likelihood"], scored["log_likelihood"], rtol=1e-6)
+  np.testing.assert_allclose(given["mean_log_likelihood"], scored["mean_log_likelihood"],
+                             rtol=1e-6)
+  assert scored["phrases"] == ["a red circle"] and scored["unknown_words"] == [[]]
+  assert scored["no_known_content_words"] == [False]
+
+
+def test_a_phrase_of_unknown_content_words_is_flagged(bundled, photo):
+  # The bundled vocabulary has no <UNK> and none of "man", "riding", "horse", "car":
+  # the first phrase is scored as "a a" and ranks nothing; "car" leaves "a red".
+  phrases = ["a man riding a horse", "a red car", "on the"]
+  boxes = [[10, 20, 60, 40], [100, 5, 80, 150], [1, 1, 192, 256]]
+  (given,) = bundled.score_phrases(photo, phrases, boxes)
+  assert given["phrases"] == ["a a", "a red", "on the"]
+  assert given["unknown_words"] == [["man", "riding", "horse"], ["car"], []]
+  assert given["no_known_content_words"] == [True, False, True]
+  (regions,) = bundled.caption_regions(photo, boxes, with_codes=True)
+  same = bundled.score_codes(regions["codes"], ["a a", "a red", "on the"])
+  np.testing.assert_allclose(given["log_likelihood"], same["log_likelihood"], rtol=1e-6)
+  (det,) = bundled.score_phrases(photo, phrases)
+  assert det["no_known_content_words"] == [True, False, True]
+  scored = bundled.score_codes(regions["codes"], phrases)
+  assert scored["no_known_content_words"] == [True, False, True]
+  assert scored["unknown_words"] == given["unknown_words"]
 
 
 def test_phrase_errors_and_unknown_words():
@@ -230,6 +257,11 @@ def test_phrase_errors_and_unknown_words():
   encoded = phrases_lib.encode_phrases(["A red zebra.", "dog"], vocab, seq_length=5)
   assert encoded.words == [["a", "red", vocab_lib.UNK], ["dog"]]
   assert encoded.unknown == [["zebra"], []]
+  assert encoded.texts == ["A red zebra.", "dog"]
+  assert encoded.no_known_content_words == [False, False]
+  assert encoded.notes(0) == ['"A red zebra.": the model does not know "zebra"; scored as '
+                              '"a red <UNK>"']
+  assert encoded.notes(1) == []
   assert encoded.labels.shape == (2, 4)
   np.testing.assert_array_equal(encoded.labels, [[1, 3, 4, 0], [2, 0, 0, 0]])
   np.testing.assert_array_equal(encoded.lengths, [4, 2])
@@ -245,6 +277,24 @@ def test_phrase_errors_and_unknown_words():
     phrases_lib.encode_phrases(["caf\u00ee"], no_unk, seq_length=5)
   with pytest.raises(ValueError, match="phrase 1 must be a string"):
     phrases_lib.encode_phrases(["dog", 3], no_unk, seq_length=5)
+  # A phrase whose known words are all function words is scored but flagged; <UNK> is no
+  # content word, and a phrase of function words only is flagged as well.
+  encoded = phrases_lib.encode_phrases(["a man riding a dog", "a man riding a horse", "A zebra",
+                                        "on the"], vocab + ["on", "the"], seq_length=5)
+  assert encoded.words == [["a", "<UNK>", "<UNK>", "a", "dog"],
+                           ["a", "<UNK>", "<UNK>", "a", "<UNK>"], ["a", "<UNK>"], ["on", "the"]]
+  assert encoded.no_known_content_words == [False, True, True, True]
+  encoded = phrases_lib.encode_phrases(["a man riding a horse", "on the left"],
+                                       [None, "a", "on", "the", "left"], seq_length=5)
+  assert encoded.words == [["a", "a"], ["on", "the", "left"]]
+  assert encoded.no_known_content_words == [True, False]
+  assert encoded.notes(0) == [
+      '"a man riding a horse": the model does not know "man", "riding", "horse"; scored as "a a"',
+      'not ranked: of this phrase the model knows only function words ("a", "a"), which do not '
+      'say what to look for']
+  assert encoded.fields() == {"phrases": ["a a", "on the left"],
+                              "unknown_words": [["man", "riding", "horse"], []],
+                              "no_known_content_words": [True, False]}
   assert [phrases_lib.static_size(n, cap=15, floor=4) for n in (1, 4, 5, 9, 15)] == [
       4, 4, 8, 15, 15]
 

@@ -109,7 +109,7 @@ def test_index_stores_detections_in_image_pixels(model, photos, tmp_path):
     assert index.captions(rows) == ref["captions"]
     assert vocab_lib.decode_captions(tokens[rows], model.vocab) == ref["captions"]
     np.testing.assert_allclose(index.rows("scores", rows), ref["scores"], rtol=1e-6)
-    _, mean = model.regions.score_codes(codes[rows], ["a red circle"])
+    mean = model.regions.score_codes(codes[rows], ["a red circle"])["mean_log_likelihood"]
     np.testing.assert_allclose(mean, ref["mean_log_likelihood"], rtol=1e-5, atol=1e-6)
     assert index.image_size(i) == (ref["width"], ref["height"])
   assert codes.dtype == np.float32 and codes.shape == (index.num_regions, 256)

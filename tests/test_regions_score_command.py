@@ -35,8 +35,6 @@ def test_scores_detections_as_score_phrases(bundled, tmp_path, capsys):
   score.main(["--input_dir", EXAMPLES, "--phrase", phrases[0], "--phrase", phrases[1],
               "--top", "2", "--output_json", str(out_json)])
   out = capsys.readouterr()
-  assert ("note: phrase 1 'a blue zebra square': not in the model's vocabulary, left out: zebra"
-          in out.err.splitlines())
   with open(out_json) as f:
     written = json.load(f)
   paths = predict.image_files(EXAMPLES)
@@ -58,6 +56,39 @@ def test_scores_detections_as_score_phrases(bundled, tmp_path, capsys):
   assert rank == "1" and f"{mean[best]:.3f}" in first and first.endswith(want[0]["captions"][best])
   assert float(second.split("]")[1].split()[0]) <= float(first.split("]")[1].split()[0])
   assert len(blocks[0].splitlines()) == 4  # the header line, the column names, 2 rows
+  # The phrase with an unknown word says so under its header, then is ranked as scored.
+  header, note, columns, first, _ = blocks[1].splitlines()
+  assert header == f"{paths[0]}: 'a blue zebra square' ({len(want[0]['captions'])} regions)"
+  assert note == '  "a blue zebra square": the model does not know "zebra"; scored as "a blue square"'
+  assert columns.split()[0] == "rank" and first.split()[0] == "1"
+
+
+def test_a_phrase_of_unknown_content_words_is_not_ranked(bundled, tmp_path, capsys):
+  # The bundled vocabulary lacks "man", "riding", "horse" (and has no <UNK>): "a a" is scored.
+  phrases = ["a man riding a horse", "a red circle"]
+  out_json = tmp_path / "scores.json"
+  score.main(["--input_image", PHOTOS[0], "--phrase", phrases[0], "--phrase", phrases[1],
+              "--top", "2", "--output_json", str(out_json)])
+  out = capsys.readouterr().out
+  (want,) = bundled.score_phrases(PHOTOS[:1], phrases)
+  n = len(want["captions"])
+  unknown, known = out.split("\n\n")[:2]
+  assert unknown.splitlines() == [
+      f"{PHOTOS[0]}: 'a man riding a horse' ({n} regions)",
+      '  "a man riding a horse": the model does not know "man", "riding", "horse"; scored as '
+      '"a a"',
+      '  not ranked: of this phrase the model knows only function words ("a", "a"), which do not '
+      'say what to look for']
+  assert known.splitlines()[0] == f"{PHOTOS[0]}: 'a red circle' ({n} regions)"
+  assert known.splitlines()[2].split()[0] == "1"  # the header, the column names, 2 rows
+  assert known.splitlines()[4:] == [f"scores: {out_json}"]
+  with open(out_json) as f:
+    (entry,) = json.load(f)["images"]
+  assert entry["phrases"] == ["a a", "a red circle"]
+  assert entry["unknown_words"] == [["man", "riding", "horse"], []]
+  assert entry["no_known_content_words"] == [True, False]
+  np.testing.assert_allclose(entry["mean_log_likelihood"], want["mean_log_likelihood"],
+                             rtol=1e-5, atol=1e-5)
 
 
 def test_scores_given_boxes(bundled, tmp_path, capsys):

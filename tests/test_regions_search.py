@@ -53,7 +53,8 @@ def test_hits_are_the_best_region_of_each_image(model, collection):
   assert result.regions_scored == index.num_regions and result.words == ["a", "red", "circle"]
   assert [h.rank for h in result.hits] == list(range(1, NUM_IMAGES + 1))
   assert len({h.image for h in result.hits}) == NUM_IMAGES
-  _, mean = model.regions.score_codes(index.concatenated("codes"), ["a red circle"])
+  mean = model.regions.score_codes(index.concatenated("codes"),
+                                    ["a red circle"])["mean_log_likelihood"]
   boxes = index.concatenated("boxes")
   for hit in result.hits:
     image = index.image_names.index(hit.image)
@@ -90,6 +91,15 @@ def test_query_errors_and_unknown_words(model, collection, tmp_path):
     search_lib.search(model, index, "zebra giraffe")
   result = search_lib.search(model, index, "a red zebra circle", top=2)
   assert result.unknown == ["zebra"] and result.words == ["a", "red", "circle"]
+  assert not result.no_known_content_words and len(result.hits) == 2
+  assert result.notes == ['"a red zebra circle": the model does not know "zebra"; scored as '
+                          '"a red circle"']
+  # Only function words known: no ranking, and the notes say why.
+  result = search_lib.search(model, index, "a man riding a horse", top=2)
+  assert result.words == ["a", "a"] and result.unknown == ["man", "riding", "horse"]
+  assert result.no_known_content_words and result.hits == [] and result.regions_scored == 0
+  assert result.notes[1].startswith('not ranked: of this phrase the model knows only function '
+                                    'words ("a", "a")')
   other = _with_fingerprint(index, tmp_path, "sha256:0")
   with pytest.raises(ValueError, match="built with another model"):
     search_lib.search(model, index_lib.open_index(other), "a red circle")
@@ -146,6 +156,29 @@ def test_command_prints_the_table_and_writes_the_page(collection, tmp_path, caps
   _run(["--index", index.path, "--query", "a red circle", "--top", "3", "--output_vis_dir",
         str(page_dir), "--overwrite"], capsys)
   assert "a red circle" in (page_dir / search_page.PAGE).read_text()
+
+
+def test_command_names_unknown_words_and_does_not_rank_function_words(collection, tmp_path,
+                                                                       capsys):
+  index, _ = collection
+  lines = _run(["--index", index.path, "--query", "a red car", "--top", "2"], capsys).splitlines()
+  assert lines[0] == '"a red car": the model does not know "car"; scored as "a red"'
+  assert lines[1].split()[0] == "rank" and len(lines) == 5  # the table, then the summary
+  page_dir = tmp_path / "hits"
+  out = _run(["--index", index.path, "--query", "a man riding a horse", "--output_vis_dir",
+              str(page_dir)], capsys)
+  assert out.splitlines() == [
+      '"a man riding a horse": the model does not know "man", "riding", "horse"; scored as '
+      '"a a"',
+      'not ranked: of this phrase the model knows only function words ("a", "a"), which do not '
+      'say what to look for',
+      f"page: {page_dir / search_page.PAGE}"]
+  data = json.load(open(page_dir / search_page.DATA))
+  assert data["hits"] == [] and data["no_known_content_words"] and data["words"] == ["a", "a"]
+  html = (page_dir / search_page.PAGE).read_text()
+  assert "the model does not know &quot;man&quot;, &quot;riding&quot;" in html
+  assert "not ranked" in html and '<rect class="box"' not in html
+  assert os.listdir(page_dir / search_page.IMAGES) == []
 
 
 def test_command_errors_are_one_line(collection, tmp_path):

@@ -288,8 +288,17 @@ class RegionModel:
       phrases: a list of strings, or an ``EncodedPhrases``.
 
     Returns:
-      ``(log_likelihood, mean_log_likelihood)``, each ``(n, P)`` float32: the
-      sum over the phrase's words and END, and that sum per token.
+      A dict: ``log_likelihood`` ``(n, P)`` float32, the sum over each
+      phrase's words and END; ``mean_log_likelihood`` ``(n, P)`` float32,
+      that sum per token; and per phrase (``EncodedPhrases.fields``)
+      ``phrases`` (the words scored, joined), ``unknown_words`` (the words
+      outside the vocabulary: ``<UNK>`` when the vocabulary has it, else left
+      out) and ``no_known_content_words`` (``True`` when the words scored are
+      all function words, e.g. "a man riding a horse" scored as "a a": its
+      column ranks nothing).
+
+    Raises:
+      ValueError: codes not ``(n, fc_dim)``, or a phrase as ``encode_phrases`` refuses it.
     """
     encoded = phrases if isinstance(phrases, phrases_lib.EncodedPhrases) else (
         self.encode_phrases(phrases))
@@ -307,7 +316,9 @@ class RegionModel:
       padded[:len(chunk)] = chunk
       ll = np.asarray(self._phrases(self.predictor.params, padded, labels))
       sums[start:start + len(chunk)] = ll[:len(chunk), :encoded.count].sum(axis=-1)
-    return sums, (sums / encoded.lengths[None, :]).astype(np.float32)
+    return {"log_likelihood": sums,
+            "mean_log_likelihood": (sums / encoded.lengths[None, :]).astype(np.float32),
+            **encoded.fields()}
 
   def score_phrases(self, images, phrases, boxes=None, *, coords="image", max_detections=None):
     """Phrase log-likelihoods of regions (see ``DenseCapPredictor.score_phrases``)."""
@@ -355,15 +366,11 @@ class RegionModel:
       placed = given
     results = []
     for p, row, (image_boxes, resized, clipped) in zip(prepared, rows, placed):
-      total, mean = self.score_codes(row["codes"], encoded)
       results.append({
           "boxes": image_boxes if coords == "image" else resized,
           "scores": row["scores"],
           "captions": row["captions"],
-          "log_likelihood": total,
-          "mean_log_likelihood": mean,
-          "phrases": [" ".join(w) for w in encoded.words],
-          "unknown_words": encoded.unknown,
+          **self.score_codes(row["codes"], encoded),
           **({} if clipped is None else {"clipped": clipped}),
           **size_fields(p),
       })

@@ -5,7 +5,15 @@ rules: lower case, punctuation deleted, ASCII whitespace). Each word outside
 the vocabulary becomes ``<UNK>`` when the vocabulary has it; a vocabulary
 without ``<UNK>`` (a model trained on data with no rare words) cannot say
 anything of such a word, so it is left out of the phrase. Either way the
-words are reported (``EncodedPhrases.unknown``).
+words are reported (``EncodedPhrases.unknown``), and :func:`notes` words the
+lines that the commands and pages show with a phrase's scores.
+
+A phrase with no known word is an error. A phrase whose known words are all
+function words (:data:`FUNCTION_WORDS`) -- with the bundled model, whose
+vocabulary has no ``<UNK>``, "a man riding a horse" is scored as "a a" -- is
+scored, but its scores say nothing of what to look for: results flag it
+(``no_known_content_words``) and the commands and pages show a notice
+instead of ranking regions by it.
 
 Rows are cut to the longest phrase and both their count and their length are
 padded to a few static sizes (``static_size``), so scoring phrases of other
@@ -17,6 +25,57 @@ import dataclasses
 import numpy as np
 
 from densecap_jax.data import vocab as vocab_lib
+
+# Function words: words that say where or how, not what. Written as the
+# tokeniser leaves caption words (``vocab.tokenize_phrase``: lower case,
+# punctuation deleted) and kept small: the articles, the prepositions and
+# conjunctions that join Visual Genome's region descriptions ("a man on a
+# horse", "the side of the road"), and the forms of "be" and "have" that
+# they use. Every other known word is a content word (``<UNK>`` is none).
+FUNCTION_WORDS = frozenset("""
+    a an the
+    of on in at to with by for from near under over above below behind into onto
+    and or
+    is are has have
+""".split())
+
+
+def is_content_word(word):
+  """Whether a scored word says what to look for: known, and not a function word."""
+  return word != vocab_lib.UNK and word not in FUNCTION_WORDS
+
+
+def has_content_word(words):
+  """Whether ``words`` (a phrase's words as scored) hold a content word."""
+  return any(is_content_word(w) for w in words)
+
+
+def _quoted(words):
+  return ", ".join(f'"{w}"' for w in words)
+
+
+def notes(text, words, unknown):
+  """The lines to show with a phrase's scores (none for a phrase the model knows).
+
+  Args:
+    text: the phrase as given.
+    words: its words as scored (``EncodedPhrases.words`` row).
+    unknown: its words outside the vocabulary (``EncodedPhrases.unknown`` row).
+
+  Returns:
+    A list of strings: with unknown words, ``"a man riding a horse": the
+    model does not know "man", "riding", "horse"; scored as "a a"``; and
+    when no content word is left, a line saying the scores rank nothing
+    (it starts ``not ranked:``).
+  """
+  lines = []
+  if unknown:
+    lines.append(f'"{text}": the model does not know {_quoted(unknown)}; scored as '
+                 f'"{" ".join(words)}"')
+  if not has_content_word(words):
+    lines.append(f"not ranked: of this phrase the model knows only function words "
+                 f"({_quoted(words)}), which do not say what to look for")
+  return lines
 
 
 def static_size(n, cap=None, floor=1):
@@ -37,10 +96,27 @@ class EncodedPhrases:
     words: per phrase, the words scored (``<UNK>`` in place of unknown ones
       when the vocabulary has it).
     unknown: per phrase, the words outside the vocabulary.
+    texts: the phrases as given.
   """
   labels: np.ndarray
   words: list
   unknown: list
+  texts: list
+
+  @property
+  def no_known_content_words(self):
+    """Per phrase, whether the words scored are all function words (``FUNCTION_WORDS``)."""
+    return [not has_content_word(w) for w in self.words]
+
+  def fields(self):
+    """The results' fields of the phrases: ``phrases`` (the words scored, joined),
+    ``unknown_words`` and ``no_known_content_words``, per phrase."""
+    return {"phrases": [" ".join(w) for w in self.words], "unknown_words": self.unknown,
+            "no_known_content_words": self.no_known_content_words}
+
+  def notes(self, i):
+    """:func:`notes` of phrase ``i``."""
+    return notes(self.texts[i], self.words[i], self.unknown[i])
 
   @property
   def count(self):
@@ -101,4 +177,4 @@ def encode_phrases(phrases, vocab, seq_length):
   labels = np.zeros((static_size(len(rows)), length), np.int32)
   for i, row in enumerate(rows):
     labels[i, :len(row)] = row
-  return EncodedPhrases(labels, words, unknown)
+  return EncodedPhrases(labels, words, unknown, list(phrases))

@@ -13,12 +13,16 @@ Prints, per image and phrase, the ``--top`` regions by mean log-likelihood
 log-likelihood, the region's caption). With ``--output_json`` writes, per
 image, every region's box, caption and objectness logit and the ``(regions,
 phrases)`` ``log_likelihood`` and ``mean_log_likelihood`` matrices, with the
-phrases as scored and their unknown words.
+phrases as scored, their unknown words and ``no_known_content_words``.
 
-Words outside the model's vocabulary are noted on stderr; a phrase with no
-known word or more than the model's ``seq_length`` words, an unreadable image
-and a box wholly outside its image are one-line errors, before anything is
-written. An existing ``--output_json`` is replaced only with ``--overwrite``.
+Under a phrase's header a line names the words the model does not know and
+what was scored instead (``"a man riding a horse": the model does not know
+"man", "riding", "horse"; scored as "a a"``). A phrase whose known words are
+all function words ("a", "the", "of", ...: ``regions.phrases.FUNCTION_WORDS``)
+is not ranked: a ``not ranked:`` line takes its table's place. A phrase with
+no known word or more than the model's ``seq_length`` words, an unreadable
+image and a box wholly outside its image are one-line errors, before anything
+is written. An existing ``--output_json`` is replaced only with ``--overwrite``.
 """
 
 import argparse
@@ -31,7 +35,7 @@ from densecap_jax import cli
 from densecap_jax import files
 from densecap_jax import predict
 from densecap_jax import runtime
-from densecap_jax.data import vocab as vocab_lib
+from densecap_jax.regions import phrases as phrases_lib
 
 
 def parse_args(argv=None):
@@ -110,19 +114,23 @@ def score_images(model, paths, encoded, given=None, boxes_json=""):
   return results
 
 
-def unknown_notes(phrases, encoded, vocab):
-  """One stderr line per phrase with words outside the vocabulary, saying how they were scored."""
-  how = "scored as <UNK>" if vocab_lib.UNK in vocab else "left out"
-  return [f"note: phrase {i} {phrase!r}: not in the model's vocabulary, {how}: "
-          f"{', '.join(unknown)}"
-          for i, (phrase, unknown) in enumerate(zip(phrases, encoded.unknown)) if unknown]
+def format_table(path, result, top, phrases=None):
+  """The ``top`` regions of each phrase by mean log-likelihood, best first, as text tables.
 
-
-def format_table(path, result, top):
-  """The ``top`` regions of each phrase by mean log-likelihood, best first, as text tables."""
+  Each block is headed by the image and the phrase as given (``phrases``;
+  default the phrases as scored), then the phrase's ``regions.phrases.notes``
+  lines (unknown words; ``not ranked:`` in place of the table for a phrase of
+  function words only).
+  """
   blocks = []
-  for k, phrase in enumerate(result["phrases"]):
+  for k, scored in enumerate(result["phrases"]):
+    phrase = scored if phrases is None else phrases[k]
     mean = result["mean_log_likelihood"][:, k]
+    notes = ["  " + line for line in phrases_lib.notes(
+        phrase, scored.split(), result["unknown_words"][k])]
+    if result["no_known_content_words"][k]:
+      blocks.append("\n".join([f"{path}: {phrase!r} ({len(mean)} regions)", *notes]))
+      continue
     order = np.argsort(-mean, kind="stable")[:top]
     rows = [("rank", "box (x, y, w, h)", "mean", "sum", "caption")]
     for rank, i in enumerate(order, 1):
@@ -130,7 +138,7 @@ def format_table(path, result, top):
       rows.append((str(rank), box, f"{mean[i]:.3f}", f"{result['log_likelihood'][i, k]:.3f}",
                    result["captions"][i]))
     widths = [max(len(r[c]) for r in rows) for c in range(4)]
-    lines = [f"{path}: {phrase!r} ({len(mean)} regions)"]
+    lines = [f"{path}: {phrase!r} ({len(mean)} regions)", *notes]
     lines += ["  ".join([r[0].rjust(widths[0]), r[1].ljust(widths[1]), r[2].rjust(widths[2]),
                          r[3].rjust(widths[3]), r[4]]).rstrip() for r in rows]
     blocks.append("\n".join(lines))
@@ -154,12 +162,10 @@ def main(argv=None):
   model = cli.load_model_from_flags(args, announce=False)
   try:
     encoded = model.regions.encode_phrases(args.phrase)
-    for note in unknown_notes(args.phrase, encoded, model.vocab):
-      print(note, file=sys.stderr)
     results = score_images(model, paths, encoded, given, args.boxes_json)
   except ValueError as e:
     sys.exit(f"error: {e}")
-  print("\n\n".join(format_table(p, r, args.top) for p, r in zip(paths, results)))
+  print("\n\n".join(format_table(p, r, args.top, args.phrase) for p, r in zip(paths, results)))
   if args.output_json:
     from densecap_jax import inference  # pylint: disable=g-import-not-at-top
     files.write_json(args.output_json, {

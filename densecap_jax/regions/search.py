@@ -23,6 +23,13 @@ aspects ("a striped square" for the query "a blue square"), or an object
 whose caption names a neighbour; and so an image whose only good region is
 such a one. Such images drop out of the ranking or rank below where the
 exhaustive search puts them.
+
+Words outside the model's vocabulary are left out of the query (or scored as
+``<UNK>``) and reported (``SearchResult.unknown``, ``notes``). A query whose
+known words are all function words (``regions.phrases.FUNCTION_WORDS``:
+"a man riding a horse" with a vocabulary that lacks "man", "riding" and
+"horse" is "a a") is not ranked: its result has no hits and
+``no_known_content_words`` set, and its ``notes`` say why.
 """
 
 import dataclasses
@@ -31,6 +38,7 @@ import time
 import numpy as np
 
 from densecap_jax.regions import index as index_lib
+from densecap_jax.regions import phrases as phrases_lib
 
 DEFAULT_CANDIDATES = 5000
 
@@ -67,9 +75,11 @@ class SearchResult:
   Attributes:
     query: the query as given; words: the words scored; unknown: words the
       model's vocabulary lacks (left out, or scored as ``<UNK>``).
-    hits: :class:`Hit` s, best first.
+    hits: :class:`Hit` s, best first; none when ``no_known_content_words``.
     regions_scored: regions the LM scored; candidates: the setting (0 = all).
     seconds: time taken.
+    no_known_content_words: the words scored are all function words, so the
+      query was not ranked.
   """
   query: str
   words: list
@@ -78,6 +88,13 @@ class SearchResult:
   regions_scored: int
   candidates: int
   seconds: float
+  no_known_content_words: bool = False
+
+  @property
+  def notes(self):
+    """Lines to show with the hits: the words the model does not know and what was scored,
+    and why a query is not ranked (``regions.phrases.notes``); empty for a known query."""
+    return phrases_lib.notes(self.query, self.words, self.unknown)
 
 
 def _text_statistics(index, vocab_size):
@@ -158,13 +175,15 @@ def lm_scores(model, index, encoded, rows=None):
   if rows is None:
     parts = []
     for first, shard in index.shard_rows():
-      total, mean = model.regions.score_codes(shard.array("codes"), encoded)
-      parts.append((first + np.arange(len(total)), total[:, 0], mean[:, 0]))
+      scored = model.regions.score_codes(shard.array("codes"), encoded)
+      parts.append((first + np.arange(len(scored["log_likelihood"])),
+                    scored["log_likelihood"][:, 0], scored["mean_log_likelihood"][:, 0]))
     if not parts:
       return np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.float32)
     return tuple(np.concatenate(p) for p in zip(*parts))
-  total, mean = model.regions.score_codes(index.rows("codes", rows), encoded)
-  return np.asarray(rows, np.int64), total[:, 0], mean[:, 0]
+  scored = model.regions.score_codes(index.rows("codes", rows), encoded)
+  return (np.asarray(rows, np.int64), scored["log_likelihood"][:, 0],
+          scored["mean_log_likelihood"][:, 0])
 
 
 def search(model, index, query, top=20, candidates=DEFAULT_CANDIDATES, fingerprint=None):
@@ -180,7 +199,7 @@ def search(model, index, query, top=20, candidates=DEFAULT_CANDIDATES, fingerpri
       hashes the parameters; pass it to search many times).
 
   Returns:
-    A :class:`SearchResult`.
+    A :class:`SearchResult` (without hits for a query of function words only).
 
   Raises:
     ValueError: one line: another model than the index's, an empty query or
@@ -199,6 +218,10 @@ def search(model, index, query, top=20, candidates=DEFAULT_CANDIDATES, fingerpri
     encoded = model.regions.encode_phrases([query])
   except ValueError as e:
     raise ValueError(str(e).replace("phrase 0 ", "the query ", 1)) from None
+  if encoded.no_known_content_words[0]:
+    return SearchResult(query=query, words=encoded.words[0], unknown=encoded.unknown[0], hits=[],
+                        regions_scored=0, candidates=candidates,
+                        seconds=time.perf_counter() - start, no_known_content_words=True)
   vocab_size = int(model.config.vocab_size)
   if candidates and candidates < index.num_regions:
     rows = candidate_rows(index, encoded.labels[0], vocab_size, candidates)

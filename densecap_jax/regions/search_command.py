@@ -12,6 +12,12 @@ with their best box drawn, opening from disk; ``regions.search_page``).
 query (0: every region, the exact ranking; see ``regions.search`` for what
 the first stage can miss). The model (``--checkpoint``) must be the one the
 index was built with.
+
+Above the table a line names the query's words the model does not know and
+what was scored instead (``"a red car": the model does not know "car";
+scored as "a red"``). A query whose known words are all function words ("a",
+"the", "of", ...: ``regions.phrases.FUNCTION_WORDS``) is not ranked: a
+``not ranked:`` line takes the table's place (and the page's).
 """
 
 import argparse
@@ -98,14 +104,14 @@ def main(argv=None):
     check_page(args, result)
   except ValueError as e:
     sys.exit(f"error: {e}")
-  if result.unknown:
-    print(f"note: not in the model's vocabulary, left out: {', '.join(result.unknown)}",
-          file=sys.stderr)
-  print(format_table(result))
-  scored = ("all" if result.regions_scored == index.num_regions
-            else f"{result.regions_scored} (--candidates)")
-  print(f"{len(result.hits)} of {index.num_images} images; {scored} of {index.num_regions} "
-        f"regions scored, in {result.seconds:.2f} s")
+  for line in result.notes:
+    print(line)
+  if not result.no_known_content_words:
+    print(format_table(result))
+    scored = ("all" if result.regions_scored == index.num_regions
+              else f"{result.regions_scored} (--candidates)")
+    print(f"{len(result.hits)} of {index.num_images} images; {scored} of {index.num_regions} "
+          f"regions scored, in {result.seconds:.2f} s")
   if args.output_vis_dir:
     try:
       page = search_page.write_search_page(args.output_vis_dir, result)

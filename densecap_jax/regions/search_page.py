@@ -2,15 +2,17 @@
 
 ``write_search_page(folder, result)`` writes into ``folder``:
 
-* ``search.html``: the query and one card per hit, best first: the image with
+* ``search.html``: the query, a notice naming the words the model does not
+  know (and, for a query of function words only, saying it is not ranked,
+  in place of the hits), and one card per hit, best first: the image with
   the best box drawn over it (an SVG rectangle, in the box colours of the
   viewer), its rank, name, score and the box's caption; it needs no server,
   no script and no network access;
 * ``boxes.css``: the viewer's stylesheet (``densecap_jax/viewer``);
-* ``search.json``: the hits as data (``{"query", "words", "unknown", "hits":
-  [{"rank", "image", "box", "score", "log_likelihood", "caption",
-  "objectness", "width", "height", "src"}]}``; boxes xywh, 1-based, in the
-  image's pixels);
+* ``search.json``: the hits as data (``{"query", "words", "unknown",
+  "no_known_content_words", "notes", "hits": [{"rank", "image", "box",
+  "score", "log_likelihood", "caption", "objectness", "width", "height",
+  "src"}]}``; boxes xywh, 1-based, in the image's pixels);
 * ``images/<name>``: a copy of each hit's image.
 """
 
@@ -39,6 +41,9 @@ _PAGE_STYLE = """
 .hit .rank { font-weight: 400; }
 .hit .caption { color: BOX_COLOR; font-weight: 400; }
 .hit .score, .hit .name { color: var(--muted); font-size: 13px; }
+.notice { font-size: 16px; margin: 10px 0 18px; padding: 8px 12px; border-left: 4px solid BOX_COLOR;
+  background: rgba(173, 35, 35, 0.07); }
+.notice p { margin: 2px 0; }
 """.replace("BOX_COLOR", BOX_COLOR)
 
 
@@ -64,9 +69,14 @@ width="{w:g}" height="{h:g}" stroke="{BOX_COLOR}"><title>{title}</title></rect><
 
 def _page(result):
   query = html.escape(result.query)
-  unknown = (f" &middot; not in the model's vocabulary: {html.escape(', '.join(result.unknown))}"
-             if result.unknown else "")
-  cards = "\n".join(_card(hit) for hit in result.hits) or "<p>No hits.</p>"
+  notice = "".join(f"<p>{html.escape(line)}</p>" for line in result.notes)
+  notice = f'<div class="notice" role="note">{notice}</div>' if notice else ""
+  if result.no_known_content_words:
+    summary, cards = "", ""
+  else:
+    summary = (f'<p class="help">{len(result.hits)} images, best first; the box drawn is the '
+               f"region where the query is most likely (score: log-likelihood per word)</p>")
+    cards = "\n".join(_card(hit) for hit in result.hits) or "<p>No hits.</p>"
   return f"""<!doctype html>
 <html lang="en">
 <head>
@@ -80,8 +90,8 @@ def _page(result):
   <main id="wrap">
     <header>
       <h1>&ldquo;{query}&rdquo;</h1>
-      <p class="help">{len(result.hits)} images, best first; the box drawn is the region where
-        the query is most likely (score: log-likelihood per word){unknown}</p>
+      {summary}
+      {notice}
     </header>
     <section id="hits">
 {cards}
@@ -96,7 +106,9 @@ def _data(result):
   hits = [dict(vars(hit), src=f"{IMAGES}/{hit.image}") for hit in result.hits]
   for hit in hits:
     del hit["path"]
-  return {"query": result.query, "words": result.words, "unknown": result.unknown, "hits": hits}
+  return {"query": result.query, "words": result.words, "unknown": result.unknown,
+          "no_known_content_words": result.no_known_content_words, "notes": result.notes,
+          "hits": hits}
 
 
 def write_search_page(folder, result):
