@@ -1,10 +1,12 @@
 """Tests for densecap_jax.evaluation.split_eval: a model over a split on every device."""
 
+import re
 import zlib
 
 import jax
 import numpy as np
 import pytest
+import tqdm
 
 from densecap_jax import checkpoint
 from densecap_jax.data import buckets as buckets_lib
@@ -68,3 +70,41 @@ def test_every_device_gives_the_numbers_of_one_image_at_a_time(model_and_data):
   assert results["num_images"] == reference["num_images"]
   np.testing.assert_allclose(results["map"], reference["map"], rtol=1e-6)
   np.testing.assert_allclose(results["detmap"], reference["detmap"], rtol=1e-6)
+
+
+def test_progress_rate_leaves_out_the_compiling_batches(model_and_data, monkeypatch, capsys):
+  # A fake clock and a stand-in for the model: the first batch of each image
+  # shape takes 1000 s (XLA compiles a program per shape), every other batch
+  # 1 s. Counted in, the compiling batch of 8 images would estimate 500 s for
+  # the other 4.
+  params, config, data = model_and_data
+  config = config.copy_and_resolve_references()
+  config.buckets = ((SIZE, SIZE),)  # 12 images: a batch of 8 that compiles, then one of 4
+  clock = [0.0]
+  monkeypatch.setattr(tqdm.std, "time", lambda: clock[0])
+  monkeypatch.setattr(tqdm.tqdm, "monitor_interval", 0)
+  shapes, calls = set(), []
+
+  def timed(predict_fn):
+    del predict_fn
+
+    def call(params, images, *args):
+      del params, args
+      clock[0] += 1.0 if images.shape in shapes else 1000.0
+      shapes.add(images.shape)
+      calls.append(images.shape)
+      lead = images.shape[:2]  # (devices, images per device): no detections
+      return (np.zeros(lead + (1, 4), np.float32), np.zeros(lead + (1,), np.float32),
+              np.zeros(lead + (1, 3), np.int32), np.zeros(lead + (1,), bool))
+
+    return call
+
+  monkeypatch.setattr(split_eval, "_pmapped", timed)
+  capsys.readouterr()
+  results = split_eval.evaluate_split(params, data, "val", split_eval.make_predict_fn(config),
+                                      config=config, batch_size=8, meteor_fn=fake_meteor)
+  err = capsys.readouterr().err
+  assert len(calls) == 2 and len(shapes) == 1 and results["num_images"] == 12
+  assert "eval val (compiling)" in err and "12/12" in err
+  remaining = re.findall(r"<(\d+):(\d+),", err)
+  assert remaining and max(60 * int(m) + int(s) for m, s in remaining) <= 1, err

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import tqdm
 
 from densecap_jax.train import loop
 import toy_training as toy
@@ -176,6 +178,79 @@ def test_step_fn_switch_and_save_hook(tmp_path):
   np.testing.assert_array_equal(four.params["w"], two.params["w"])
   assert not np.allclose(two.params["w"], 0)
   assert saved == [2, 4]
+
+
+def _seconds(text):
+  """tqdm's ``[H:]MM:SS`` -> seconds."""
+  total = 0
+  for part in text.split(":"):
+    total = 60 * total + int(part)
+  return total
+
+
+def _train_on_a_fake_clock(tmp_path, monkeypatch, capsys, **kwargs):
+  """Six toy steps timed by a fake clock: the first takes 1000 s (compiling), the others 2 s.
+
+  Returns the progress bar's ``format_dict`` when it closed, the remaining
+  times it printed (seconds) and everything it printed.
+  """
+  clock = [0.0]
+  monkeypatch.setattr(tqdm.std, "time", lambda: clock[0])
+  monkeypatch.setattr(tqdm.tqdm, "monitor_interval", 0)
+  finals = []
+
+  class Recording(tqdm.tqdm):
+
+    def close(self):
+      if not self.disable:  # once: __del__ closes again
+        finals.append(dict(self.format_dict))
+      super().close()
+
+  monkeypatch.setattr(loop, "tqdm", Recording)
+  tx = optax.sgd(0.1)
+  real_step = loop.pmap_train_step(loop.make_train_step(_deterministic_loss, tx))
+  calls = []
+
+  def step_fn(state, batch, rng):
+    clock[0] += 2.0 if calls else 1000.0
+    calls.append(clock[0])
+    return real_step(state, batch, rng)
+
+  def eval_fn(params):
+    del params
+    clock[0] += 500.0
+    return {"val_map": 1.0}
+
+  if kwargs.pop("validate", False):
+    kwargs.update(eval_fn=eval_fn, eval_every=3)
+  capsys.readouterr()
+  loop.train_loop(
+      state=loop.init_train_state(toy.init_params(), tx), step_fn=step_fn,
+      batches=toy.batches_from(0, jax.local_device_count()), base_rng=jax.random.key(0),
+      num_steps=6, checkpoints=loop.Checkpoints(tmp_path / "c"), checkpoint_every=100,
+      writer=loop.MetricsWriter(str(tmp_path), tensorboard=False), log_every=100, **kwargs)
+  err = capsys.readouterr().err
+  assert len(calls) == 6 and len(finals) == 1
+  return finals[0], [_seconds(t) for t in re.findall(r"<([\d:]+),", err)], err
+
+
+def test_progress_rate_leaves_out_the_compiling_first_step(tmp_path, monkeypatch, capsys):
+  # Counted in, the first step alone would estimate 5 x 1000 s for the other
+  # five; left out, the bar runs at 0.5 step/s, 10 s in all.
+  final, remaining, err = _train_on_a_fake_clock(tmp_path, monkeypatch, capsys)
+  assert final["n"] == 6 and final["initial"] == 1
+  assert final["elapsed"] == 10.0 and final["rate"] == pytest.approx(0.5)
+  assert "compiling: " in err
+  assert remaining and max(remaining) <= 8, err  # 4 steps of 2 s after the second
+
+
+def test_progress_rate_leaves_out_validation(tmp_path, monkeypatch, capsys):
+  # A 500 s validation after step 3: the estimates printed at steps 5 and 6
+  # come from the 2 s steps alone (counted in, step 4's 502 s would show).
+  _, remaining, err = _train_on_a_fake_clock(tmp_path, monkeypatch, capsys, validate=True)
+  with open(tmp_path / "metrics.jsonl") as f:
+    assert [r["step"] for r in map(json.loads, f) if "val_map" in r] == [3, 6]
+  assert remaining and max(remaining) <= 8, err
 
 
 def test_step_compiles_once(record_compiles, tmp_path):

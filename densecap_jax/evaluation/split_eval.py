@@ -62,7 +62,9 @@ def evaluate_split(params, data, split, predict_fn, *, config, max_images=-1, ba
       multiple of the number of devices.
     rpn_nms_thresh, final_nms_thresh: test-time NMS thresholds.
     meteor_fn: METEOR scorer for the evaluator (default: the Java METEOR).
-    progress: show a progress bar (on the first process).
+    progress: show a progress bar (on the first process); it reads
+      ``compiling`` during the first batch of each shape and its rate and
+      remaining time leave those batches out.
 
   Returns:
     The ``DenseCaptioningEvaluator.evaluate()`` dict, on every process.
@@ -81,9 +83,15 @@ def evaluate_split(params, data, split, predict_fn, *, config, max_images=-1, ba
   replicated = loop.replicate(params)
   is_chief = jax.process_index() == 0
   per_image = {}
+  shapes = set()  # image batch shapes already compiled
+  desc = f"eval {split}"
   with batches, tqdm(total=num_images, disable=not (progress and is_chief), unit="img",
-                     desc=f"eval {split}", dynamic_ncols=True) as bar:
+                     desc=desc, dynamic_ncols=True) as bar:
     for batch in batches:
+      compiling = batch["image"].shape not in shapes
+      if compiling:
+        shapes.add(batch["image"].shape)
+        bar.set_description(f"{desc} (compiling)")
       outputs = run(replicated, batch["image"], batch["image_size"], rpn_nms_thresh,
                     final_nms_thresh)
       local = dict(zip(("boxes", "scores", "tokens", "valid"), jax.device_get(outputs)))
@@ -97,7 +105,11 @@ def evaluate_split(params, data, split, predict_fn, *, config, max_images=-1, ba
             vocab_lib.decode_captions(merged["tokens"][k][keep], data.vocab),
             merged["gt_boxes"][k][gt],
             vocab_lib.decode_captions(merged["gt_labels"][k][gt], data.vocab))
-        bar.update(1)
+      if compiling:  # the batch's time is mostly compilation: the rate starts after it
+        bar.set_description(desc, refresh=False)
+        loop.restart_rate(bar, len(per_image))
+      else:
+        bar.update(len(per_image) - bar.n)
   results = None
   if is_chief:
     evaluator = metric.DenseCaptioningEvaluator(meteor_fn=meteor_fn)

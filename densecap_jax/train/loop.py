@@ -306,6 +306,23 @@ class NonFiniteLossError(RuntimeError):
   pass
 
 
+def restart_rate(bar, n):
+  """Puts the tqdm ``bar`` at ``n`` done and restarts its clock and rate from there.
+
+  For after a step that compiled a program (or any pause that is not the
+  work being timed): counted in, its minutes would make the remaining-time
+  estimate hours long. The elapsed time shown restarts too.
+  """
+  bar.reset()
+  bar.initial = bar.n = bar.last_print_n = n
+  bar.refresh()
+
+
+def batch_shapes(batch):
+  """The shapes of a batch's arrays: a step with shapes not seen before compiles a program."""
+  return tuple(np.shape(x) for x in jax.tree.leaves(batch))
+
+
 def run_validation(step, params, eval_fn, writer, on_eval=None):
   """Runs ``eval_fn(params)`` at ``step``, logs its scalars and hands them to ``on_eval``.
 
@@ -361,6 +378,11 @@ def train_loop(*, state, step_fn: Callable, batches: Iterator, base_rng, num_ste
     prefetch: batches placed on the devices ahead of the step that takes
       them (copies overlap the running step).
 
+  The progress bar reads ``compiling`` while a step compiles its program (the
+  first step, and the first of each other step function or batch shape) and
+  restarts its clock after it, and after each validation, so that its rate
+  and remaining time are those of the training steps alone.
+
   Returns:
     ``(state, reason)``: the host state and why the loop ended
     (``'done'``, ``'exploded'`` or the signal name).
@@ -385,6 +407,7 @@ def train_loop(*, state, step_fn: Callable, batches: Iterator, base_rng, num_ste
       on_save(state)
 
   switches = sorted((step_fn_from or {}).items())
+  programs = set()  # (step function, batch shapes) already compiled
 
   def step_fn_at(step):
     current = step_fn
@@ -427,10 +450,20 @@ def train_loop(*, state, step_fn: Callable, batches: Iterator, base_rng, num_ste
     pending = []  # (step, metrics still on the devices) since the last sync
     device_batches = prefetch_to_devices(batches, size=prefetch)
     while step < num_steps:
-      replicated, metrics = step_fn_at(step)(replicated, next(device_batches), base_rng)
+      fn, batch = step_fn_at(step), next(device_batches)
+      program = (id(fn), batch_shapes(batch))
+      compiling = program not in programs
+      if compiling:
+        programs.add(program)
+        bar.set_description("compiling")
+      replicated, metrics = fn(replicated, batch, base_rng)  # returns once compiled
       step += 1
       pending.append((step, metrics))
-      bar.update(1)
+      if compiling:
+        bar.set_description("", refresh=False)
+        restart_rate(bar, step)
+      else:
+        bar.update(1)
       log_due = step % log_every == 0 or step == num_steps
       eval_due = bool(eval_fn is not None and eval_every and (step % eval_every == 0 or
                                                                step == num_steps))
@@ -451,6 +484,7 @@ def train_loop(*, state, step_fn: Callable, batches: Iterator, base_rng, num_ste
         save()  # before validation, so that a failing validation loses no step
       if eval_due:
         run_validation(step, host_state().params, eval_fn, writer, on_eval)
+        restart_rate(bar, step)
       if exploded_at is not None:
         reason = "exploded"
         save()
