@@ -10,7 +10,10 @@ Writes ``results.json`` (reference §10.2: xywh boxes in the resized image,
 objectness logits, captions, image name, options), the resized images and
 the results viewer (``view_results.html``, opens from disk) to
 ``--output_vis_dir``, and with ``--output_dir`` the images with the top boxes
-and captions drawn in. Without ``--checkpoint`` the small demo model bundled
+and captions drawn in: on each image at its own size, upright, the captions
+on labels kept inside the picture (``vis.draw_labelled``), or with
+``--draw_on resized`` on the resized image as the original draws them
+(``vis.draw_results``). Without ``--checkpoint`` the small demo model bundled
 with the package is used; its defaults (image size, proposals) come from its
 config, and for the ``vgg16`` model they are the original's 720 and 1000.
 
@@ -99,9 +102,18 @@ def parse_args(argv=None):
   output.add_argument("--output_dir", default="",
                       help="if set, write the images with boxes and captions drawn in "
                            "(default: not written)")
+  output.add_argument("--draw_on", choices=("image", "resized"), default="image",
+                      help="image: draw on each image at its own size, upright, with captions "
+                           "on labels of the box colour, wrapped at spaces and kept inside; "
+                           "resized: the original's drawing, on the resized image the model saw")
   output.add_argument("--num_to_draw", type=int, default=10, help="boxes drawn per image")
-  output.add_argument("--text_size", type=int, default=2, help="caption text size of drawings")
-  output.add_argument("--box_width", type=int, default=2, help="box line width of drawings")
+  output.add_argument("--text_size", type=int, default=2,
+                      help="caption text size of drawings: lines 8 x this many pixels high on "
+                           "the resized image; with --draw_on image, on the image scaled to a "
+                           "720-pixel long side (at least 12 pixels)")
+  output.add_argument("--box_width", type=int, default=2,
+                      help="box line half-width of drawings, in pixels of the resized image; "
+                           "with --draw_on image, of the image scaled to a 720-pixel long side")
   output.add_argument("--output_vis", type=int, default=1, choices=(0, 1),
                       help="write results.json, the resized images and the viewer")
   output.add_argument("--output_vis_dir", default="vis/data",
@@ -270,7 +282,7 @@ def caption_images(model, paths, args, given=None):
                                     [given[j] for (_, j), _ in group], args.boxes_json)
         outputs = model.regions.caption_prepared(prepared, checked, coords="resized",
                                                  displays=drawing)
-      for ((i, _), p), r in zip(group, outputs):
+      for ((i, j), p), r in zip(group, outputs):
         name = entries[i]["img_name"]
         # NumPy rows (20 bytes a box), made lists only as results.json is written.
         entries[i] = {"boxes": r["boxes"], "scores": r["scores"], "captions": r["captions"],
@@ -279,12 +291,29 @@ def caption_images(model, paths, args, given=None):
         if args.output_vis:
           vis.save_image_atomic(p.display, os.path.join(args.output_vis_dir, name))
         if args.output_dir:
-          drawn = vis.draw_results(p.display, r["boxes"], r["captions"],
-                                   num_to_draw=args.num_to_draw, box_width=args.box_width,
-                                   text_size=args.text_size)
-          vis.save_image_atomic(drawn, os.path.join(args.output_dir, name))
+          vis.save_image_atomic(draw(p, r, paths[j], args), os.path.join(args.output_dir, name))
       bar.update(len(group))
   return entries, failed
+
+
+def draw(prepared, result, path, args):
+  """The ``--output_dir`` picture of one image: ``--draw_on`` says on which image and how.
+
+  ``image``: ``vis.draw_labelled`` on the upright image at its own size
+  (``prepared.rgb``, or decoded again from ``path`` when it was resized on the
+  host), with the boxes scaled to it (``regions.coords.to_image``);
+  ``resized``: ``vis.draw_results`` on the resized image (``prepared.display``),
+  as the original's ``vis_utils.densecap_draw``.
+  """
+  from densecap_jax import vis  # pylint: disable=g-import-not-at-top
+  options = dict(num_to_draw=args.num_to_draw, box_width=args.box_width, text_size=args.text_size)
+  if args.draw_on == "resized":
+    return vis.draw_results(prepared.display, result["boxes"], result["captions"], **options)
+  from densecap_jax.data import images as images_lib  # pylint: disable=g-import-not-at-top
+  from densecap_jax.regions import coords  # pylint: disable=g-import-not-at-top
+  rgb = prepared.rgb if prepared.rgb is not None else images_lib.user_rgb(path)
+  boxes = coords.to_image(result["boxes"], prepared.original_size, prepared.size)
+  return vis.draw_labelled(rgb, boxes, result["captions"], **options)
 
 
 def main(argv=None):

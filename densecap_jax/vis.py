@@ -1,7 +1,10 @@
 """Drawing detections onto images and writing the results viewer page.
 
-``draw_results`` bakes boxes and captions into a picture the way the released
-``vis_utils.densecap_draw`` does (reference §10.3). ``write_viewer`` writes the
+``draw_labelled`` draws boxes and captions readably on a picture of any size
+(the image at its own size): captions wrapped at spaces on labels of the box
+colour, with black or white text, kept inside the picture and apart.
+``draw_results`` bakes them in the way the released ``vis_utils.densecap_draw``
+does on the resized image (reference §10.3). ``write_viewer`` writes the
 static results browser (``viewer/view_results.html``, reference §10.4) with its
 data into one folder that opens from disk with no network access.
 
@@ -43,6 +46,13 @@ RESULT_FIELDS = ("boxes", "scores", "captions", "img_name")
 
 # image.drawText draws 6 x 8 pixel character cells scaled by the text size.
 _CELL_HEIGHT = 8
+
+# draw_labelled measures box_width and text_size on the picture scaled to this
+# long side, the image_size of the original's released model (reference §1.2),
+# so a drawing looks alike whichever model made it and whatever the picture's size.
+REFERENCE_LONG_SIDE = 720
+MIN_TEXT_PIXELS = 12  # smallest caption font size of draw_labelled, in pixels
+WRAP_FRACTION = 0.4  # labels may be as wide as their box or this part of the picture
 
 
 def box_color(index):
@@ -110,26 +120,26 @@ def draw_results(image, boxes_xywh, captions, *, num_to_draw=10, box_width=2, te
   return Image.fromarray(pixels)
 
 
-def _rgb_pixels(image):
+def _rgb_pixels(image, caller="draw_results"):
   """A writable ``(H, W, 3)`` uint8 copy of a PIL image or an RGB uint8 array."""
   if isinstance(image, Image.Image):
     return np.array(image.convert("RGB"))
   pixels = np.asarray(image)
   if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
-    raise ValueError(f"draw_results: image must be a PIL image or an (H, W, 3) uint8 array, "
+    raise ValueError(f"{caller}: image must be a PIL image or an (H, W, 3) uint8 array, "
                      f"got shape {pixels.shape} dtype {pixels.dtype}")
   return pixels.copy()
 
 
-def _checked_boxes(boxes_xywh):
+def _checked_boxes(boxes_xywh, caller="draw_results"):
   """``(N, 4)`` float64 array of finite boxes, or a ValueError naming the problem."""
   boxes = np.asarray(boxes_xywh, np.float64)
   if boxes.size == 0:
     boxes = boxes.reshape(0, 4)
   if boxes.ndim != 2 or boxes.shape[1] != 4:
-    raise ValueError(f"draw_results: boxes must have shape (N, 4), got {boxes.shape}")
+    raise ValueError(f"{caller}: boxes must have shape (N, 4), got {boxes.shape}")
   if not np.isfinite(boxes).all():
-    raise ValueError("draw_results: boxes contain NaN or infinite coordinates")
+    raise ValueError(f"{caller}: boxes contain NaN or infinite coordinates")
   return boxes
 
 
@@ -190,6 +200,215 @@ def _caption_runs(caption, origin, image_width, font, line_height):
   return [run for run in runs if run[2]]
 
 
+def drawing_scale(size):
+  """Picture pixels per pixel of the same picture scaled to ``REFERENCE_LONG_SIDE``.
+
+  ``size`` is ``(H, W)``; the scale is ``max(H, W) / 720``.
+  """
+  return max(size) / REFERENCE_LONG_SIDE
+
+
+def outline_half_width(size, box_width):
+  """Outline half-thickness (pixels) of ``draw_labelled`` on a picture of ``size`` ``(H, W)``.
+
+  ``box_width`` pixels on the picture scaled to a 720-pixel long side:
+  ``round(box_width * max(H, W) / 720)``; the bands are twice that plus one thick.
+  """
+  return round(box_width * drawing_scale(size))
+
+
+def text_pixels(size, text_size):
+  """Caption font size (pixels) of ``draw_labelled`` on a picture of ``size`` ``(H, W)``.
+
+  ``8 * text_size`` pixels (the original's line height) on the picture scaled
+  to a 720-pixel long side, hence ``round(8 * text_size * max(H, W) / 720)``,
+  and never below ``MIN_TEXT_PIXELS``.
+  """
+  return max(MIN_TEXT_PIXELS, round(_CELL_HEIGHT * text_size * drawing_scale(size)))
+
+
+def label_colors(color):
+  """``(background, text)`` RGB of a label on a box of ``color``.
+
+  The background is the box colour; the text is black or white, whichever
+  has the larger WCAG contrast ratio with it (at least 4.58 for any colour).
+  """
+  luminance = relative_luminance(color)
+  return tuple(color), ((0, 0, 0) if (luminance + 0.05) ** 2 > 1.05 * 0.05 else (255, 255, 255))
+
+
+def relative_luminance(color):
+  """WCAG 2 relative luminance in ``[0, 1]`` of an sRGB ``(r, g, b)`` in 0..255."""
+  c = np.asarray(color, np.float64) / 255.0
+  linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+  return float(linear @ np.array([0.2126, 0.7152, 0.0722]))
+
+
+def wrap_caption(caption, font, max_width, ellipsis="\u2026"):
+  """Lines of ``caption`` no wider than ``max_width`` pixels, broken only between words.
+
+  Words are the caption's whitespace-separated parts; each line holds as many
+  whole words, joined by single spaces, as fit. A word that does not fit on a
+  line alone gets a line of its own, cut to its longest beginning that fits
+  with ``ellipsis`` appended (the ellipsis alone when none does).
+
+  Args:
+    caption: a string.
+    font: anything with ``getlength(text)`` in pixels (a Pillow font).
+    max_width: widest line, in pixels.
+    ellipsis: the mark of a cut word.
+
+  Returns:
+    A list of strings, ``[]`` for an empty or blank caption.
+  """
+  lines, line = [], ""
+  for word in caption.split():
+    joined = f"{line} {word}" if line else word
+    if font.getlength(joined) <= max_width:
+      line = joined
+      continue
+    if line:
+      lines.append(line)
+    line = word
+    if font.getlength(word) > max_width:
+      cut = len(word) - 1
+      while cut > 0 and font.getlength(word[:cut] + ellipsis) > max_width:
+        cut -= 1
+      lines.append(word[:cut] + ellipsis)
+      line = ""
+  if line:
+    lines.append(line)
+  return lines
+
+
+def layout_labels(size, boxes_xywh, captions, font, *, box_width):
+  """Where ``draw_labelled`` puts each caption: ``[(left, top, width, height, lines)]``.
+
+  Label ``i`` (0-based pixels, ``lines`` from :func:`wrap_caption`) goes to
+  the first of these places, moved into the picture, that overlaps no
+  label placed before it (labels are placed in box order), or to the one
+  overlapping them least: on top of the box's outline when there is room
+  above it, inside the box's top-left corner, under the box when there is
+  room below it, inside its bottom-left corner. A label is at most as wide
+  as the picture; its text is wrapped to the box's visible width or
+  ``WRAP_FRACTION`` of the picture's, whichever is larger. Blank captions get
+  ``None``.
+
+  Args:
+    size: ``(H, W)`` of the picture.
+    boxes_xywh: ``(N, 4)`` float xywh boxes, 1-based, in the picture's pixels.
+    captions: ``N`` strings.
+    font: a Pillow font.
+    box_width: half-thickness of the outline bands, in pixels.
+  """
+  boxes = _checked_boxes(boxes_xywh, "layout_labels")
+  if len(captions) != len(boxes):
+    raise ValueError(f"layout_labels: got {len(boxes)} boxes but {len(captions)} captions")
+  height, width = size
+  pad = _label_pad(font)
+  line_height = _line_height(font)
+  ellipsis = "\u2026" if isinstance(font, ImageFont.FreeTypeFont) else "..."
+  placed, labels = [], []
+  for (x, y, w, h), caption in zip(boxes, captions):
+    left, top = math.trunc(x) - 1 - box_width, math.trunc(y) - 1 - box_width
+    right, bottom = math.trunc(x + w) + box_width, math.trunc(y + h) + box_width
+    visible = min(right, width) - max(left, 0)
+    wrap = min(width - 2 * pad, max(visible - 2 * pad, WRAP_FRACTION * width))
+    lines = wrap_caption(caption, font, wrap, ellipsis)
+    if not lines:
+      labels.append(None)
+      continue
+    label_w = min(width, math.ceil(max(font.getlength(line) for line in lines)) + 2 * pad)
+    label_h = len(lines) * line_height + 2 * pad
+    tops = ([top - label_h] if top - label_h >= 0 else []) + [top]
+    tops += ([bottom] if bottom + label_h <= height else []) + [bottom - label_h]
+    candidates = [(max(0, min(left, width - label_w)), max(0, min(t, height - label_h)),
+                   label_w, label_h) for t in tops]
+    overlaps = [sum(_overlap(c, other) for other in placed) for c in candidates]
+    best = candidates[overlaps.index(min(overlaps))]
+    placed.append(best)
+    labels.append((*best, lines))
+  return labels
+
+
+def draw_labelled(image, boxes_xywh, captions, *, num_to_draw=10, box_width=2, text_size=2):
+  """Draws the first ``num_to_draw`` boxes and their captions readably onto a copy of ``image``.
+
+  Made for the picture at its own size: ``box_width`` and ``text_size`` keep
+  their meaning on the picture scaled to a 720-pixel long side (the
+  original's image size): the outline bands are ``2 * b + 1`` pixels thick
+  with ``b`` = :func:`outline_half_width` (placed as by :func:`draw_results`,
+  in ``box_color(i)``), and captions are set in Pillow's bundled font at
+  :func:`text_pixels`. Each caption sits on a label
+  filled with its box's colour, in black or white text
+  (:func:`label_colors`), wrapped at spaces and placed by
+  :func:`layout_labels` inside the picture. Labels are drawn after all
+  outlines, the first box's last (on top).
+
+  Args:
+    image: PIL image (converted to RGB) or ``(H, W, 3)`` uint8 RGB array; not modified.
+    boxes_xywh: ``(N, 4)`` float xywh boxes, 1-based, in the image's pixels, in
+      score order.
+    captions: ``N`` strings.
+    num_to_draw: how many of the first boxes to draw.
+    box_width: outline half-thickness on the picture scaled to a 720-pixel long side.
+    text_size: caption scale on that picture; its font is ``8 * text_size`` pixels.
+
+  Returns:
+    ``PIL.Image`` in RGB mode, the same size as ``image``.
+  """
+  pixels = _rgb_pixels(image, "draw_labelled")
+  boxes = _checked_boxes(boxes_xywh, "draw_labelled")
+  if len(captions) != len(boxes):
+    raise ValueError(f"draw_labelled: got {len(boxes)} boxes but {len(captions)} captions")
+  size = pixels.shape[:2]
+  count = max(0, min(num_to_draw, len(boxes)))
+  band = outline_half_width(size, box_width)
+  for i in range(count):
+    _draw_outline(pixels, boxes[i], box_color(i), band)
+  font = _label_font(text_pixels(size, text_size))
+  labels = layout_labels(size, boxes[:count], captions[:count], font, box_width=band)
+  picture = Image.fromarray(pixels)
+  draw = ImageDraw.Draw(picture)
+  pad, line_height = _label_pad(font), _line_height(font)
+  for i in reversed(range(count)):
+    if labels[i] is None:
+      continue
+    left, top, label_w, label_h, lines = labels[i]
+    background, text = label_colors(box_color(i))
+    draw.rectangle((left, top, left + label_w - 1, top + label_h - 1), fill=background)
+    for k, line in enumerate(lines):
+      draw.text((left + pad, top + pad + k * line_height), line, fill=text, font=font)
+  return picture
+
+
+def _label_font(pixels):
+  """Pillow's bundled font at ``pixels`` (the fixed bitmap font without FreeType)."""
+  try:
+    return ImageFont.load_default(size=pixels)
+  except (ImportError, OSError):
+    return ImageFont.load_default()
+
+
+def _label_pad(font):
+  """Pixels between a label's edge and its text: a fifth of the font size, at least 1."""
+  return max(1, round(0.2 * getattr(font, "size", _CELL_HEIGHT)))
+
+
+def _line_height(font):
+  """Pixels between text lines: the font's ascent plus descent."""
+  if hasattr(font, "getmetrics"):
+    return sum(font.getmetrics())
+  return font.getbbox("Ag")[3] + 1
+
+
+def _overlap(a, b):
+  """Overlapping area of two ``(left, top, width, height)`` rectangles."""
+  w = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+  h = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+  return max(0, w) * max(0, h)
+
+
 def save_image_atomic(image, path):
   """Saves a PIL image (or ``(H, W, 3)`` uint8 array) to ``path`` atomically.
 
@@ -201,7 +420,7 @@ def save_image_atomic(image, path):
   if image_format is None:
     raise ValueError(f"cannot save image {path}: unknown image file extension {extension!r}")
   if not isinstance(image, Image.Image):
-    image = Image.fromarray(_rgb_pixels(image))
+    image = Image.fromarray(_rgb_pixels(image, "save_image_atomic"))
   with atomic_output(path) as tmp_path:
     image.save(tmp_path, format=image_format)
 

@@ -1,10 +1,19 @@
-"""Tests for densecap_jax.vis.draw_results against hand-worked pixels of vis_utils.lua."""
+"""Tests for densecap_jax.vis: draw_results against hand-worked pixels of vis_utils.lua,
+draw_labelled's readable labels, and the drawings of the predict command."""
+
+import json
 
 import numpy as np
+import photos as photos_lib
 import pytest
 from PIL import Image
+import small_model
 
+from densecap_jax import inference
+from densecap_jax import predict
 from densecap_jax import vis
+from densecap_jax.data import images as images_lib
+from densecap_jax.regions import coords
 
 BLUE = (42, 75, 215)
 DARK_GRAY = (87, 87, 87)
@@ -207,3 +216,242 @@ def test_save_image_atomic(tmp_path):
   with pytest.raises(ValueError, match="unknown image file extension"):
     vis.save_image_atomic(image, str(tmp_path / "picture.notanimage"))
   assert not (tmp_path / "picture.notanimage").exists()
+
+
+# draw_labelled: readable drawings on the picture at its own size.
+
+CAPTION = "a large striped orange circle"
+WHITE = (255, 255, 255)
+
+
+class TenPixelFont:
+  """A font whose every character is 10 pixels wide, for hand-worked wrapping."""
+
+  def getlength(self, text):
+    return 10.0 * len(text)
+
+
+@pytest.mark.parametrize("caption, max_width, lines", [
+    # 10 px a character: "a large" is 70 px, "a large striped" 150 px.
+    (CAPTION, 100, ["a large", "striped", "orange", "circle"]),
+    (CAPTION, 150, ["a large striped", "orange circle"]),
+    (CAPTION, 290, [CAPTION]),
+    ("a  red\ncar ", 1000, ["a red car"]),
+    # A word wider than a line gets a line of its own, cut to fit with the ellipsis:
+    # 9 letters + the ellipsis = 100 px.
+    ("a supercalifragilistic cat", 100, ["a", "supercali\u2026", "cat"]),
+    ("abc", 15, ["\u2026"]),  # not even "a\u2026" (20 px) fits
+    ("", 100, []),
+    ("  ", 100, []),
+])
+def test_wrap_caption_breaks_lines_only_between_words(caption, max_width, lines):
+  got = vis.wrap_caption(caption, TenPixelFont(), max_width)
+  assert got == lines
+  for line in got:
+    assert 10 * len(line) <= max_width or line == "\u2026"
+
+
+def test_wrap_caption_never_splits_a_word_that_fits():
+  # The original breaks "a large striped orange circle" mid-word at the border
+  # ("a large striped orange cir" / "cle"); every word here fits a line.
+  font = vis._label_font(16)
+  for max_width in range(80, 400, 7):
+    lines = vis.wrap_caption(CAPTION, font, max_width)
+    assert " ".join(lines).split() == CAPTION.split()
+    assert all(font.getlength(line) <= max_width for line in lines)
+
+
+def _ink(drawn, background):
+  """``(H, W)`` mask of caption text: pixels neither the canvas grey nor the label colour."""
+  drawn = np.asarray(drawn)
+  return ~(np.all(drawn == GREY_BACKGROUND, axis=-1) | np.all(drawn == background, axis=-1))
+
+
+@pytest.mark.parametrize("box", [
+    [1, 1, 30, 20], [131, 1, 30, 20], [1, 101, 30, 20], [131, 101, 30, 20],  # corners
+    [66, 1, 30, 20], [66, 101, 30, 20], [1, 50, 30, 20], [131, 50, 30, 20],  # edges
+    [-15, -12, 30, 20], [150, 112, 30, 20],  # partly outside
+    [200, 50, 30, 20],  # wholly outside, beyond the right border
+])
+def test_label_lies_wholly_inside_the_picture(box):
+  # 120 x 160 picture: the caption wraps to 0.4 * 160 = 64 px, about 3 lines.
+  # Drawn whole, it shows as many text pixels as the same box drawn in the middle.
+  image = _canvas(120, 160)
+  reference = _ink(vis.draw_labelled(image, [[66, 50, 30, 20]], [CAPTION]), BLUE)
+  drawn = vis.draw_labelled(image, [box], [CAPTION])
+  ink = _ink(drawn, BLUE)
+  assert reference.sum() > 100
+  assert ink.sum() == reference.sum()
+  font = vis._label_font(vis.text_pixels((120, 160), 2))
+  band = vis.outline_half_width((120, 160), 2)
+  [(left, top, width, height, lines)] = vis.layout_labels((120, 160), [box], [CAPTION], font,
+                                                          box_width=band)
+  assert 0 <= left and left + width <= 160 and 0 <= top and top + height <= 120
+  assert " ".join(lines) == CAPTION and len(lines) > 1
+  rows, cols = np.nonzero(ink)
+  assert rows.min() >= top and rows.max() < top + height
+  assert cols.min() >= left and cols.max() < left + width
+
+
+def _contrast(a, b):
+  """WCAG contrast ratio of two sRGB colours, from the WCAG 2 definitions."""
+  def luminance(color):
+    c = np.asarray(color, np.float64) / 255
+    c = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    return 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2]
+  high, low = sorted((luminance(a), luminance(b)), reverse=True)
+  return (high + 0.05) / (low + 0.05)
+
+
+def test_label_text_contrasts_with_its_background():
+  # One box per palette colour, 100 px apart. Each label is filled with its box's
+  # colour; its text is the pixel furthest from it in contrast. WCAG asks 4.5 of text.
+  image = _canvas(80, 1300)
+  boxes = [[100 * k + 11, 31, 80, 40] for k in range(13)]
+  captions = ["ab"] * 13
+  drawn = np.asarray(vis.draw_labelled(image, boxes, captions, num_to_draw=13))
+  font = vis._label_font(vis.text_pixels((80, 1300), 2))
+  labels = vis.layout_labels((80, 1300), boxes, captions, font,
+                             box_width=vis.outline_half_width((80, 1300), 2))
+  text_colors = []
+  for k, (left, top, width, height, _) in enumerate(labels):
+    patch = drawn[top:top + height, left:left + width].reshape(-1, 3)
+    colors, counts = np.unique(patch, axis=0, return_counts=True)
+    background = tuple(colors[counts.argmax()])
+    assert background == vis.box_color(k)
+    text = max(map(tuple, colors), key=lambda c: _contrast(c, background))
+    assert _contrast(text, background) >= 4.5
+    text_colors.append(text)
+  # Hand-checked: white on the blue first box and the black 12th, black on yellow (10th).
+  assert text_colors[0] == WHITE and text_colors[11] == WHITE
+  assert text_colors[9] == BLACK
+
+
+def test_labels_of_overlapping_boxes_do_not_overlap():
+  # Two nearly coincident boxes: the second label goes inside its box, not over the first.
+  font = vis._label_font(16)
+  boxes = [[50, 60, 100, 60], [53, 63, 100, 60]]
+  labels = vis.layout_labels((300, 300), boxes, ["a red circle", "a blue square"], font,
+                             box_width=2)
+  (l0, t0, w0, h0, _), (l1, t1, w1, h1, _) = labels
+  assert t0 + h0 == 60 - 1 - 2  # above the first box's outline (0-based top 57)
+  assert t1 == 63 - 1 - 2  # the second, inside its box's top-left corner
+  assert t0 + h0 <= t1 or t1 + h1 <= t0 or l0 + w0 <= l1 or l1 + w1 <= l0
+
+
+def test_outline_and_text_scale_with_the_picture():
+  # box_width 2 on the picture scaled to a 720-pixel long side: 2 * round(2 * s) + 1 rows.
+  for (height, width), thickness in (((1000, 1440), 9), ((540, 720), 5), ((300, 360), 3)):
+    image = _canvas(height, width)
+    drawn = vis.draw_labelled(image, [[101, 101, 150, 100]], [""])
+    painted = _painted(image, drawn)
+    assert painted[:, 175].sum() == 2 * thickness  # top and bottom bands, through the middle
+  assert [vis.outline_half_width(size, 2) for size in ((1000, 1440), (300, 360), (120, 160))] == [
+      4, 1, 0]
+  assert vis.text_pixels((1000, 1440), 2) == 32  # 16 px on the 720-pixel picture, doubled
+  assert vis.text_pixels((540, 720), 2) == 16
+  assert vis.text_pixels((300, 360), 2) == vis.MIN_TEXT_PIXELS  # 8 px, too small to read
+  assert vis.text_pixels((400, 4000), 1) == 44
+
+
+def test_draw_labelled_keeps_size_and_input():
+  array = _canvas(90, 70)
+  array_copy = array.copy()
+  out = vis.draw_labelled(array, [[5, 5, 40, 30], [20, 30, 40, 50]], ["a cat", ""])
+  assert isinstance(out, Image.Image) and out.size == (70, 90) and out.mode == "RGB"
+  np.testing.assert_array_equal(array, array_copy)
+  assert np.asarray(vis.draw_labelled(array, [[5, 5, 40, 30]], ["a cat"],
+                                      num_to_draw=0)).tolist() == array.tolist()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(image=np.zeros((4, 4), np.uint8)), "draw_labelled: image must be"),
+    (dict(boxes=[[1, 2, 3]]), "draw_labelled: boxes must have shape \\(N, 4\\)"),
+    (dict(boxes=[[1, np.inf, 3, 4]]), "NaN or infinite"),
+    (dict(captions=["a", "b"]), "1 boxes but 2 captions"),
+])
+def test_draw_labelled_bad_input_raises_one_line_error(kwargs, message):
+  args = dict(image=_canvas(10, 10), boxes=[[1, 1, 3, 3]], captions=["a"])
+  args.update(kwargs)
+  with pytest.raises(ValueError, match=message):
+    vis.draw_labelled(args["image"], args["boxes"], args["captions"])
+
+
+# The predict command's drawings (--output_dir), with a small random model.
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+  return small_model.save_random_tiny_model(tmp_path_factory.mktemp("model") / "m",
+                                            [None, "a", "red", "circle", "square", "blue"],
+                                            image_size=64)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+  """A 120 x 60 (H x W) PNG and a phone portrait stored sideways (upright 640 x 427)."""
+  folder = tmp_path_factory.mktemp("inputs")
+  rows, cols = np.mgrid[0:120, 0:60]
+  rgb = np.stack([rows * 2, cols * 4, (rows + cols) % 256], axis=-1).astype(np.uint8)
+  Image.fromarray(rgb).save(folder / "b.png")
+  _, upright = photos_lib.phone_portrait(str(folder / "portrait.jpg"))
+  return folder, rgb, upright
+
+
+def _run_predict(model_dir, folder, tmp_path, *flags):
+  vis_dir, drawn_dir = tmp_path / "vis", tmp_path / "drawn"
+  predict.main(["--input_dir", str(folder), "--checkpoint", model_dir, "--output_vis_dir",
+                str(vis_dir), "--output_dir", str(drawn_dir), *flags])
+  with open(vis_dir / "results.json") as f:
+    results = {r["img_name"]: r for r in json.load(f)["results"]}
+  return vis_dir, drawn_dir, results
+
+
+def test_cli_draws_on_each_image_at_its_own_size(model_dir, inputs, tmp_path):
+  folder, rgb, upright = inputs
+  vis_dir, drawn_dir, results = _run_predict(model_dir, folder, tmp_path)
+  # b.png: 120 x 60 drawn at 120 x 60 (the resized image is 64 x 32), boxes scaled by 120 / 64.
+  resized_size = Image.open(vis_dir / "b.png").size[::-1]
+  assert resized_size == (64, 32)
+  drawn = Image.open(drawn_dir / "b.png")
+  assert drawn.size == (60, 120)
+  r = results["b.png"]
+  assert r["boxes"]
+  want = vis.draw_labelled(rgb, coords.to_image(r["boxes"], (120, 60), resized_size),
+                           r["captions"])
+  np.testing.assert_array_equal(np.asarray(drawn), np.asarray(want))
+  # The portrait is drawn upright, at its own 640 x 427 (H x W), not as stored (427 x 640).
+  drawn = np.asarray(Image.open(drawn_dir / "portrait.jpg").convert("RGB"), np.int16)
+  assert drawn.shape == upright.shape == (640, 427, 3)
+  assert np.median(np.abs(drawn - upright)) <= 4  # the photo itself, up to JPEG and the boxes
+
+
+def test_cli_draw_on_resized_is_the_original_drawing(model_dir, inputs, tmp_path):
+  folder, _, _ = inputs
+  vis_dir, drawn_dir, results = _run_predict(model_dir, folder, tmp_path, "--draw_on", "resized",
+                                             "--box_width", "1", "--text_size", "1")
+  resized = Image.open(vis_dir / "b.png")
+  drawn = Image.open(drawn_dir / "b.png")
+  assert drawn.size == resized.size == (32, 64)
+  r = results["b.png"]
+  want = vis.draw_results(resized, r["boxes"], r["captions"], box_width=1, text_size=1)
+  np.testing.assert_array_equal(np.asarray(drawn), np.asarray(want))
+  assert Image.open(drawn_dir / "portrait.jpg").size == Image.open(vis_dir / "portrait.jpg").size
+
+
+def test_draw_reads_images_resized_on_the_host_again(inputs):
+  # With --preprocess host only the resized image is kept: the picture is decoded
+  # again from its file, upright. Boxes in the 64 x 43 resized image scale by 640 / 64.
+  folder, _, upright = inputs
+  path = str(folder / "portrait.jpg")
+  prepared = inference.PreparedImage(np.zeros((64, 43, 3), np.float32),
+                                     np.zeros((64, 43, 3), np.uint8), (640, 427))
+  result = {"boxes": np.array([[3, 5, 20, 30]], np.float32), "captions": ["a red circle"]}
+  args = predict.parse_args(["--input_image", path])
+  drawn = predict.draw(prepared, result, path, args)
+  assert drawn.size == (427, 640)
+  want = vis.draw_labelled(images_lib.user_rgb(path), [[21, 41, 200, 300]], ["a red circle"])
+  np.testing.assert_array_equal(np.asarray(drawn), np.asarray(want))
+  assert np.median(np.abs(np.asarray(drawn, np.int16) - upright)) <= 4
+  args = predict.parse_args(["--input_image", path, "--draw_on", "resized"])
+  assert predict.draw(prepared, result, path, args).size == (43, 64)
