@@ -20,8 +20,12 @@ the region pooled before box regression moved it to the stored box
 (``/proposal_boxes``); ``--pool_final_boxes 1`` pools the stored boxes
 instead. With ``--boxes_json`` (``{"image path or name": [[x, y, w, h], ...]}``,
 1-based xywh in the pixels of the original, upright image) the codes of exactly those boxes
-are computed, as ``caption_regions`` pools them (``regions.api``). A listed image is looked up by its path as listed, then by its
-file name.
+are computed, as ``caption_regions`` pools them (``regions.api``): boxes partly
+or wholly outside the image are clipped to it as ``regions.coords`` says, so
+the model's own boxes can be given back. A listed image is looked up by its
+path as listed, then by its file name; images without an entry get the
+model's detections, as without ``--boxes_json`` (a note on stderr names
+them), and ``/given`` says which rows are which.
 
 The HDF5 file (written atomically, only when some image could be read; the
 exit status is 0 only when all could), for the N images that could be read,
@@ -30,7 +34,7 @@ in input order, and M = ``--boxes_per_image``:
 * ``/feats`` float32 ``(N, M, fc_dim)`` region codes;
 * ``/boxes`` float32 ``(N, M, 4)`` xywh, 1-based, in the pixels of the image
   as given, upright (``regions.coords``, as every entry point; given boxes
-  partly outside the image are clipped to it);
+  outside the image are clipped to it);
 * ``/resized_boxes`` float32 ``(N, M, 4)`` the same boxes in the resized
   image's pixels (long side ``image_size``): the original's ``/boxes``;
 * ``/image_scale`` float32 ``(N,)`` image pixels per resized-image pixel
@@ -38,8 +42,11 @@ in input order, and M = ``--boxes_per_image``:
 * ``/scores`` float32 ``(N, M)`` objectness logits;
 * ``/num_boxes`` int32 ``(N,)`` real rows of each image; rows beyond are zero
   (the original failed on images with fewer than M detections);
-* ``/proposal_boxes`` float32 ``(N, M, 4)`` xywh in the image's pixels
-  (detections only);
+* ``/proposal_boxes`` float32 ``(N, M, 4)`` xywh in the image's pixels, the
+  region each code was pooled from (written when some image is detected; for
+  given boxes, the boxes themselves);
+* ``/given`` uint8 ``(N,)``, with ``--boxes_json`` only: 1 where the image's
+  rows are its ``--boxes_json`` boxes, 0 where they are detections;
 * ``/image_paths`` ``(N,)`` strings, the paths as listed;
 * file attributes: the options (``checkpoint``, ``image_size``, ...) and
   ``source`` (``detections`` or ``boxes_json``).
@@ -79,15 +86,17 @@ def parse_args(argv=None):
   model.add_argument("--preprocess", choices=("device", "host"), default="device",
                      help="where images are resized: on the accelerator from the decoded uint8 "
                           "original, or on the host in NumPy (the same model input bit for bit)")
-  inputs = parser.add_argument_group("inputs")
-  inputs.add_argument("--input_txt", default="",
-                      help="text file with one image path per line (default: none)")
-  inputs.add_argument("--input_dir", default="",
-                      help="every image file in a folder, when no --input_txt (default: none)")
+  inputs = parser.add_argument_group("inputs (one of --input_txt, --input_dir)")
+  one_input = inputs.add_mutually_exclusive_group()
+  one_input.add_argument("--input_txt", default="",
+                         help="text file with one image path per line (default: none)")
+  one_input.add_argument("--input_dir", default="",
+                         help="every image file in a folder (default: none)")
   inputs.add_argument("--max_images", type=int, default=-1, help=predict.MAX_IMAGES_HELP)
   inputs.add_argument("--boxes_json", default="",
                       help='{"image path or name": [[x, y, w, h], ...]} in original-image pixels; '
-                           "features of these boxes instead of detections (default: detections)")
+                           "features of these boxes instead of detections; images without an "
+                           "entry get detections (default: detections)")
   parser.add_argument("--output_h5", default="",
                       help="HDF5 file to write (default: none; required)")
   return parser.parse_args(argv)
@@ -129,8 +138,8 @@ def _check_box(box, where):
   """One ``[x, y, w, h]`` of the boxes JSON -> 4 floats; ValueError naming ``where`` otherwise.
 
   The checks that need no image (4 numbers, finite, positive size) run here,
-  before any image is read; the rest (wholly outside, clipping) as each image
-  is, by ``regions.coords.check_boxes``.
+  before any image is read; clipping to the image as each image is read, by
+  ``regions.coords.check_boxes``.
   """
   numbers = (isinstance(box, list) and len(box) == 4
              and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box))
@@ -155,7 +164,8 @@ def read_boxes_json(path, image_paths, boxes_per_image):
     boxes_per_image: the most boxes an image may have.
 
   Returns:
-    One ``(k, 4)`` float32 xywh array per listed image.
+    Per listed image a ``(k, 4)`` float32 xywh array, or ``None`` when the
+    file has no entry for it (the image gets detections).
 
   Raises:
     ValueError: one line naming the file, the image and the field at fault.
@@ -177,10 +187,7 @@ def read_boxes_json(path, image_paths, boxes_per_image):
   given = []
   for image_path in image_paths:
     key = image_path if image_path in boxes else os.path.basename(image_path)
-    if key not in boxes:
-      raise ValueError(f"--boxes_json {path} has no entry for image {image_path!r} "
-                       f"(keys are matched to the listed path, then to the file name)")
-    given.append(boxes[key])
+    given.append(boxes.get(key))
   return given
 
 
@@ -253,19 +260,46 @@ class FeatureExtractor:
 
     Returns:
       One dict per image: ``boxes`` ``(M, 4)`` float32 xywh as used (clipped
-      to the image), ``resized_boxes`` the same in the resized image,
-      ``scores`` ``(M,)`` logits, ``feats`` ``(M, fc_dim)`` codes of those
-      boxes, ``image_scale`` and ``num_boxes`` = ``k_i``; rows beyond are zero.
+      to the image), ``proposal_boxes`` the same (the regions pooled),
+      ``resized_boxes`` the same in the resized image, ``scores`` ``(M,)``
+      logits, ``feats`` ``(M, fc_dim)`` codes of those boxes, ``image_scale``
+      and ``num_boxes`` = ``k_i``; rows beyond are zero.
     """
     m = self.boxes_per_image
     regions = self.model.regions
     given = regions.given_boxes(prepared, boxes, "image")
-    pooled = regions.region_rows(prepared, [resized for _, resized, _ in given], captions=False)
-    return [{"boxes": _padded(image_boxes, m), "resized_boxes": _padded(resized, m),
-             "scores": _padded(row["scores"], m), "feats": _padded(row["codes"], m),
+    pooled = regions.region_rows(prepared, [g[1] for g in given], captions=False)
+    return [{"boxes": _padded(g[0], m), "proposal_boxes": _padded(g[0], m),
+             "resized_boxes": _padded(g[1], m), "scores": _padded(row["scores"], m),
+             "feats": _padded(row["codes"], m),
              "image_scale": coords_lib.image_scale(p.original_size, p.size),
-             "num_boxes": len(image_boxes)}
-            for p, (image_boxes, resized, _), row in zip(prepared, given, pooled)]
+             "num_boxes": len(g[0])}
+            for p, g, row in zip(prepared, given, pooled)]
+
+  def rows(self, prepared, boxes=None):
+    """Rows of each prepared image: of its given boxes, or of its detections.
+
+    Args:
+      prepared: ``inference.PreparedImage`` s.
+      boxes: ``None`` (all detected), or per image ``(k_i, 4)`` xywh in its
+        pixels, or ``None`` for an image to detect.
+
+    Returns:
+      Per image, in order, ``given_boxes``' or ``detections``' dict, with
+      ``given`` 1 or 0.
+    """
+    boxes = [None] * len(prepared) if boxes is None else boxes
+    detected = [k for k, b in enumerate(boxes) if b is None]
+    boxed = [k for k, b in enumerate(boxes) if b is not None]
+    out = [None] * len(prepared)
+    if detected:
+      for k, row in zip(detected, self.detections([prepared[k] for k in detected])):
+        out[k] = dict(row, given=0)
+    if boxed:
+      rows = self.given_boxes([prepared[k] for k in boxed], [boxes[k] for k in boxed])
+      for k, row in zip(boxed, rows):
+        out[k] = dict(row, given=1)
+    return out
 
 
 def _image_rows(resized, valid, prepared):
@@ -277,16 +311,18 @@ def _image_rows(resized, valid, prepared):
 class _FeatureFile:
   """The output datasets, written row by row (in any order) and cut to the rows written on ``finish``."""
 
-  def __init__(self, h5, capacity, boxes_per_image, fc_dim, with_proposals, attrs):
+  def __init__(self, h5, capacity, boxes_per_image, fc_dim, with_proposals, with_given, attrs):
     m = boxes_per_image
     shapes = {"feats": (m, fc_dim), "boxes": (m, 4), "resized_boxes": (m, 4), "scores": (m,),
               "image_scale": (), "num_boxes": ()}
     if with_proposals:
       shapes["proposal_boxes"] = (m, 4)
+    if with_given:
+      shapes["given"] = ()
     self.h5 = h5
     self.datasets = {}
     for name, shape in shapes.items():
-      dtype = np.int32 if name == "num_boxes" else np.float32
+      dtype = {"num_boxes": np.int32, "given": np.uint8}.get(name, np.float32)
       self.datasets[name] = h5.create_dataset(
           name, shape=(capacity,) + shape, maxshape=(None,) + shape, dtype=dtype,
           chunks=(1,) + shape if shape else (1024,), fillvalue=0)
@@ -322,7 +358,8 @@ def extract(extractor, paths, given, output, attrs):
   Args:
     extractor: a :class:`FeatureExtractor`.
     paths: image paths.
-    given: ``None`` (detections) or one ``(k, 4)`` xywh array per path.
+    given: ``None`` (detections) or per path a ``(k, 4)`` xywh array, or
+      ``None`` for detections of that image.
     output: the file to create.
     attrs: HDF5 attributes to store.
 
@@ -334,7 +371,8 @@ def extract(extractor, paths, given, output, attrs):
   fc_dim = int(extractor.model.config.fc_dim)
   model = extractor.model
   with h5py.File(output, "w") as h5:
-    out = _FeatureFile(h5, len(paths), extractor.boxes_per_image, fc_dim, given is None, attrs)
+    out = _FeatureFile(h5, len(paths), extractor.boxes_per_image, fc_dim,
+                       given is None or any(g is None for g in given), given is not None, attrs)
     with tqdm(total=len(paths), desc="extracting", unit="img", disable=len(paths) < 2) as bar:
 
       def readable():  # ((input index, output row), PreparedImage), in input order
@@ -350,10 +388,8 @@ def extract(extractor, paths, given, output, attrs):
 
       for group in inference.group_batches(readable(), model.buckets, model.batch_size):
         prepared = [p for _, p in group]
-        if given is None:
-          rows = extractor.detections(prepared)
-        else:
-          rows = extractor.given_boxes(prepared, [given[i] for (i, _), _ in group])
+        rows = extractor.rows(prepared,
+                              None if given is None else [given[i] for (i, _), _ in group])
         for ((i, index), _), row in zip(group, rows):
           out.put(index, paths[i], row)
           num_boxes += row["num_boxes"]
@@ -368,8 +404,7 @@ def main(argv=None):
     check_args(args)
     listed = list_inputs(args)
     paths = listed if args.max_images < 0 else listed[:args.max_images]
-    given = (read_boxes_json(args.boxes_json, paths, args.boxes_per_image)
-             if args.boxes_json else None)
+    given = predict.read_given_boxes(args, paths, args.boxes_per_image)
   except ValueError as e:
     sys.exit(f"error: {e}")
 
@@ -401,12 +436,13 @@ def main(argv=None):
     sys.exit(f"error: cannot write --output_h5 {args.output_h5}: {e}")
 
   seconds = time.perf_counter() - start
-  counted = (f"{written} of {len(listed)} images (--max_images)" if len(paths) < len(listed)
-             else f"{written} images")
-  print(f"wrote {num_boxes} boxes of {counted} ({model.config.fc_dim}-d features) "
+  counted = (f"{written} of {cli.count(len(listed), 'image')} (--max_images)"
+             if len(paths) < len(listed) else cli.count(written, "image"))
+  print(f"wrote {cli.count(num_boxes, 'box', 'boxes')} of {counted} "
+        f"({model.config.fc_dim}-d features) "
         f"to {args.output_h5} in {seconds:.1f} s")
   if failed:
-    sys.exit(f"error: {len(failed)} of {len(paths)} images could not be read: "
+    sys.exit(f"error: {len(failed)} of {cli.count(len(paths), 'image')} could not be read: "
              f"{', '.join(failed)}")
 
 

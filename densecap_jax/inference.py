@@ -501,13 +501,15 @@ class DenseCapPredictor:
         array); for a list of images one such list per image. xywh, 1-based,
         in the pixels of the image as given, upright (``regions.coords``), or
         of the resized image with ``coords="resized"``. A box partly outside
-        the image is clipped to it (``clipped`` says which).
+        the image is clipped to it, a box wholly outside onto the 1-pixel
+        strip along the nearest border (``clipped`` and ``outside`` say
+        which), so every box :meth:`predict` returns can be given back.
       with_codes: also return each box's fc7 code.
       coords: ``"image"`` or ``"resized"``, for the boxes given and returned.
 
     Returns:
       One dict per image: ``boxes`` ``(k, 4)`` float32 xywh as used (after
-      clipping), ``clipped`` ``(k,)`` bool, ``captions`` (``k`` strings),
+      clipping), ``clipped`` and ``outside`` ``(k,)`` bool, ``captions`` (``k`` strings),
       ``caption_log_probs`` ``(k,)`` float32 (the log-probability of each
       caption: its words and END), ``scores`` ``(k,)`` float32 objectness
       logits, ``width`` and ``height`` of the image, and with
@@ -515,7 +517,7 @@ class DenseCapPredictor:
 
     Raises:
       ValueError: one line naming the image and box index: not 4 numbers,
-        NaN or infinite, a zero or negative size, or wholly outside the image.
+        NaN or infinite, or a zero or negative size.
     """
     return self.regions.caption_regions(images, boxes, with_codes=with_codes, coords=coords)
 
@@ -544,7 +546,8 @@ class DenseCapPredictor:
       has it, else left out), ``no_known_content_words`` (per phrase: the
       words scored are all function words, as "a man riding a horse" scored
       as "a a" when the vocabulary lacks the others; such a column ranks
-      nothing, ``regions.phrases``), ``width`` and ``height``.
+      nothing, ``regions.phrases``), ``width`` and ``height``; with ``boxes`` also
+      ``clipped`` and ``outside`` (as :meth:`caption_regions`).
 
     Raises:
       ValueError: a phrase with no known word or more than ``seq_length``

@@ -23,8 +23,12 @@ as given) the given boxes are captioned instead of detections, in the order
 given (``RegionModel.caption_prepared``): each ``results.json`` entry has those
 boxes in the resized image, as the schema says, their objectness logits as
 ``scores``, their captions and ``caption_log_probs`` (the log-probability of
-each caption). A box partly outside its image is clipped to it; a box wholly
-outside is a one-line error naming the image and the box.
+each caption). Images without an entry get the model's detections, as
+without ``--boxes_json`` (a note on stderr names them), so one run may mix the
+two: their entries have no ``caption_log_probs``. A box partly or wholly
+outside its image is clipped to it as ``regions.coords`` says (every box the
+model returns can be given back); a NaN, infinite or non-positive size is a
+one-line error naming the image and the box.
 
 Photos are captioned upright: their EXIF orientation is applied, as by the
 server and the Python API (``data.images.exif_upright``), and boxes refer to
@@ -73,13 +77,14 @@ def parse_args(argv=None):
   parser = argparse.ArgumentParser(
       prog=runtime.prog_name("densecap_jax.predict"), formatter_class=cli.HelpFormatter,
       description="Dense captioning of images: boxes, scores and captions.")
-  inputs = parser.add_argument_group("inputs (first given wins)")
-  inputs.add_argument("--input_image", default="", help="one image (default: none)")
-  inputs.add_argument("--input_dir", default="",
-                      help="every image file in a folder, in name order (default: none)")
-  inputs.add_argument("--input_split", default="", choices=("", "train", "val", "test"),
-                      help="a split of --splits_json, images <vg_img_root_dir>/<id>.jpg "
-                           "(default: none)")
+  inputs = parser.add_argument_group("inputs (one of --input_image, --input_dir, --input_split)")
+  one_input = inputs.add_mutually_exclusive_group()
+  one_input.add_argument("--input_image", default="", help="one image (default: none)")
+  one_input.add_argument("--input_dir", default="",
+                         help="every image file in a folder, in name order (default: none)")
+  one_input.add_argument("--input_split", default="", choices=("", "train", "val", "test"),
+                         help="a split of --splits_json, images <vg_img_root_dir>/<id>.jpg "
+                              "(default: none)")
   inputs.add_argument("--splits_json", default="info/densecap_splits.json",
                       help="JSON {split: [image ids]} for --input_split")
   inputs.add_argument("--vg_img_root_dir", default="",
@@ -88,8 +93,8 @@ def parse_args(argv=None):
   inputs.add_argument("--max_images", type=int, default=100, help=MAX_IMAGES_HELP)
   inputs.add_argument("--boxes_json", default="",
                       help='{"image path or name": [[x, y, w, h], ...]} in the pixels of the '
-                           "images as given; caption these boxes instead of detections "
-                           "(default: detections)")
+                           "images as given; caption these boxes instead of detections; images "
+                           "without an entry get detections (default: detections)")
   model = cli.add_model_flags(parser)
   model.add_argument("--batch_size", type=int, default=1, help="images per forward pass")
   model.add_argument("--preprocess", choices=("device", "host"), default="device",
@@ -202,12 +207,61 @@ def check_outputs(args, paths):
                        f"pass --overwrite to replace them, or choose another folder")
 
 
-def read_given_boxes(args, paths):
-  """Per path the ``--boxes_json`` boxes (``extract_features.read_boxes_json``); None without it."""
+def read_given_boxes(args, paths, boxes_per_image=sys.maxsize):
+  """Per path the ``--boxes_json`` boxes, ``None`` for a path without an entry; None without it.
+
+  ``extract_features.read_boxes_json``; prints a note on stderr naming the
+  images without an entry (they get the model's detections).
+  """
   if not args.boxes_json:
     return None
   from densecap_jax import extract_features  # pylint: disable=g-import-not-at-top
-  return extract_features.read_boxes_json(args.boxes_json, paths, sys.maxsize)
+  given = extract_features.read_boxes_json(args.boxes_json, paths, boxes_per_image)
+  missing = [os.path.basename(p) for p, g in zip(paths, given) if g is None]
+  if missing:
+    shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+    print(f"note: --boxes_json {args.boxes_json} has no entry for {len(missing)} of "
+          f"{cli.count(len(paths), 'image')} ({shown}); they get the model's detections",
+          file=sys.stderr)
+  return given
+
+
+def caption_group(model, prepared, indices, paths, given, boxes_json, max_detections,
+                  displays=False):
+  """Results of one batch of prepared images: given boxes captioned, the others detected.
+
+  Args:
+    model: an ``inference.DenseCapPredictor``.
+    prepared: its ``PreparedImage`` s, one batch.
+    indices: the index in ``paths`` of each.
+    paths: all image paths.
+    given: ``read_given_boxes``' list (``None`` entries: detections), or ``None``.
+    boxes_json: the file of ``given``, for errors.
+    max_detections: detections kept per image (``None``: all).
+    displays: fill ``display`` of images resized on the devices.
+
+  Returns:
+    Per image, in order, ``predict_prepared``'s dict (detections) or
+    ``caption_prepared``'s (given boxes, with ``caption_log_probs``), boxes in
+    the resized image.
+  """
+  boxed = [k for k, j in enumerate(indices) if given is not None and given[j] is not None]
+  detected = [k for k in range(len(prepared)) if k not in boxed]
+  outputs = [None] * len(prepared)
+  if detected:
+    found = model.predict_prepared([prepared[k] for k in detected], max_detections,
+                                   displays=displays)
+    for k, output in zip(detected, found):
+      outputs[k] = output
+  if boxed:
+    checked = check_given_boxes(model, [prepared[k] for k in boxed],
+                                [paths[indices[k]] for k in boxed],
+                                [given[indices[k]] for k in boxed], boxes_json)
+    captioned = model.regions.caption_prepared([prepared[k] for k in boxed], checked,
+                                               coords="resized", displays=displays)
+    for k, output in zip(boxed, captioned):
+      outputs[k] = output
+  return outputs
 
 
 def check_given_boxes(model, prepared, paths, boxes, boxes_json):
@@ -221,7 +275,7 @@ def check_given_boxes(model, prepared, paths, boxes, boxes_json):
     boxes_json: the file the boxes came from, for errors.
 
   Returns:
-    ``given_boxes``' ``(image_boxes, resized_boxes, clipped)`` per image.
+    ``given_boxes``' ``(image_boxes, resized_boxes, clipped, outside)`` per image.
 
   Raises:
     ValueError: one line naming ``boxes_json``, the image and the box index.
@@ -244,16 +298,17 @@ def caption_images(model, paths, args, given=None):
     paths: image paths.
     args: the parsed flags.
     given: ``None`` to caption detections, or per path ``(k, 4)`` xywh boxes in
-      the image's pixels to caption (``read_given_boxes``).
+      the image's pixels to caption, or ``None`` for detections of that image
+      (``read_given_boxes``).
 
   Returns:
     ``(entries, failed)``: the ``results.json`` entry of each readable image
     (``boxes`` ``(N, 4)`` and ``scores`` ``(N,)`` float32 arrays, ``captions``
-    and ``img_name``; with ``given`` also ``caption_log_probs`` ``(N,)``), in
+    and ``img_name``; for given boxes also ``caption_log_probs`` ``(N,)``), in
     input order, and the unreadable paths.
 
   Raises:
-    ValueError: a given box wholly outside its image (``check_given_boxes``).
+    ValueError: a bad given box (``check_given_boxes``).
   """
   from densecap_jax import inference  # pylint: disable=g-import-not-at-top
   from densecap_jax import vis  # pylint: disable=g-import-not-at-top
@@ -274,19 +329,14 @@ def caption_images(model, paths, args, given=None):
         yield (len(entries) - 1, j), prepared
 
     for group in inference.group_batches(readable(), model.buckets, model.batch_size):
-      prepared = [p for _, p in group]
-      if given is None:
-        outputs = model.predict_prepared(prepared, max_detections, displays=drawing)
-      else:
-        checked = check_given_boxes(model, prepared, [paths[j] for (_, j), _ in group],
-                                    [given[j] for (_, j), _ in group], args.boxes_json)
-        outputs = model.regions.caption_prepared(prepared, checked, coords="resized",
-                                                 displays=drawing)
+      outputs = caption_group(model, [p for _, p in group], [j for (_, j), _ in group], paths,
+                              given, args.boxes_json, max_detections, drawing)
       for ((i, j), p), r in zip(group, outputs):
         name = entries[i]["img_name"]
         # NumPy rows (20 bytes a box), made lists only as results.json is written.
         entries[i] = {"boxes": r["boxes"], "scores": r["scores"], "captions": r["captions"],
-                      **({} if given is None else {"caption_log_probs": r["caption_log_probs"]}),
+                      **({"caption_log_probs": r["caption_log_probs"]}
+                         if "caption_log_probs" in r else {}),
                       "img_name": name}
         if args.output_vis:
           vis.save_image_atomic(p.display, os.path.join(args.output_vis_dir, name))
@@ -346,9 +396,9 @@ def main(argv=None):
 
   seconds = time.perf_counter() - start
   num_boxes = sum(len(r["captions"]) for r in results)
-  counted = (f"{len(results)} of {len(listed)} images (--max_images)" if len(paths) < len(listed)
-             else f"{len(results)} images")
-  print(f"captioned {counted}, {num_boxes} boxes, in {seconds:.1f} s")
+  counted = (f"{len(results)} of {cli.count(len(listed), 'image')} (--max_images)"
+             if len(paths) < len(listed) else cli.count(len(results), "image"))
+  print(f"captioned {counted}, {cli.count(num_boxes, 'box', 'boxes')}, in {seconds:.1f} s")
   if args.output_vis:
     print(f"results: {os.path.join(args.output_vis_dir, 'results.json')}; "
           f"viewer: {page}")
@@ -357,7 +407,7 @@ def main(argv=None):
   if len(results) == 1:
     print(json.dumps({"img_name": results[0]["img_name"], "captions": results[0]["captions"][:5]}))
   if failed:
-    sys.exit(f"error: {len(failed)} of {len(paths)} images could not be read: "
+    sys.exit(f"error: {len(failed)} of {cli.count(len(paths), 'image')} could not be read: "
              f"{', '.join(failed)}")
 
 

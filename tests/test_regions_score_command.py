@@ -102,7 +102,7 @@ def test_scores_given_boxes(bundled, tmp_path, capsys):
     (entry,) = json.load(f)["images"]
   (want,) = bundled.score_phrases(PHOTOS[:1], ["a red circle"], boxes=[boxes])
   _check_entry(entry, want, PHOTOS[0])
-  assert entry["clipped"] == [False, True, False]
+  assert entry["clipped"] == [False, True, False] and entry["outside"] == [False] * 3
 
   # An existing --output_json is kept unless --overwrite.
   with pytest.raises(SystemExit) as e:
@@ -119,14 +119,12 @@ def test_scores_given_boxes(bundled, tmp_path, capsys):
      "phrase 1 '" + " ".join(["a"] * 30) + "' has 30 words, more than the model's seq_length "),
     ([], 'give at least one --phrase, e.g. --phrase "a red car"'),
     (["--phrase", "a", "--top", "0"], "--top must be positive, got 0"),
-    (["--phrase", "a", "--input_dir", EXAMPLES], "give one of --input_image or --input_dir"),
     (["--phrase", "a", "--boxes_json", "BOXES"],
-     f"--boxes_json BOXES: {PHOTOS[0]!r}: box 0 [300, 10, 20, 20] is wholly outside the image "
-     f"of 236x315 (WxH) pixels"),
+     "--boxes_json BOXES: 'synthetic_12.jpg' box 0: w and h must be positive, got w=0, h=20"),
 ])
 def test_errors_are_one_line(tmp_path, flags, message):
   boxes = tmp_path / "boxes.json"
-  boxes.write_text(json.dumps({"synthetic_12.jpg": [[300, 10, 20, 20]]}))
+  boxes.write_text(json.dumps({"synthetic_12.jpg": [[300, 10, 0, 20]]}))
   flags = [str(boxes) if f == "BOXES" else f for f in flags]
   message = message.replace("BOXES", str(boxes))
   with pytest.raises(SystemExit) as e:

@@ -156,21 +156,25 @@ class RegionModel:
       names: per image, what errors call its boxes (default ``"boxes of image i"``).
 
     Returns:
-      Per image ``(image_boxes, resized_boxes, clipped)``: ``(k, 4)`` float32
-      xywh each (clipped to the image) and ``(k,)`` bool.
+      Per image ``(image_boxes, resized_boxes, clipped, outside)``: ``(k, 4)``
+      float32 xywh each (clipped to the image), and ``(k,)`` bool the boxes
+      clipped and those wholly outside the image (``coords.check_boxes``).
 
     Raises:
-      ValueError: a bad box, naming the image and box index (``coords.check_boxes``).
+      ValueError: a bad box (NaN, infinite, not a positive size), naming the
+        image and box index (``coords.check_boxes``).
     """
     out = []
     for i, (p, b) in enumerate(zip(prepared, boxes)):
       bounds = p.original_size if coords == "image" else p.size
       name = names[i] if names is not None else f"boxes of image {i}"
-      checked, clipped = coords_lib.check_boxes(b, bounds, name=name)
+      checked, clipped, outside = coords_lib.check_boxes(b, bounds, name=name)
       if coords == "image":
-        out.append((checked, coords_lib.to_resized(checked, p.original_size, p.size), clipped))
+        out.append((checked, coords_lib.to_resized(checked, p.original_size, p.size), clipped,
+                    outside))
       else:
-        out.append((coords_lib.to_image(checked, p.original_size, p.size), checked, clipped))
+        out.append((coords_lib.to_image(checked, p.original_size, p.size), checked, clipped,
+                    outside))
     return out
 
   def region_rows(self, prepared, resized_boxes, captions=True, displays=False):
@@ -224,17 +228,18 @@ class RegionModel:
 
     Args:
       prepared: ``inference.PreparedImage`` s.
-      given: per image, ``given_boxes``' ``(image_boxes, resized_boxes, clipped)``.
+      given: per image, ``given_boxes``' ``(image_boxes, resized_boxes, clipped, outside)``.
       coords: the coordinates of the boxes returned.
       with_codes: also return the fc7 codes.
       displays: fill ``display`` of images resized on the devices.
     """
-    rows = self.region_rows(prepared, [resized for _, resized, _ in given], displays=displays)
+    rows = self.region_rows(prepared, [g[1] for g in given], displays=displays)
     results = []
-    for p, (image_boxes, resized, clipped), row in zip(prepared, given, rows):
+    for p, (image_boxes, resized, clipped, outside), row in zip(prepared, given, rows):
       result = {
           "boxes": image_boxes if coords == "image" else resized,
           "clipped": clipped,
+          "outside": outside,
           "captions": vocab_lib.decode_captions(row["tokens"], self.predictor.vocab),
           "caption_log_probs": caption_log_prob(row["tokens"], row["log_probs"],
                                                 self.end_token),
@@ -344,7 +349,7 @@ class RegionModel:
       prepared: ``inference.PreparedImage`` s.
       encoded: ``regions.phrases.EncodedPhrases``.
       given: per image, ``given_boxes``' ``(image_boxes, resized_boxes,
-        clipped)``, or ``None`` to score the model's detections.
+        clipped, outside)``, or ``None`` to score the model's detections.
       coords: the coordinates of the boxes returned.
       max_detections, min_score, final_nms_thresh: which detections are
         scored (``given=None``): those with an objectness logit of at least
@@ -357,21 +362,21 @@ class RegionModel:
         keep = kept_detections(row["scores"], min_score, max_detections)
         row.update(boxes=row["boxes"][keep], scores=row["scores"][keep],
                    captions=[row["captions"][i] for i in keep], codes=row["codes"][keep])
-      placed = [(coords_lib.to_image(r["boxes"], p.original_size, p.size), r["boxes"], None)
-                for r, p in zip(rows, prepared)]
+      placed = [(coords_lib.to_image(r["boxes"], p.original_size, p.size), r["boxes"], None,
+                 None) for r, p in zip(rows, prepared)]
     else:
-      rows = self.region_rows(prepared, [resized for _, resized, _ in given])
+      rows = self.region_rows(prepared, [g[1] for g in given])
       for row in rows:
         row["captions"] = vocab_lib.decode_captions(row["tokens"], self.predictor.vocab)
       placed = given
     results = []
-    for p, row, (image_boxes, resized, clipped) in zip(prepared, rows, placed):
+    for p, row, (image_boxes, resized, clipped, outside) in zip(prepared, rows, placed):
       results.append({
           "boxes": image_boxes if coords == "image" else resized,
           "scores": row["scores"],
           "captions": row["captions"],
           **self.score_codes(row["codes"], encoded),
-          **({} if clipped is None else {"clipped": clipped}),
+          **({} if clipped is None else {"clipped": clipped, "outside": outside}),
           **size_fields(p),
       })
     return results

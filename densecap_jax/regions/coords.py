@@ -18,6 +18,19 @@ resized image).
 A given xywh box becomes the model's xcycwh by the exact inverse of the rule
 its outputs are written with (``xc = x + (w - 1) / 2``, §0.2), not the
 original's ``x + w / 2`` for external boxes, for the same reason.
+
+Given boxes are taken wherever they lie (``check_boxes``), so that every box
+the model returns can be given back: its final boxes are not clipped (as the
+original's are not), and a few may lie partly or even wholly outside the
+image. Any finite box with positive ``w`` and ``h`` is accepted. A box inside
+the image is used unchanged; a box partly outside is clipped to the image
+(its corners ``x .. x + w - 1`` to ``[1, W]``, ``y .. y + h - 1`` to
+``[1, H]``); a box wholly outside lands, by the same clamping, on the
+1-pixel-wide strip along the nearest border (a corner pixel beyond a corner).
+Results say which: ``clipped`` (partly or wholly outside) and ``outside``
+(wholly outside: its caption and scores describe that border strip, not the
+box, so callers may want to leave it out). NaN, infinite or non-positive
+sizes are one-line errors naming the box index.
 """
 
 import numpy as np
@@ -55,10 +68,12 @@ def xywh_to_model(boxes):
 
 
 def check_boxes(boxes, image_size, name="boxes"):
-  """Given boxes of one image, checked and clipped to it.
+  """Given boxes of one image, checked and clipped to it (see the module docstring).
 
-  A box partly outside the image is clipped to ``[1, W] x [1, H]`` (its
-  corners ``x .. x + w - 1``); boxes inside are returned unchanged.
+  Each corner is clamped to the image, ``x .. x + w - 1`` to ``[1, W]`` and
+  ``y .. y + h - 1`` to ``[1, H]``: a box partly outside keeps its part
+  inside, a box wholly outside becomes the 1-pixel strip along the nearest
+  border. Boxes inside are returned unchanged (bit for bit, as float32).
 
   Args:
     boxes: ``(k, 4)`` xywh numbers (a list of ``[x, y, w, h]`` or an array;
@@ -67,37 +82,40 @@ def check_boxes(boxes, image_size, name="boxes"):
     name: what the boxes are called in errors (``"boxes of image 2"``).
 
   Returns:
-    ``(boxes, clipped)``: ``(k, 4)`` float32 xywh and ``(k,)`` bool, the clipped ones.
+    ``(boxes, clipped, outside)``: ``(k, 4)`` float32 xywh (positive ``w``
+    and ``h``), ``(k,)`` bool the boxes clipped (partly or wholly outside),
+    ``(k,)`` bool those wholly outside (no pixel in ``[1, W] x [1, H]``).
 
   Raises:
     ValueError: one line naming the box index: not 4 numbers, NaN or
-      infinite, ``w`` or ``h`` not positive, or wholly outside the image.
+      infinite, ``w`` or ``h`` not positive.
   """
   try:
     array = np.asarray(boxes, np.float64)
   except (TypeError, ValueError):
     raise ValueError(f"{name}: expected a list of [x, y, w, h] numbers") from None
   if array.size == 0:
-    return np.zeros((0, 4), np.float32), np.zeros((0,), bool)
+    return np.zeros((0, 4), np.float32), np.zeros((0,), bool), np.zeros((0,), bool)
   if array.ndim != 2 or array.shape[1] != 4:
     raise ValueError(f"{name}: expected shape (k, 4) of [x, y, w, h], got {array.shape}")
   height, width = (float(v) for v in image_size)
-  for i, (x, y, w, h) in enumerate(array):
+  finite = np.isfinite(array)
+  positive = (array[:, 2] > 0) & (array[:, 3] > 0)
+  if not (finite.all() and positive.all()):
+    i = int(np.flatnonzero(~finite.all(axis=1) | ~positive)[0])
+    x, y, w, h = array[i]
     for field, value in zip("xywh", (x, y, w, h)):
       if not np.isfinite(value):
         raise ValueError(f"{name}: box {i}: {field} is {value}")
-    if w <= 0 or h <= 0:
-      raise ValueError(f"{name}: box {i}: w and h must be positive, got w={w:g}, h={h:g}")
-    if x > width or y > height or x + w - 1 < 1 or y + h - 1 < 1:
-      raise ValueError(f"{name}: box {i} [{x:g}, {y:g}, {w:g}, {h:g}] is wholly outside the "
-                       f"image of {width:g}x{height:g} (WxH) pixels")
+    raise ValueError(f"{name}: box {i}: w and h must be positive, got w={w:g}, h={h:g}")
   x1 = array[:, 0]
   y1 = array[:, 1]
   x2 = x1 + array[:, 2] - 1
   y2 = y1 + array[:, 3] - 1
-  clipped = (x1 < 1) | (y1 < 1) | (x2 > width) | (y2 > height)
-  x1c, y1c = np.maximum(x1, 1), np.maximum(y1, 1)
-  x2c, y2c = np.minimum(x2, width), np.minimum(y2, height)
+  outside = (x1 > width) | (y1 > height) | (x2 < 1) | (y2 < 1)
+  clipped = outside | (x1 < 1) | (y1 < 1) | (x2 > width) | (y2 > height)
+  x1c, x2c = np.clip(x1, 1, width), np.clip(x2, 1, width)
+  y1c, y2c = np.clip(y1, 1, height), np.clip(y2, 1, height)
   out = np.where(clipped[:, None], np.stack([x1c, y1c, x2c - x1c + 1, y2c - y1c + 1], axis=1),
                  array)
-  return out.astype(np.float32), clipped
+  return out.astype(np.float32), clipped, outside

@@ -10,10 +10,15 @@ new or changed files (size or modification time differs) and drops the
 entries of deleted ones; a run that was killed continues where it stopped.
 The format is described in ``densecap_jax/regions/index.py``. The model flags
 (and ``--max_boxes``, ``--codes_dtype``) must be those the index was built
-with. The exit status is 0 only when every image could be read.
+with. An existing index built with another model is refused before the model
+is loaded: when ``--checkpoint`` names another folder than the manifest's,
+the fingerprint of its files is compared first (``regions.index
+.stored_model_fingerprint``). The exit status is 0 only when every image could
+be read.
 """
 
 import argparse
+import os
 import sys
 import time
 
@@ -44,7 +49,11 @@ def parse_args(argv=None):
 
 
 def check_args(args):
-  """Raises ValueError with a one-line reason for flags that cannot work."""
+  """Raises ValueError with a one-line reason for flags that cannot work.
+
+  Returns:
+    The manifest of the existing index ``--output``, or ``None`` when it is new.
+  """
   if not args.input_dir:
     raise ValueError("--input_dir is required")
   if not args.output:
@@ -54,16 +63,47 @@ def check_args(args):
     if getattr(args, flag) < 1:
       raise ValueError(f"--{flag} must be positive, got {getattr(args, flag)}")
   cli.check_model_flags(args)
-  index_lib.check_output(args.output)
+  return index_lib.check_output(args.output)
+
+
+def check_same_model(args, manifest, bundled_path):
+  """Refuses an index built with another model than ``--checkpoint``, before it is loaded.
+
+  When the manifest names the same model folder, ``build_index`` checks the
+  fingerprint once the model is loaded; otherwise the fingerprint of the
+  folder's files is compared here.
+
+  Args:
+    args: the parsed flags; manifest: the index's (``None``: a new index).
+    bundled_path: the folder of the bundled model (no ``--checkpoint``).
+
+  Raises:
+    ValueError: one line: another model, or an unreadable ``--checkpoint``.
+  """
+  if manifest is None:
+    return
+  path = args.checkpoint or bundled_path
+  built = manifest["model"].get("checkpoint") or ""
+  if built and os.path.realpath(built) == os.path.realpath(path):
+    return
+  try:
+    fingerprint = index_lib.stored_model_fingerprint(path, args.precision)
+  except OSError as e:
+    raise ValueError(str(e)) from None
+  index_lib.check_model(manifest, fingerprint, f"index {args.output}")
 
 
 def main(argv=None):
   args = parse_args(argv)
   try:
-    check_args(args)
+    manifest = check_args(args)
   except ValueError as e:
     sys.exit(f"error: {e}")
   from densecap_jax import inference  # pylint: disable=g-import-not-at-top
+  try:
+    check_same_model(args, manifest, inference.bundled_model_path())
+  except ValueError as e:
+    sys.exit(f"error: {e}")
   model = cli.load_model_from_flags(args, batch_size=args.batch_size)
   start = time.perf_counter()
   try:
@@ -76,9 +116,9 @@ def main(argv=None):
   except OSError as e:
     sys.exit(f"error: cannot write the index {args.output}: {e}")
   seconds = time.perf_counter() - start
-  print(f"indexed {len(stats['indexed'])} images, kept {stats['kept']}, dropped "
+  print(f"indexed {cli.count(len(stats['indexed']), 'image')}, kept {stats['kept']}, dropped "
         f"{len(stats['dropped'])} (deleted or changed) in {seconds:.1f} s; {args.output}: "
-        f"{stats['images']} images, {stats['regions']} regions")
+        f"{cli.count(stats['images'], 'image')}, {cli.count(stats['regions'], 'region')}")
   if stats["failed"]:
-    sys.exit(f"error: {len(stats['failed'])} images could not be read: "
+    sys.exit(f"error: {cli.count(len(stats['failed']), 'image')} could not be read: "
              f"{'; '.join(stats['failed'])}")

@@ -7,13 +7,16 @@
 Each phrase is scored given each region, teacher-forced, as
 ``DenseCapPredictor.score_phrases`` does: the regions are the model's own
 detections, or with ``--boxes_json`` (``{"image path or name": [[x, y, w, h],
-...]}``, as ``predict`` and ``extract_features`` take it) the boxes given.
-Prints, per image and phrase, the ``--top`` regions by mean log-likelihood
-(rank, box xywh in the pixels of the upright image as given, mean and summed
-log-likelihood, the region's caption). With ``--output_json`` writes, per
-image, every region's box, caption and objectness logit and the ``(regions,
-phrases)`` ``log_likelihood`` and ``mean_log_likelihood`` matrices, with the
-phrases as scored, their unknown words and ``no_known_content_words``.
+...]}``, as ``predict`` and ``extract_features`` take it) the boxes given
+(clipped to the image as ``regions.coords`` says; images without an entry
+get their detections). Prints, per image and phrase, the ``--top`` regions by
+mean log-likelihood (rank, box xywh in the pixels of the upright image as
+given, mean and summed log-likelihood, the region's caption). With
+``--output_json`` writes, per image, every region's box, caption and
+objectness logit (and for given boxes ``clipped`` and ``outside``) and the
+``(regions, phrases)`` ``log_likelihood`` and ``mean_log_likelihood``
+matrices, with the phrases as scored, their unknown words and
+``no_known_content_words``.
 
 Under a phrase's header a line names the words the model does not know and
 what was scored instead (``"a man riding a horse": the model does not know
@@ -21,8 +24,9 @@ what was scored instead (``"a man riding a horse": the model does not know
 all function words ("a", "the", "of", ...: ``regions.phrases.FUNCTION_WORDS``)
 is not ranked: a ``not ranked:`` line takes its table's place. A phrase with
 no known word or more than the model's ``seq_length`` words, an unreadable
-image and a box wholly outside its image are one-line errors, before anything
-is written. An existing ``--output_json`` is replaced only with ``--overwrite``.
+image and a NaN, infinite or non-positive box size are one-line errors,
+before anything is written. An existing ``--output_json`` is replaced only
+with ``--overwrite``.
 """
 
 import argparse
@@ -42,16 +46,18 @@ def parse_args(argv=None):
   parser = argparse.ArgumentParser(
       prog=runtime.prog_name("densecap_jax.score"), formatter_class=cli.HelpFormatter,
       description="Log-likelihoods of phrases given the regions of images.")
-  inputs = parser.add_argument_group("inputs")
-  inputs.add_argument("--input_image", default="", help="one image (default: none)")
-  inputs.add_argument("--input_dir", default="",
-                      help="every image file in a folder, in name order (default: none)")
+  inputs = parser.add_argument_group("inputs (one of --input_image, --input_dir)")
+  one_input = inputs.add_mutually_exclusive_group()
+  one_input.add_argument("--input_image", default="", help="one image (default: none)")
+  one_input.add_argument("--input_dir", default="",
+                         help="every image file in a folder, in name order (default: none)")
   inputs.add_argument("--phrase", action="append", default=[],
                       help='a phrase to score, e.g. "a red car"; repeat for more '
                            "(default: none; required)")
   inputs.add_argument("--boxes_json", default="",
                       help='{"image path or name": [[x, y, w, h], ...]} in the pixels of the '
-                           "images as given; score these boxes (default: the detections)")
+                           "images as given; score these boxes; images without an entry get "
+                           "detections (default: the detections)")
   output = parser.add_argument_group("outputs")
   output.add_argument("--top", type=int, default=5, help="regions listed per image and phrase")
   output.add_argument("--output_json", default="",
@@ -63,7 +69,7 @@ def parse_args(argv=None):
 
 def list_inputs(args):
   """The image paths of ``--input_image`` or ``--input_dir``; ValueError with a one-line reason."""
-  if bool(args.input_image) == bool(args.input_dir):
+  if not (args.input_image or args.input_dir):
     raise ValueError("give one of --input_image or --input_dir")
   if args.input_image:
     if not os.path.isfile(args.input_image):
@@ -95,22 +101,32 @@ def score_images(model, paths, encoded, given=None, boxes_json=""):
     paths: image paths.
     encoded: ``regions.phrases.EncodedPhrases``.
     given: ``None`` to score the detections, or per path ``(k, 4)`` xywh boxes
-      in the image's pixels (``predict.read_given_boxes``).
+      in the image's pixels, or ``None`` to score that image's detections
+      (``predict.read_given_boxes``).
     boxes_json: the file of ``given``, for errors.
 
   Returns:
     Per path, in order, ``score_prepared``'s dict (boxes in the image's pixels).
 
   Raises:
-    ValueError: one line naming an unreadable image, or a box wholly outside its image.
+    ValueError: one line naming an unreadable image, or a bad given box
+      (``predict.check_given_boxes``).
   """
   results = [None] * len(paths)
   for group in model.stream_groups(paths):
-    prepared = [p for _, p in group]
-    checked = None if given is None else predict.check_given_boxes(
-        model, prepared, [paths[j] for j, _ in group], [given[j] for j, _ in group], boxes_json)
-    for (j, _), result in zip(group, model.regions.score_prepared(prepared, encoded, checked)):
-      results[j] = result
+    detected = [(j, p) for j, p in group if given is None or given[j] is None]
+    boxed = [(j, p) for j, p in group if given is not None and given[j] is not None]
+    if detected:
+      scored = model.regions.score_prepared([p for _, p in detected], encoded)
+      for (j, _), result in zip(detected, scored):
+        results[j] = result
+    if boxed:
+      checked = predict.check_given_boxes(model, [p for _, p in boxed],
+                                          [paths[j] for j, _ in boxed],
+                                          [given[j] for j, _ in boxed], boxes_json)
+      scored = model.regions.score_prepared([p for _, p in boxed], encoded, checked)
+      for (j, _), result in zip(boxed, scored):
+        results[j] = result
   return results
 
 
@@ -129,7 +145,7 @@ def format_table(path, result, top, phrases=None):
     notes = ["  " + line for line in phrases_lib.notes(
         phrase, scored.split(), result["unknown_words"][k])]
     if result["no_known_content_words"][k]:
-      blocks.append("\n".join([f"{path}: {phrase!r} ({len(mean)} regions)", *notes]))
+      blocks.append("\n".join([f"{path}: {phrase!r} ({cli.count(len(mean), 'region')})", *notes]))
       continue
     order = np.argsort(-mean, kind="stable")[:top]
     rows = [("rank", "box (x, y, w, h)", "mean", "sum", "caption")]
@@ -138,7 +154,7 @@ def format_table(path, result, top, phrases=None):
       rows.append((str(rank), box, f"{mean[i]:.3f}", f"{result['log_likelihood'][i, k]:.3f}",
                    result["captions"][i]))
     widths = [max(len(r[c]) for r in rows) for c in range(4)]
-    lines = [f"{path}: {phrase!r} ({len(mean)} regions)", *notes]
+    lines = [f"{path}: {phrase!r} ({cli.count(len(mean), 'region')})", *notes]
     lines += ["  ".join([r[0].rjust(widths[0]), r[1].ljust(widths[1]), r[2].rjust(widths[2]),
                          r[3].rjust(widths[3]), r[4]]).rstrip() for r in rows]
     blocks.append("\n".join(lines))

@@ -22,18 +22,22 @@ Routes:
                             list of ``[x, y, w, h]`` in the uploaded image's
                             pixels, ``regions.coords``) it captions those boxes
                             instead of detecting: ``{"boxes"`` (as used: clipped
-                            to the image), ``"clipped"``, ``"captions"``,
+                            to the image), ``"clipped"``, ``"outside"`` (wholly
+                            outside: clipped onto the border strip, see
+                            ``regions.coords``), ``"captions"``,
                             ``"caption_log_probs"``, ``"scores"`` (objectness
                             logits, in the boxes' order), ``"width"``,
-                            ``"height"``, ``"img_name"}``.
+                            ``"height"``, ``"img_name"}``. Every box a detection
+                            answer holds can be given back.
   ``POST /api/score``       the image as for ``/api/caption``, the field
                             ``phrases`` (a JSON list of strings) and optionally
                             ``boxes`` (as above; else the model's detections,
                             kept as the three options say). Answers ``{"boxes",
                             "scores", "captions", "log_likelihood",
                             "mean_log_likelihood", "phrases", "unknown_words",
-                            "width", "height", "img_name"}`` (and ``"clipped"``
-                            with ``boxes``): the log-likelihoods are
+                            "no_known_content_words",
+                            "width", "height", "img_name"}`` (and ``"clipped"``,
+                            ``"outside"`` with ``boxes``): the log-likelihoods are
                             ``[num_boxes][num_phrases]``, summed over each
                             phrase's words and END and per token; ``phrases``
                             are the words scored, ``unknown_words`` per phrase
@@ -368,7 +372,7 @@ def create_app(captioner, *, model_name, max_upload_bytes, max_pixels, batch_wai
       raise RequestError(400, f"cannot use the image: {e}") from None
 
   def prepare_with_boxes(data, boxes):
-    """``(prepared, (boxes, clipped) or None)``, the boxes checked against the image."""
+    """``(prepared, Captioner.check_boxes' tuple or None)``, the boxes checked against it."""
     prepared = prepare(data)
     if boxes is None:
       return prepared, None

@@ -137,13 +137,20 @@ class Captioner:
     return self.predictor.regions.encode_phrases(phrases)
 
   def check_boxes(self, prepared, boxes):
-    """Given boxes of a prepared upload -> ``(boxes, resized_boxes, clipped)``, clipped to it.
+    """Given boxes of a prepared upload -> ``(boxes, resized_boxes, clipped, outside)``.
+
+    Boxes partly or wholly outside the upload are clipped to it, as
+    ``regions.coords.check_boxes`` says, so the detections of an upload
+    (``run``) can all be given back.
 
     Raises:
-      ValueError: one line naming the box index (``regions.coords.check_boxes``).
+      ValueError: one line naming the box index: NaN, infinite, or not a
+        positive size (``regions.coords.check_boxes``).
     """
-    checked, clipped = coords_lib.check_boxes(boxes, prepared.original_size, name="boxes")
-    return checked, coords_lib.to_resized(checked, prepared.original_size, prepared.size), clipped
+    checked, clipped, outside = coords_lib.check_boxes(boxes, prepared.original_size,
+                                                       name="boxes")
+    return (checked, coords_lib.to_resized(checked, prepared.original_size, prepared.size),
+            clipped, outside)
 
   def caption_boxes(self, prepared, given):
     """Captions the checked boxes ``given`` (``check_boxes``) of one prepared upload.
@@ -172,13 +179,15 @@ class Captioner:
       (objectness logits), ``captions``, ``log_likelihood`` and
       ``mean_log_likelihood`` (``[num_boxes][num_phrases]``: the sum over each
       phrase's words and END, and that sum per token), ``phrases`` (the words
-      scored), ``unknown_words`` (per phrase), the upload's ``width`` and
-      ``height``, and with ``given`` ``clipped``.
+      scored), ``unknown_words`` and ``no_known_content_words`` (per phrase),
+      the upload's ``width`` and ``height``, and with ``given`` ``clipped``
+      and ``outside``.
     """
     (result,) = self.predictor.regions.score_prepared(
         [prepared], encoded, None if given is None else [given],
         max_detections=options.max_boxes, min_score=options.min_score,
         final_nms_thresh=options.final_nms_thresh)
+      ``outside`` (wholly outside the upload, see ``check_boxes``),
     return _json_ready(result)
 
 
