@@ -59,7 +59,8 @@ def test_scores_detections_as_score_phrases(bundled, tmp_path, capsys):
   # The phrase with an unknown word says so under its header, then is ranked as scored.
   header, note, columns, first, _ = blocks[1].splitlines()
   assert header == f"{paths[0]}: 'a blue zebra square' ({len(want[0]['captions'])} regions)"
-  assert note == '  "a blue zebra square": the model does not know "zebra"; scored as "a blue square"'
+  assert note == ('  "a blue zebra square": the model does not know "zebra"; scored as '
+                  '"a blue square"')
   assert columns.split()[0] == "rank" and first.split()[0] == "1"
 
 

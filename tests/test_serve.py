@@ -709,19 +709,22 @@ def test_caption_given_boxes_matches_caption_regions(server, predictor):
 
 def test_score_matches_score_phrases_over_detections_and_given_boxes(server, predictor):
   rgb = random_image(41, 45, 60)
-  phrases = ["a red circle", "Blue square, zebra!", "square"]
+  phrases = ["a red circle", "Blue square, zebra!", "square", "a man riding a horse"]
   predictor.final_nms_thresh = 0.3  # the server's default
   (want,) = predictor.score_phrases(rgb, phrases)
   status, answer = server.json("POST", "/api/score" + fields_query(phrases=json.dumps(phrases)),
                                image_bytes(rgb, "PNG"), {"Content-Type": "image/png"})
   assert status == 200, answer
   assert set(answer) == {"boxes", "scores", "captions", "log_likelihood", "mean_log_likelihood",
-                         "phrases", "unknown_words", "width", "height", "img_name"}
-  assert answer["phrases"] == ["a red circle", "blue square", "square"]
-  assert answer["unknown_words"] == [[], ["zebra"], []]
+                         "phrases", "unknown_words", "no_known_content_words", "width", "height",
+                         "img_name"}
+  assert answer["phrases"] == ["a red circle", "blue square", "square", "a a"]
+  assert answer["unknown_words"] == [[], ["zebra"], [], ["man", "riding", "horse"]]
+  # Only "a" known of the last phrase: flagged, so that the page ranks nothing by it.
+  assert answer["no_known_content_words"] == [False, False, False, True]
   assert len(answer["boxes"]) == len(want["boxes"]) > 0
   assert answer["captions"] == want["captions"]
-  assert np.shape(answer["log_likelihood"]) == (len(want["boxes"]), 3)
+  assert np.shape(answer["log_likelihood"]) == (len(want["boxes"]), 4)
   assert_close(answer["boxes"], want["boxes"])
   assert_close(answer["scores"], want["scores"], atol=1e-4)
   assert_close(answer["log_likelihood"], want["log_likelihood"], atol=1e-3)

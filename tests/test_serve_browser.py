@@ -329,13 +329,43 @@ def test_a_drawn_box_is_captioned_and_a_phrase_highlights_regions(server, browse
   assert shown["scores"] == sorted(shown["scores"], reverse=True)
   np.testing.assert_allclose(shown["scores"][0], mean.max(), atol=0.006)
 
+  # Unknown words are named in the status; a phrase of which the model knows only function
+  # words ("a") highlights nothing and says it is not ranked.
+  def submit(phrase):
+    browser.evaluate(f"""(() => {{
+      const input = document.getElementById('phrase');
+      input.value = {json.dumps(phrase)};
+      input.form.requestSubmit();
+    }})()""")
+
+  submit("a red zebra square")
+  browser.wait_for("document.getElementById('status').textContent.includes('zebra')")
+  assert browser.evaluate("document.getElementById('status').textContent").startswith(
+      "\u201ca red zebra square\u201d: the model does not know \u201czebra\u201d; scored as "
+      "\u201ca red square\u201d. The 3 best-matching regions are highlighted")
+  assert browser.evaluate("document.querySelectorAll('#overlay .box.match').length") == 3
+  submit("a man riding a horse")
+  browser.wait_for("document.getElementById('status').classList.contains('error')")
+  assert browser.evaluate("document.getElementById('status').textContent") == (
+      "\u201ca man riding a horse\u201d: the model does not know \u201cman\u201d, "
+      "\u201criding\u201d, \u201chorse\u201d; scored as \u201ca a\u201d. Not ranked: of this "
+      "phrase the model knows only function words (\u201ca\u201d, \u201ca\u201d), which do "
+      "not say what to look for.")
+  assert browser.evaluate("document.querySelectorAll('#overlay .box.match').length") == 0
+  assert not browser.evaluate("document.getElementById('overlay').classList.contains("
+                              "'has-matches')")
+  if os.environ.get("DENSECAP_SCREENSHOT_DIR"):  # to look at the page
+    shot = browser.call("Page.captureScreenshot", format="png")
+    with open(os.path.join(os.environ["DENSECAP_SCREENSHOT_DIR"], "not_ranked.png"), "wb") as f:
+      f.write(base64.b64decode(shot["data"]))
+
   # A phrase of unknown words is a one-line error in the status; clearing it restores the view.
   browser.evaluate("""(() => {
     const input = document.getElementById('phrase');
     input.value = 'zebra';
     input.form.requestSubmit();
   })()""")
-  browser.wait_for("document.getElementById('status').classList.contains('error')")
+  browser.wait_for("document.getElementById('status').textContent.includes('(zebra)')")
   assert "none of its words (zebra)" in browser.evaluate(
       "document.getElementById('status').textContent")
   assert browser.evaluate("document.querySelectorAll('#overlay .box.match').length") == 0

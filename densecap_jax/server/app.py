@@ -41,7 +41,11 @@ Routes:
                             ``[num_boxes][num_phrases]``, summed over each
                             phrase's words and END and per token; ``phrases``
                             are the words scored, ``unknown_words`` per phrase
-                            those outside the vocabulary.
+                            those outside the vocabulary, and
+                            ``no_known_content_words`` per phrase whether the
+                            words scored are all function words ("a man riding
+                            a horse" scored as "a a": nothing to rank by;
+                            ``regions.phrases``).
 
 While the server is starting both API routes answer 503 with a one-line JSON
 error. Detections go through the micro-batcher (``batching``); requests with

@@ -16,6 +16,9 @@
  * Typing a phrase sends the image, the phrase and every box shown to
  * POST /api/score; the boxes are then ranked by the phrase's mean
  * log-likelihood per word, the best MATCHES highlighted and the others dimmed.
+ * The status line under the phrase names the words the model does not know
+ * and what it scored instead; a phrase of which it knows only function words
+ * (the answer's no_known_content_words) highlights nothing and says so.
  *
  * While the server is starting (GET /healthz answers 503 with status
  * "starting": it is compiling the model) the page says it is warming up,
@@ -349,14 +352,28 @@
       return;
     }
     if (id !== state.phraseId || state.result !== result) return;
+    // Words the model does not know, and what it scored instead (regions.phrases.notes).
+    const quoted = words => words.map(w => `\u201c${w}\u201d`).join(', ');
+    const unknown = answer.unknown_words[0];
+    const scoredAs = unknown.length ? `the model does not know ${quoted(unknown)}; scored as ` +
+        `\u201c${answer.phrases[0]}\u201d` : '';
+    if (answer.no_known_content_words[0]) {
+      // Only function words ("a", "the", "of", ...) known: their scores rank nothing.
+      state.matches = null;
+      render();
+      setStatus(`\u201c${phrase}\u201d: ${scoredAs ? scoredAs + '. ' : ''}Not ranked: of this ` +
+                `phrase the model knows only function words ` +
+                `(${quoted(answer.phrases[0].split(' '))}), which do not say what to look for.`,
+                true);
+      return;
+    }
     const scores = answer.mean_log_likelihood.map(row => row[0]);
     const order = [...scores.keys()].sort((a, b) => scores[b] - scores[a]);
     state.matches = {scores, order, best: new Set(order.slice(0, MATCHES)),
                      title: 'the phrase\u2019s mean log-likelihood per word'};
-    const unknown = answer.unknown_words[0];
-    setStatus(`\u201c${answer.phrases[0]}\u201d: the ${Math.min(MATCHES, scores.length)} ` +
-              `best-matching regions are highlighted (mean log-likelihood per word)` +
-              (unknown.length ? `; not in the vocabulary: ${unknown.join(', ')}` : ''));
+    setStatus(`\u201c${unknown.length ? phrase : answer.phrases[0]}\u201d: ` +
+              (scoredAs ? `${scoredAs}. The ` : 'the ') + `${Math.min(MATCHES, scores.length)} ` +
+              `best-matching regions are highlighted (mean log-likelihood per word)`);
     render();
   }
 
