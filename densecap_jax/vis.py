@@ -167,11 +167,7 @@ def _draw_outline(pixels, box, color, width):
 
 def _caption_font(text_size):
   """Pillow's bundled font, sized so that one text line is ``8 * text_size`` pixels."""
-  size = max(1, _CELL_HEIGHT * text_size)
-  try:
-    return ImageFont.load_default(size=size)
-  except (ImportError, OSError):  # Pillow built without FreeType: fixed bitmap font.
-    return ImageFont.load_default()
+  return _label_font(max(1, _CELL_HEIGHT * text_size))
 
 
 def _caption_runs(caption, origin, image_width, font, line_height):
@@ -339,11 +335,10 @@ def draw_labelled(image, boxes_xywh, captions, *, num_to_draw=10, box_width=2, t
   original's image size): the outline bands are ``2 * b + 1`` pixels thick
   with ``b`` = :func:`outline_half_width` (placed as by :func:`draw_results`,
   in ``box_color(i)``), and captions are set in Pillow's bundled font at
-  :func:`text_pixels`. Each caption sits on a label
-  filled with its box's colour, in black or white text
-  (:func:`label_colors`), wrapped at spaces and placed by
-  :func:`layout_labels` inside the picture. Labels are drawn after all
-  outlines, the first box's last (on top).
+  :func:`text_pixels`. Each caption sits on a label filled with its box's
+  colour, in black or white text (:func:`label_colors`), wrapped at spaces
+  and placed by :func:`layout_labels` inside the picture. Labels are drawn
+  after all outlines, the first box's last (on top).
 
   Args:
     image: PIL image (converted to RGB) or ``(H, W, 3)`` uint8 RGB array; not modified.
@@ -352,7 +347,8 @@ def draw_labelled(image, boxes_xywh, captions, *, num_to_draw=10, box_width=2, t
     captions: ``N`` strings.
     num_to_draw: how many of the first boxes to draw.
     box_width: outline half-thickness on the picture scaled to a 720-pixel long side.
-    text_size: caption scale on that picture; its font is ``8 * text_size`` pixels.
+    text_size: caption scale on that picture, where its font is ``8 * text_size``
+      pixels (and at least ``MIN_TEXT_PIXELS`` on the picture itself).
 
   Returns:
     ``PIL.Image`` in RGB mode, the same size as ``image``.
@@ -383,7 +379,7 @@ def draw_labelled(image, boxes_xywh, captions, *, num_to_draw=10, box_width=2, t
 
 
 def _label_font(pixels):
-  """Pillow's bundled font at ``pixels`` (the fixed bitmap font without FreeType)."""
+  """Pillow's bundled font at ``pixels`` (its fixed bitmap font when built without FreeType)."""
   try:
     return ImageFont.load_default(size=pixels)
   except (ImportError, OSError):
