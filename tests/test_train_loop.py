@@ -157,6 +157,27 @@ def test_metrics_writer_jsonl_and_tensorboard(tmp_path):
   assert any(n.startswith("events.out.tfevents") for n in os.listdir(tmp_path / "tensorboard"))
 
 
+def test_metrics_writer_converts_fractions_of_percent_keys_once(tmp_path):
+  # Lines written before the validation mAP was logged in percent (no unit).
+  with open(tmp_path / "metrics.jsonl", "w") as f:
+    for row in ({"step": 5, "loss": 2.5}, {"step": 5, "val_map": 0.0125, "val_detmap": 0.25},
+                {"step": 10, "val_detmap": 0.5}):
+      f.write(json.dumps(row) + "\n")
+  writer = loop.MetricsWriter(str(tmp_path), tensorboard=False,
+                              percent_keys=("val_map", "val_detmap"))
+  assert writer.percent_from_fractions() == 2
+  writer.write(15, {"val_map": 3.5, "val_detmap": 40.0})
+  writer.write(16, {"loss": 1.0})
+  assert writer.percent_from_fractions() == 0  # converted lines and new ones carry the unit
+  with open(tmp_path / "metrics.jsonl") as f:
+    assert [json.loads(l) for l in f] == [
+        {"step": 5, "loss": 2.5},
+        {"step": 5, "val_map": 1.25, "val_detmap": 25.0, "unit": "percent"},
+        {"step": 10, "val_detmap": 50.0, "unit": "percent"},
+        {"step": 15, "val_map": 3.5, "val_detmap": 40.0, "unit": "percent"},
+        {"step": 16, "loss": 1.0}]
+
+
 def test_step_fn_switch_and_save_hook(tmp_path):
   tx = optax.sgd(0.1)
   state = loop.init_train_state(toy.init_params(), tx)

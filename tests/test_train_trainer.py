@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from densecap_jax import checkpoint
+from densecap_jax.evaluation import metric
 from densecap_jax.evaluation import split_eval
 from densecap_jax.train import config_checks
 from densecap_jax.train import loop
@@ -104,6 +105,43 @@ def test_eval_driver_rejects_a_missing_model(dataset, tmp_path):
   with pytest.raises(SystemExit, match="model directory not found"):
     evaluate.main(["--checkpoint", str(tmp_path / "nope"), "--data_h5", dataset[0],
                    "--data_json", dataset[1]])
+
+
+def test_validation_is_logged_and_printed_in_percent(tmp_path, capsys):
+  # One ground-truth box found exactly by one detection whose caption scores
+  # METEOR 0.1: a true positive at every IoU threshold, and at the METEOR
+  # thresholds 0 and 0.05 (strict >) but not 0.1 ... 0.25. detmap = 1 and
+  # map = 10 / 30 as fractions: 100 and 33.33 in percent.
+  evaluator = metric.DenseCaptioningEvaluator(meteor_fn=lambda c, r: [0.1] * len(c))
+  box = np.array([[50.0, 50.0, 21.0, 21.0]])  # xcycwh
+  evaluator.add_result(np.array([2.0]), box, ["a cat"], box, ["a cat"])
+  results = evaluator.evaluate()
+  assert results["detmap"] == 1.0 and results["map"] == pytest.approx(1 / 3)
+  writer = loop.MetricsWriter(str(tmp_path), tensorboard=False,
+                              percent_keys=trainer.VALIDATION_KEYS)
+  capsys.readouterr()
+  loop.run_validation(7, None, lambda params: trainer.validation_scalars(results, "map"), writer)
+  assert "step 7: val_map 33.33, val_detmap 100\n" in capsys.readouterr().out
+  loop.run_validation(8, None, lambda params: trainer.validation_scalars(results, "detmap"),
+                      writer)
+  with open(tmp_path / "metrics.jsonl") as f:
+    rows = [json.loads(line) for line in f]
+  assert rows == [{"step": 7, "val_map": pytest.approx(100 / 3), "val_detmap": 100.0,
+                   "unit": "percent"},
+                  {"step": 8, "val_detmap": 100.0, "unit": "percent"}]
+
+
+def test_a_best_score_stored_as_a_fraction_is_read_in_percent(tmp_path):
+  # best/val_metrics.json of a run from before the percent unit: 0.3 is 30 %,
+  # which a new validation at 20 % must not beat.
+  (tmp_path / "best").mkdir()
+  path = tmp_path / "best" / trainer.BEST_METRICS
+  path.write_text(json.dumps({"step": 5, "val_detmap": 0.3}))
+  best = trainer._read_best(str(tmp_path), rewrite=False)
+  assert best == {"step": 5, "val_detmap": 30.0, "unit": "percent"}
+  assert json.loads(path.read_text()) == {"step": 5, "val_detmap": 0.3}
+  assert trainer._read_best(str(tmp_path)) == best  # rewritten: read again, it stays 30
+  assert json.loads(path.read_text()) == best and trainer._read_best(str(tmp_path)) == best
 
 
 def test_missing_java_stops_training_before_the_first_step(dataset, tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ Work directory layout::
     best/              model directory of the best validation mAP (predict / eval)
     last/              model directory of the newest checkpoint
     metrics.jsonl      training and validation scalars, one JSON object a line
+                       (val_map and val_detmap in percent, as the evaluation prints them)
     tensorboard/       the same as TensorBoard event files
 
 A run started again in the same directory resumes from its newest checkpoint
@@ -37,6 +38,24 @@ from densecap_jax.train import loop
 from densecap_jax.train import optim
 
 BEST_METRICS = "val_metrics.json"  # beside best/'s model: the step and score it was chosen by
+VALIDATION_KEYS = ("val_map", "val_detmap")  # logged in percent
+
+
+def validation_scalars(results, val_metric):
+  """The logged validation scalars of an evaluator's results, in percent as the original prints.
+
+  Args:
+    results: ``DenseCaptioningEvaluator.evaluate()``'s dict (fractions in [0, 1]).
+    val_metric: ``'map'`` (both mAPs) or ``'detmap'`` (the detection mAP alone).
+
+  Returns:
+    ``{'val_map': 100 * map, 'val_detmap': 100 * detmap}`` (without
+    ``val_map`` for ``'detmap'``).
+  """
+  scalars = {"val_map": 100 * results["map"], "val_detmap": 100 * results["detmap"]}
+  if val_metric == "detmap":
+    del scalars["val_map"]
+  return scalars
 
 
 def learning_rate_schedule(config):
@@ -149,12 +168,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume=True, progr
 
   tx = make_optimizer(config)
   state = loop.init_train_state(_initial_params(config, data), tx)
-  writer = loop.MetricsWriter(workdir) if is_chief else _NullWriter()
+  writer = loop.MetricsWriter(workdir, percent_keys=VALIDATION_KEYS) if is_chief else (
+      _NullWriter())
   restored = checkpoints.restore_latest(state)
   if restored is not None:
     state, _ = restored
     writer.truncate_after(int(state.step))
     print(f"resuming from step {int(state.step)} of {workdir}")
+    converted = writer.percent_from_fractions()
+    if converted:
+      print(f"note: {converted} validation lines of {writer.path} held the mAP as a fraction; "
+            f"rewritten in percent (TensorBoard's earlier points stay fractions)")
 
   num_devices = jax.local_device_count()
   global_batch = config.per_device_batch_size * jax.device_count()
@@ -178,7 +202,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume=True, progr
   meteor = None
   predict_fn = split_eval.make_predict_fn(config.model, config.test_num_proposals)
   best_key = f"val_{config.val_metric}"
-  best = _read_best(workdir)
+  best = _read_best(workdir, rewrite=is_chief)
 
   def evaluate(params):
     nonlocal meteor
@@ -189,14 +213,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume=True, progr
         batch_size=global_batch, rpn_nms_thresh=config.test_rpn_nms_thresh,
         final_nms_thresh=config.test_final_nms_thresh,
         meteor_fn=meteor if meteor is not None else _no_meteor, progress=progress)
-    if config.val_metric == "detmap":
-      return {"val_detmap": results["detmap"]}
-    return {"val_map": results["map"], "val_detmap": results["detmap"]}
+    return validation_scalars(results, config.val_metric)
 
   def on_eval(step, params, results):
     nonlocal best
     if best is None or results[best_key] > best[best_key]:
-      best = {"step": step, best_key: results[best_key]}
+      best = {"step": step, best_key: results[best_key], "unit": "percent"}
       if is_chief:
         checkpoint.save_model(os.path.join(workdir, "best"), params, config.model, data.vocab,
                               overwrite=True)
@@ -256,10 +278,23 @@ def _no_meteor(candidates, references):
   return [0.0] * len(candidates)
 
 
-def _read_best(workdir):
-  """``{'step', 'val_<metric>'}`` of the run's ``best/`` model, or None."""
+def _read_best(workdir, rewrite=True):
+  """``{'step', 'val_<metric>', 'unit'}`` of the run's ``best/`` model (percent), or None.
+
+  A file without ``unit`` holds the score as a fraction (written before the
+  mAP was kept in percent): it is read as 100 times that, and with
+  ``rewrite`` the file is rewritten so.
+  """
   path = os.path.join(workdir, "best", BEST_METRICS)
-  return files.read_json(path, "best model metrics") if os.path.exists(path) else None
+  if not os.path.exists(path):
+    return None
+  best = files.read_json(path, "best model metrics")
+  if best.get("unit") != "percent":
+    best = {k: 100 * v if k in VALIDATION_KEYS else v for k, v in best.items()}
+    best["unit"] = "percent"
+    if rewrite:
+      files.write_json(path, best)
+  return best
 
 
 class _NullWriter:
@@ -271,6 +306,9 @@ class _NullWriter:
   def has(self, step, key):
     del step, key
     return True
+
+  def percent_from_fractions(self):
+    return 0
 
   def truncate_after(self, step):
     del step
