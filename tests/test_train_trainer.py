@@ -185,3 +185,34 @@ def test_failed_validation_keeps_the_checkpoint_and_is_redone_on_resume(dataset,
   with open(workdir / "best" / trainer.BEST_METRICS) as f:
     best = json.load(f)
   assert best["step"] == 5 and best["val_detmap"] == rows[-1]["val_detmap"]
+
+
+@pytest.mark.slow
+def test_a_run_resumed_from_fractions_keeps_one_unit(dataset, tmp_path, monkeypatch, capsys):
+  monkeypatch.setenv("PATH", str(tmp_path))  # no java: detection mAP only needs none
+  workdir = tmp_path / "run"
+
+  def config(max_iters):
+    return small_config(dataset, max_iters=max_iters, val_images_use=4, val_metric="detmap")
+
+  trainer.train(config(5), str(workdir), progress=False)
+  metrics, best_path = workdir / "metrics.jsonl", workdir / "best" / trainer.BEST_METRICS
+  rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+  [at_5] = [r["val_detmap"] for r in rows if "val_detmap" in r]
+  # As a run logged before the percent unit would have left it: fractions
+  # without a unit, and a best score of 0.999 (99.9 %) that no validation of
+  # this run can beat.
+  legacy = [{k: v / 100 if k == "val_detmap" else v for k, v in r.items() if k != "unit"}
+            for r in rows]
+  metrics.write_text("".join(json.dumps(r) + "\n" for r in legacy))
+  best_path.write_text(json.dumps({"step": 5, "val_detmap": 0.999}))
+  capsys.readouterr()
+  trainer.train(config(10), str(workdir), progress=False)
+  assert "1 validation lines" in capsys.readouterr().out
+  rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+  validations = [r for r in rows if "val_detmap" in r]
+  assert [(r["step"], r["unit"]) for r in validations] == [(5, "percent"), (10, "percent")]
+  assert validations[0]["val_detmap"] == pytest.approx(at_5, rel=1e-12)
+  assert 0 <= validations[1]["val_detmap"] <= 100
+  assert json.loads(best_path.read_text()) == {"step": 5, "val_detmap": pytest.approx(99.9),
+                                               "unit": "percent"}
