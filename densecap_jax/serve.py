@@ -17,16 +17,29 @@ region. ``GET /healthz`` reports the model and its shape buckets (see
 ``densecap_jax.server.app``).
 
 The original's demo (reference §11) hands images from a Flask server to a
-separate Lua daemon through files; here the model is loaded once, every shape
-it serves is compiled at start-up, and requests that arrive together are
-captioned in one batch (the programs for given boxes and phrases compile on
-first use). The server listens at once: while it compiles,
-``/healthz`` and the API answer 503 (``"status": "starting"``) and
-the page says it is warming up; a ``ready: URL`` line follows. Compiled
+separate Lua daemon through files; here the model is loaded once and requests
+that arrive together are captioned in one batch. The server is ready (a
+``ready: URL`` line, ``/healthz`` 200) as soon as the parameters are loaded;
+the detection programs (one per shape bucket and batch size) are compiled
+then, as ``--warm_up`` says:
+
+* ``background`` (the default): a request compiles the program of its image
+  size first, waiting for it (the page says "compiling the model for this
+  image size"); one low-priority thread compiles the others meanwhile, and a
+  ``warmed up:`` line says when all are done.
+* ``first_use``: only the programs requests need, when they need them.
+* ``start``: all of them before the server is ready; until then ``/healthz``
+  and the API answer 503 (``"status": "starting"``) and the page says it is
+  warming up.
+
+The programs for given boxes and phrases compile on first use. Compiled
 programs are kept between runs in the compilation cache (see
-``densecap_jax.runtime``; ``--no_compilation_cache`` turns it off), so a
-second start takes seconds. SIGTERM or Ctrl-C stops the server with exit
-status 0 and one ``shutdown:`` line.
+``densecap_jax.runtime``; ``--no_compilation_cache`` turns it off): a later
+start loads them instead of compiling, and says so ("loading N compiled
+programs from the cache"). ``/healthz`` shows, under ``"programs"``, how many
+are ready, which are compiling or loading, and which requests wait for one.
+SIGTERM or Ctrl-C stops the server with exit status 0 and one ``shutdown:``
+line.
 """
 
 import argparse
@@ -36,9 +49,15 @@ import socket
 import ssl
 import sys
 import threading
+import time
 
 from densecap_jax import cli
 from densecap_jax import runtime
+
+_STARTED = time.perf_counter()  # the ready line's time counts from here (imports included)
+
+
+WARM_UP_CHOICES = ("background", "first_use", "start")
 
 
 def parse_args(argv=None):
@@ -60,6 +79,11 @@ def parse_args(argv=None):
   server.add_argument("--batch_wait_ms", type=float, default=5.0,
                       help="how long a batch waits for more requests after its first")
   server.add_argument("--access_log", action="store_true", help="log every request")
+  server.add_argument("--warm_up", choices=WARM_UP_CHOICES, default="background",
+                      help="when the detection programs compile: 'background' (each request "
+                           "compiles the one it needs first, one low-priority thread the "
+                           "rest), 'first_use' (only when a request needs one) or 'start' (all "
+                           "before the server is ready)")
   cli.add_model_flags(parser, final_nms_help="default of the request field final_nms_thresh")
   return parser.parse_args(argv)
 
@@ -125,9 +149,9 @@ def main(argv=None):
   # While the server runs, uvicorn handles both signals (a graceful stop) and
   # raises them again afterwards, which lands here as well.
   previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
-  warming = threading.Event()
+  busy = threading.Event()
   try:
-    status = serve(args, sock, warming)
+    status = serve(args, sock, busy)
   except Stopped as stop:
     print(f"shutdown: {stop.name} received, server stopped", flush=True)
     status = 0
@@ -135,9 +159,9 @@ def main(argv=None):
     sock.close()
     for sig, handler in previous.items():
       signal.signal(sig, handler)
-  if warming.is_set():
-    # Stopped during start-up: the compilations still running cannot be
-    # interrupted, and exiting normally would wait for them.
+  if busy.is_set():
+    # Stopped while programs compile: the compilations cannot be interrupted,
+    # and exiting normally would wait for them.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)  # pylint: disable=protected-access
@@ -145,13 +169,13 @@ def main(argv=None):
     sys.exit(status)
 
 
-def serve(args, sock, warming=None):
-  """Loads the model, listens on the bound ``sock`` at once and compiles; serves until stopped.
+def serve(args, sock, busy=None):
+  """Loads the model, listens on the bound ``sock``; compiles as ``--warm_up`` says; serves.
 
   Args:
     args: the parsed flags.
     sock: a bound TCP socket.
-    warming: a ``threading.Event``, set while the model compiles.
+    busy: a ``threading.Event``, set while programs compile.
 
   Returns:
     The exit status: 0 when stopped, 1 when compiling the model failed.
@@ -163,8 +187,11 @@ def serve(args, sock, warming=None):
 
   predictor = cli.load_model_from_flags(args, announce=False)
   checkpoint = args.checkpoint or inference.bundled_model_path()
-  captioner = captioner_lib.Captioner(predictor, args.max_batch)
-  programs = len(predictor.buckets) * len(captioner.batch_sizes)
+  captioner = captioner_lib.Captioner(predictor, args.max_batch,
+                                      key=cli.program_key(predictor), busy=busy)
+  programs = captioner.programs
+  print(plan_line(programs, len(predictor.buckets), captioner.batch_sizes, args.warm_up,
+                  cache=runtime.setup_from_args(args)), flush=True)
 
   scheme = "https" if args.certfile else "http"
   host = f"[{args.host}]" if ":" in args.host else args.host
@@ -172,25 +199,23 @@ def serve(args, sock, warming=None):
   model_name = os.path.basename(os.path.normpath(checkpoint))
   server = None
   failed = []
-  notice = runtime.announce_compiles(
-      programs, key=cli.program_key(predictor, batch_sizes=captioner.batch_sizes),
-      detail=f"{len(predictor.buckets)} shape bucket{'s' if len(predictor.buckets) > 1 else ''}"
-             f" x batch sizes {', '.join(map(str, captioner.batch_sizes))}", file=sys.stdout)
-
-  if warming is None:
-    warming = threading.Event()
-
-  def warm_up():
-    try:
-      captioner.warm_up()
-    finally:
-      warming.clear()
-    notice.done()
 
   def on_ready():
-    done = "loaded" if notice.from_cache else "compiled"
-    print(f"ready: {url} (model {model_name}, {programs} programs {done} in "
-          f"{notice.seconds:.1f} s)", flush=True)
+    seconds = time.perf_counter() - _STARTED
+    if args.warm_up == "start":
+      done = "loaded" if programs.in_cache == len(programs) else "compiled"
+      state = f"{len(programs)} programs {done}"
+    else:
+      later = "in the background" if args.warm_up == "background" else "on first use"
+      verb = ("load" if programs.in_cache == len(programs) else "compile" if not programs.in_cache
+              else "load or compile")
+      state = f"{len(programs) - len(programs.pending())} of {len(programs)} programs ready, " \
+              f"the others {verb} {later}"
+    print(f"ready: {url} (model {model_name}, {state}; {seconds:.1f} s)", flush=True)
+
+  def background():
+    captioner.background_warm_up()
+    print(f"warmed up: {programs.summary()}", flush=True)
 
   def on_failure(error):
     print(f"error: compiling the model failed: {type(error).__name__}: {error}",
@@ -201,17 +226,35 @@ def serve(args, sock, warming=None):
   app = app_lib.create_app(captioner, model_name=model_name,
                            max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels,
                            batch_wait_ms=args.batch_wait_ms, on_ready=on_ready,
-                           warm_up=warm_up, on_failure=on_failure)
+                           warm_up=captioner.warm_up if args.warm_up == "start" else None,
+                           background=background if args.warm_up == "background" else None,
+                           on_failure=on_failure)
   sock.listen(128)
   config = uvicorn.Config(app, ssl_certfile=args.certfile or None,
                           ssl_keyfile=args.keyfile or None, access_log=args.access_log,
                           log_level="info" if args.access_log or args.verbose else "warning",
                           timeout_graceful_shutdown=5)
   server = uvicorn.Server(config)
-  warming.set()
-  print(f"listening: {url} (warming up; /healthz answers 503 until ready)", flush=True)
+  print(f"listening: {url}" + (" (warming up; /healthz answers 503 until ready)"
+                               if args.warm_up == "start" else ""), flush=True)
   server.run(sockets=[sock])
   return 1 if failed else 0
+
+
+def plan_line(programs, num_buckets, batch_sizes, warm_up, cache):
+  """The line saying which detection programs load from the cache, which compile, and when."""
+  total, cached = len(programs), programs.in_cache
+  detail = (f"{num_buckets} shape bucket{'s' if num_buckets > 1 else ''} x batch "
+            f"size{'s' if len(batch_sizes) > 1 else ''} {', '.join(map(str, batch_sizes))}")
+  when = {"background": "in the background, each request's own first",
+          "first_use": "on first use", "start": "before the server is ready"}[warm_up]
+  if cached == total:
+    return f"loading {total} compiled programs from the cache {when} ({detail})"
+  state = "first run only" if cache else "compilation cache off"
+  if not cached:
+    return f"compiling {total} programs {when} ({detail}; {state})"
+  return (f"loading {cached} compiled program{'s' if cached > 1 else ''} from the cache and "
+          f"compiling {total - cached} {when} ({detail})")
 
 
 if __name__ == "__main__":

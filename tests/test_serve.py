@@ -42,6 +42,7 @@ from densecap_jax import serve
 from densecap_jax.server import app as app_lib
 from densecap_jax.server import batching
 from densecap_jax.server import captioner as captioner_lib
+from densecap_jax.server import programs as programs_lib
 
 VOCAB = [None, "a", "red", "circle", "square", "blue"]
 IMAGE_SIZE = 32
@@ -327,6 +328,7 @@ class FakePredictor:
 
   def __init__(self, calls):
     self.buckets = ((16, 32), (32, 16), (32, 32))
+    self.image_size = 32
     self.num_proposals = 5
     self.batch_size = 1
     self.final_nms_thresh = 0.3
@@ -363,7 +365,19 @@ def test_captioner_groups_by_bucket_and_threshold_and_pads_to_two_sizes():
               fake_request(16, 32, (16, 32), final_nms_thresh=0.5),
               fake_request(16, 32, (24, 48)), fake_request(16, 32, (8, 16)),
               fake_request(16, 32, (40, 80))]
+  # Nothing compiled yet: every image runs alone through the batch-1 program of its
+  # bucket, which the first request compiles; the batch-4 programs stay pending.
+  first = captioner.run(requests)
+  assert sorted(calls) == sorted([(1, 0.3, [(16, 32)])] * 5 + [
+      (1, 0.3, [(32, 16)]), (1, 0.3, [(32, 32)]), (1, 0.5, [(16, 32)])])
+  status = captioner.programs.status()
+  assert (status["total"], status["ready"], status["in_cache"]) == (6, 3, 0)
+  assert {(p.bucket, p.batch_size) for p in captioner.programs.pending()} == {
+      ((16, 32), 4), ((32, 16), 4), ((32, 32), 4)}
+  captioner.warm_up()
+  calls.clear()
   results = captioner.run(requests)
+  assert first == results
   # Five 16x32 images at 0.3: a batch of 4 and one of 1; every other group alone.
   assert sorted(calls) == sorted([
       (4, 0.3, [(16, 32)] * 4), (1, 0.3, [(16, 32)]), (1, 0.3, [(32, 16)]),
@@ -398,6 +412,124 @@ def test_captioner_warm_up_runs_every_bucket_and_batch_size():
   assert captioner.warm_up(max_workers=2) == 6
   assert sorted(calls) == sorted((size, 0.3, [bucket] * size)
                                  for bucket in ((16, 32), (32, 16), (32, 32)) for size in (1, 3))
+  assert captioner.programs.status()["ready"] == 6 and not captioner.programs.pending()
+  assert {p.by for p in captioner.programs.programs.values()} == {"start"}
+
+
+def test_programs_compile_common_photo_and_webcam_buckets_first():
+  # The bundled model's buckets (256 px). Resized to 256: 480x640 -> 192x256,
+  # 720x1280 -> 144x256 (bucket 160x256), 427x640 -> 170x256 (192x256 again),
+  # 512x512 -> 256x256, 640x480 -> 256x192, 640x427 -> 256x170 (256x192 again).
+  buckets = ((64, 256), (128, 256), (160, 256), (192, 256), (224, 256), (256, 64),
+             (256, 128), (256, 160), (256, 192), (256, 224), (256, 256))
+  assert programs_lib.priority_order(buckets, 256) == [
+      (192, 256), (160, 256), (256, 256), (256, 192), (64, 256), (128, 256), (224, 256),
+      (256, 64), (256, 128), (256, 160), (256, 224)]
+  programs = programs_lib.ProgramSet(buckets, (1, 4), 256)
+  order = [(p.bucket, p.batch_size) for p in programs.pending()]
+  assert order[:2] == [((192, 256), 1), ((160, 256), 1)]
+  assert [size for _, size in order] == [1] * 11 + [4] * 11
+
+
+class BlockingPredictor(FakePredictor):
+  """A ``FakePredictor`` whose calls from the background thread wait for ``release``."""
+
+  def __init__(self, calls):
+    super().__init__(calls)
+    self.config = types.SimpleNamespace(name="fake", seq_length=15)  # what create_app reads
+    self.release = threading.Event()
+    self.background_started = threading.Event()
+
+  def prepare(self, image):
+    height, width = (16, 32) if image.width > image.height else (32, 16)
+    return inference.PreparedImage(np.zeros((height, width, 3), np.float32), None,
+                                   image.size[::-1])
+
+  def predict_prepared(self, prepared, max_detections=None):
+    if threading.current_thread().name == "background-compile":
+      self.background_started.set()
+      assert self.release.wait(30)
+    return super().predict_prepared(prepared, max_detections)
+
+
+def test_a_request_compiles_its_own_program_while_the_background_compiles_another():
+  calls = []
+  predictor = BlockingPredictor(calls)
+  captioner = captioner_lib.Captioner(predictor, max_batch=2)
+  background = threading.Thread(target=captioner.background_warm_up, name="background-compile")
+  background.start()
+  try:
+    assert predictor.background_started.wait(30)
+    status = captioner.programs.status()
+    assert status["background"] == "running" and status["ready"] == 0
+    # The first program in the background's order is the 32x32 bucket (square photos
+    # come first among these buckets); a 16x32 request does not wait for it.
+    assert status["busy"] == [{"bucket": [32, 32], "batch_size": 1, "action": "compiling"}]
+    (result,) = captioner.run([fake_request(16, 32, (16, 32))])
+    assert result["captions"][0] == "16x32 a"
+    assert captioner.programs.status()["ready"] == 1
+    assert captioner.programs[((16, 32), 1)].by == "request"
+  finally:
+    predictor.release.set()
+    background.join(30)
+  assert captioner.programs.status() == {
+      "total": 6, "ready": 6, "in_cache": 0, "background": "done", "busy": [], "waiting": []}
+  # Every program ran once: the request's own and five dummy batches.
+  assert sorted((size, shapes[0]) for size, _, shapes in calls) == sorted(
+      (size, bucket) for bucket in ((16, 32), (32, 16), (32, 32)) for size in (1, 2))
+
+
+def test_a_request_waits_for_the_program_the_background_is_compiling_and_says_so():
+  calls = []
+  predictor = BlockingPredictor(calls)
+  captioner = captioner_lib.Captioner(predictor, max_batch=2)
+  program = captioner.programs[((32, 32), 1)]
+  program.in_cache = True  # as if the cache held it: the message says "loading"
+  background = threading.Thread(target=captioner.background_warm_up, name="background-compile")
+  background.start()
+  answers = []
+  request = threading.Thread(
+      target=lambda: answers.extend(captioner.run([fake_request(32, 32, (64, 64))])))
+  try:
+    assert predictor.background_started.wait(30)
+    request.start()
+    _wait_for(lambda: captioner.programs.status()["waiting"])
+    assert captioner.programs.status()["waiting"] == [
+        {"bucket": [32, 32], "batch_size": 1, "action": "loading", "requests": 1,
+         "message": programs_lib.MESSAGES["loading"]}]
+    assert not answers and len(calls) == 0
+  finally:
+    predictor.release.set()
+    background.join(30)
+    request.join(30)
+  assert answers[0]["captions"][0] == "32x32 a"
+  # The program was compiled once, by the background; the request then ran on it.
+  assert [c for c in calls if c[0] == 1 and c[2] == [(32, 32)]] == [(1, 0.3, [(32, 32)])] * 2
+  assert program.by == "background" and program.ready
+  assert programs_lib.MESSAGES["compiling"].startswith("compiling the model for this image size")
+
+
+def test_the_background_waits_while_a_request_compiles():
+  captioner = captioner_lib.Captioner(FakePredictor([]), max_batch=1)
+  compiling, release, started = threading.Event(), threading.Event(), []
+
+  def slow_request():
+    compiling.set()
+    assert release.wait(30)
+
+  request = threading.Thread(target=captioner.programs.run,
+                             args=(captioner.programs[((16, 32), 1)], slow_request))
+  request.start()
+  assert compiling.wait(30)
+  background = threading.Thread(
+      target=captioner.programs.background, args=(lambda p: started.append(p.bucket),))
+  background.start()
+  time.sleep(0.3)
+  assert not started  # nothing begins while the request compiles
+  release.set()
+  request.join(30)
+  background.join(30)
+  assert started == [(32, 32), (32, 16)]  # the other two buckets, square first
 
 
 # --------------------------------------------------------------- uploads
@@ -963,6 +1095,32 @@ def test_app_answers_503_starting_until_warm_up_returns_then_serves():
     assert status == 200 and answer["captions"] == []
 
 
+def test_app_is_ready_at_once_and_answers_while_the_background_compiles():
+  predictor = BlockingPredictor([])
+  captioner = captioner_lib.Captioner(predictor, max_batch=2)
+  app = app_lib.create_app(captioner, model_name="fake", max_upload_bytes=MAX_UPLOAD_BYTES,
+                           max_pixels=MAX_PIXELS, batch_wait_ms=1,
+                           background=captioner.background_warm_up)
+  png = image_bytes(random_image(0, 20, 30), "PNG")
+  try:
+    with app_server(app) as client:
+      assert predictor.background_started.wait(30)
+      status, health = client.json("GET", "/healthz")
+      assert status == 200 and health["status"] == "ok"
+      assert health["programs"] == {
+          "total": 6, "ready": 0, "in_cache": 0, "background": "running",
+          "busy": [{"bucket": [32, 32], "batch_size": 1, "action": "compiling"}], "waiting": []}
+      status, answer = client.json("POST", "/api/caption", png, {"Content-Type": "image/png"})
+      assert status == 200 and answer["captions"][0] == "16x32 a"
+      programs = client.json("GET", "/healthz")[1]["programs"]
+      assert (programs["ready"], programs["background"]) == (1, "running")
+      predictor.release.set()
+      _wait_for(lambda: client.json("GET", "/healthz")[1]["programs"]["ready"] == 6)
+      assert client.json("GET", "/healthz")[1]["programs"]["background"] == "done"
+  finally:
+    predictor.release.set()
+
+
 def test_app_reports_a_failed_warm_up_as_503_failed():
   failures = []
 
@@ -981,15 +1139,93 @@ def test_app_reports_a_failed_warm_up_as_503_failed():
     assert status == 503 and "failed to start: RuntimeError: out of memory" in answer["error"]
 
 
+def _watch_health(process, seen, stop):
+  """Appends every ``/healthz`` answer's ``programs`` to ``seen`` until ``stop`` is set."""
+  while not stop.is_set():
+    try:
+      seen.append(process.json("GET", "/healthz")[1]["programs"])
+    except (OSError, ValueError):
+      pass
+    time.sleep(0.02)
+
+
+def _caption_watching_health(process, body):
+  """``(status, answer, programs seen by /healthz while the request ran)``."""
+  seen, stop = [], threading.Event()
+  watcher = threading.Thread(target=_watch_health, args=(process, seen, stop), daemon=True)
+  watcher.start()
+  try:
+    status, answer = process.json("POST", "/api/caption", body, {"Content-Type": "image/png"})
+  finally:
+    stop.set()
+    watcher.join(10)
+  return status, answer, seen
+
+
 @pytest.mark.slow
-def test_server_listens_at_once_is_ready_after_compiling_and_exits_0_on_sigterm(model_dir,
-                                                                                 tmp_path):
+def test_server_is_ready_before_compiling_and_tells_compiling_from_loading(model_dir, tmp_path):
   cache = tmp_path / "cache"
-  process = ServerProcess(model_dir, cache, "--max_batch", "2")
+  png = image_bytes(random_image(5, 30, 40), "PNG")
+  # First start, empty cache, programs compiled only when a request needs one.
+  process = ServerProcess(model_dir, cache, "--max_batch", "2", "--warm_up", "first_use")
+  try:
+    process.wait_ready()
+    assert any(re.match(r"compiling 2 programs on first use \(1 shape bucket x batch sizes "
+                        r"1, 2; first run only\)", line) for line in process.output), process.output
+    assert any(re.match(r"ready: .*0 of 2 programs ready, the others compile on first use",
+                        line) for line in process.output), process.output
+    status, health = process.json("GET", "/healthz")
+    assert status == 200 and health["status"] == "ok"
+    assert (health["programs"]["ready"], health["programs"]["in_cache"]) == (0, 0)
+    status, answer, seen = _caption_watching_health(process, png)
+    assert status == 200 and len(answer["boxes"]) == len(answer["captions"])
+    # The request compiled the one program it needed, and /healthz said so meanwhile.
+    compiling = {"bucket": [IMAGE_SIZE, IMAGE_SIZE], "batch_size": 1, "action": "compiling",
+                 "requests": 1, "message": programs_lib.MESSAGES["compiling"]}
+    assert any(s["waiting"] == [compiling] for s in seen), seen
+    assert process.json("GET", "/healthz")[1]["programs"]["ready"] == 1
+  finally:
+    process.stop()
+
+  # Second start: the batch-1 program loads from the cache, the other compiles in the
+  # background.
+  again = ServerProcess(model_dir, cache, "--max_batch", "2")
+  try:
+    again.wait_ready()
+    assert any(line.startswith("loading 1 compiled program from the cache and compiling 1 in "
+                               "the background") for line in again.output), again.output
+    assert again.json("GET", "/healthz")[1]["programs"]["in_cache"] == 1
+    assert again.wait_line(r"warmed up: 2 programs \(1 compiled, 1 loaded from the cache; 0 of "
+                           r"them by a request\) in \d+\.\d s$")
+    status, health = again.json("GET", "/healthz")
+    assert health["programs"]["ready"] == 2 and health["programs"]["background"] == "done"
+  finally:
+    again.stop()
+
+  # Third start: both load, and a request waiting for one is told "loading".
+  third = ServerProcess(model_dir, cache, "--max_batch", "2", "--warm_up", "first_use")
+  try:
+    third.wait_ready()
+    assert any(line.startswith("loading 2 compiled programs from the cache on first use")
+               for line in third.output), third.output
+    assert not any("first run only" in line or "compiling" in line for line in third.output)
+    status, answer, seen = _caption_watching_health(third, png)
+    assert status == 200
+    assert all(w["action"] == "loading" for s in seen for w in s["waiting"]), seen
+  finally:
+    third.stop()
+
+
+@pytest.mark.slow
+def test_server_with_warm_up_start_is_ready_after_compiling_and_exits_0_on_sigterm(model_dir,
+                                                                                    tmp_path):
+  cache = tmp_path / "cache"
+  process = ServerProcess(model_dir, cache, "--max_batch", "2", "--warm_up", "start")
   try:
     process.wait_line(r"listening: ")
-    assert any(re.match(r"compiling 2 programs \(1 shape bucket x batch sizes 1, 2; "
-                        r"first run only\)", line) for line in process.output), process.output
+    assert any(re.match(r"compiling 2 programs before the server is ready \(1 shape bucket x "
+                        r"batch sizes 1, 2; first run only\)", line)
+               for line in process.output), process.output
     png = image_bytes(random_image(5, 30, 40), "PNG")
     status, answer = process.json("POST", "/api/caption", png, {"Content-Type": "image/png"})
     assert status == 503 and answer == {"error": app_lib.STARTING_MESSAGE}
@@ -997,7 +1233,7 @@ def test_server_listens_at_once_is_ready_after_compiling_and_exits_0_on_sigterm(
     assert status == 503 and health["status"] == "starting"
     process.wait_ready()
     status, health = process.json("GET", "/healthz")
-    assert status == 200 and health["status"] == "ok"
+    assert status == 200 and health["status"] == "ok" and health["programs"]["ready"] == 2
     assert process.json("POST", "/api/caption", png, {"Content-Type": "image/png"})[0] == 200
     process.proc.send_signal(signal.SIGTERM)
     assert process.wait_exit(30) == 0
@@ -1007,12 +1243,12 @@ def test_server_listens_at_once_is_ready_after_compiling_and_exits_0_on_sigterm(
   finally:
     process.stop()
 
-  again = ServerProcess(model_dir, cache, "--max_batch", "2")
+  again = ServerProcess(model_dir, cache, "--max_batch", "2", "--warm_up", "start")
   try:
     again.wait_ready()
-    assert any(line.startswith("loading 2 compiled programs from the cache")
-               for line in again.output), again.output
-    assert re.search(r"ready: .* 2 programs loaded in", "".join(again.output))
+    assert any(line.startswith("loading 2 compiled programs from the cache before the server "
+                               "is ready") for line in again.output), again.output
+    assert re.search(r"ready: .* 2 programs loaded;", "".join(again.output))
   finally:
     again.stop()
 
@@ -1021,10 +1257,10 @@ def test_server_listens_at_once_is_ready_after_compiling_and_exits_0_on_sigterm(
 def test_server_stopped_while_compiling_exits_0_at_once(model_dir, tmp_path):
   process = ServerProcess(model_dir, tmp_path / "cache", "--max_batch", "2")
   try:
-    process.wait_line(r"listening: ")
+    process.wait_line(r"ready: ")  # the background starts compiling
     process.proc.send_signal(signal.SIGTERM)
     assert process.wait_exit(30) == 0
-    assert [line for line in process.output if line.startswith(("shutdown:", "ready:"))] == [
+    assert [line for line in process.output if line.startswith(("shutdown:", "warmed up:"))] == [
         "shutdown: SIGTERM received, server stopped\n"], process.output
   finally:
     process.stop()

@@ -6,10 +6,13 @@ Routes:
                             drawing shared with the results browser comes from
                             ``densecap_jax/viewer``).
   ``GET /healthz``          status, model name, device, buckets, limits, batching
-                            and region counters: 200 with ``"status": "ok"``
-                            once the model is compiled, 503 with ``"status":
-                            "starting"`` (or ``"failed"`` and ``"error"``)
-                            before.
+                            and region counters, and ``"programs"``: how many
+                            detection programs are compiled, which the
+                            background is compiling or loading, and which
+                            requests wait for (``server.programs``). 200 with
+                            ``"status": "ok"`` once the server takes requests,
+                            503 with ``"status": "starting"`` (or ``"failed"``
+                            and ``"error"``) before.
   ``POST /api/caption``     an image as ``multipart/form-data`` (field ``image``)
                             or as the raw body (``Content-Type: image/...``);
                             optional query or form fields ``final_nms_thresh``,
@@ -48,10 +51,11 @@ Routes:
                             ``regions.phrases``).
 
 While the server is starting both API routes answer 503 with a one-line JSON
-error. Detections go through the micro-batcher (``batching``); requests with
-``boxes`` and ``/api/score`` bypass it: each runs alone in a worker thread, one
-at a time, beside the batcher's thread (their programs compile on first use,
-see ``captioner``).
+error; once it is ready, a request whose program is not compiled yet waits
+while it compiles (``captioner``). Detections go through the micro-batcher
+(``batching``); requests with ``boxes`` and ``/api/score`` bypass it: each
+runs alone in a worker thread, one at a time, beside the batcher's thread
+(their programs compile on first use, see ``captioner``).
 
 Every error is JSON ``{"error": "..."}`` with a 4xx status (5xx only for a
 failure of the server itself); a bad box or phrase is a 400 naming its index.
@@ -101,7 +105,7 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 
-STARTING_MESSAGE = "the server is starting (compiling the model); try again in a few seconds"
+STARTING_MESSAGE = "the server is starting (loading the model); try again in a few seconds"
 
 _log = logging.getLogger(__name__)
 
@@ -337,12 +341,15 @@ async def _parse_multipart(headers, body, limit):
 
 
 def create_app(captioner, *, model_name, max_upload_bytes, max_pixels, batch_wait_ms,
-               max_pending=256, on_ready=None, warm_up=None, on_failure=None):
+               max_pending=256, on_ready=None, warm_up=None, on_failure=None,
+               background=None):
   """The Starlette application serving ``captioner``.
 
   With ``warm_up`` the application answers at once: ``warm_up()`` runs in a
   background thread when the application starts, and until it has returned
   ``/healthz`` and the API routes answer 503 (``app.state.readiness``).
+  ``background()`` runs in another thread once the application is ready,
+  while it serves.
 
   Args:
     captioner: a ``captioner.Captioner``, warmed up unless ``warm_up`` is given.
@@ -355,8 +362,10 @@ def create_app(captioner, *, model_name, max_upload_bytes, max_pixels, batch_wai
       and ``warm_up`` done).
     warm_up: called with no arguments in a thread at start-up (compiles the
       model); ``None``: ``captioner`` is ready.
-    on_failure: called with the exception if ``warm_up`` raises; the server
-      then answers 503 with ``"status": "failed"``.
+    on_failure: called with the exception if ``warm_up`` or ``background``
+      raises; the server then answers 503 with ``"status": "failed"``.
+    background: called with no arguments in a daemon thread once ready
+      (compiles the programs no request has needed yet); ``None``: nothing.
   """
   static = read_static_files()
   batcher = batching.MicroBatcher(captioner.run, max_batch=captioner.max_batch,
@@ -367,6 +376,7 @@ def create_app(captioner, *, model_name, max_upload_bytes, max_pixels, batch_wai
   predictor = captioner.predictor
   device = jax.devices()[0]
   readiness = Readiness(ready=warm_up is None)
+  programs = getattr(captioner, "programs", None)
 
   def prepare(data):
     image = decode_image(data, max_pixels)
@@ -450,6 +460,7 @@ def create_app(captioner, *, model_name, max_upload_bytes, max_pixels, batch_wai
         "regions": {"requests": region_counts["requests"], "max_boxes": MAX_GIVEN_BOXES,
                     "max_phrases": MAX_PHRASES,
                     "max_phrase_words": int(predictor.config.seq_length)},
+        **({"programs": programs.status()} if programs is not None else {}),
     }, status_code=200 if readiness.ready else 503,
        headers=None if readiness.ready else {"Retry-After": "1"})
 
@@ -462,28 +473,41 @@ def create_app(captioner, *, model_name, max_upload_bytes, max_pixels, batch_wai
                                 headers={"Cache-Control": "no-cache"})
     return endpoint
 
+  def failed(e):
+    readiness.error = f"{type(e).__name__}: {e}".splitlines()[0]
+    readiness.status = "failed"
+    if on_failure:
+      on_failure(e)
+    else:
+      _log.error("warming up the model failed", exc_info=e)
+
+  def run_background():
+    try:
+      background()
+    except Exception as e:  # pylint: disable=broad-except
+      failed(e)
+
+  def now_ready():
+    readiness.status = "ok"
+    if on_ready:
+      on_ready()
+    if background is not None:
+      threading.Thread(target=run_background, name="background-compile", daemon=True).start()
+
   def start_up():
     try:
       warm_up()
     except Exception as e:  # pylint: disable=broad-except
-      readiness.error = f"{type(e).__name__}: {e}".splitlines()[0]
-      readiness.status = "failed"
-      if on_failure:
-        on_failure(e)
-      else:
-        _log.error("warming up the model failed", exc_info=e)
+      failed(e)
       return
-    readiness.status = "ok"
-    if on_ready:
-      on_ready()
+    now_ready()
 
   @contextlib.asynccontextmanager
   async def lifespan(app):
     del app
     await batcher.start()
     if warm_up is None:
-      if on_ready:
-        on_ready()
+      now_ready()
     else:
       threading.Thread(target=start_up, name="warm-up", daemon=True).start()
     try:

@@ -60,12 +60,13 @@ class MicroBatcher:
     self._task = asyncio.create_task(self._serve())
 
   async def stop(self):
+    """Stops taking batches; a batch running (or compiling) finishes in its thread unwaited."""
     self._task.cancel()
     try:
       await self._task
     except asyncio.CancelledError:
       pass
-    self._executor.shutdown(wait=True, cancel_futures=True)
+    self._executor.shutdown(wait=False, cancel_futures=True)
 
   async def submit(self, item):
     """Queues ``item`` and returns its result once its batch has run."""

@@ -2,17 +2,21 @@
 
 A ``Captioner`` wraps a loaded ``inference.DenseCapPredictor``. Each batch of
 detection requests is split by final-NMS threshold and shape bucket and padded
-to one of two batch sizes, 1 or ``max_batch``, so detecting runs exactly
-``len(buckets) * len(batch_sizes)`` programs, all compiled by ``warm_up``
-before the first request.
+to one of two batch sizes, 1 or ``max_batch``, so detecting runs at most
+``len(buckets) * len(batch_sizes)`` programs (``programs``, a
+``server.programs.ProgramSet``). None is compiled up front: a request compiles
+(or loads from the compilation cache) the batch-size-1 program of its bucket
+on first use, and ``background_warm_up`` compiles the others in one
+low-priority thread; a group of requests runs one image at a time until the
+``max_batch`` program of its bucket is ready. ``warm_up`` compiles them all
+at once instead.
 
 Captioning given boxes (``caption_boxes``) and scoring phrases (``score``) run
 one image at a time through the predictor's ``regions.api.RegionModel``. Its
 programs have static shapes too -- box counts padded to powers of two (at
 least ``regions.api.MIN_BOX_SLOTS``), phrase counts and lengths to the sizes
-of ``regions.phrases`` -- so requests with other counts reuse them; they are
-not compiled by ``warm_up`` (one per bucket and padded size would multiply the
-start-up time) but on first use, once per shape.
+of ``regions.phrases`` -- so requests with other counts reuse them; they
+compile on first use, once per shape.
 
 Boxes follow ``regions.coords``: xywh, 1-based, in the uploaded image's
 pixels (upright), scaled to and from the resized image with the height ratio
@@ -30,6 +34,7 @@ from densecap_jax import inference
 from densecap_jax.data import buckets as buckets_lib
 from densecap_jax.regions import api as regions_api
 from densecap_jax.regions import coords as coords_lib
+from densecap_jax.server import programs as programs_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,13 +64,26 @@ class Captioner:
   Attributes:
     predictor: the ``DenseCapPredictor``; its ``final_nms_thresh`` is the default.
     batch_sizes: the padded batch sizes run, ``(1, max_batch)`` or ``(1,)``.
+    programs: the ``programs.ProgramSet`` of every (bucket, batch size).
   """
 
-  def __init__(self, predictor, max_batch):
+  def __init__(self, predictor, max_batch, key=None, busy=None):
+    """
+    Args:
+      predictor: a loaded ``inference.DenseCapPredictor``.
+      max_batch: most images per model call.
+      key: what the programs depend on apart from their shapes
+        (``cli.program_key``), to tell which the compilation cache holds;
+        ``None``: every program is said to compile.
+      busy: a ``threading.Event`` set while programs compile (``ProgramSet``).
+    """
     if max_batch < 1:
       raise ValueError(f"max_batch must be positive, got {max_batch}")
     self.predictor = predictor
     self.batch_sizes = tuple(sorted({1, int(max_batch)}))
+    self.programs = programs_lib.ProgramSet(
+        [tuple(b) for b in predictor.buckets], self.batch_sizes, predictor.image_size,
+        key=key, busy=busy)
 
   @property
   def max_batch(self):
@@ -85,25 +103,32 @@ class Captioner:
     runner.final_nms_thresh = final_nms_thresh
     return runner
 
+  def _compile(self, program):
+    """Runs a dummy batch of zeros through ``program`` (a ``programs.Program``)."""
+    bucket = tuple(program.bucket)
+    dummy = inference.PreparedImage(np.zeros(bucket + (3,), np.float32), None, bucket)
+    self._runner(program.batch_size, self.predictor.final_nms_thresh).predict_prepared(
+        [dummy] * program.batch_size)
+
   def warm_up(self, max_workers=None):
-    """Runs a dummy batch of every (bucket, batch size) through ``run``; returns how many.
+    """Compiles every (bucket, batch size) program now; returns how many there are.
 
-    This compiles every program the server will run, before the first
-    request. Compilations run in up to ``max_workers`` threads (default: one
-    per CPU).
+    Compilations run in up to ``max_workers`` threads (default: one per CPU);
+    programs already compiled are skipped.
     """
-    jobs = [(tuple(bucket), size) for bucket in self.predictor.buckets
-            for size in self.batch_sizes]
-    options = self.default_options()
-
-    def compile_one(job):
-      bucket, size = job
-      dummy = inference.PreparedImage(np.zeros(bucket + (3,), np.float32), None, bucket)
-      self.run([CaptionRequest(dummy, options)] * size)
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers or os.cpu_count() or 1) as pool:
-      list(pool.map(compile_one, jobs))
+    jobs = list(self.programs.programs.values())
+    with self.programs.working(), concurrent.futures.ThreadPoolExecutor(
+        max_workers or os.cpu_count() or 1) as pool:
+      list(pool.map(lambda p: self.programs.run(p, lambda: self._compile(p), by="start"), jobs))
     return len(jobs)
+
+  def background_warm_up(self):
+    """Compiles the programs no request has compiled yet, in this (low-priority) thread.
+
+    Returns:
+      How many programs it compiled (or loaded from the cache).
+    """
+    return self.programs.background(self._compile)
 
   def prepare(self, image):
     """A decoded PIL image -> ``inference.PreparedImage`` (the test-time resize, §1.2)."""
@@ -120,14 +145,18 @@ class Captioner:
     for i, request in enumerate(requests):
       bucket = buckets_lib.pick_bucket(*request.prepared.model_input.shape[:2],
                                        self.predictor.buckets)
-      groups.setdefault((request.options.final_nms_thresh, bucket), []).append(i)
+      groups.setdefault((request.options.final_nms_thresh, tuple(bucket)), []).append(i)
     results = [None] * len(requests)
-    for (final_nms_thresh, _), members in groups.items():
-      for start in range(0, len(members), self.max_batch):
-        chunk = members[start:start + self.max_batch]
+    for (final_nms_thresh, bucket), members in groups.items():
+      # Until the max_batch program is compiled, images run one at a time.
+      step = self.max_batch if self.programs[(bucket, self.max_batch)].ready else 1
+      for start in range(0, len(members), step):
+        chunk = members[start:start + step]
         size = min(s for s in self.batch_sizes if s >= len(chunk))
-        outputs = self._runner(size, final_nms_thresh).predict_prepared(
-            [requests[i].prepared for i in chunk])
+        runner = self._runner(size, final_nms_thresh)
+        outputs = self.programs.run(
+            self.programs[(bucket, size)],
+            lambda r=runner, c=chunk: r.predict_prepared([requests[i].prepared for i in c]))
         for i, output in zip(chunk, outputs):
           results[i] = to_upload_result(output, requests[i].prepared, requests[i].options)
     return results

@@ -21,8 +21,11 @@
  * (the answer's no_known_content_words) highlights nothing and says so.
  *
  * While the server is starting (GET /healthz answers 503 with status
- * "starting": it is compiling the model) the page says it is warming up,
- * keeps its controls disabled and asks again every second.
+ * "starting") the page says it is warming up, keeps its controls disabled and
+ * asks again every second. Once it is ready, a request may still wait while
+ * the server compiles (or loads from its cache) the model for that image
+ * size: while a request is pending the page asks /healthz twice a second and
+ * shows the message of a program requests wait for (programs.waiting).
  */
 'use strict';
 
@@ -32,6 +35,7 @@
   const JPEG_QUALITY = 0.9;
   const LABEL_FONT_PX = 15;  // caption size on screen, whatever the image's size
   const HEALTH_POLL_MS = 1000;  // how often a starting server is asked again
+  const PROGRAM_POLL_MS = 500;  // how often /healthz is asked while a request is pending
   const MIN_DRAG_PX = 4;  // smaller drags (on screen) are clicks, not boxes
   const PHRASE_DELAY_MS = 400;  // typing pause before a phrase is scored
   const MATCHES = 3;  // boxes highlighted for a phrase
@@ -46,6 +50,7 @@
     labelsButton: document.getElementById('toggle-labels'),
     fps: document.getElementById('fps'),
     status: document.getElementById('status'),
+    programNote: document.getElementById('program-note'),
     dropHint: document.getElementById('drop-hint'),
     frame: document.getElementById('frame'),
     picture: document.getElementById('picture'),
@@ -102,13 +107,41 @@
       request = {method: 'POST', body: blob, headers: {'Content-Type': blob.type}};
     }
     let response;
+    const stopWatching = watchPrograms();
     try {
       response = await fetch(url, request);
     } catch (error) {
       throw new Error('cannot reach the server');
+    } finally {
+      stopWatching();
     }
     if (!response.ok) throw new Error(await errorMessage(response));
     return checkResult(await response.json());
+  }
+
+  // Until the returned function is called, shows what a request waits for on the server
+  // (e.g. "compiling the model for this image size") under the status line.
+  function watchPrograms() {
+    let watching = true;
+    const show = text => {
+      view.programNote.textContent = text ? `The server is ${text}\u2026` : '';
+      view.programNote.hidden = !text;
+    };
+    const timer = setInterval(async () => {
+      let info = null;
+      try {
+        info = await (await fetch('/healthz', {cache: 'no-store'})).json();
+      } catch (error) {
+        return;
+      }
+      const waiting = info && info.programs && info.programs.waiting;
+      if (watching) show(waiting && waiting.length ? waiting[0].message : '');
+    }, PROGRAM_POLL_MS);
+    return () => {
+      watching = false;
+      clearInterval(timer);
+      show('');
+    };
   }
 
   const caption = (blob, fileName, fields) => post('/api/caption', blob, fileName, fields);
@@ -152,8 +185,14 @@
       }
       if (typeof info.model === 'string') showModel(info);
       view.body.dataset.state = 'starting';
-      setStatus('Warming up: the server is compiling the model\u2026 ' +
-                '(first start only; this page continues by itself)');
+      const programs = info.programs;
+      let work = 'loading the model';
+      if (programs && programs.total) {
+        work = programs.in_cache === programs.total ?
+            `loading ${programs.total} compiled programs from the cache` :
+            `compiling the model (${programs.ready} of ${programs.total} programs ready)`;
+      }
+      setStatus(`Warming up: the server is ${work}\u2026 (this page continues by itself)`);
       await new Promise(resolve => setTimeout(resolve, HEALTH_POLL_MS));
     }
   }
