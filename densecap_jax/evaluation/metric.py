@@ -39,8 +39,8 @@ AP), the claim-whatever-the-IoU rule and the merging. Scores are ranked in
 float64 (a model's float32 logits are exact in it; probabilities read from a
 file such as 0.99999999 and 0.999999999 stay distinct, where float32 would
 round both to 1). Ties in scores keep input order (stable sort); Torch's sort
-does not specify an order for ties (§15). An image without ground truth is allowed (its detections are all false
-positives); the original fails on it.
+does not specify an order for ties (§15). An image without ground truth is
+allowed (its detections are all false positives); the original fails on it.
 """
 
 from typing import Callable, NamedTuple, Sequence
