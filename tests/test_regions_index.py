@@ -236,8 +236,8 @@ def test_command_indexes_a_folder_and_reports_unreadable_files(photos, tmp_path,
   (tmp_path / "photos" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
   output = str(tmp_path / "p.index")
   message = _error(capsys, ["--input_dir", folder, "--output", output, "--max_boxes", "3"])
-  assert "1 images could not be read" in message and "broken.jpg" in message
-  assert "indexed 1 images, kept 0, dropped 0" in capsys.readouterr().out
+  assert "1 image could not be read" in message and "broken.jpg" in message
+  assert "indexed 1 image, kept 0, dropped 0" in capsys.readouterr().out
   index = index_lib.open_index(output)
   assert index.image_names == [sorted(os.listdir(photos))[0]] and index.num_regions == 3
   assert index.manifest["model"]["checkpoint"] == inference.bundled_model_path()

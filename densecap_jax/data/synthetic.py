@@ -387,7 +387,8 @@ def main(argv=None):
                              jpeg_quality=args.jpeg_quality)
   except ValueError as e:
     sys.exit(f"synthetic: error: {e}")
-  print(f"wrote {args.num_images} images to {paths['image_dir']}")
+  print(f"wrote {args.num_images} image{'' if args.num_images == 1 else 's'} to "
+        f"{paths['image_dir']}")
 
 
 if __name__ == "__main__":

@@ -74,8 +74,10 @@ def _page(result):
   if result.no_known_content_words:
     summary, cards = "", ""
   else:
-    summary = (f'<p class="help">{len(result.hits)} images, best first; the box drawn is the '
-               f"region where the query is most likely (score: log-likelihood per word)</p>")
+    hits = len(result.hits)
+    summary = (f'<p class="help">{hits} image{"" if hits == 1 else "s"}, best first; the box '
+               f"drawn is the region where the query is most likely (score: log-likelihood per "
+               f"word)</p>")
     cards = "\n".join(_card(hit) for hit in result.hits) or "<p>No hits.</p>"
   return f"""<!doctype html>
 <html lang="en">
