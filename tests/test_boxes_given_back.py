@@ -429,4 +429,5 @@ def test_index_of_another_model_is_refused_before_the_model_loads(tmp_path, caps
 def test_stored_model_fingerprint_is_the_loaded_models(precision):
   path = inference.bundled_model_path()
   loaded = inference.load_model(path, precision=precision)
-  assert index_lib.stored_model_fingerprint(path, precision) == index_lib.model_fingerprint(loaded)
+  assert (index_command.stored_model_fingerprint(path, precision)
+          == index_lib.model_fingerprint(loaded))

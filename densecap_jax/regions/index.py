@@ -69,7 +69,6 @@ import json
 import os
 import re
 import shutil
-import types
 
 import jax
 import numpy as np
@@ -100,23 +99,6 @@ def model_fingerprint(model):
     digest.update(leaf.tobytes())
   digest.update(json.dumps(list(model.vocab)).encode())
   return f"sha256:{digest.hexdigest()}"
-
-
-def stored_model_fingerprint(path, precision=None):
-  """``model_fingerprint`` of the model directory ``path``, read without building a predictor.
-
-  The parameters are cast as ``inference.DenseCapPredictor`` casts them for
-  ``precision`` (default the model's), so this equals ``model_fingerprint(
-  load_model(path, precision=precision))``; nothing is put on a device or
-  compiled. Raises ``OSError`` or ``ValueError`` for an unreadable directory.
-  """
-  from densecap_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  from densecap_jax import configs  # pylint: disable=g-import-not-at-top
-  from densecap_jax.models import precision as precision_lib  # pylint: disable=g-import-not-at-top
-  params, config, vocab = checkpoint.load_model(path)
-  config = configs.with_precision(config, precision)
-  params = precision_lib.cast_for_inference(params, configs.precision_of(config))
-  return model_fingerprint(types.SimpleNamespace(params=params, vocab=vocab))
 
 
 def describe_model(model, checkpoint):

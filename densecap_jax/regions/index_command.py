@@ -12,15 +12,15 @@ The format is described in ``densecap_jax/regions/index.py``. The model flags
 (and ``--max_boxes``, ``--codes_dtype``) must be those the index was built
 with. An existing index built with another model is refused before the model
 is loaded: when ``--checkpoint`` names another folder than the manifest's,
-the fingerprint of its files is compared first (``regions.index
-.stored_model_fingerprint``). The exit status is 0 only when every image could
-be read.
+the fingerprint of its files is compared first (``stored_model_fingerprint``).
+The exit status is 0 only when every image could be read.
 """
 
 import argparse
 import os
 import sys
 import time
+import types
 
 from densecap_jax import cli
 from densecap_jax import predict
@@ -66,6 +66,24 @@ def check_args(args):
   return index_lib.check_output(args.output)
 
 
+def stored_model_fingerprint(path, precision=None):
+  """``index.model_fingerprint`` of the model directory ``path``, read without a predictor.
+
+  The parameters are cast as ``inference.DenseCapPredictor`` casts them for
+  ``precision`` (default the model's), so this equals ``model_fingerprint(
+  load_model(path, precision=precision))``; nothing is put on a device or
+  compiled. Raises ``OSError`` or ``ValueError`` for an unreadable directory.
+  """
+  from densecap_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from densecap_jax import configs  # pylint: disable=g-import-not-at-top
+  from densecap_jax.models import precision as precision_lib  # pylint: disable=g-import-not-at-top
+  params, config, vocab = checkpoint.load_model(path)
+  config = configs.with_precision(config, precision)
+  params = precision_lib.cast_for_inference(params, configs.precision_of(config))
+  loaded = types.SimpleNamespace(params=params, vocab=vocab)
+  return index_lib.model_fingerprint(loaded)
+
+
 def check_same_model(args, manifest, bundled_path):
   """Refuses an index built with another model than ``--checkpoint``, before it is loaded.
 
@@ -87,7 +105,7 @@ def check_same_model(args, manifest, bundled_path):
   if built and os.path.realpath(built) == os.path.realpath(path):
     return
   try:
-    fingerprint = index_lib.stored_model_fingerprint(path, args.precision)
+    fingerprint = stored_model_fingerprint(path, args.precision)
   except OSError as e:
     raise ValueError(str(e)) from None
   index_lib.check_model(manifest, fingerprint, f"index {args.output}")
