@@ -43,8 +43,8 @@ in input order, and M = ``--boxes_per_image``:
 * ``/num_boxes`` int32 ``(N,)`` real rows of each image; rows beyond are zero
   (the original failed on images with fewer than M detections);
 * ``/proposal_boxes`` float32 ``(N, M, 4)`` xywh in the image's pixels, the
-  region each code was pooled from (written when some image is detected; for
-  given boxes, the boxes themselves);
+  detections' proposals (written when some image is detected; the rows of
+  given boxes repeat the boxes, the regions their codes were pooled from);
 * ``/given`` uint8 ``(N,)``, with ``--boxes_json`` only: 1 where the image's
   rows are its ``--boxes_json`` boxes, 0 where they are detections;
 * ``/image_paths`` ``(N,)`` strings, the paths as listed;
