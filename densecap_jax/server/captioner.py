@@ -186,6 +186,7 @@ class Captioner:
 
     Returns:
       A JSON-ready dict: ``boxes`` (as used, clipped), ``clipped``,
+      ``outside`` (wholly outside the upload, see ``check_boxes``),
       ``captions``, ``caption_log_probs`` (each caption's log-probability,
       its words and END), ``scores`` (objectness logits, in the boxes' order)
       and the upload's ``width`` and ``height`` (``RegionModel.caption_prepared``).
@@ -216,7 +217,6 @@ class Captioner:
         [prepared], encoded, None if given is None else [given],
         max_detections=options.max_boxes, min_score=options.min_score,
         final_nms_thresh=options.final_nms_thresh)
-      ``outside`` (wholly outside the upload, see ``check_boxes``),
     return _json_ready(result)
 
 
