@@ -23,10 +23,32 @@ window.DenseCapBoxes = (() => {
     [233, 222, 187], [255, 205, 243],
   ];
   const INITIAL_BOXES = 10;
+  const BLACK = [0, 0, 0];
+  const WHITE = [255, 255, 255];
+  const ELLIPSIS = '\u2026';
+  const WRAP_FRACTION = 0.4;  // labels may be as wide as their box or this part of the picture
+  const LABEL_PAD = 0.2;  // space around a label's text, in font sizes
+  const STROKE_PX = 3;  // a box's outline on screen (boxes.css .box stroke-width)
 
   const colorOf = rank => PALETTE[rank % PALETTE.length];
   const cssColor = ([r, g, b]) => `rgb(${r}, ${g}, ${b})`;
-  const isLight = ([r, g, b]) => 0.299 * r + 0.587 * g + 0.114 * b > 150;
+
+  // WCAG 2 relative luminance in [0, 1] of an sRGB [r, g, b] in 0..255.
+  function relativeLuminance(color) {
+    const [r, g, b] = color.map(value => {
+      const c = value / 255;
+      return c <= 0.04045 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+    });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  }
+
+  // Black or white, whichever has the larger WCAG contrast ratio with `color`
+  // (the rule of densecap_jax.vis.label_colors).
+  function textColorOn(color) {
+    return (relativeLuminance(color) + 0.05) ** 2 > 1.05 * 0.05 ? BLACK : WHITE;
+  }
+
+  const isLight = color => textColorOn(color) === BLACK;
 
   function formatScore(score) {
     return Number.isFinite(score) ? score.toFixed(2) : '\u2013';
@@ -107,11 +129,18 @@ window.DenseCapBoxes = (() => {
       overlay.append(boxes);
       if (fontSize > 0) {
         const labels = this.svgElement('g', {class: 'labels'});
-        for (const rank of ranks.slice().reverse()) {
-          labels.append(this.labelElement(detections, indexOf(rank), rank, fontSize));
-        }
         overlay.append(labels);
-        fitLabelBackgrounds(labels);
+        // The outlines keep their width on screen: STROKE_PX / 2 of it lies outside a box.
+        const shown = overlay.getBoundingClientRect().width;
+        const margin = 0.5 * STROKE_PX * (shown > 0 ? width / shown : 1);
+        const places = this.layoutLabels(labels, ranks.map(rank => indexOf(rank)), detections,
+                                         {width, height, fontSize, margin});
+        // The top-ranked label last, on top.
+        for (const rank of ranks.slice().reverse()) {
+          if (places[rank]) {
+            labels.append(this.labelElement(detections, indexOf(rank), rank, places[rank]));
+          }
+        }
       }
       for (const rank of ranks) {
         captions.append(captionItem(detections, indexOf(rank), rank, matches));
@@ -165,35 +194,131 @@ window.DenseCapBoxes = (() => {
       return rect;
     }
 
-    // A caption at the box's top-left on a band of the box colour.
-    labelElement(detections, index, rank, fontSize) {
-      const [x, y] = detections.boxes[index];
+    /*
+     * Where each caption of `indices` (detection indices by rank) goes over a
+     * picture of `width` x `height`, as densecap_jax.vis.layout_labels places
+     * them: a list by rank of {left, top, width, height, lines, fontSize,
+     * ascent, lineHeight, pad} (null for a blank caption), in picture pixels.
+     * The caption is wrapped between words to the box's visible width or
+     * WRAP_FRACTION of the picture's, whichever is larger (a word too long for
+     * a line alone is cut with an ellipsis), and its label goes to the first
+     * of these places, moved into the picture, that overlaps no label of a
+     * higher rank, or else to the one overlapping them least: on the box's
+     * outline above it when there is room, inside its top-left corner, under
+     * it when there is room, inside its bottom-left corner. `margin` is the
+     * part of an outline outside its box. Text is measured in `labels` (an
+     * SVG group in the document).
+     */
+    layoutLabels(labels, indices, detections, {width, height, fontSize, margin}) {
+      const probe = this.svgElement('g', {class: 'label'});
+      const text = this.svgElement('text', {x: 0, y: 0, 'font-size': fontSize});
+      probe.append(text);
+      labels.append(probe);
+      const widths = new Map();
+      const measure = line => {
+        if (!widths.has(line)) {
+          text.textContent = line;
+          widths.set(line, text.getComputedTextLength());
+        }
+        return widths.get(line);
+      };
+      text.textContent = 'Ag';
+      const metrics = text.getBBox();  // the font's ascent + descent around baseline y = 0
+      const ascent = -metrics.y;
+      const lineHeight = metrics.height;
+      const pad = LABEL_PAD * fontSize;
+      const placed = [];
+      const places = indices.map(index => {
+        const [x, y, w, h] = detections.boxes[index];
+        const left = x - 1 - margin;
+        const top = y - 1 - margin;
+        const right = x - 1 + Math.max(0, w) + margin;
+        const bottom = y - 1 + Math.max(0, h) + margin;
+        const visible = Math.min(right, width) - Math.max(left, 0);
+        const wrap = Math.min(width - 2 * pad, Math.max(visible - 2 * pad, WRAP_FRACTION * width));
+        const lines = wrapCaption(String(detections.captions[index]), measure, wrap);
+        if (!lines.length) return null;
+        const labelWidth = Math.min(width, Math.max(...lines.map(measure)) + 2 * pad);
+        const labelHeight = lines.length * lineHeight + 2 * pad;
+        const tops = [];
+        if (top - labelHeight >= 0) tops.push(top - labelHeight);
+        tops.push(top);
+        if (bottom + labelHeight <= height) tops.push(bottom);
+        tops.push(bottom - labelHeight);
+        const candidates = tops.map(t => ({
+          left: Math.max(0, Math.min(left, width - labelWidth)),
+          top: Math.max(0, Math.min(t, height - labelHeight)),
+          width: labelWidth, height: labelHeight,
+        }));
+        const overlaps = candidates.map(
+            c => placed.reduce((sum, other) => sum + overlapArea(c, other), 0));
+        const best = candidates[overlaps.indexOf(Math.min(...overlaps))];
+        placed.push(best);
+        return {...best, lines, fontSize, ascent, lineHeight, pad};
+      });
+      probe.remove();
+      return places;
+    }
+
+    // A caption on an opaque band of the box colour, in black or white text, at `place`.
+    labelElement(detections, index, rank, place) {
       const color = colorOf(rank);
       const group = this.svgElement('g', {
         class: classNames('label', detections, index, this.matches), 'data-rank': rank,
       });
-      const background = this.svgElement('rect', {fill: cssColor(color)});
-      const text = this.svgElement('text', {
-        x: Math.max(0, x - 1), y: Math.max(0, y - 1), 'font-size': fontSize,
-        'dominant-baseline': 'hanging', fill: isLight(color) ? '#111' : '#fff',
+      const background = this.svgElement('rect', {
+        x: place.left, y: place.top, width: place.width, height: place.height,
+        fill: cssColor(color),
       });
-      text.textContent = detections.captions[index];
+      const text = this.svgElement('text', {
+        'font-size': place.fontSize, fill: cssColor(textColorOn(color)),
+      });
+      place.lines.forEach((line, k) => {
+        const span = this.svgElement('tspan', {
+          x: place.left + place.pad,
+          y: place.top + place.pad + k * place.lineHeight + place.ascent,
+        });
+        span.textContent = line;
+        text.append(span);
+      });
       group.append(background, text);
       return group;
     }
   }
 
-  // Sizes each label's band to its text, with a margin of 0.15 of the font size.
-  function fitLabelBackgrounds(labels) {
-    for (const group of labels.children) {
-      const [background, text] = group.children;
-      const box = text.getBBox();
-      const pad = 0.15 * Number(text.getAttribute('font-size'));
-      background.setAttribute('x', box.x - pad);
-      background.setAttribute('y', box.y - pad);
-      background.setAttribute('width', box.width + 2 * pad);
-      background.setAttribute('height', box.height + 2 * pad);
+  /*
+   * Lines of `caption` no wider than `maxWidth` by `measure(line)`, broken only
+   * between words, as densecap_jax.vis.wrap_caption: each line holds as many
+   * whole words as fit; a word that does not fit on a line alone gets a line
+   * of its own, cut to its longest beginning that fits with an ellipsis.
+   */
+  function wrapCaption(caption, measure, maxWidth) {
+    const lines = [];
+    let line = '';
+    for (const word of caption.split(/\s+/).filter(Boolean)) {
+      const joined = line ? `${line} ${word}` : word;
+      if (measure(joined) <= maxWidth) {
+        line = joined;
+        continue;
+      }
+      if (line) lines.push(line);
+      line = word;
+      if (measure(word) > maxWidth) {
+        let cut = word.length - 1;
+        while (cut > 0 && measure(word.slice(0, cut) + ELLIPSIS) > maxWidth) cut -= 1;
+        lines.push(word.slice(0, cut) + ELLIPSIS);
+        line = '';
+      }
     }
+    if (line) lines.push(line);
+    return lines;
+  }
+
+  // Overlapping area of two {left, top, width, height} rectangles.
+  function overlapArea(a, b) {
+    const w = Math.min(a.left + a.width, b.left + b.width) - Math.max(a.left, b.left);
+    const h = Math.min(a.top + a.height, b.top + b.height) - Math.max(a.top, b.top);
+    return Math.max(0, w) * Math.max(0, h);
   }
 
   // `base` plus "given" for a drawn box and "match" for one of the best matches.

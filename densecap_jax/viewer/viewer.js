@@ -3,7 +3,8 @@
  *
  * Reads the detections from results.js (window.DENSECAP_RESULTS, works when
  * the page is opened from disk) or else results.json (needs a web server),
- * both in the folder given by ?data_dir= (default: the page's own folder).
+ * both in the folder given by ?data_dir= (default: the page's own folder);
+ * ?labels=1 starts with the captions drawn on the boxes.
  * Boxes are [x, y, w, h], 1-based, in the pixels of the saved image; boxes.js
  * draws them.
  */
@@ -203,6 +204,8 @@
     bindControls();
     try {
       state.dataDir = dataDirFromUrl();
+      state.inline = new URLSearchParams(window.location.search).get('labels') === '1';
+      view.inlineButton.setAttribute('aria-pressed', String(state.inline));
       state.results = checkResults(await loadResults());
     } catch (error) {
       showError(`No results to show: ${error.message}. Write them with "python -m ` +
