@@ -296,3 +296,69 @@ def test_page_without_results_says_so(tmp_path):
   assert dom.find("body")[0]["data-state"] == "error"
   assert "No results to show" in dom.text("status")
   assert "--output_vis_dir" in dom.text("status")
+
+
+# Boxes (1-based xywh) on a 400 x 300 picture, by descending score: at the right edge, the
+# bottom-left and bottom-right corners, sharing the first box's top-left corner, across the
+# whole width with a caption wider than the picture, partly and wholly outside the picture.
+EDGE_DETECTIONS = [
+    ([300, 20, 101, 60], "a yellow square above a yellow square"),
+    ([1, 250, 120, 51], "a large orange circle on the table"),
+    ([280, 240, 121, 61], "a red ball"),
+    ([300, 20, 60, 40], "a small cup"),
+    ([1, 100, 400, 80], "a very long caption about the wooden table with a white cup of coffee "
+                        "and a small spoon on a red saucer next to it"),
+    ([350, 150, 100, 40], "a white sign on a pole"),
+    ([420, 120, 30, 30], "a bird"),
+]
+
+LABELS_HARNESS = """
+(function poll() {
+  if (document.body.dataset.state !== 'ready') return setTimeout(poll, 20);
+  document.getElementById('log').textContent = JSON.stringify(%s);
+})();
+"""
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_labels_stay_inside_the_picture_apart_and_readable(tmp_path):
+  from svg_labels import LABELS_JS, check_labels
+
+  boxes, captions = zip(*EDGE_DETECTIONS)
+  vis.write_viewer(str(tmp_path), {"results": [{
+      "boxes": list(boxes), "captions": list(captions),
+      "scores": [10.0 - k for k in range(len(boxes))], "img_name": "edges.png"}], "opt": {}})
+  Image.new("RGB", (400, 300), (135, 180, 230)).save(tmp_path / "edges.png")
+  (tmp_path / "harness.js").write_text(LABELS_HARNESS % LABELS_JS, "utf-8")
+  page = (tmp_path / "view_results.html").read_text("utf-8")
+  page = page.replace("</body>", '<pre id="log"></pre><script src="harness.js"></script></body>')
+  (tmp_path / "harness.html").write_text(page, "utf-8")
+  # ?labels=1 starts with the captions on the boxes; the picture is shown at its own size.
+  dom = _dump_dom((tmp_path / "harness.html").as_uri() + "?labels=1")
+  toggle = next(b for b in dom.find("button") if b.get("id") == "toggle-inline")
+  assert toggle["aria-pressed"] == "true"
+  shown = json.loads(html.unescape(dom.text("log")))
+  assert (shown["width"], shown["height"]) == (400, 300)
+  assert shown["shownWidth"] == pytest.approx(400, abs=0.5)
+
+  labels = check_labels(shown)
+  assert [label["rank"] for label in labels] == list(range(len(EDGE_DETECTIONS)))
+  by_caption = {" ".join(label["lines"]): label for label in labels}
+  # Labels that would start at their box's left edge and run past the picture's right edge
+  # are moved left to end at it.
+  for caption in ("a yellow square above a yellow square", "a white sign on a pole", "a bird"):
+    left, _, width, _ = by_caption[caption]["group"]
+    assert left + width == pytest.approx(400, abs=1e-3), caption
+  # The caption wider than the picture is wrapped between words onto several lines.
+  long_label = by_caption[EDGE_DETECTIONS[4][1]]
+  assert len(long_label["lines"]) >= 2 and long_label["group"][2] <= 400
+  # There is room for every label here: none overlaps another.
+  for i, a in enumerate(labels):
+    for b in labels[i + 1:]:
+      assert overlap_area(a["group"], b["group"]) == 0, (a["lines"], b["lines"])
+
+
+def overlap_area(a, b):
+  from svg_labels import overlap
+  return overlap(a, b)
