@@ -423,3 +423,35 @@ def test_page_says_warming_up_until_the_server_is_ready(tmp_path):
                        "file": False, "live": False}, shown
     finally:
       page.close()
+
+
+def test_labels_of_a_photo_stay_inside_apart_and_readable(server, browser):
+  from photos import photo_path
+  from svg_labels import LABELS_JS, check_labels
+
+  # A narrow window shows the 600 x 400 photo scaled down; labels keep 15 px text on screen.
+  browser.call("Emulation.setDeviceMetricsOverride", width=520, height=700, deviceScaleFactor=1,
+               mobile=False)
+  upload(browser, photo_path("coffee"))
+  shown = browser.evaluate(LABELS_JS)
+  assert (shown["width"], shown["height"]) == (600, 400)
+  assert shown["shownWidth"] < 500
+  drawn = [rank for rank, caption in shown["captions"].items() if caption.strip()]
+  total = int(browser.evaluate("document.getElementById('num-boxes').max"))
+  assert len(shown["labels"]) == len(drawn) == len(shown["boxes"]) == min(10, total) >= 3
+
+  labels = check_labels(shown)
+  assert any(len(label["lines"]) > 1 for label in labels)  # the model's long captions wrap
+  sizes = browser.evaluate("[...document.querySelectorAll('#overlay .label text')]"
+                           ".map(t => Number(t.getAttribute('font-size')))")
+  scale = shown["shownWidth"] / shown["width"]
+  np.testing.assert_allclose(np.array(sizes) * scale, 15, rtol=1e-3)
+
+  # Hover and phrase matching still dim the other labels.
+  browser.evaluate("document.querySelector('#captions li[data-rank=\"2\"]').dispatchEvent("
+                   "new MouseEvent('mouseover', {bubbles: true}))")
+  opacities = browser.evaluate("""[...document.querySelectorAll('#overlay .label')].map(
+      g => [Number(g.dataset.rank), Number(getComputedStyle(g).opacity)])""")
+  assert sorted(rank for rank, opacity in opacities if opacity == 1) == [2]
+  assert browser.evaluate("document.querySelector('#overlay .labels').lastChild.dataset.rank") \
+      == "2"
