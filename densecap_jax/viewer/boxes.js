@@ -97,7 +97,8 @@ window.DenseCapBoxes = (() => {
     /*
      * Draws `detections` over an image of `width` x `height` pixels. `order`
      * lists detection indices by rank (default: the given order). A positive
-     * `fontSize` (in image pixels) also writes each caption on its box.
+     * `fontSize` (in image pixels) also writes each caption on a label by its
+     * box, placed by layoutLabels.
      * `matches` ({scores, best, title}: a score per detection index, a Set of
      * indices, what the scores are) shows those scores in the list instead of
      * the objectness and marks the `best` detections (class "match") in
