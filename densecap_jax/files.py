@@ -73,3 +73,79 @@ def read_json(path, what="JSON file"):
   except json.JSONDecodeError as e:
     raise ValueError(f"{what} {path} is not valid JSON: {e.msg} at line {e.lineno} "
                      f"column {e.colno}") from None
+
+
+MAX_NAME_BYTES = 200
+PLACEHOLDER_NAME = "unnamed"
+
+
+def _name_bytes(text):
+  return len(os.fsencode(text))
+
+
+def _cut(text, limit):
+  """The longest prefix of ``text`` of at most ``limit`` bytes (whole characters)."""
+  text = text[:limit]
+  while _name_bytes(text) > limit:
+    text = text[:-1]
+  return text
+
+
+def _safe_char(ch):
+  code = ord(ch)
+  if code < 32 or 127 <= code < 160 or ch == "\\":
+    return "_"  # NUL, control characters, and Windows' separator
+  if 0xD800 <= code <= 0xDFFF and not 0xDC80 <= code <= 0xDCFF:
+    return "_"  # a lone surrogate no file system name can hold (0xDC80-0xDCFF are raw bytes)
+  return ch
+
+
+def contained_name(name, used=None, limit=MAX_NAME_BYTES):
+  """A file name made from ``name`` that stays inside any folder it is joined to.
+
+  Keeps the last path component only (after the last ``/``), replaces NUL,
+  control characters and ``\\`` by ``_``, turns ``""``, ``.`` and ``..`` into
+  ``unnamed``, and cuts the name to ``limit`` bytes keeping its extension (so
+  that ``atomic_output``'s temporary name beside it fits the file system's
+  255). A plain file name of at most ``limit`` bytes comes back unchanged.
+
+  Args:
+    name: a stored or user-given name (a string; may be a path).
+    used: optional set of names already given out (compared exactly); the
+      name is made unique with ``-2``, ``-3``, ... before its extension and
+      added to it.
+    limit: most bytes of the result.
+
+  Returns:
+    The file name: non-empty, no ``/``, not ``.`` or ``..``.
+  """
+  base = "".join(_safe_char(ch) for ch in str(name).rsplit("/", 1)[-1])
+  if base in ("", ".", ".."):
+    base = PLACEHOLDER_NAME
+  stem, ext = os.path.splitext(base)
+  if _name_bytes(ext) > limit // 4:
+    stem, ext = base, ""
+  for copy in range(1, (len(used) if used is not None else 0) + 2):
+    suffix = "" if copy == 1 else f"-{copy}"
+    candidate = _cut(stem, limit - _name_bytes(suffix + ext)) + suffix + ext
+    if used is None or candidate not in used:
+      break
+  if used is not None:
+    used.add(candidate)
+  return candidate
+
+
+def inside(folder, name):
+  """``os.path.join(folder, name)``, or a one-line ``ValueError`` when that leaves ``folder``.
+
+  The check is on the path's text (``..``, absolute paths, NUL), not on where
+  symbolic links lead: a link inside ``folder`` is replaced by an atomic write,
+  never followed.
+  """
+  path = os.path.join(folder, name)
+  top = os.path.normpath(os.path.abspath(folder))
+  full = os.path.normpath(os.path.abspath(path))
+  if "\0" in name or full == top or os.path.commonpath([top, full]) != top:
+    shown = name if len(name) <= 60 else f"{name[:60]}... ({len(name)} characters)"
+    raise ValueError(f"the name {shown!r} leads outside the folder {folder}")
+  return path
