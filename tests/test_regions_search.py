@@ -89,6 +89,14 @@ def test_query_errors_and_unknown_words(model, collection, tmp_path):
     search_lib.search(model, index, "  ")
   with pytest.raises(ValueError, match="none of its words .*zebra.* vocabulary"):
     search_lib.search(model, index, "zebra giraffe")
+  # The errors name the query as given, not the position of a phrase in a list.
+  for query, why in [("zebra giraffe", ": none of its words (zebra, giraffe) is in"),
+                     ("a red caf\u00e9", ": non-ASCII character '\u00e9' (U+00E9) in phrase"),
+                     (" ".join(["red"] * 40), " has 40 words, more than the model's seq_length")]:
+    with pytest.raises(ValueError) as e:
+      search_lib.search(model, index, query)
+    assert str(e.value).startswith(f'query "{query}"{why}'), str(e.value)
+    assert "phrase 0" not in str(e.value)
   result = search_lib.search(model, index, "a red zebra circle", top=2)
   assert result.unknown == ["zebra"] and result.words == ["a", "red", "circle"]
   assert not result.no_known_content_words and len(result.hits) == 2

@@ -38,7 +38,10 @@ run and are removed by the next one):
   ``final_nms_thresh``, ``precision`` (the model's test-time settings),
   ``max_boxes`` (detections stored per image at most) and ``codes_dtype``
   (``float32`` or ``float16``); a later run must use the same;
-* ``shards``: ``[{"name": "000000", "images": m, "regions": n}, ...]`` in order;
+* ``shards``: ``[{"name": "000000", "images": m, "regions": n, "files": {...}}, ...]``
+  in order; ``files`` maps each of the shard's files to ``{"bytes": size,
+  "crc32": checksum}`` (``regions.index_files``; absent in indexes written
+  before it was recorded, which are checked in everything else);
 * ``next_shard``: the number the next shard gets;
 * ``images``, ``regions``: totals over the shards.
 
@@ -62,6 +65,18 @@ image's regions are consecutive rows, in score order):
 Every file is written atomically (a shard's folder is renamed into place
 when complete); a shard is never changed once written: dropping entries of
 deleted or changed files writes a new shard of the rest.
+
+One run writes an index at a time (``index_files.writer_lock`` on
+``<index>/.lock``; a second fails at once, or waits with ``wait=True``);
+readers take no lock and see one manifest or the next, never a mix. Every
+run checks each shard against its manifest entry (``check_shard``: files
+present, sizes, checksums, counts of images and regions, ``.npy`` headers)
+and indexes the images of a damaged shard again; opening an index checks the
+same, except the checksums of the ``.npy`` files (their sizes and headers
+are checked), and refuses a damaged one in one line naming the shard, the
+file and the command that repairs it. An :class:`Index` opened before a run
+replaced one of its shards raises a one-line error saying to open it again
+when it next reads that shard's files.
 """
 
 import hashlib
@@ -78,6 +93,7 @@ from densecap_jax import files
 from densecap_jax.data import vocab as vocab_lib
 from densecap_jax.regions import api as regions_api
 from densecap_jax.regions import coords as coords_lib
+from densecap_jax.regions import index_files
 
 FORMAT = "densecap_jax.index"
 VERSION = 1
@@ -87,6 +103,12 @@ CODES_DTYPES = ("float32", "float16")
 ARRAYS = ("boxes", "scores", "tokens", "codes")
 _SHARD_NAME = re.compile(r"^\d{6}$")
 _LEFTOVER = re.compile(r"^(\d{6}|\.tmp-.*)$")
+_SHARD_FILES = ("images.json", "captions.json") + tuple(f"{a}.npy" for a in ARRAYS)
+
+
+def repair_command(path, input_dir):
+  """The command that re-indexes the damaged shards of the index ``path``."""
+  return f"densecap-index --input_dir {input_dir} --output {path}"
 
 
 def model_fingerprint(model):
@@ -147,20 +169,60 @@ def read_manifest(path):
   return manifest
 
 
+def _layout(manifest):
+  """``({array: row shape}, {array: dtype})`` of an index's shards."""
+  model = manifest["model"]
+  shapes = {"boxes": (4,), "scores": (), "tokens": (model["seq_length"],),
+            "codes": (model["fc_dim"],)}
+  dtypes = {"boxes": np.dtype(np.float32), "scores": np.dtype(np.float32),
+            "tokens": np.dtype(np.int16), "codes": np.dtype(manifest["settings"]["codes_dtype"])}
+  return shapes, dtypes
+
+
+def check_shard(folder, entry, manifest, verify_data=True):
+  """Raises ``index_files.Damaged`` (one line) unless the shard ``folder`` matches its ``entry``.
+
+  See ``index_files.check_shard``; ``verify_data`` false skips the checksums
+  of the ``.npy`` files (their sizes and headers are still checked).
+  """
+  shapes, dtypes = _layout(manifest)
+  index_files.check_shard(folder, entry, shapes, dtypes, verify_data=verify_data)
+
+
 class Shard:
   """One committed shard: its image table, captions and memory-mapped arrays.
 
   Attributes:
     name: the shard's name (``"000003"``); folder: its path.
     images: the ``images.json`` columns (lists).
+    files: its manifest entry's ``files`` (``index_files.file_records``), or ``None``.
   """
 
-  def __init__(self, folder):
+  def __init__(self, folder, files_entry=None):
     self.folder = folder
     self.name = os.path.basename(folder)
-    self.images = files.read_json(os.path.join(folder, "images.json"), "index shard table")
+    self.files = files_entry
+    self.images = self._read(lambda: files.read_json(os.path.join(folder, "images.json"),
+                                                     "index shard table"))
     self._arrays = {}
     self._captions = None
+
+  def _read(self, load):
+    """``load()``, or a one-line ValueError when the shard's files are gone or damaged."""
+    try:
+      return load()
+    except (OSError, ValueError) as e:
+      index = os.path.dirname(os.path.dirname(self.folder))
+      try:
+        manifest = read_manifest(index)
+      except ValueError:
+        manifest = {"shards": [], "input_dir": "..."}
+      if self.name not in [s["name"] for s in manifest["shards"]]:
+        raise ValueError(f"index {index} changed since it was opened (shard {self.name} is no "
+                         f"longer in it); open it again") from None
+      why = str(e).splitlines()[0] if str(e) else type(e).__name__
+      raise ValueError(f"index {index} is damaged: shard {self.name} cannot be read ({why}); "
+                       f"re-index it with {repair_command(index, manifest['input_dir'])}") from None
 
   @property
   def num_images(self):
@@ -173,15 +235,16 @@ class Shard:
   def array(self, name):
     """``boxes``, ``scores``, ``tokens`` or ``codes``, memory-mapped (read-only)."""
     if name not in self._arrays:
-      self._arrays[name] = np.load(os.path.join(self.folder, f"{name}.npy"), mmap_mode="r")
+      path = os.path.join(self.folder, f"{name}.npy")
+      self._arrays[name] = self._read(lambda: np.load(path, mmap_mode="r", allow_pickle=False))
     return self._arrays[name]
 
   @property
   def captions(self):
     """The ``n`` captions (read on first use)."""
     if self._captions is None:
-      self._captions = files.read_json(os.path.join(self.folder, "captions.json"),
-                                       "index captions")
+      self._captions = self._read(lambda: files.read_json(
+          os.path.join(self.folder, "captions.json"), "index captions"))
     return self._captions
 
 
@@ -199,8 +262,16 @@ class Index:
 
   def __init__(self, path):
     self.path = path
-    self.manifest = read_manifest(path)
-    self.shards = [Shard(os.path.join(path, SHARDS, s["name"])) for s in self.manifest["shards"]]
+    for attempt in range(3):
+      self.manifest = read_manifest(path)
+      try:
+        self.shards = [self._checked_shard(entry) for entry in self.manifest["shards"]]
+        break
+      except index_files.Damaged as e:
+        if attempt < 2 and read_manifest(path) != self.manifest:
+          continue  # an index run committed meanwhile: open what it committed
+        raise ValueError(f"index {path} is damaged: {e}; re-index it with "
+                         f"{repair_command(path, self.manifest['input_dir'])}") from None
     self.image_names = [n for s in self.shards for n in s.images["names"]]
     self._region_starts = np.cumsum([0] + [s.num_regions for s in self.shards])
     self._image_starts = np.cumsum([0] + [s.num_images for s in self.shards])
@@ -270,17 +341,20 @@ class Index:
       out.append(self.shards[shard].captions[local])
     return out
 
+  def _checked_shard(self, entry):
+    folder = os.path.join(self.path, SHARDS, entry["name"])
+    check_shard(folder, entry, self.manifest, verify_data=False)
+    return Shard(folder, entry.get("files"))
+
   def _locate(self, starts, number):
     shard = int(np.searchsorted(starts, number, side="right") - 1)
     return shard, number - int(starts[shard])
 
   def _row_shape(self, name):
-    return {"boxes": (4,), "scores": (), "tokens": (self.manifest["model"]["seq_length"],),
-            "codes": (self.manifest["model"]["fc_dim"],)}[name]
+    return _layout(self.manifest)[0][name]
 
   def _dtype(self, name):
-    return {"boxes": np.float32, "scores": np.float32, "tokens": np.int16,
-            "codes": np.dtype(self.manifest["settings"]["codes_dtype"])}[name]
+    return _layout(self.manifest)[1][name]
 
 
 def open_index(path):
@@ -297,18 +371,44 @@ def _file_table(paths):
   return table
 
 
-def check_output(output):
-  """The manifest of the index ``output``, or ``None`` when it is new (missing or an empty folder).
+def _only_leftovers(output):
+  """Whether the folder ``output`` holds only what a new index's failed first run leaves.
+
+  That is: the lock file, temporary manifests, and ``shards/`` with nothing
+  but temporary shard folders in it.
+  """
+  for name in os.listdir(output):
+    if name == SHARDS and os.path.isdir(os.path.join(output, name)):
+      if any(not n.startswith(".tmp-") for n in os.listdir(os.path.join(output, name))):
+        return False
+    elif name != index_files.LOCK and not (name.startswith(f".{MANIFEST}.")
+                                           and name.endswith(".tmp")):
+      return False
+  return True
+
+
+def check_output(output, probe_lock=True):
+  """The manifest of the index ``output``, or ``None`` when it is new.
+
+  New: missing, an empty folder, or one holding only the left-overs of a new
+  index's first run that failed before its first commit (the lock file,
+  ``shards/`` with temporary folders only).
+
+  Args:
+    output: the index folder.
+    probe_lock: refuse an index another run is writing (``index_files.Busy``).
 
   Raises:
     ValueError: one line: ``output`` is a file, a folder that is not an
-      index, or an index this version cannot read.
+      index, an index this version cannot read, or one another run is writing.
   """
   if os.path.exists(output) and not os.path.isdir(output):
     raise ValueError(f"--output {output} exists and is not an index folder")
+  if probe_lock and os.path.isdir(output):
+    index_files.check_not_locked(output)
   if os.path.isfile(os.path.join(output, MANIFEST)):
     return read_manifest(output)
-  if os.path.isdir(output) and os.listdir(output):
+  if os.path.isdir(output) and not _only_leftovers(output):
     raise ValueError(f"--output {output} is a folder that is not an index (no {MANIFEST}); "
                      f"choose a new one")
   return None
@@ -316,7 +416,7 @@ def check_output(output):
 
 def _start_manifest(output, input_dir, model_entry, settings):
   """The manifest to continue (checked against this run) or a new empty one, committed."""
-  manifest = check_output(output)
+  manifest = check_output(output, probe_lock=False)
   if manifest is not None:
     check_model(manifest, model_entry["fingerprint"], f"index {output}")
     for key, value in settings.items():
@@ -337,8 +437,8 @@ def _start_manifest(output, input_dir, model_entry, settings):
 
 def commit(output, manifest, shards):
   """Writes the manifest listing ``shards`` (``Shard`` s) as the index's shards."""
-  manifest["shards"] = [{"name": s.name, "images": s.num_images, "regions": s.num_regions}
-                        for s in shards]
+  manifest["shards"] = [dict({"name": s.name, "images": s.num_images, "regions": s.num_regions},
+                             **({"files": s.files} if s.files else {})) for s in shards]
   manifest["images"] = sum(s.num_images for s in shards)
   manifest["regions"] = sum(s.num_regions for s in shards)
   _write_json(os.path.join(output, MANIFEST), manifest)
@@ -348,6 +448,7 @@ def _remove_leftovers(output, manifest):
   """Removes shard folders the manifest does not list (from a run killed before its commit)."""
   listed = {s["name"] for s in manifest["shards"]}
   folder = os.path.join(output, SHARDS)
+  os.makedirs(folder, exist_ok=True)
   for name in os.listdir(folder):
     if _LEFTOVER.match(name) and name not in listed:
       shutil.rmtree(os.path.join(folder, name))
@@ -372,11 +473,12 @@ def write_shard(output, manifest, images, captions, arrays):
       json.dump(captions, f)
     for key in ARRAYS:
       np.save(os.path.join(tmp, f"{key}.npy"), arrays[key])
+    records = index_files.file_records(tmp, _SHARD_FILES)
     os.rename(tmp, os.path.join(shards, name))
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
-  return Shard(os.path.join(shards, name))
+  return Shard(os.path.join(shards, name), records)
 
 
 def _kept_part(shard, keep):
@@ -393,14 +495,26 @@ def _kept_part(shard, keep):
 
 
 def _drop_stale(output, manifest, current):
-  """Drops the entries of files gone or changed; returns ``(shards, kept names, dropped names)``.
+  """Drops the entries of files gone or changed and damaged shards.
 
   A shard that loses entries is replaced by a new one of the rest (or by
-  none); the manifest is committed once, then the old folders are removed.
+  none); a damaged one (``check_shard``) by none, so its images are indexed
+  again; the manifest is committed once, then the old folders are removed.
+
+  Returns:
+    ``(shards, kept names, dropped names, damaged)``: ``damaged`` holds one
+    line per damaged shard.
   """
-  shards, kept, dropped, replaced = [], set(), [], []
+  shards, kept, dropped, replaced, damaged = [], set(), [], [], []
   for entry in manifest["shards"]:
-    shard = Shard(os.path.join(output, SHARDS, entry["name"]))
+    folder = os.path.join(output, SHARDS, entry["name"])
+    try:
+      check_shard(folder, entry, manifest)
+    except index_files.Damaged as e:
+      damaged.append(f"{e}; its {_count(entry['images'], 'image')} are indexed again")
+      replaced.append(folder)
+      continue
+    shard = Shard(folder, entry.get("files"))
     columns = shard.images
     keep = [i for i, name in enumerate(columns["names"])
             if current.get(name) == (columns["file_sizes"][i], columns["mtimes_ns"][i])]
@@ -416,8 +530,13 @@ def _drop_stale(output, manifest, current):
   if replaced:
     commit(output, manifest, shards)
     for folder in replaced:
-      shutil.rmtree(folder)
-  return shards, kept, dropped
+      shutil.rmtree(folder, ignore_errors=True)
+  return shards, kept, dropped, damaged
+
+
+def _count(n, noun):
+  """``"1 image"``, ``"2 images"``."""
+  return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _caption_tokens(captions, token_to_idx, seq_length):
@@ -480,7 +599,7 @@ def _new_shard_parts(model, input_dir, names, table, detections, codes_dtype):
 
 
 def build_index(model, input_dir, output, *, checkpoint=None, max_boxes=50, shard_size=256,
-                codes_dtype="float32", progress=True, on_commit=None):
+                codes_dtype="float32", progress=True, on_commit=None, wait=False):
   """Indexes the image files of ``input_dir`` into the index folder ``output`` (see above).
 
   Args:
@@ -495,16 +614,21 @@ def build_index(model, input_dir, output, *, checkpoint=None, max_boxes=50, shar
     codes_dtype: ``"float32"`` or ``"float16"`` (half the size; scores differ slightly).
     progress: show a tqdm bar.
     on_commit: called with the :class:`Shard` after each new shard is committed.
+    wait: when another run is writing ``output``, wait for it to finish
+      (default: fail at once).
 
   Returns:
     A dict: ``indexed`` (names of the images indexed by this run), ``dropped``
     (names whose entries were dropped: deleted or changed files), ``kept``
     (count of entries reused), ``failed`` (messages of unreadable files),
+    ``damaged`` (one line per damaged shard whose images were indexed again),
     ``images`` and ``regions`` (the index's totals).
 
   Raises:
     ValueError: one line: a bad argument, a folder with no images, an
-      ``output`` that is not an index, or one of another folder, model or settings.
+      ``output`` that is not an index, one of another folder, model or
+      settings, or one another run is writing (``index_files.Busy``; the
+      run holds ``index_files.writer_lock`` throughout).
   """
   from densecap_jax import predict  # pylint: disable=g-import-not-at-top
   if max_boxes < 1:
@@ -515,10 +639,19 @@ def build_index(model, input_dir, output, *, checkpoint=None, max_boxes=50, shar
     raise ValueError(f"--codes_dtype must be one of {', '.join(CODES_DTYPES)}, got {codes_dtype!r}")
   output = str(output)
   table = _file_table(predict.image_files(input_dir))
+  check_output(output, probe_lock=False)
+  with index_files.writer_lock(output, wait=wait):
+    return _build_locked(model, input_dir, output, table, checkpoint, max_boxes, shard_size,
+                         codes_dtype, progress, on_commit)
+
+
+def _build_locked(model, input_dir, output, table, checkpoint, max_boxes, shard_size, codes_dtype,
+                  progress, on_commit):
+  """``build_index`` once the writer lock is held."""
   manifest = _start_manifest(output, input_dir, describe_model(model, checkpoint),
                              index_settings(model, max_boxes, codes_dtype))
   _remove_leftovers(output, manifest)
-  shards, kept, dropped = _drop_stale(output, manifest, table)
+  shards, kept, dropped, damaged = _drop_stale(output, manifest, table)
   todo = [n for n in sorted(table) if n not in kept]
   indexed, failed = [], []
   with tqdm(total=len(todo), desc="indexing", unit="img", disable=not progress) as bar:
@@ -536,4 +669,4 @@ def build_index(model, input_dir, output, *, checkpoint=None, max_boxes=50, shar
       if on_commit is not None:
         on_commit(shard)
   return {"indexed": indexed, "dropped": dropped, "kept": len(kept), "failed": failed,
-          "images": manifest["images"], "regions": manifest["regions"]}
+          "damaged": damaged, "images": manifest["images"], "regions": manifest["regions"]}

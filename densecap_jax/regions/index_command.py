@@ -13,6 +13,11 @@ The format is described in ``densecap_jax/regions/index.py``. The model flags
 with. An existing index built with another model is refused before the model
 is loaded: when ``--checkpoint`` names another folder than the manifest's,
 the fingerprint of its files is compared first (``stored_model_fingerprint``).
+Only one run writes an index at a time: a second run on the same
+``--output`` fails at once naming the PID of the first (or, with ``--wait``,
+waits for it). Every shard is checked against the sizes, counts and
+checksums the manifest records for it; the images of a damaged shard are
+indexed again, and a line says so.
 The exit status is 0 only when every image could be read.
 """
 
@@ -45,6 +50,9 @@ def parse_args(argv=None):
                             "differ slightly")
   storage.add_argument("--shard_size", type=int, default=256,
                        help="images per shard (each is committed when done)")
+  parser.add_argument("--wait", action="store_true",
+                      help="when another run is writing --output, wait for it to finish "
+                           "(default: fail at once)")
   return parser.parse_args(argv)
 
 
@@ -63,7 +71,7 @@ def check_args(args):
     if getattr(args, flag) < 1:
       raise ValueError(f"--{flag} must be positive, got {getattr(args, flag)}")
   cli.check_model_flags(args)
-  return index_lib.check_output(args.output)
+  return index_lib.check_output(args.output, probe_lock=not args.wait)
 
 
 def stored_model_fingerprint(path, precision=None):
@@ -128,12 +136,14 @@ def main(argv=None):
     stats = index_lib.build_index(
         model, args.input_dir, args.output,
         checkpoint=args.checkpoint or inference.bundled_model_path(), max_boxes=args.max_boxes,
-        shard_size=args.shard_size, codes_dtype=args.codes_dtype)
+        shard_size=args.shard_size, codes_dtype=args.codes_dtype, wait=args.wait)
   except ValueError as e:
     sys.exit(f"error: {e}")
   except OSError as e:
     sys.exit(f"error: cannot write the index {args.output}: {e}")
   seconds = time.perf_counter() - start
+  for line in stats["damaged"]:
+    print(f"repaired: {line}")
   print(f"indexed {cli.count(len(stats['indexed']), 'image')}, kept {stats['kept']}, dropped "
         f"{len(stats['dropped'])} (deleted or changed) in {seconds:.1f} s; {args.output}: "
         f"{cli.count(stats['images'], 'image')}, {cli.count(stats['regions'], 'region')}")

@@ -33,6 +33,7 @@ known words are all function words (``regions.phrases.FUNCTION_WORDS``:
 """
 
 import dataclasses
+import json
 import time
 
 import numpy as np
@@ -186,6 +187,14 @@ def lm_scores(model, index, encoded, rows=None):
           scored["mean_log_likelihood"][:, 0])
 
 
+def _name_query(message, query):
+  """``regions.phrases``' error about "phrase 0" reworded to name the query itself."""
+  for prefix in (f"phrase 0 {query!r}", "phrase 0"):
+    if message.startswith(prefix):
+      return f"query {json.dumps(query, ensure_ascii=False)}{message[len(prefix):]}"
+  return message
+
+
 def search(model, index, query, top=20, candidates=DEFAULT_CANDIDATES, fingerprint=None):
   """The ``top`` images of ``index`` ranked for ``query`` (see the module docstring).
 
@@ -217,7 +226,7 @@ def search(model, index, query, top=20, candidates=DEFAULT_CANDIDATES, fingerpri
   try:
     encoded = model.regions.encode_phrases([query])
   except ValueError as e:
-    raise ValueError(str(e).replace("phrase 0 ", "the query ", 1)) from None
+    raise ValueError(_name_query(str(e), query)) from None
   if encoded.no_known_content_words[0]:
     return SearchResult(query=query, words=encoded.words[0], unknown=encoded.unknown[0], hits=[],
                         regions_scored=0, candidates=candidates,
