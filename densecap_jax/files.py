@@ -1,9 +1,16 @@
 """File helpers: atomic outputs and JSON reading with clear errors."""
 
 import contextlib
+import errno
 import json
 import os
+import re
 import tempfile
+
+import numpy as np
+
+# Longest part of a user's string that an error message quotes.
+MAX_QUOTED = 60
 
 
 def _umask():
@@ -29,10 +36,44 @@ def atomic_output(path):
   try:
     yield tmp_path
     os.replace(tmp_path, path)
-  except BaseException:
+  except BaseException as e:
     if os.path.exists(tmp_path):
       os.remove(tmp_path)
+    if is_disk_full(e):
+      raise disk_full(path) from None
     raise
+
+
+def is_disk_full(error):
+  """Whether ``error`` is a full disk: ``ENOSPC``/``EDQUOT``, or a short write
+  (NumPy's ``tofile``/``save`` say ``"102400 requested and 57312 written"``)."""
+  if not isinstance(error, OSError):
+    return False
+  if error.errno in (errno.ENOSPC, errno.EDQUOT):
+    return True
+  return error.errno is None and bool(_SHORT_WRITE.fullmatch(str(error)))
+
+
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
+
+
+def disk_full(path):
+  """The one-line ``OSError(ENOSPC)`` for a write of ``path`` that found the disk full."""
+  path = os.path.abspath(path)
+  return OSError(errno.ENOSPC, f"no space left on device writing {path} "
+                               f"(folder {os.path.dirname(path)})")
+
+
+def quoted(text, limit=MAX_QUOTED):
+  """A user's string as error messages quote it: ``repr``, cut to ``limit`` characters.
+
+  ``quoted("abc")`` is ``'abc'``; a longer string keeps its first ``limit``
+  characters and gives its length: ``'abcd...' (10,000 characters)``.
+  """
+  text = str(text)
+  if len(text) <= limit:
+    return repr(text)
+  return f"{repr(text[:limit])[:-1]}...{repr(text[:limit])[-1]} ({len(text):,} characters)"
 
 
 def mkdtemp(directory, prefix):
@@ -44,6 +85,74 @@ def mkdtemp(directory, prefix):
   path = tempfile.mkdtemp(prefix=prefix, dir=directory)
   os.chmod(path, 0o777 & ~_umask())
   return path
+
+
+def json_depth(text):
+  """How deeply JSON ``text`` nests arrays and objects (outside strings); 0 for a scalar.
+
+  A scan of the brackets, without recursion, so it bounds what ``json.loads``
+  (which recurses once per level) is given.
+  """
+  raw = _JSON_STRING.sub("", text).encode("utf-8", "surrogatepass")
+  chars = np.frombuffer(raw, np.uint8)
+  at = np.flatnonzero((chars == ord("[")) | (chars == ord("{")) | (chars == ord("]"))
+                      | (chars == ord("}")))
+  if not at.size:
+    return 0
+  steps = np.where((chars[at] == ord("[")) | (chars[at] == ord("{")), 1, -1)
+  return int(np.cumsum(steps).max())
+
+
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+
+
+class JSONLimitError(ValueError):
+  """JSON nested deeper than the reader allows, or a number it refuses."""
+
+
+def _read_int(text):
+  # Beyond 300 digits a float is the only reading (inf past float64's range)
+  # that NumPy and ``math.isfinite`` accept; finite-number checks then name it.
+  return int(text) if len(text) <= 300 else float(text)
+
+
+def _finite_float(text):
+  value = float(text)
+  if not np.isfinite(value):
+    raise JSONLimitError(f"number {quoted(text, 20)} is beyond the range of a float")
+  return value
+
+
+def _finite_int(text):
+  value = _read_int(text)
+  if not np.isfinite(float(value)):
+    raise JSONLimitError(f"number {quoted(text, 20)} is beyond the range of a float")
+  return value
+
+
+def _no_constant(text):
+  raise JSONLimitError(f"{text} is not a number JSON allows")
+
+
+def loads_json(text, max_depth, finite=False):
+  """``json.loads`` of ``text`` nested at most ``max_depth`` deep, without recursion errors.
+
+  Integers too long for a float64 are read as floats (``inf`` beyond its
+  range), so number checks see them; with ``finite``, such numbers, ``NaN``
+  and ``Infinity`` are refused instead.
+
+  Raises:
+    JSONLimitError: nested more than ``max_depth`` deep, or (``finite``) a
+      number out of range; one line.
+    json.JSONDecodeError: not valid JSON.
+  """
+  depth = json_depth(text)
+  if depth > max_depth:
+    raise JSONLimitError(f"nested {depth:,} levels deep, more than the limit of {max_depth}")
+  if finite:
+    return json.loads(text, parse_float=_finite_float, parse_int=_finite_int,
+                      parse_constant=_no_constant)
+  return json.loads(text, parse_int=_read_int)
 
 
 def write_json(path, obj):

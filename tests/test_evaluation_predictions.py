@@ -425,3 +425,53 @@ def test_with_java_the_file_gets_the_evaluators_meteor_map(setup, tmp_path, caps
     expected = reference.evaluate()
   assert output["results"]["map"] == expected["map"] > 0
   assert output["results"]["detmap"] == setup["reference"]["detmap"]
+
+
+@pytest.mark.parametrize("layout", ["results", "coco", "jsonl_results", "jsonl_coco"])
+def test_a_file_nested_100000_levels_deep_is_one_error_line(setup, tmp_path, layout):
+  deep = "[" * 100_000 + "]" * 100_000
+  image = {"img_name": "1.jpg", "boxes": [[1, 1, 5, 5]], "scores": [1.0], "captions": ["a"]}
+  detection = {"image_id": 1, "bbox": [1, 1, 5, 5], "caption": "a", "score": 0.5}
+  entry = image if layout.endswith("results") else detection
+  field = "boxes" if layout.endswith("results") else "bbox"
+  bad = json.dumps(dict(entry, **{field: "DEEP"})).replace('"DEEP"', deep)
+  if layout == "results":
+    text = '{"results": [' + bad + "]}"
+  elif layout == "coco":
+    text = "[" + bad + "]"
+  else:
+    text = json.dumps(entry) + "\n" + bad + "\n"
+  path = tmp_path / "deep.json"
+  path.write_text(text)
+  for fmt in ("auto", "jsonl" if layout.startswith("jsonl") else layout.split("_")[0]):
+    with pytest.raises(predictions_lib.PredictionsError) as error:
+      predictions_lib.read_predictions(str(path), fmt)
+    levels = 100_000 + 1 + {"results": 2, "coco": 1}.get(layout, 0)  # the entry, then outside it
+    where = f"{path}: line 2 is" if fmt == "jsonl" else f"{path} is"
+    assert str(error.value) == (f"{where} nested {levels:,} levels deep, more than the limit "
+                                f"of {predictions_lib.MAX_JSON_DEPTH}")
+  with pytest.raises(SystemExit) as exit_info:
+    evaluation_main.main(["--predictions", str(path), *h5_flags(setup)], meteor_fn=fake_meteor)
+  message = str(exit_info.value.code)
+  assert message.startswith(f"error: {path} ") and "nested" in message and "\n" not in message
+
+
+def test_huge_numbers_and_long_values_are_named_briefly(tmp_path):
+  good = {"image_id": 1, "bbox": [1, 1, 5, 5], "caption": "a red square", "score": 0.5}
+  huge = "1" + "0" * 400
+  text = json.dumps([dict(good, score="HUGE"), dict(good, bbox=[1, "HUGE", 5, 5]),
+                     dict(good, score="s" * 10_000), dict(good, image_id=" " * 5000),
+                     dict(good, bbox=[[1, 2]] * 2000)]).replace('"HUGE"', huge)
+  path = tmp_path / "huge.json"
+  path.write_text(text)
+  with pytest.raises(predictions_lib.PredictionsError) as error:
+    predictions_lib.read_predictions(str(path))
+  blank = "' " + " " * 59 + "...' (5,000 characters)"
+  listed = repr([[1, 2]] * 2000)
+  assert str(error.value) == (
+      f"{path}: 5 malformed entries: [0]: field 'score' must be a finite number, got inf; "
+      f"[1].bbox is not 4 finite numbers: [1.0, inf, 5.0, 5.0]; "
+      f"[2]: field 'score' must be a finite number, got '{'s' * 60}...' (10,000 characters); "
+      f"[3]: an image id must name an image, got {blank}; "
+      f"[4]: field 'bbox' must be a list of 4 numbers [x, y, w, h], got {listed[:60]}... "
+      f"({len(listed):,} characters)")

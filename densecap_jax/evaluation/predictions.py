@@ -27,9 +27,12 @@ inverted), so boxes written by ``predict`` give back the model's own.
 Scores are logits or probabilities; only their order matters.
 
 Hard errors (:class:`PredictionsError`, one line): an unreadable file or
-unknown layout; malformed entries (a missing or mistyped field, lists of
+unknown layout; JSON nested more than ``MAX_JSON_DEPTH`` (32) levels deep;
+malformed entries (a missing or mistyped field, lists of
 different lengths, a box that is not 4 finite numbers, a negative width or
-height, a repeated image entry), named by position, the first five listed;
+height, a repeated image entry; integers beyond a float's range read as
+infinite), named by position, the first five listed, quoting at most 60
+characters of a value;
 no image of the file in the split. Warnings (:attr:`Prepared.warnings`):
 split images without predictions (scored as detecting nothing) and file
 images outside the split (ignored), with counts and the first ids; empty
@@ -58,6 +61,8 @@ FORMATS = ("auto", "results", "coco", "jsonl")
 BOXES_IN = ("auto", "original", "resized")
 BOX_FORMATS = ("xywh", "x1y1x2y2")
 MAX_LISTED = 5
+# Deepest nesting of arrays and objects read (a results.json nests 5 deep).
+MAX_JSON_DEPTH = 32
 CHECK_IOU = 0.5
 CHECK_TOP_BOXES = 100
 CHECK_MAX_IMAGES = 500
@@ -136,6 +141,17 @@ def _number_array(values, shape_text, where, field):
   return array.astype(np.float64), None
 
 
+def _shown(value):
+  """A value read from the file, for a message: a string ``files.quoted``, else its
+  ``repr`` cut to ``files.MAX_QUOTED`` characters with its length."""
+  if isinstance(value, str):
+    return files.quoted(value)
+  text = repr(value)
+  if len(text) <= files.MAX_QUOTED:
+    return text
+  return f"{text[:files.MAX_QUOTED]}... ({len(text):,} characters)"
+
+
 def _kind(value):
   return "null" if value is None else type(value).__name__
 
@@ -191,12 +207,15 @@ class _Reader:
     if name is None:
       self.problem(f"{where}: no field 'img_name' or 'image_id'")
       return None, None
-    key = self._keys.get(name) if type(name) in (int, str) else None  # not bool (== 1)
+    if type(name) not in (int, str):  # pylint: disable=unidiomatic-typecheck
+      self.problem(f"{where}: an image id must be an integer or a string, got {_kind(name)}")
+      return None, None
+    key = self._keys.get(name)
     if key is None:
       try:
         key = gt_lib.image_key(name)
-      except ValueError as e:
-        self.problem(f"{where}: {e}")
+      except ValueError:
+        self.problem(f"{where}: an image id must name an image, got {files.quoted(name)}")
         return None, None
       self._keys[name] = key
     return key, name
@@ -243,7 +262,7 @@ class _Reader:
     if bad.size:
       return self.problem(f"{where}.scores[{bad[0]}] is not a finite number: {scores[bad[0]]}")
     if key in self.first_seen:
-      return self.problem(f"{where}: image {name!r} has a second entry "
+      return self.problem(f"{where}: image {files.quoted(name)} has a second entry "
                           f"(the first is {self.first_seen[key]})")
     self.first_seen[key] = where
     for i, caption in enumerate(captions):
@@ -267,11 +286,11 @@ class _Reader:
     if not (type(bbox) is list and len(bbox) == 4 and  # pylint: disable=unidiomatic-typecheck
             all(type(v) in (int, float) for v in bbox)):  # pylint: disable=unidiomatic-typecheck
       return self.problem(f"{where}: field 'bbox' must be a list of 4 numbers [x, y, w, h], "
-                          f"got {bbox!r}"[:200])
+                          f"got {_shown(bbox)}")
     if not isinstance(caption, str):
       return self.problem(f"{where}: field 'caption' must be a string, got {_kind(caption)}")
     if not _is_number(score) or not math.isfinite(score):
-      return self.problem(f"{where}: field 'score' must be a finite number, got {score!r}")
+      return self.problem(f"{where}: field 'score' must be a finite number, got {_shown(score)}")
     self._empty(caption, where)
     if key not in self._detections:
       self._detections[key] = (name, [], [], [], [])
@@ -319,7 +338,9 @@ def _parse_json_lines(path, text):
     if not line.strip():
       continue
     try:
-      rows.append((n, json.loads(line)))
+      rows.append((n, files.loads_json(line, MAX_JSON_DEPTH)))
+    except files.JSONLimitError as e:
+      raise PredictionsError(f"{path}: line {n} is {e}") from None
     except json.JSONDecodeError as e:
       raise PredictionsError(f"{path}: line {n} is not valid JSON: {e.msg} at column "
                              f"{e.colno}") from None
@@ -352,7 +373,9 @@ def read_predictions(path, fmt="auto", box_format="xywh"):
   data = None
   if fmt != "jsonl":
     try:
-      data = json.loads(text)
+      data = files.loads_json(text, MAX_JSON_DEPTH)
+    except files.JSONLimitError as e:
+      raise PredictionsError(f"{path} is {e}") from None
     except json.JSONDecodeError as e:
       if fmt != "auto" or len([l for l in text.splitlines() if l.strip()]) < 2:
         raise PredictionsError(f"{path} is not valid JSON: {e.msg} at line {e.lineno} column "
