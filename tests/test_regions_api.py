@@ -315,3 +315,48 @@ def test_coords_round_trip_and_model_boxes():
   np.testing.assert_allclose(coords.to_resized(there, (480, 640), (192, 256)), boxes, rtol=1e-6)
   centred = coords.xywh_to_model(boxes)
   np.testing.assert_allclose(np.asarray(boxes_lib.xcycwh_to_xywh(centred)), boxes, rtol=1e-6)
+
+
+def test_max_detections_minus_one_or_none_scores_all_and_other_negatives_are_refused(
+    bundled, photo):
+  (ref,) = bundled.predict([photo])
+  count = len(ref["captions"])
+  assert count > 2
+  for limit, expected in ((None, count), (-1, count), (2, 2), (0, 0)):
+    (out,) = bundled.score_phrases(photo, ["a red circle"], max_detections=limit)
+    assert out["log_likelihood"].shape == (expected, 1), limit
+    np.testing.assert_allclose(out["boxes"], ref["boxes"][:expected])
+  for limit, message in ((-2, r"^max_detections must be non-negative, or -1 \(or None\) for "
+                              r"all, got -2$"),
+                         (1.5, "^max_detections must be an integer")):
+    with pytest.raises(ValueError, match=message):
+      bundled.score_phrases(photo, ["a red circle"], max_detections=limit)
+  np.testing.assert_array_equal(api.kept_detections(np.arange(5.0), 1.5, -1), [2, 3, 4])
+
+
+def test_caption_regions_without_boxes_is_one_line_error(bundled, photo):
+  for boxes, got in ((None, "None"), (7, "int")):
+    with pytest.raises(ValueError, match=rf"^boxes must be a list of \[x, y, w, h\] per image, "
+                                         rf"got {got}"):
+      bundled.caption_regions(photo, boxes)
+  with pytest.raises(ValueError, match=r"^boxes of image 0: expected shape \(k, 4\)"):
+    bundled.caption_regions([photo], [None])
+
+
+def test_phrase_errors_quote_long_phrases_briefly():
+  vocab = [None, "a", "dog"]
+  long_phrase = "zebra " * 40_000
+  with pytest.raises(ValueError) as error:
+    phrases_lib.encode_phrases(["dog", long_phrase], vocab, seq_length=5)
+  assert str(error.value) == (
+      f"phrase 1 '{long_phrase[:60]}...' (240,000 characters): none of its words "
+      f"({', '.join(['zebra'] * 40_000)[:60]}... (40,000 words)) is in the model's vocabulary")
+  with pytest.raises(ValueError) as error:
+    phrases_lib.encode_phrases(["a " * 100], vocab, seq_length=5)
+  assert str(error.value) == (f"phrase 0 '{('a ' * 100)[:60]}...' (200 characters) has 100 "
+                              f"words, more than the model's seq_length 5")
+  accented = "caf\u00ee " + "x" * 10_000
+  with pytest.raises(ValueError) as error:
+    phrases_lib.encode_phrases([accented], vocab, seq_length=5)
+  assert str(error.value) == (f"phrase 0: non-ASCII character '\u00ee' (U+00EE) in phrase "
+                              f"'{accented[:60]}...' (10,005 characters)")

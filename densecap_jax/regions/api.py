@@ -73,6 +73,9 @@ def _boxes_per_image(images, boxes):
   images = list(image_list(images))
   if boxes is None:
     return images, None
+  if isinstance(boxes, (str, bytes)) or not hasattr(boxes, "__iter__"):
+    raise ValueError(f"boxes must be a list of [x, y, w, h] per image, got "
+                     f"{type(boxes).__name__}")
   boxes = [boxes] if single else list(boxes)
   if len(boxes) != len(images):
     raise ValueError(f"got {len(images)} images and boxes for {len(boxes)}; give one list of "
@@ -80,13 +83,30 @@ def _boxes_per_image(images, boxes):
   return images, boxes
 
 
+def detection_limit(max_detections):
+  """``max_detections`` as the commands take it: ``None`` or -1 -> ``None`` (all), else itself.
+
+  Raises:
+    ValueError: not an integer, or negative other than -1.
+  """
+  if max_detections is None:
+    return None
+  if isinstance(max_detections, bool) or not isinstance(max_detections, (int, np.integer)):
+    raise ValueError(f"max_detections must be an integer (-1 or None for all), got "
+                     f"{type(max_detections).__name__}")
+  if max_detections < -1:
+    raise ValueError(f"max_detections must be non-negative, or -1 (or None) for all, got "
+                     f"{max_detections}")
+  return None if max_detections == -1 else int(max_detections)
+
+
 def kept_detections(scores, min_score=None, max_detections=None):
   """Indices of the detections kept: a score of at least ``min_score``, then the first
-  ``max_detections`` (``None``: no bound)."""
+  ``max_detections`` (``None`` or -1: no bound, ``detection_limit``)."""
   keep = np.arange(len(scores))
   if min_score is not None:
     keep = keep[np.asarray(scores) >= min_score]
-  return keep[:max_detections]
+  return keep[:detection_limit(max_detections)]
 
 
 def size_fields(prepared):
@@ -212,6 +232,9 @@ class RegionModel:
   def caption_regions(self, images, boxes, *, with_codes=False, coords="image"):
     """Captions of given boxes (see ``DenseCapPredictor.caption_regions``)."""
     check_coords(coords)
+    if boxes is None:
+      raise ValueError("boxes must be a list of [x, y, w, h] per image, got None (the model's "
+                       "own detections: predict)")
     images, boxes = _boxes_per_image(images, boxes)
     results = [None] * len(images)
     for group in self.predictor.stream_groups(images):
@@ -256,7 +279,7 @@ class RegionModel:
 
     Args:
       prepared: ``inference.PreparedImage`` s.
-      max_detections: keep at most this many per image (``None``: all).
+      max_detections: keep at most this many per image (``None`` or -1: all).
       final_nms_thresh: the final NMS threshold (default the predictor's; an
         argument of the compiled program, so another value compiles nothing).
 
@@ -265,6 +288,7 @@ class RegionModel:
       ``scores``, ``captions``, ``codes`` ``(n, fc_dim)`` (of the
       detections' proposals, as the captions).
     """
+    limit = detection_limit(max_detections)
     rows = [None] * len(prepared)
     for chunk, images, sizes in self.predictor.batches(prepared):
       out = jax.device_get(self._detect(
@@ -272,7 +296,7 @@ class RegionModel:
           self.predictor.final_nms_thresh if final_nms_thresh is None else final_nms_thresh))
       boxes = np.asarray(boxes_lib.xcycwh_to_xywh(out["boxes"]))  # whole batch: one shape
       for k, i in enumerate(chunk):
-        keep = np.flatnonzero(out["valid"][k])[:max_detections]
+        keep = np.flatnonzero(out["valid"][k])[:limit]
         rows[i] = {"boxes": boxes[k][keep], "scores": out["scores"][k][keep],
                    "captions": vocab_lib.decode_captions(out["tokens"][k][keep],
                                                          self.predictor.vocab),
@@ -328,6 +352,7 @@ class RegionModel:
   def score_phrases(self, images, phrases, boxes=None, *, coords="image", max_detections=None):
     """Phrase log-likelihoods of regions (see ``DenseCapPredictor.score_phrases``)."""
     check_coords(coords)
+    max_detections = detection_limit(max_detections)
     encoded = self.encode_phrases(phrases)
     images, boxes = _boxes_per_image(images, boxes)
     results = [None] * len(images)
@@ -353,7 +378,8 @@ class RegionModel:
       coords: the coordinates of the boxes returned.
       max_detections, min_score, final_nms_thresh: which detections are
         scored (``given=None``): those with an objectness logit of at least
-        ``min_score``, then the first ``max_detections``, of a final NMS at
+        ``min_score``, then the first ``max_detections`` (``None`` or -1:
+        all), of a final NMS at
         ``final_nms_thresh`` (default the predictor's).
     """
     if given is None:

@@ -24,6 +24,7 @@ import dataclasses
 
 import numpy as np
 
+from densecap_jax import files
 from densecap_jax.data import vocab as vocab_lib
 
 # Function words: words that say where or how, not what. Written as the
@@ -128,6 +129,14 @@ class EncodedPhrases:
     return np.asarray([len(w) + 1 for w in self.words], np.int32)
 
 
+def _cut_words(words, limit=files.MAX_QUOTED):
+  """``words`` joined by commas for a message, cut to ``limit`` characters with the count."""
+  text = ", ".join(words)
+  if len(text) <= limit:
+    return text
+  return f"{text[:limit]}... ({len(words):,} words)"
+
+
 def encode_phrases(phrases, vocab, seq_length):
   """Tokenises and encodes phrases.
 
@@ -140,9 +149,10 @@ def encode_phrases(phrases, vocab, seq_length):
     An :class:`EncodedPhrases`.
 
   Raises:
-    ValueError: one line naming the phrase: not a string, a character the
-      tokeniser rejects, no word the model knows, or more than ``seq_length``
-      words.
+    ValueError: one line naming the phrase (its index and its text, cut
+      to 60 characters with its length by ``files.quoted``): not a string, a
+      character the tokeniser rejects, no word the model knows, or more than
+      ``seq_length`` words.
   """
   if isinstance(phrases, str):
     phrases = [phrases]
@@ -157,19 +167,20 @@ def encode_phrases(phrases, vocab, seq_length):
     try:
       tokens = vocab_lib.tokenize_phrase(phrase)
     except ValueError as e:
-      raise ValueError(f"phrase {i}: {e}") from None
+      raise ValueError(f"phrase {i}: {str(e).replace(repr(phrase), files.quoted(phrase))}"
+                       ) from None
     missing = [t for t in tokens if t not in token_to_idx]
     if has_unk:
       kept = [t if t in token_to_idx else vocab_lib.UNK for t in tokens]
     else:
       kept = [t for t in tokens if t in token_to_idx]
     if not kept:
-      why = (f"none of its words ({', '.join(missing)}) is in the model's vocabulary" if missing
-             else "it has no words")
-      raise ValueError(f"phrase {i} {phrase!r}: {why}")
+      why = (f"none of its words ({_cut_words(missing)}) is in the model's vocabulary"
+             if missing else "it has no words")
+      raise ValueError(f"phrase {i} {files.quoted(phrase)}: {why}")
     if len(kept) > seq_length:
-      raise ValueError(f"phrase {i} {phrase!r} has {len(kept)} words, more than the model's "
-                       f"seq_length {seq_length}")
+      raise ValueError(f"phrase {i} {files.quoted(phrase)} has {len(kept)} words, more than "
+                       f"the model's seq_length {seq_length}")
     rows.append([token_to_idx[t] for t in kept])
     words.append(kept)
     unknown.append(missing)
