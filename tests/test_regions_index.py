@@ -4,10 +4,15 @@ The photos are square synthetic scenes, so every image falls in one shape
 bucket and the detection program compiles once.
 """
 
+import errno
 import filecmp
 import json
 import os
 import shutil
+import subprocess
+import sys
+import time
+import zlib
 
 import numpy as np
 import pytest
@@ -241,3 +246,193 @@ def test_command_indexes_a_folder_and_reports_unreadable_files(photos, tmp_path,
   index = index_lib.open_index(output)
   assert index.image_names == [sorted(os.listdir(photos))[0]] and index.num_regions == 3
   assert index.manifest["model"]["checkpoint"] == inference.bundled_model_path()
+
+
+def _hold_lock(folder, seconds):
+  """A process that holds the writer lock of ``folder`` for ``seconds`` (started once held)."""
+  code = ("import sys, time\n"
+          "from densecap_jax.regions import index_files\n"
+          "with index_files.writer_lock(sys.argv[1]):\n"
+          "  print('held', flush=True)\n"
+          "  time.sleep(float(sys.argv[2]))\n")
+  holder = subprocess.Popen([sys.executable, "-c", code, folder, str(seconds)],
+                            stdout=subprocess.PIPE, text=True)
+  assert holder.stdout.readline().strip() == "held"
+  return holder
+
+
+def test_a_second_writer_is_refused_while_another_holds_the_index(model, photos, tmp_path,
+                                                                   capsys):
+  folder = _copy_photos(photos, tmp_path / "photos", sorted(os.listdir(photos))[:2])
+  output = str(tmp_path / "p.index")
+  index_lib.build_index(model, folder, output, max_boxes=3, progress=False)
+  before = open(os.path.join(output, index_lib.MANIFEST)).read()
+  os.remove(os.path.join(folder, sorted(os.listdir(folder))[0]))  # work for a second run
+  holder = _hold_lock(output, 60)
+  try:
+    with pytest.raises(ValueError) as e:
+      index_lib.build_index(model, folder, output, max_boxes=3, progress=False)
+    assert str(e.value) == (f"index {output} is in use by PID {holder.pid} (another index run); "
+                            f"wait for it (--wait) or stop it")
+    message = _error(capsys, ["--input_dir", folder, "--output", output, "--max_boxes", "3"])
+    assert f"is in use by PID {holder.pid}" in message
+    # Nothing was changed, and readers still open the index.
+    assert open(os.path.join(output, index_lib.MANIFEST)).read() == before
+    assert index_lib.open_index(output).num_images == 2
+  finally:
+    holder.kill()
+    holder.wait()
+  # With wait=True a run waits for the holder, then does its work.
+  holder = _hold_lock(output, 3)
+  start = time.monotonic()
+  try:
+    stats = index_lib.build_index(model, folder, output, max_boxes=3, progress=False, wait=True)
+    assert time.monotonic() - start > 2.5  # it ran only after the holder had let go
+  finally:
+    holder.kill()
+    holder.wait()
+  assert len(stats["dropped"]) == 1 and index_lib.open_index(output).num_images == 1
+
+
+@pytest.fixture(scope="module")
+def small_index(model, photos, tmp_path_factory):
+  """An index of 3 photos, one per shard, 3 regions each."""
+  root = tmp_path_factory.mktemp("small")
+  folder = _copy_photos(photos, root / "photos", sorted(os.listdir(photos))[:3])
+  output = str(root / "p.index")
+  index_lib.build_index(model, folder, output, max_boxes=3, shard_size=1, progress=False)
+  return folder, output
+
+
+def _cut_rows(path):
+  np.save(path, np.load(path)[:-1])
+
+
+def _truncate(path):
+  with open(path, "r+b") as f:
+    f.truncate(os.path.getsize(path) - 100)
+
+
+def _random_bytes(path):
+  with open(path, "wb") as f:
+    f.write(np.random.default_rng(0).bytes(os.path.getsize(path)))
+
+
+def _short_captions(path):
+  json.dump(json.load(open(path))[:-1], open(path, "w"))
+
+
+DAMAGE = {"codes cut to fewer rows": ("codes.npy", _cut_rows, "codes.npy has 2 rows, the "
+                                      "manifest records 3"),
+          "boxes deleted": ("boxes.npy", os.remove, "boxes.npy is missing"),
+          "captions shortened": ("captions.json", _short_captions, "captions.json "),
+          "random bytes": ("tokens.npy", _random_bytes, "tokens.npy "),
+          "codes truncated": ("codes.npy", _truncate, "codes.npy ")}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+def test_a_damaged_shard_is_refused_on_opening_and_repaired_by_indexing(
+    model, small_index, tmp_path, case, counted):
+  folder, whole = small_index
+  output = str(tmp_path / "p.index")
+  shutil.copytree(whole, output)
+  file, damage, why = DAMAGE[case]
+  damage(os.path.join(output, "shards", "000001", file))
+  with pytest.raises(ValueError) as e:
+    index_lib.open_index(output)
+  message = str(e.value)
+  assert message.startswith(f"index {output} is damaged: shard 000001: {why}"), message
+  assert message.endswith(f"; re-index it with densecap-index --input_dir "
+                          f"{os.path.abspath(folder)} --output {output}"), message
+  assert "\n" not in message and "pickle" not in message
+  # The repair command indexes that shard's image again and nothing else.
+  stats = index_lib.build_index(model, folder, output, max_boxes=3, shard_size=1, progress=False)
+  assert stats["damaged"] == [f"shard 000001: {message.split('shard 000001: ')[1].split('; ')[0]}"
+                              f"; indexing its 1 image again"]
+  assert stats["indexed"] == [sorted(os.listdir(folder))[1]] and sum(counted) == 1
+  _assert_same_entries(index_lib.open_index(output), index_lib.open_index(whole))
+  assert not os.path.exists(os.path.join(output, "shards", "000001"))
+
+
+def _assert_same_entries(index, reference):
+  """Both indexes hold the same images with the same regions (shards and order aside)."""
+  assert sorted(index.image_names) == sorted(reference.image_names)
+  for name in reference.image_names:
+    rows = np.flatnonzero(index.image_of_region == index.image_names.index(name))
+    ref_rows = np.flatnonzero(reference.image_of_region == reference.image_names.index(name))
+    for array in index_lib.ARRAYS:
+      np.testing.assert_array_equal(index.rows(array, rows), reference.rows(array, ref_rows))
+    assert index.captions(rows) == reference.captions(ref_rows)
+
+
+def test_checksums_find_changed_values_and_old_manifests_still_open(model, small_index,
+                                                                   tmp_path):
+  folder, whole = small_index
+  output = str(tmp_path / "p.index")
+  shutil.copytree(whole, output)
+  entries = index_lib.read_manifest(output)["shards"]
+  codes = os.path.join(output, "shards", "000002", "codes.npy")
+  assert entries[2]["files"]["codes.npy"] == {"bytes": os.path.getsize(codes),
+                                              "crc32": zlib.crc32(open(codes, "rb").read())}
+  changed = np.load(codes)
+  changed[0, 0] += 1.0  # same size and header, another value
+  np.save(codes, changed)
+  # Opening checks sizes and headers of the arrays (not their checksums); indexing checks all.
+  index_lib.open_index(output)
+  stats = index_lib.build_index(model, folder, output, max_boxes=3, shard_size=1, progress=False)
+  assert stats["damaged"] == ["shard 000002: codes.npy does not match its checksum in the "
+                              "manifest; indexing its 1 image again"]
+  _assert_same_entries(index_lib.open_index(output), index_lib.open_index(whole))
+  # An index written before checksums were recorded opens, and is still checked otherwise.
+  manifest_path = os.path.join(output, index_lib.MANIFEST)
+  manifest = json.load(open(manifest_path))
+  for entry in manifest["shards"]:
+    del entry["files"]
+  json.dump(manifest, open(manifest_path, "w"))
+  assert index_lib.open_index(output).num_regions == 9
+  _cut_rows(os.path.join(output, "shards", manifest["shards"][0]["name"], "scores.npy"))
+  with pytest.raises(ValueError, match="scores.npy has 2 rows, the manifest records 3"):
+    index_lib.open_index(output)
+
+
+def test_an_index_opened_before_a_run_replaced_its_shard_says_to_open_it_again(
+    model, small_index, tmp_path):
+  folder, _ = small_index
+  output = str(tmp_path / "p.index")
+  shutil.copytree(folder, tmp_path / "photos")
+  index_lib.build_index(model, str(tmp_path / "photos"), output, max_boxes=3, shard_size=1,
+                        progress=False)
+  opened = index_lib.open_index(output)
+  os.remove(tmp_path / "photos" / sorted(os.listdir(folder))[0])  # shard 000000 goes
+  index_lib.build_index(model, str(tmp_path / "photos"), output, max_boxes=3, shard_size=1,
+                        progress=False)
+  with pytest.raises(ValueError) as e:
+    opened.rows("codes", [0])
+  assert str(e.value) == (f"index {output} changed since it was opened (shard 000000 is no "
+                          f"longer in it); open it again")
+  np.testing.assert_array_equal(opened.rows("codes", [3]),  # shard 000001 is still there
+                                index_lib.open_index(output).rows("codes", [0]))
+
+
+def test_a_new_index_that_failed_on_a_full_disk_can_be_made_again(model, photos, tmp_path,
+                                                                  monkeypatch, capsys):
+  folder = _copy_photos(photos, tmp_path / "photos", sorted(os.listdir(photos))[:1])
+  output = str(tmp_path / "p.index")
+
+  def full_disk(path, obj):
+    raise OSError(errno.ENOSPC, "No space left on device", path)
+
+  with monkeypatch.context() as patch:
+    patch.setattr(index_lib, "_write_json", full_disk)
+    with pytest.raises(OSError):
+      index_lib.build_index(model, folder, output, max_boxes=3, progress=False)
+  assert not os.path.exists(os.path.join(output, index_lib.MANIFEST))
+  assert index_command.check_args(index_command.parse_args(
+      ["--input_dir", folder, "--output", output])) is None
+  stats = index_lib.build_index(model, folder, output, max_boxes=3, progress=False)
+  assert stats["images"] == 1 and index_lib.open_index(output).num_regions == 3
+  # A folder with other things in it is still refused.
+  mine = tmp_path / "mine"
+  (mine / "shards" / "000000").mkdir(parents=True)
+  with pytest.raises(ValueError, match="is a folder that is not an index"):
+    index_lib.check_output(str(mine))

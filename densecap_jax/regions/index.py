@@ -511,7 +511,7 @@ def _drop_stale(output, manifest, current):
     try:
       check_shard(folder, entry, manifest)
     except index_files.Damaged as e:
-      damaged.append(f"{e}; its {_count(entry['images'], 'image')} are indexed again")
+      damaged.append(f"{e}; indexing its {_count(entry['images'], 'image')} again")
       replaced.append(folder)
       continue
     shard = Shard(folder, entry.get("files"))

@@ -139,12 +139,6 @@ def check_shard(folder, entry, row_shapes, dtypes, *, verify_data=True):
     path = os.path.join(folder, file)
     if not os.path.isfile(path):
       raise damaged(file, "is missing")
-    if file in recorded:
-      size = os.path.getsize(path)
-      if size != recorded[file]["bytes"]:
-        raise damaged(file, f"has {size} bytes, the manifest records {recorded[file]['bytes']}")
-      if (verify_data or file in TABLES) and crc32(path) != recorded[file]["crc32"]:
-        raise damaged(file, "does not match its checksum in the manifest")
   images, regions = entry["images"], entry["regions"]
   tables = {}
   for file in TABLES:
@@ -180,3 +174,11 @@ def check_shard(folder, entry, row_shapes, dtypes, *, verify_data=True):
     expected = offset + int(np.prod(shape)) * dtype.itemsize
     if size != expected:
       raise damaged(file, f"has {size} bytes, its header says {expected}")
+  for file in wanted:
+    if file in recorded:
+      path = os.path.join(folder, file)
+      size = os.path.getsize(path)
+      if size != recorded[file]["bytes"]:
+        raise damaged(file, f"has {size} bytes, the manifest records {recorded[file]['bytes']}")
+      if (verify_data or file in TABLES) and crc32(path) != recorded[file]["crc32"]:
+        raise damaged(file, "does not match its checksum in the manifest")
