@@ -7,15 +7,21 @@ A model directory holds everything predict, eval and fine-tuning need::
     config.json    the model ConfigDict (ml_collections JSON)
     vocab.json     {"idx_to_token": {"1": "a", ...}, "token_to_idx": {...}}
                    (1-based ids, as the original's VG-regions-dicts.json)
+    checksums.json sha256 of each parameter array (:func:`tree_checksums`),
+                   checked on load; a directory without it loads unchecked
 
 Writes are atomic: the directory is built under a temporary name beside the
 target and renamed into place, so a crash never leaves a half-written model
 and an existing directory is never overwritten unless asked. The directory
 gets the user's umask, as ``os.mkdir`` would give it. Reads fail with
-one line naming the directory or file at fault.
+one line naming the directory or file at fault, and so does a write on a
+full disk (:func:`quiet_failed_write`).
 """
 
 import contextlib
+import errno
+import gc
+import hashlib
 import json
 import logging
 import os
@@ -34,6 +40,7 @@ from densecap_jax.data import vocab as vocab_lib
 PARAMS = "params"
 CONFIG = "config.json"
 VOCAB = "vocab.json"
+CHECKSUMS = "checksums.json"
 
 
 def local_checkpointer():
@@ -62,6 +69,7 @@ def save_model(directory, params, config, vocab, *, overwrite=False):
 
   Raises:
     FileExistsError: ``directory`` exists and ``overwrite`` is False.
+    DiskFullError: the disk filled up (one line naming the directory).
   """
   directory = os.path.abspath(directory)
   if os.path.exists(directory) and not overwrite:
@@ -70,14 +78,18 @@ def save_model(directory, params, config, vocab, *, overwrite=False):
   os.makedirs(parent, exist_ok=True)
   tmp = files.mkdtemp(parent, f".{os.path.basename(directory)}.")  # the umask's mode, not 0700
   try:
-    checkpointer = local_checkpointer()
-    checkpointer.save(os.path.join(tmp, PARAMS), jax.device_get(params))
-    checkpointer.wait_until_finished()
-    with open(os.path.join(tmp, CONFIG), "w") as f:
-      f.write(config.to_json(indent=2))
-    token_to_idx, idx_to_token = vocab_lib.vocab_dicts(vocab[1:])
-    with open(os.path.join(tmp, VOCAB), "w") as f:
-      json.dump({"idx_to_token": idx_to_token, "token_to_idx": token_to_idx}, f)
+    params = jax.device_get(params)
+    with quiet_failed_write(f"model {directory}", parent):
+      checkpointer = local_checkpointer()
+      checkpointer.save(os.path.join(tmp, PARAMS), params)
+      checkpointer.wait_until_finished()
+      with open(os.path.join(tmp, CONFIG), "w") as f:
+        f.write(config.to_json(indent=2))
+      token_to_idx, idx_to_token = vocab_lib.vocab_dicts(vocab[1:])
+      with open(os.path.join(tmp, VOCAB), "w") as f:
+        json.dump({"idx_to_token": idx_to_token, "token_to_idx": token_to_idx}, f)
+      with open(os.path.join(tmp, CHECKSUMS), "w") as f:
+        json.dump(tree_checksums(params), f)
     if os.path.exists(directory):
       old = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.old.", dir=parent)
       os.rmdir(old)
@@ -130,6 +142,134 @@ def quiet_failed_read():
     logger.setLevel(level)
 
 
+class DiskFullError(OSError):
+  """A checkpoint or model write ran out of disk space (``errno`` ENOSPC, one-line message)."""
+
+  def __init__(self, message):
+    super().__init__(message)
+    self.errno = errno.ENOSPC
+
+
+def is_disk_full(error):
+  """Whether ``error`` (or an error it was raised from) says the disk is full.
+
+  tensorstore reports a full disk as a ``ValueError`` whose text carries
+  ``No space left on device [os_error_code='28']``.
+  """
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+      return True
+    if "No space left on device" in str(error) or f"os_error_code='{errno.ENOSPC}'" in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def _free_space(directory):
+  try:
+    free = shutil.disk_usage(directory).free
+  except OSError:
+    return "free space unknown"
+  for unit in ("bytes", "KB", "MB", "GB"):
+    if free < 1024 or unit == "GB":
+      return f"{free:.0f} {unit} free" if unit == "bytes" else f"{free:.1f} {unit} free"
+    free /= 1024
+  return ""
+
+
+@contextlib.contextmanager
+def quiet_failed_write(what, directory):
+  """One line for a full disk while orbax writes ``what`` into ``directory``.
+
+  orbax logs each failed write thread's traceback (absl), and tensorstore
+  callbacks that fire after its event loop closed add "Event loop is closed"
+  ones; they are hidden for the duration of the write. A full disk becomes
+  :class:`DiskFullError` ``no space left on device writing <what> in
+  <directory> (<free> free)``; other errors pass through unchanged.
+  """
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.CRITICAL)
+  try:
+    with quiet_failed_read():
+      try:
+        yield
+      except Exception as e:  # pylint: disable=broad-except
+        gc.collect()  # unretrieved asyncio task errors are logged now, while hidden
+        if is_disk_full(e):
+          raise DiskFullError(f"no space left on device writing {what} in {directory} "
+                              f"({_free_space(directory)}); free space on that disk and run "
+                              f"again") from None
+        raise
+  finally:
+    absl_logger.setLevel(level)
+
+
+def _key_name(entry):
+  for attr in ("key", "name", "idx"):
+    if hasattr(entry, attr):
+      return str(getattr(entry, attr))
+  return str(entry)
+
+
+def named_arrays(tree):
+  """``[(name, host NumPy array)]`` of ``tree``'s leaves; names join the keys with ``/``."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(jax.device_get(tree))
+  return [("/".join(_key_name(k) for k in path), np.asarray(leaf)) for path, leaf in flat]
+
+
+def _array_digest(array):
+  digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+  digest.update(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+  return digest.hexdigest()
+
+
+def tree_checksums(tree):
+  """``{'algorithm': 'sha256', 'arrays': {name: hex digest}}`` of ``tree``'s arrays.
+
+  Each digest covers the array's dtype, shape and bytes (computed on the host).
+  """
+  return {"algorithm": "sha256",
+          "arrays": {name: _array_digest(a) for name, a in named_arrays(tree)}}
+
+
+def write_checksums(directory, tree):
+  """Writes :func:`tree_checksums` of ``tree`` to ``directory/checksums.json`` atomically."""
+  files.write_json(os.path.join(directory, CHECKSUMS), tree_checksums(tree))
+
+
+def checksum_mismatch(directory, tree):
+  """Why ``tree`` does not match ``directory/checksums.json``, or None if it does.
+
+  None too when the directory has no checksums file (written before they
+  were kept): such a directory is read unchecked.
+  """
+  path = os.path.join(directory, CHECKSUMS)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path, encoding="utf-8") as f:
+      stored = json.load(f)["arrays"]
+    if not isinstance(stored, dict):
+      raise TypeError("'arrays' is not an object")
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    return f"{CHECKSUMS} cannot be read ({first_error_line(e)})"
+  actual = {name: _array_digest(a) for name, a in named_arrays(tree)}
+  differ = sorted(n for n in set(stored) | set(actual) if stored.get(n) != actual.get(n))
+  if not differ:
+    return None
+  return (f"its arrays do not match {CHECKSUMS}: {differ[0]} differs"
+          + (f" and {len(differ) - 1} more" if len(differ) > 1 else "") + "; the files are damaged")
+
+
+def nonfinite_arrays(tree):
+  """Names (as :func:`named_arrays`) of ``tree``'s floating arrays holding NaN or infinity."""
+  return [name for name, a in named_arrays(tree)
+          if jax.numpy.issubdtype(a.dtype, jax.numpy.inexact) and not np.all(np.isfinite(a))]
+
+
 def _read_config(path):
   """The model ``ConfigDict`` in ``path``; a one-line ``ValueError`` naming the file if broken."""
   fields = files.read_json(path, "model config")
@@ -158,7 +298,12 @@ def _read_params(directory):
     raise ValueError(f"model directory {directory}: the parameters in {PARAMS}/ cannot be read, "
                      f"they are truncated or corrupt ({first_error_line(e)}); copy or convert the "
                      f"model again") from None
-  return jax.tree.map(np.asarray, params)
+  params = jax.tree.map(np.asarray, params)
+  mismatch = checksum_mismatch(directory, params)
+  if mismatch:
+    raise ValueError(f"model directory {directory}: the parameters in {PARAMS}/ cannot be used, "
+                     f"{mismatch}; copy or convert the model again")
+  return params
 
 
 def resolve_model_dir(directory):
@@ -181,7 +326,8 @@ def load_model(directory):
   Raises:
     FileNotFoundError: with a one-line message naming what is missing.
     ValueError: with a one-line message naming the file (``config.json``,
-      ``vocab.json``) or, for unreadable parameters, the directory at fault.
+      ``vocab.json``) or, for unreadable parameters or parameters that differ
+      from ``checksums.json``, the directory at fault.
   """
   directory = resolve_model_dir(directory)
   if not os.path.isdir(directory):

@@ -1,6 +1,8 @@
 """Tests for densecap_jax.checkpoint."""
 
+import errno
 import gc
+import hashlib
 import json
 import os
 import stat
@@ -11,6 +13,7 @@ import numpy as np
 import pytest
 
 from densecap_jax import checkpoint
+import disk_faults
 
 
 def _params():
@@ -145,3 +148,61 @@ def test_training_directory_resolves_to_best_then_last(tmp_path):
   assert checkpoint.load_model(tmp_path / "run")[2] == [None, "last"]
   checkpoint.save_model(tmp_path / "run" / "best", _params(), _config(), [None, "best"])
   assert checkpoint.load_model(tmp_path / "run")[2] == [None, "best"]
+
+
+def _large_params():
+  rng = np.random.default_rng(1)
+  return {"word_embed": {"embedding": rng.standard_normal((200, 100)).astype(np.float32)},
+          "fc": {"bias": np.arange(3, dtype=np.float32)}}
+
+
+def test_checksums_are_sha256_of_dtype_shape_and_bytes():
+  a = np.arange(6, dtype=np.float32).reshape(2, 3)
+  sums = checkpoint.tree_checksums({"x": {"k": jnp.asarray(a)}, "s": np.int32(7)})
+  assert sums["algorithm"] == "sha256"
+  assert sums["arrays"] == {
+      "x/k": hashlib.sha256(b"<f4(2, 3)" + a.tobytes()).hexdigest(),
+      "s": hashlib.sha256(b"<i4()" + np.int32(7).tobytes()).hexdigest()}
+
+
+def test_damaged_parameter_bytes_are_refused_naming_the_directory(tmp_path):
+  params = _large_params()
+  checkpoint.save_model(tmp_path / "m", params, _config(), [None, "x"])
+  assert sorted(os.listdir(tmp_path / "m")) == ["checksums.json", "config.json", "params",
+                                                "vocab.json"]
+  disk_faults.flip_bytes_of_largest_file(tmp_path / "m" / "params")
+  message = _one_line_error(tmp_path / "m", f"^model directory {tmp_path / 'm'}: the parameters "
+                                            "in params/ cannot be used, its arrays do not match "
+                                            "checksums.json: word_embed/embedding differs;")
+  assert "fc/bias" not in message
+  # A model saved before checksums were kept loads unchecked, damaged values and all.
+  os.remove(tmp_path / "m" / "checksums.json")
+  loaded = checkpoint.load_model(tmp_path / "m")[0]["word_embed"]["embedding"]
+  assert loaded.shape == (200, 100)
+  assert not np.array_equal(loaded, params["word_embed"]["embedding"], equal_nan=True)
+
+
+def test_nonfinite_arrays_are_named():
+  params = _large_params()
+  assert checkpoint.nonfinite_arrays(params) == []
+  params["word_embed"]["embedding"][3, 4] = np.nan
+  params["fc"]["bias"][0] = -np.inf
+  assert checkpoint.nonfinite_arrays(params) == ["fc/bias", "word_embed/embedding"]
+  assert checkpoint.nonfinite_arrays({"step": np.int32(3)}) == []
+
+
+def test_a_full_disk_while_saving_a_model_is_one_line(tmp_path, monkeypatch, capfd):
+  checkpoint.save_model(tmp_path / "m", _params(), _config(), [None, "x"])
+  disk_faults.no_space_left(monkeypatch)
+  with pytest.raises(OSError) as error:
+    checkpoint.save_model(tmp_path / "m", _large_params(), _config(), [None, "y"], overwrite=True)
+  assert error.value.errno == errno.ENOSPC
+  assert str(error.value).startswith(
+      f"no space left on device writing model {tmp_path / 'm'} in {tmp_path} (")
+  assert "\n" not in str(error.value)
+  gc.collect()
+  err = capfd.readouterr().err
+  assert "Traceback" not in err and "Event loop is closed" not in err, err
+  assert os.listdir(tmp_path) == ["m"]  # the old model stays, nothing half-written beside it
+  monkeypatch.undo()
+  assert checkpoint.load_model(tmp_path / "m")[2] == [None, "x"]

@@ -1,5 +1,6 @@
 """Tests for densecap_jax.train.loop on a toy regression (tests/toy_training.py)."""
 
+import hashlib
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import pytest
 import tqdm
 
 from densecap_jax.train import loop
+import disk_faults
 import toy_training as toy
 
 HERE = os.path.dirname(__file__)
@@ -363,3 +365,82 @@ def test_metrics_line_after_a_mid_interval_resume_says_how_many_steps_it_average
   with open(tmp_path / "metrics.jsonl") as f:
     rows = [json.loads(l) for l in f]
   assert [(r["step"], r["steps_averaged"]) for r in rows] == [(3, 3), (4, 1), (8, 4)]
+
+
+def _large_state(seed):
+  tx = optax.adam(0.1)
+  rng = np.random.default_rng(seed)
+  params = {"w": rng.standard_normal((300, 100)).astype(np.float32),
+            "b": rng.standard_normal(3).astype(np.float32)}
+  return loop.init_train_state(params, tx)
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, capfd):
+  directory = tmp_path / "ck"
+  checkpoints = loop.Checkpoints(directory)
+  older, newer = _large_state(0).replace(step=np.int32(2)), _large_state(1).replace(step=np.int32(4))
+  checkpoints.save(older, {"run": 1})
+  checkpoints.save(newer, {"run": 1})
+  checkpoints.close()
+  with open(directory / "4" / "checksums.json") as f:
+    stored = json.load(f)
+  w = np.asarray(newer.params["w"])
+  assert stored["arrays"]["params/w"] == hashlib.sha256(b"<f4(300, 100)" + w.tobytes()).hexdigest()
+  assert set(stored["arrays"]) == {"step", "params/w", "params/b", "opt_state/0/count",
+                                   "opt_state/0/mu/w", "opt_state/0/mu/b", "opt_state/0/nu/w",
+                                   "opt_state/0/nu/b"}
+  disk_faults.flip_bytes_of_largest_file(directory / "4")
+  capfd.readouterr()
+  checkpoints = loop.Checkpoints(directory)
+  state, meta = checkpoints.restore_latest(_large_state(2))
+  checkpoints.close()
+  err = capfd.readouterr().err
+  assert int(state.step) == 2 and meta == {"run": 1}
+  for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(older)):
+    np.testing.assert_array_equal(got, want)
+  assert (f"warning: checkpoint {directory / '4'} cannot be read (its arrays do not match "
+          f"checksums.json: params/w differs; the files are damaged); trying the previous one"
+          in err), err
+  assert "resuming from step 2" in err and "Traceback" not in err
+  assert sorted(os.listdir(directory)) == ["2", "4.unreadable"]
+
+
+def test_a_checkpoint_without_checksums_restores_unchecked(tmp_path):
+  directory = tmp_path / "ck"
+  checkpoints = loop.Checkpoints(directory)
+  checkpoints.save(_large_state(0).replace(step=np.int32(2)), {})
+  checkpoints.close()
+  os.remove(directory / "2" / "checksums.json")
+  checkpoints = loop.Checkpoints(directory)
+  state, _ = checkpoints.restore_latest(_large_state(2))
+  checkpoints.close()
+  np.testing.assert_array_equal(state.params["w"], _large_state(0).params["w"])
+
+
+FULL_DISK_RUN = """
+import sys
+import pytest
+import disk_faults
+import toy_training as toy
+with pytest.MonkeyPatch.context() as monkeypatch:
+  disk_faults.no_space_left(monkeypatch)
+  try:
+    toy.run(sys.argv[1], 4)
+  except OSError as e:
+    sys.exit(f"error: {e}")
+"""
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line(tmp_path):
+  env = dict(os.environ, PYTHONPATH=HERE + os.pathsep + os.environ.get("PYTHONPATH", ""),
+             XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-c", FULL_DISK_RUN, str(tmp_path / "run")], env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+  directory = tmp_path / "run" / "checkpoints"
+  assert result.returncode == 1
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1, result.stderr
+  assert re.fullmatch(rf"error: no space left on device writing checkpoint 2 in {directory} "
+                      r"\([0-9.]+ (bytes|KB|MB|GB) free\); free space on that disk and run again",
+                      lines[0]), lines[0]
+  assert os.listdir(directory) == []  # the partial step is removed

@@ -4,6 +4,7 @@ import json
 import os
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -15,6 +16,7 @@ from densecap_jax.train import loop
 from densecap_jax.train import trainer
 from densecap_jax.evaluation import __main__ as evaluate
 from densecap_jax.train.configs import tiny
+import disk_faults
 import small_dataset
 
 SIZE = 64
@@ -216,3 +218,40 @@ def test_a_run_resumed_from_fractions_keeps_one_unit(dataset, tmp_path, monkeypa
   assert 0 <= validations[1]["val_detmap"] <= 100
   assert json.loads(best_path.read_text()) == {"step": 5, "val_detmap": pytest.approx(99.9),
                                                "unit": "percent"}
+
+
+def test_nonfinite_parameters_never_replace_a_model(tmp_path, capsys):
+  vocab = [None, "a"]
+  config = ml_collections.ConfigDict({"name": "densecap"})
+  good = {"fc6": {"kernel": np.ones((4, 3), np.float32)}, "step": np.int32(1)}
+  assert trainer.save_finite_model(str(tmp_path / "last"), good, config, vocab, 5)
+  bad = {"fc6": {"kernel": np.full((4, 3), np.nan, np.float32)}, "step": np.int32(1)}
+  assert not trainer.save_finite_model(str(tmp_path / "last"), bad, config, vocab, 10)
+  err = capsys.readouterr().err
+  assert err == (f"warning: {tmp_path / 'last'} not written from step 10: 1 parameter arrays hold "
+                 "NaN or infinity (first: fc6/kernel); the previous model there is kept\n")
+  np.testing.assert_array_equal(checkpoint.load_model(tmp_path / "last")[0]["fc6"]["kernel"],
+                                good["fc6"]["kernel"])
+  # The processes other than the first only check.
+  assert not trainer.save_finite_model(str(tmp_path / "other"), bad, config, vocab, 10,
+                                       write=False)
+  assert not (tmp_path / "other").exists() and capsys.readouterr().err == ""
+
+
+@pytest.mark.slow
+def test_a_damaged_checkpoint_is_passed_over_on_resume(dataset, tmp_path, capfd):
+  workdir = tmp_path / "run"
+  trainer.train(small_config(dataset, max_iters=10), str(workdir), progress=False)
+  disk_faults.flip_bytes_of_largest_file(workdir / "checkpoints" / "10")
+  capfd.readouterr()
+  state, reason = trainer.train(small_config(dataset, max_iters=10), str(workdir),
+                                progress=False)
+  out, err = capfd.readouterr()
+  assert reason == "done" and int(state.step) == 10
+  assert f"checkpoint {workdir / 'checkpoints' / '10'} cannot be read (its arrays do not" in err
+  assert "resuming from step 5 of" in out and "non-finite" not in out + err
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "10.unreadable", "5"]
+  params = checkpoint.load_model(workdir / "last")[0]
+  assert checkpoint.nonfinite_arrays(params) == []
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params)):
+    np.testing.assert_array_equal(a, b)

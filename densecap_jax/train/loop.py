@@ -10,6 +10,7 @@ an uninterrupted run does. Scalars go to ``metrics_log.MetricsWriter``.
 
 import collections
 import os
+import shutil
 import signal
 import sys
 import time
@@ -184,13 +185,31 @@ class Checkpoints:
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def save(self, state, meta):
-    """Saves a host (unreplicated) ``state`` and a JSON-able ``meta`` dict at ``state.step``."""
+    """Saves a host (unreplicated) ``state`` and a JSON-able ``meta`` dict at ``state.step``.
+
+    Once orbax has committed the step, the first process writes the sha256 of
+    each array of ``state`` to ``N/checksums.json``.
+
+    Raises:
+      checkpoint.DiskFullError: the disk filled up (one line naming the step
+        and folder; the partial step is removed).
+    """
     step = int(state.step)
     if step in self._manager.all_steps():
       return
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(jax.device_get(state)), meta=ocp.args.JsonSave(meta)))
-    self._manager.wait_until_finished()
+    state = jax.device_get(state)
+    try:
+      with checkpoint.quiet_failed_write(f"checkpoint {step}", self.directory):
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+        self._manager.wait_until_finished()
+        if jax.process_index() == 0:
+          checkpoint.write_checksums(os.path.join(self.directory, str(step)), state)
+    except checkpoint.DiskFullError:
+      for name in os.listdir(self.directory):
+        if name.startswith(f"{step}.orbax-checkpoint-tmp"):
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+      raise
 
   def latest_step(self):
     return self._manager.latest_step()
@@ -198,8 +217,10 @@ class Checkpoints:
   def restore_latest(self, template):
     """``(state, meta)`` of the newest readable checkpoint with ``template``'s structure, or None.
 
-    A checkpoint that cannot be read (a truncated or missing file) is passed
-    over with a one-line warning for the next older one; once an older one
+    A checkpoint that cannot be read (a truncated or missing file), or whose
+    arrays differ from its ``checksums.json`` (damaged bytes; a checkpoint
+    without that file is read unchecked), is passed over with a one-line
+    warning for the next older one; once an older one
     has been read, the unreadable ones are renamed ``N.unreadable`` (kept on
     disk, out of the way of the steps saved from now on).
 
@@ -214,6 +235,10 @@ class Checkpoints:
         with checkpoint.quiet_failed_read():
           restored = self._manager.restore(step, args=ocp.args.Composite(
               state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        mismatch = checkpoint.checksum_mismatch(os.path.join(self.directory, str(step)),
+                                                restored.state)
+        if mismatch:
+          raise ValueError(mismatch)
       except Exception as e:  # pylint: disable=broad-except
         reason = checkpoint.first_error_line(e)
         unreadable.append((step, reason))
@@ -259,6 +284,33 @@ class StopRequest:
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
+
+
+class StopAgreement:
+  """The stop decision of a multi-process job, the same on every process.
+
+  A signal reaches one process; each process alone would stop at its own step
+  and leave its peers waiting in the next all-reduce. After each step every
+  process puts its own request (0, or the signal's number) into an
+  all-reduce (max) over every device of the job, and reads the result of the
+  one dispatched ``lag`` steps earlier: every process reads the same results
+  at the same steps, so all stop after the same step. The host runs at most
+  ``lag`` steps ahead of the devices.
+  """
+
+  def __init__(self, lag=2, axis_name=AXIS):
+    self.lag = lag
+    self._reduce = jax.pmap(lambda x: jax.lax.pmax(x, axis_name), axis_name=axis_name)
+    self._pending = collections.deque()
+
+  def after_step(self, local_signal):
+    """``local_signal`` (a name or None) of this step; returns the job's agreed signal name or None."""
+    number = 0 if local_signal is None else int(signal.Signals[local_signal])
+    self._pending.append(self._reduce(np.full((jax.local_device_count(),), number, np.int32)))
+    if len(self._pending) <= self.lag:
+      return None
+    agreed = int(unreplicate(self._pending.popleft()))
+    return signal.Signals(agreed).name if agreed else None
 
 
 class NonFiniteLossError(RuntimeError):
@@ -319,7 +371,9 @@ def train_loop(*, state, step_fn: Callable, batches: Iterator, base_rng, num_ste
     base_rng: the run's base PRNG key.
     num_steps: total number of steps of the run.
     checkpoints: where the state goes every ``checkpoint_every`` steps, before
-      each validation, at the end, and when a SIGTERM/SIGINT arrives.
+      each validation, at the end, and when a SIGTERM/SIGINT arrives (in a
+      job of several processes, a signal to any one of them stops all after
+      the same step, a few steps later: :class:`StopAgreement`).
     checkpoint_every: steps between checkpoints.
     writer: metrics sink; training scalars averaged over ``log_every`` steps.
     eval_fn: ``params -> dict of scalars`` run every ``eval_every`` steps and
@@ -404,6 +458,7 @@ def train_loop(*, state, step_fn: Callable, batches: Iterator, base_rng, num_ste
                    f"{first_loss:.4g}; stopping")
         exploded_at = at
 
+  agreement = StopAgreement() if jax.process_count() > 1 else None
   with StopRequest() as stop:
     step = start
     pending = []  # (step, metrics still on the devices) since the last sync
@@ -427,7 +482,8 @@ def train_loop(*, state, step_fn: Callable, batches: Iterator, base_rng, num_ste
       eval_due = bool(eval_fn is not None and eval_every and (step % eval_every == 0 or
                                                                step == num_steps))
       save_due = eval_due or step % checkpoint_every == 0 or step == num_steps
-      if not (log_due or save_due or stop.signal is not None):
+      stop_signal = stop.signal if agreement is None else agreement.after_step(stop.signal)
+      if not (log_due or save_due or stop_signal is not None):
         continue  # metrics stay on the devices: no host round trip on most steps
       take_metrics(pending)
       pending = []
@@ -448,10 +504,10 @@ def train_loop(*, state, step_fn: Callable, batches: Iterator, base_rng, num_ste
         reason = "exploded"
         save()
         break
-      if stop.signal is not None:
-        reason = stop.signal
+      if stop_signal is not None:
+        reason = stop_signal
         save()
-        tqdm.write(f"{stop.signal} received: checkpoint saved at step {step}")
+        tqdm.write(f"{stop_signal} received: checkpoint saved at step {step}")
         break
   bar.close()
   return host_state(), reason

@@ -4,9 +4,11 @@ Work directory layout::
 
   WORKDIR/
     config.json        the training config of the run
-    checkpoints/N/     full training state at step N (orbax; the last few kept)
+    checkpoints/N/     full training state at step N (orbax; the last few kept), with
+                       checksums.json (sha256 of each array) checked on resume
     best/              model directory of the best validation mAP (predict / eval)
     last/              model directory of the newest checkpoint
+                       (neither is ever written from parameters holding NaN or infinity)
     metrics.jsonl      training and validation scalars, one JSON object a line
                        (val_map and val_detmap in percent, as the evaluation prints them)
     tensorboard/       the same as TensorBoard event files
@@ -18,6 +20,7 @@ data-parallel (one ``jax.pmap``); with several hosts each reads its own shard.
 
 import json
 import os
+import sys
 
 import jax
 from jax.experimental import multihost_utils
@@ -218,16 +221,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume=True, progr
   def on_eval(step, params, results):
     nonlocal best
     if best is None or results[best_key] > best[best_key]:
+      if not save_finite_model(os.path.join(workdir, "best"), params, config.model, data.vocab,
+                               step, write=is_chief):
+        return
       best = {"step": step, best_key: results[best_key], "unit": "percent"}
       if is_chief:
-        checkpoint.save_model(os.path.join(workdir, "best"), params, config.model, data.vocab,
-                              overwrite=True)
         files.write_json(os.path.join(workdir, "best", BEST_METRICS), best)
 
   def on_save(host_state):
-    if is_chief:
-      checkpoint.save_model(os.path.join(workdir, "last"), host_state.params, config.model,
-                            data.vocab, overwrite=True)
+    save_finite_model(os.path.join(workdir, "last"), host_state.params, config.model, data.vocab,
+                      int(host_state.step), write=is_chief)
 
   start = int(state.step)
   if has_val and config.eval_first_iteration and start == 0:
@@ -262,6 +265,28 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume=True, progr
     if meteor is not None:
       meteor.close()
   return state, reason
+
+
+def save_finite_model(directory, params, model_config, vocab, step, *, write=True):
+  """Replaces the model ``directory`` (``best/``, ``last/``) with ``params`` if all are finite.
+
+  Parameters holding NaN or infinity never replace a model: the directory is
+  left as it is and one line on stderr names the step and the first such
+  array. ``write=False`` (the processes other than the first) only checks.
+
+  Returns:
+    Whether the parameters are finite (and, with ``write``, were saved).
+  """
+  bad = checkpoint.nonfinite_arrays(params)
+  if bad:
+    if write:
+      print(f"warning: {directory} not written from step {step}: {len(bad)} parameter arrays hold "
+            f"NaN or infinity (first: {bad[0]}); the previous model there is kept",
+            file=sys.stderr)
+    return False
+  if write:
+    checkpoint.save_model(directory, params, model_config, vocab, overwrite=True)
+  return True
 
 
 def _not_validated(writer, step, key):
