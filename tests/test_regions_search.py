@@ -90,12 +90,15 @@ def test_query_errors_and_unknown_words(model, collection, tmp_path):
   with pytest.raises(ValueError, match="none of its words .*zebra.* vocabulary"):
     search_lib.search(model, index, "zebra giraffe")
   # The errors name the query as given, not the position of a phrase in a list.
-  for query, why in [("zebra giraffe", ": none of its words (zebra, giraffe) is in"),
-                     ("a red caf\u00e9", ": non-ASCII character '\u00e9' (U+00E9) in phrase"),
-                     (" ".join(["red"] * 40), " has 40 words, more than the model's seq_length")]:
+  long_query = " ".join(["red"] * 40)
+  for query, shown, why in [
+      ("zebra giraffe", "'zebra giraffe'", ": none of its words (zebra, giraffe) is in"),
+      ("a red \u2603", "'a red \u2603'", ": non-ASCII character '\u2603' (U+2603) in phrase"),
+      (long_query, f"'{long_query[:60]}...' (159 characters)",
+       " has 40 words, more than the model's seq_length")]:
     with pytest.raises(ValueError) as e:
       search_lib.search(model, index, query)
-    assert str(e.value).startswith(f'query "{query}"{why}'), str(e.value)
+    assert str(e.value).startswith(f"query {shown}{why}"), str(e.value)
     assert "phrase 0" not in str(e.value)
   result = search_lib.search(model, index, "a red zebra circle", top=2)
   assert result.unknown == ["zebra"] and result.words == ["a", "red", "circle"]
@@ -198,3 +201,13 @@ def test_command_errors_are_one_line(collection, tmp_path):
   other = _with_fingerprint(index, tmp_path, "sha256:0")
   assert "built with another model" in _error(["--index", other, "--query", "a red circle"])
   assert "vocabulary" in _error(["--index", index.path, "--query", "zebra"])
+  # A damaged index (codes cut by a region) is refused, naming the shard and the repair.
+  damaged = str(tmp_path / "damaged.index")
+  shutil.copytree(index.path, damaged)
+  codes = os.path.join(damaged, "shards", "000001", "codes.npy")
+  np.save(codes, np.load(codes)[:-1])
+  message = _error(["--index", damaged, "--query", "a red circle"])
+  rows = index.manifest["shards"][1]["regions"]
+  assert message == (f"error: index {damaged} is damaged: shard 000001: codes.npy has "
+                     f"{rows - 1} rows, the manifest records {rows}; re-index it with "
+                     f"densecap-index --input_dir {index.input_dir} --output {damaged}")

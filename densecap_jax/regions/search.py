@@ -33,11 +33,11 @@ known words are all function words (``regions.phrases.FUNCTION_WORDS``:
 """
 
 import dataclasses
-import json
 import time
 
 import numpy as np
 
+from densecap_jax import files
 from densecap_jax.regions import index as index_lib
 from densecap_jax.regions import phrases as phrases_lib
 
@@ -189,9 +189,9 @@ def lm_scores(model, index, encoded, rows=None):
 
 def _name_query(message, query):
   """``regions.phrases``' error about "phrase 0" reworded to name the query itself."""
-  for prefix in (f"phrase 0 {query!r}", "phrase 0"):
+  for prefix in (f"phrase 0 {files.quoted(query)}", "phrase 0"):
     if message.startswith(prefix):
-      return f"query {json.dumps(query, ensure_ascii=False)}{message[len(prefix):]}"
+      return f"query {files.quoted(query)}{message[len(prefix):]}"
   return message
 
 
