@@ -42,6 +42,11 @@ decoded uint8 original is resized on the accelerator
 (``data.device_resize``), with ``host`` in NumPy; both give the same model
 input bit for bit, hence the same results.
 
+An image's pictures (and its ``img_name``) take its file's base name, made
+safe and unique (``output_names``): two inputs of the same name, or a name
+with control characters or over 200 bytes, never replace one another or
+write outside the output folders.
+
 Nothing is replaced without ``--overwrite``: an existing ``results.json``, or
 an image of the same name in either output folder, stops the command before
 the model loads. Nothing is written when no image could be read. The exit
@@ -174,6 +179,21 @@ def check_args(args):
                      f"got {args.max_detections}")
 
 
+def output_names(paths):
+  """The file name of each of ``paths`` in the output folders, in order (also its ``img_name``).
+
+  The path's base name, made safe and unique by ``files.contained_name``:
+  control characters become ``_``, a name over 200 bytes is cut keeping its
+  extension, and a name already given (``--input_split`` entries
+  ``"a/1"`` and ``"b/1"``, or the same image twice) gets ``-2``, ``-3``, ...
+  before its extension; so no image replaces another and none is written
+  outside its folder.
+  """
+  from densecap_jax import files  # pylint: disable=g-import-not-at-top
+  used = set()
+  return [files.contained_name(os.path.basename(p), used) for p in paths]
+
+
 def check_outputs(args, paths):
   """Refuses outputs that would replace files, before anything is loaded.
 
@@ -198,7 +218,7 @@ def check_outputs(args, paths):
   if args.output_vis and os.path.exists(results):
     raise ValueError(f"{results} exists (from another run); pass --overwrite to replace it, "
                      f"or choose another --output_vis_dir")
-  names = [os.path.basename(p) for p in paths]
+  names = output_names(paths)
   for flag, folder in folders:
     existing = [n for n in names if folder and os.path.lexists(os.path.join(folder, n))]
     if existing:
@@ -304,15 +324,18 @@ def caption_images(model, paths, args, given=None):
   Returns:
     ``(entries, failed)``: the ``results.json`` entry of each readable image
     (``boxes`` ``(N, 4)`` and ``scores`` ``(N,)`` float32 arrays, ``captions``
-    and ``img_name``; for given boxes also ``caption_log_probs`` ``(N,)``), in
-    input order, and the unreadable paths.
+    and ``img_name``, the file name of its pictures, ``output_names``; for
+    given boxes also ``caption_log_probs`` ``(N,)``), in input order, and the
+    unreadable paths.
 
   Raises:
     ValueError: a bad given box (``check_given_boxes``).
   """
+  from densecap_jax import files  # pylint: disable=g-import-not-at-top
   from densecap_jax import inference  # pylint: disable=g-import-not-at-top
   from densecap_jax import vis  # pylint: disable=g-import-not-at-top
 
+  names = output_names(paths)
   max_detections = None if args.max_detections < 0 else args.max_detections
   drawing = bool(args.output_vis or args.output_dir)
   entries, failed = [], []
@@ -325,7 +348,7 @@ def caption_images(model, paths, args, given=None):
           tqdm.write(f"skipped: {prepared}")
           bar.update(1)
           continue
-        entries.append({"img_name": os.path.basename(path)})
+        entries.append({"img_name": names[j]})
         yield (len(entries) - 1, j), prepared
 
     for group in inference.group_batches(readable(), model.buckets, model.batch_size):
@@ -339,9 +362,9 @@ def caption_images(model, paths, args, given=None):
                          if "caption_log_probs" in r else {}),
                       "img_name": name}
         if args.output_vis:
-          vis.save_image_atomic(p.display, os.path.join(args.output_vis_dir, name))
+          vis.save_image_atomic(p.display, files.inside(args.output_vis_dir, name))
         if args.output_dir:
-          vis.save_image_atomic(draw(p, r, paths[j], args), os.path.join(args.output_dir, name))
+          vis.save_image_atomic(draw(p, r, paths[j], args), files.inside(args.output_dir, name))
       bar.update(len(group))
   return entries, failed
 

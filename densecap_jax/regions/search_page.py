@@ -12,8 +12,13 @@
 * ``search.json``: the hits as data (``{"query", "words", "unknown",
   "no_known_content_words", "notes", "hits": [{"rank", "image", "box",
   "score", "log_likelihood", "caption", "objectness", "width", "height",
-  "src"}]}``; boxes xywh, 1-based, in the image's pixels);
-* ``images/<name>``: a copy of each hit's image.
+  "src"}]}``; boxes xywh, 1-based, in the image's pixels; ``image`` the
+  index's name, ``src`` the copy's path ``images/<name>``);
+* ``images/<name>``: a copy of each hit's image, named by
+  ``files.contained_name`` (the last part of the index's name, without
+  control characters, at most 200 bytes, made unique), so that no name in an
+  index can write outside ``images/``; a stored name that is not a plain file
+  name gets a one-line warning on stderr.
 """
 
 import html
@@ -21,6 +26,8 @@ import importlib.resources
 import json
 import os
 import shutil
+import sys
+import urllib.parse
 
 from densecap_jax import files
 
@@ -47,17 +54,41 @@ _PAGE_STYLE = """
 """.replace("BOX_COLOR", BOX_COLOR)
 
 
+def copy_names(result):
+  """The file name in ``images/`` of each hit's copy (``files.contained_name``), in hit order."""
+  used = set()
+  return [files.contained_name(hit.image, used) for hit in result.hits]
+
+
 def outputs(result):
   """Paths (relative to the folder) that :func:`write_search_page` writes for ``result``."""
-  return [PAGE, DATA, STYLE] + [f"{IMAGES}/{hit.image}" for hit in result.hits]
+  return [PAGE, DATA, STYLE] + [f"{IMAGES}/{name}" for name in copy_names(result)]
 
 
-def _card(hit):
+def _shown(name, limit=60):
+  return repr(name) if len(name) <= limit else f"{name[:limit]!r}... ({len(name)} characters)"
+
+
+def _warn_unusual(result, names):
+  """One line on stderr naming the index's image names that are not plain file names."""
+  unusual = [(hit.image, name) for hit, name in zip(result.hits, names)
+             if hit.image != files.contained_name(hit.image, limit=1 << 30)]
+  if unusual:
+    shown = ", ".join(f"{_shown(image)} as {IMAGES}/{name[:60]}" for image, name in unusual[:3])
+    more = f" and {len(unusual) - 3} more" if len(unusual) > 3 else ""
+    print(f"warning: {len(unusual)} image name{'' if len(unusual) == 1 else 's'} in the index "
+          f"{'is not a plain file name' if len(unusual) == 1 else 'are not plain file names'} "
+          f"(a path, or control characters); the page's copies are named {shown}{more}",
+          file=sys.stderr)
+
+
+def _card(hit, name):
   x, y, w, h = hit.box
   title = html.escape(f"{hit.caption} ({hit.score:.3f})")
+  src = html.escape(IMAGES + "/" + urllib.parse.quote(name))
   return f"""<figure class="hit">
   <div class="frame">
-    <img src="{html.escape(IMAGES + '/' + hit.image)}" alt="{html.escape(hit.image)}">
+    <img src="{src}" alt="{html.escape(hit.image)}">
     <svg viewBox="0 0 {hit.width} {hit.height}"><rect class="box" x="{x - 1:g}" y="{y - 1:g}" \
 width="{w:g}" height="{h:g}" stroke="{BOX_COLOR}"><title>{title}</title></rect></svg>
   </div>
@@ -67,7 +98,7 @@ width="{w:g}" height="{h:g}" stroke="{BOX_COLOR}"><title>{title}</title></rect><
 </figure>"""
 
 
-def _page(result):
+def _page(result, names):
   query = html.escape(result.query)
   notice = "".join(f"<p>{html.escape(line)}</p>" for line in result.notes)
   notice = f'<div class="notice" role="note">{notice}</div>' if notice else ""
@@ -78,7 +109,8 @@ def _page(result):
     summary = (f'<p class="help">{hits} image{"" if hits == 1 else "s"}, best first; the box '
                f"drawn is the region where the query is most likely (score: log-likelihood per "
                f"word)</p>")
-    cards = "\n".join(_card(hit) for hit in result.hits) or "<p>No hits.</p>"
+    cards = "\n".join(_card(hit, name) for hit, name in zip(result.hits, names)) or \
+        "<p>No hits.</p>"
   return f"""<!doctype html>
 <html lang="en">
 <head>
@@ -104,8 +136,8 @@ def _page(result):
 """
 
 
-def _data(result):
-  hits = [dict(vars(hit), src=f"{IMAGES}/{hit.image}") for hit in result.hits]
+def _data(result, names):
+  hits = [dict(vars(hit), src=f"{IMAGES}/{name}") for hit, name in zip(result.hits, names)]
   for hit in hits:
     del hit["path"]
   return {"query": result.query, "words": result.words, "unknown": result.unknown,
@@ -116,18 +148,23 @@ def _data(result):
 def write_search_page(folder, result):
   """Writes the page of ``result`` (a ``regions.search.SearchResult``) into ``folder``.
 
-  Every file is written atomically; the images are copied from their paths.
+  Every file is written atomically; the images are copied from their paths
+  to ``images/<copy_names(result)[i]>``, inside ``folder`` whatever the
+  index's names are.
 
   Returns:
     The page's path.
   """
-  os.makedirs(os.path.join(folder, IMAGES), exist_ok=True)
-  for hit in result.hits:
-    with files.atomic_output(os.path.join(folder, IMAGES, hit.image)) as tmp_path:
+  names = copy_names(result)
+  _warn_unusual(result, names)
+  images = os.path.join(folder, IMAGES)
+  os.makedirs(images, exist_ok=True)
+  for hit, name in zip(result.hits, names):
+    with files.atomic_output(files.inside(images, name)) as tmp_path:
       shutil.copyfile(hit.path, tmp_path)
   style = importlib.resources.files("densecap_jax.viewer").joinpath(STYLE).read_text("utf-8")
-  for name, text in ((STYLE, style), (DATA, json.dumps(_data(result), indent=1)),
-                     (PAGE, _page(result))):
+  for name, text in ((STYLE, style), (DATA, json.dumps(_data(result, names), indent=1)),
+                     (PAGE, _page(result, names))):
     with files.atomic_output(os.path.join(folder, name)) as tmp_path:
       with open(tmp_path, "w", encoding="utf-8") as f:
         f.write(text)
