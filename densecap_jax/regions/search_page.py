@@ -48,6 +48,7 @@ _PAGE_STYLE = """
 .hit .rank { font-weight: 400; }
 .hit .caption { color: BOX_COLOR; font-weight: 400; }
 .hit .score, .hit .name { color: var(--muted); font-size: 13px; }
+.hit .name { overflow-wrap: anywhere; }
 .notice { font-size: 16px; font-weight: 400; color: BOX_COLOR; margin: 10px 0 18px;
   padding: 8px 12px; border-left: 4px solid BOX_COLOR; background: rgba(173, 35, 35, 0.07); }
 .notice p { margin: 2px 0; }
