@@ -233,6 +233,7 @@ def serve(args, sock, busy=None):
   config = uvicorn.Config(app, ssl_certfile=args.certfile or None,
                           ssl_keyfile=args.keyfile or None, access_log=args.access_log,
                           log_level="info" if args.access_log or args.verbose else "warning",
+                          h11_max_incomplete_event_size=app_lib.MAX_REQUEST_HEAD_BYTES,
                           timeout_graceful_shutdown=5)
   server = uvicorn.Server(config)
   print(f"listening: {url}" + (" (warming up; /healthz answers 503 until ready)"

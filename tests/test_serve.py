@@ -933,6 +933,87 @@ def test_bad_boxes_and_phrases_get_a_one_line_400(server, route, fields, message
   assert headers["content-type"] == "application/json"
 
 
+def _new_output(process):
+  """The lines ``process`` printed since this was last called."""
+  lines = []
+  while True:
+    try:
+      line = process.lines.get_nowait()
+    except queue.Empty:
+      return lines
+    if line is None:
+      process.lines.put(None)
+      return lines
+    lines.append(line)
+
+
+HUGE = "1" + "0" * 400
+
+
+@pytest.mark.parametrize("route, fields, message", [
+    ("caption", {"boxes": "[" * 5000}, r"^boxes must be a list of \[x, y, w, h\] boxes in JSON; "
+     r"cannot parse it: nested 5,000 levels deep, more than the limit of 8$"),
+    ("score", {"phrases": "[" * 5000 + "]" * 5000},
+     r"^phrases must be a list of strings in JSON; cannot parse it: nested 5,000 levels deep"),
+    ("score", {"phrases": '["a"]', "boxes": "[" * 5000 + "1"},
+     r"^boxes must be .* nested 5,000 levels deep"),
+    ("caption", {"boxes": f"[[{HUGE}, 1, 5, 5]]"}, r"^boxes: box 0: x is inf$"),
+    ("caption", {"boxes": f"[[1, 1, 5, -{HUGE}]]"}, r"^boxes: box 0: h is -inf$"),
+    ("score", {"phrases": '["a"]', "boxes": f"[[1, 1, {HUGE}, 5]]"}, r"^boxes: box 0: w is inf$"),
+    ("score", {"phrases": f"[{HUGE}]"}, r"^phrase 0 must be a string, got Infinity$"),
+    ("caption", {"boxes": f'[[1, 1, 5, "{"x" * 1000}"]]'},
+     r"^boxes: box 0 must be \[x, y, w, h\], 4 numbers, got '\[1, 1, 5, \"x{49}\.\.\.' "
+     r"\(1,013 characters\)$"),
+    ("caption", {"max_boxes": "9" * 10_000 + "x"},
+     r"^max_boxes must be an integer, got '9{60}\.\.\.' \(10,001 characters\)$"),
+    ("caption", {"z" * 10_000: "1"}, r"^unknown field 'z{60}\.\.\.' \(10,000 characters\); "),
+])
+def test_deep_json_huge_numbers_and_long_values_are_a_short_one_line_400_and_log_nothing(
+    server, route, fields, message):
+  _new_output(server)
+  png = image_bytes(random_image(5, 20, 30), "PNG")
+  status, headers, body = server.request("POST", f"/api/{route}" + fields_query(**fields), png,
+                                         {"Content-Type": "image/png"})
+  answer = json.loads(body)
+  assert status == 400 and set(answer) == {"error"} and b"\n" not in body, answer
+  assert re.search(message, answer["error"]), answer
+  assert len(answer["error"]) < 300 and headers["content-type"] == "application/json"
+  status, answer = server.json("POST", "/api/caption", png, {"Content-Type": "image/png"})
+  assert status == 200 and answer["width"] == 30
+  assert not [line for line in _new_output(server) if "Traceback" in line or "ERROR" in line]
+
+
+def test_a_long_phrase_in_a_form_gets_a_short_error(server):
+  _new_output(server)
+  phrase = "zebra " * 9000 + "giraffe"  # under the test server's 60,000-byte upload limit
+  body, content_type = multipart({"image": ("a.png", image_bytes(random_image(5, 20, 30), "PNG")),
+                                  "phrases": json.dumps(["a red", phrase])})
+  status, answer = server.json("POST", "/api/score", body, {"Content-Type": content_type})
+  words = ", ".join(["zebra"] * 9000 + ["giraffe"])
+  assert status == 400 and answer == {"error": (
+      f"phrase 1 '{phrase[:60]}...' (54,007 characters): none of its words ({words[:60]}... "
+      f"(9,001 words)) is in the model's vocabulary")}
+  assert not [line for line in _new_output(server) if "Traceback" in line]
+
+
+@pytest.mark.parametrize("size", [180_000, 900_000])
+def test_a_long_query_string_is_a_json_414(server, size):
+  png = image_bytes(random_image(5, 20, 30), "PNG")
+  query = fields_query(boxes=json.dumps([[1, 1, 5, 5]]), phrases="x" * size)
+  status, headers, body = server.request("POST", "/api/score" + query, png,
+                                         {"Content-Type": "image/png"})
+  assert status == 414 and headers["content-type"] == "application/json", (status, body[:200])
+  assert json.loads(body) == {"error": (
+      f"query string of {len(query) - 1:,} bytes is over the limit of "
+      f"{app_lib.MAX_QUERY_BYTES:,} bytes; send long fields ('boxes', 'phrases') as "
+      f"multipart/form-data fields")}
+  # Just under the limit the fields are read as usual.
+  query = fields_query(phrases='["a"]', boxes="[[1, 1, 5, 5]" + " " * 60_000 + "]")
+  assert len(query) - 1 < app_lib.MAX_QUERY_BYTES
+  status, answer = server.json("POST", "/api/score" + query, png, {"Content-Type": "image/png"})
+  assert status == 200 and answer["log_likelihood"] and answer["width"] == 30
+
+
 def test_unknown_routes_and_methods_are_json_errors(server):
   assert server.json("GET", "/api/caption") == (405, {"error": "method not allowed"})
   assert server.json("POST", "/healthz") == (405, {"error": "method not allowed"})

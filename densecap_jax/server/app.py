@@ -59,6 +59,13 @@ runs alone in a worker thread, one at a time, beside the batcher's thread
 
 Every error is JSON ``{"error": "..."}`` with a 4xx status (5xx only for a
 failure of the server itself); a bad box or phrase is a 400 naming its index.
+Errors are one line, and quote at most 60 characters of a value sent
+(``files.quoted``, with its length). ``boxes`` and ``phrases`` are parsed
+with their nesting bounded (``MAX_JSON_DEPTH``) and integers beyond a
+float's range read as infinite (refused as a box's value); a query string
+over ``MAX_QUERY_BYTES`` is a 414 (send long fields in the multipart form);
+a request line and headers over ``MAX_REQUEST_HEAD_BYTES`` are refused by
+the HTTP server with a plain-text 400. A client's bad input logs nothing.
 Page files are read once at start-up from a fixed list; no request path is
 ever mapped to the file system.
 """
@@ -76,6 +83,7 @@ import jax
 import numpy as np
 from starlette import applications, exceptions, formparsers, requests, responses, routing
 
+from densecap_jax import files
 from densecap_jax.data import images as images_lib
 from densecap_jax.server import batching
 from densecap_jax.server import captioner as captioner_lib
@@ -97,6 +105,14 @@ PHRASES_FIELD = "phrases"
 MAX_GIVEN_BOXES = 1024
 MAX_PHRASES = 64
 MAX_FIELD_BYTES = 256 * 1024
+# Deepest nesting of the JSON of ``boxes`` and ``phrases`` (they need 2 and 1).
+MAX_JSON_DEPTH = 8
+# Longest query string (longer fields go in a multipart form: MAX_FIELD_BYTES),
+# and the most bytes of a request's line and headers that the HTTP server reads
+# (``serve`` gives it to uvicorn): a request line longer than that is refused
+# by uvicorn itself with a plain-text 400 before it reaches the application.
+MAX_QUERY_BYTES = 64 * 1024
+MAX_REQUEST_HEAD_BYTES = 1024 * 1024
 SECURITY_HEADERS = {
     "Content-Security-Policy": ("default-src 'self'; img-src 'self' blob: data:; "
                                 "media-src 'self' blob: mediastream:; object-src 'none'; "
@@ -189,7 +205,7 @@ def parse_fields(fields, defaults, json_fields=()):
   given = {}
   for name, value in fields:
     if name not in known:
-      raise RequestError(400, f"unknown field {name!r}; expected 'image' and optionally "
+      raise RequestError(400, f"unknown field {files.quoted(name)}; expected 'image' and optionally "
                               f"{', '.join(repr(f) for f in known)}")
     if not isinstance(value, str):
       raise RequestError(400, f"field {name!r} must be a plain value, not a file")
@@ -217,10 +233,18 @@ def parse_fields(fields, defaults, json_fields=()):
 
 
 def _json_field(name, text, what):
+  """``text`` parsed as JSON nested at most ``MAX_JSON_DEPTH`` deep (``files.loads_json``:
+  integers beyond a float's range read as ``inf``, which the box checks refuse)."""
   try:
-    return json.loads(text)
+    return files.loads_json(text, MAX_JSON_DEPTH)
   except ValueError as e:
     raise RequestError(400, f"{name} must be {what} in JSON; cannot parse it: {e}") from None
+
+
+def _shown(value):
+  """A JSON value of a request for a message: its JSON text, cut by ``files.quoted``."""
+  text = json.dumps(value)
+  return text if len(text) <= files.MAX_QUOTED else files.quoted(text)
 
 
 def parse_boxes(text):
@@ -241,7 +265,7 @@ def parse_boxes(text):
     if not (isinstance(box, list) and len(box) == 4 and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
       raise RequestError(400, f"boxes: box {i} must be [x, y, w, h], 4 numbers, got "
-                              f"{json.dumps(box)[:80]}")
+                              f"{_shown(box)}")
   return np.asarray(boxes, np.float64).reshape(-1, 4)
 
 
@@ -256,13 +280,13 @@ def parse_phrases(text):
   phrases = _json_field("phrases", text, what)
   if not isinstance(phrases, list) or not phrases:
     raise RequestError(400, f"phrases must be a non-empty list of strings, got "
-                            f"{json.dumps(phrases)[:80]}")
+                            f"{_shown(phrases)}")
   if len(phrases) > MAX_PHRASES:
     raise RequestError(400, f"phrases: {len(phrases)} phrases are more than the limit of "
                             f"{MAX_PHRASES}")
   for i, phrase in enumerate(phrases):
     if not isinstance(phrase, str):
-      raise RequestError(400, f"phrase {i} must be a string, got {json.dumps(phrase)[:80]}")
+      raise RequestError(400, f"phrase {i} must be a string, got {_shown(phrase)}")
   return phrases
 
 
@@ -271,9 +295,9 @@ def _number(given, name, kind):
     value = kind(given[name])
   except ValueError:
     raise RequestError(400, f"{name} must be {'an integer' if kind is int else 'a number'}, "
-                            f"got {given[name]!r}") from None
+                            f"got {files.quoted(given[name])}") from None
   if not math.isfinite(value):
-    raise RequestError(400, f"{name} must be finite, got {given[name]!r}")
+    raise RequestError(400, f"{name} must be finite, got {files.quoted(given[name])}")
   return value
 
 
@@ -298,12 +322,19 @@ async def read_upload(request, limit):
   """``(image bytes, image name, option fields)`` from a multipart or raw-image request.
 
   Raises:
-    RequestError: 413 body over ``limit``; 415 neither multipart nor
-      ``image/*``; 400 malformed multipart, no ``image`` file field, empty body.
+    RequestError: 414 query string over ``MAX_QUERY_BYTES``; 413 body over
+      ``limit``; 415 neither multipart nor ``image/*``; 400 malformed
+      multipart, no ``image`` file field, empty body.
   """
+  query = request.scope.get("query_string", b"")
+  if len(query) > MAX_QUERY_BYTES:
+    raise RequestError(414, f"query string of {len(query):,} bytes is over the limit of "
+                            f"{MAX_QUERY_BYTES:,} bytes; send long fields ('boxes', 'phrases') "
+                            f"as multipart/form-data fields")
   content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
   if content_type != "multipart/form-data" and not content_type.startswith("image/"):
-    raise RequestError(415, f"unsupported Content-Type {content_type or '(none)'!r}: send "
+    shown = files.quoted(content_type or "(none)")
+    raise RequestError(415, f"unsupported Content-Type {shown}: send "
                             f"multipart/form-data with an 'image' file field, or the image "
                             f"itself with Content-Type image/jpeg, image/png, ...")
   body = await read_body(request, limit)
