@@ -110,8 +110,9 @@ def parse_args(argv=None):
                           "-1 = all (given --boxes_json boxes are all kept)")
   output = parser.add_argument_group("outputs")
   output.add_argument("--output_dir", default="",
-                      help="if set, write the images with boxes and captions drawn in "
-                           "(default: not written)")
+                      help="if set, write the images with boxes and captions drawn in, named "
+                           "as the inputs (made unique, control characters as _, at most 200 "
+                           "bytes) (default: not written)")
   output.add_argument("--draw_on", choices=("image", "resized"), default="image",
                       help="image: draw on each image at its own size, upright, with captions "
                            "on labels of the box colour, wrapped at spaces and kept inside; "
