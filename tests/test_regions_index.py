@@ -23,6 +23,7 @@ from densecap_jax.data import synthetic
 from densecap_jax.data import vocab as vocab_lib
 from densecap_jax.regions import index as index_lib
 from densecap_jax.regions import index_command
+from densecap_jax.regions import index_reader
 
 
 def square_scenes(count, seed):
@@ -436,3 +437,27 @@ def test_a_new_index_that_failed_on_a_full_disk_can_be_made_again(model, photos,
   (mine / "shards" / "000000").mkdir(parents=True)
   with pytest.raises(ValueError, match="is a folder that is not an index"):
     index_lib.check_output(str(mine))
+
+
+def test_a_reader_opening_while_a_run_replaces_a_shard_opens_the_new_commit(
+    model, small_index, tmp_path, monkeypatch):
+  folder, _ = small_index
+  output = str(tmp_path / "p.index")
+  shutil.copytree(folder, tmp_path / "photos")
+  photos = str(tmp_path / "photos")
+  index_lib.build_index(model, photos, output, max_boxes=3, shard_size=1, progress=False)
+  check = index_reader.check_shard
+  calls = []
+
+  def run_meanwhile(*args, **kwargs):
+    # The reader has read the manifest; a run drops shard 000000 and commits before it looks.
+    if not calls:
+      os.remove(os.path.join(photos, sorted(os.listdir(photos))[0]))
+      index_lib.build_index(model, photos, output, max_boxes=3, shard_size=1, progress=False)
+    calls.append(args[1]["name"])
+    return check(*args, **kwargs)
+
+  monkeypatch.setattr(index_reader, "check_shard", run_meanwhile)
+  index = index_lib.open_index(output)
+  assert calls == ["000000", "000001", "000002"]  # the first check failed; then the new manifest
+  assert index.image_names == sorted(os.listdir(photos)) and index.num_regions == 6
