@@ -73,8 +73,12 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _launch(workdir, dataset, *, num_processes, devices_per_process, steps=STEPS, val_images=4):
-  """Starts the training command as ``num_processes`` processes; returns the Popens."""
+def _launch(workdir, dataset, *, num_processes, devices_per_process, steps=STEPS, val_images=4,
+            only=None, extra_flags=()):
+  """Starts the training command as ``num_processes`` processes; returns the Popens.
+
+  ``only``: the process ids to start (default all); ``extra_flags`` go to each.
+  """
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
   command = [sys.executable, "-m", "densecap_jax.train", "--config", "tiny",
@@ -87,12 +91,12 @@ def _launch(workdir, dataset, *, num_processes, devices_per_process, steps=STEPS
              f"--config.save_checkpoint_every={SAVE_EVERY}", "--config.keep_checkpoints=5",
              "--config.losses_log_every=5", f"--config.val_images_use={val_images}",
              "--config.val_metric=detmap", "--config.test_num_proposals=30",
-             f"--config.max_iters={steps}"]
+             f"--config.max_iters={steps}", *extra_flags]
   if num_processes > 1:
     port = _free_port()
     command += [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}"]
   procs = []
-  for i in range(num_processes):
+  for i in (range(num_processes) if only is None else only):
     extra = [f"--process_id={i}"] if num_processes > 1 else []
     log = open(os.path.join(str(workdir) + f".log{i}"), "w")
     procs.append(subprocess.Popen(command + extra, cwd=ROOT, env=env, stdout=log,
@@ -188,3 +192,94 @@ def test_two_processes_train_as_one_with_four_devices(dataset, tmp_path):
   # What 2 x 2 wrote resumes on 1 x 4.
   _wait(_launch(copy, dataset, num_processes=1, devices_per_process=4, val_images=0), copy)
   _assert_same_params(_final_params(killed), _final_params(copy))
+
+
+def _log(workdir, i):
+  with open(str(workdir) + f".log{i}") as f:
+    return f.read()
+
+
+def _wait_until(condition, procs, limit, what):
+  deadline = time.time() + limit
+  while not condition():
+    if time.time() > deadline or any(p.poll() is not None for p in procs):
+      for p in procs:
+        p.kill()
+      raise AssertionError(f"{what} did not happen")
+    time.sleep(0.05)
+
+
+def test_a_process_missing_at_the_start_is_one_error_line_after_the_join_timeout(
+    dataset, tmp_path):
+  workdir = tmp_path / "alone"
+  start = time.time()
+  (proc,) = _launch(workdir, dataset, num_processes=2, devices_per_process=1, only=[0],
+                    extra_flags=["--join_timeout=6"])
+  code = proc.wait(60)
+  elapsed = time.time() - start
+  out = _log(workdir, 0)
+  assert code == 1, out
+  assert "waiting for 1 of 2 processes to join (timeout in 6 s)" in out
+  lines = out.strip().splitlines()
+  assert lines[-1] == ("error: only 1 of 2 processes joined within 6 s; "
+                       "start every process of the job"), out
+  assert "Check failure" not in out and "Traceback" not in out, out
+  assert 6 <= elapsed < 40, elapsed
+
+
+def _step_dirs(workdir):
+  return sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
+
+
+def test_a_killed_process_is_named_by_its_peer_with_the_last_checkpoint(dataset, tmp_path):
+  workdir = tmp_path / "killed"
+  procs = _launch(workdir, dataset, num_processes=2, devices_per_process=1, steps=100000,
+                  val_images=0, extra_flags=["--peer_timeout=5"])
+  _wait_until(lambda: (workdir / "checkpoints" / str(SAVE_EVERY)).is_dir(), procs, TIMEOUT,
+              "a first checkpoint")
+  procs[1].send_signal(signal.SIGKILL)
+  killed_at = time.time()
+  try:
+    code = procs[0].wait(60)
+  except subprocess.TimeoutExpired:
+    procs[0].kill()
+    raise AssertionError("the surviving process did not end:\n" + _log(workdir, 0)[-3000:])
+  waited = time.time() - killed_at
+  out = _log(workdir, 0)
+  assert code == 1, out[-3000:]
+  last = _step_dirs(workdir)[-1]
+  assert out.strip().splitlines()[-1] == (
+      f"error: process 1 of 2 is gone; the last checkpoint is step {last}; restart the job"), (
+          out[-3000:])
+  assert "Check failure" not in out, out[-3000:]
+  assert waited < 5 + 20, waited
+
+
+def test_sigterm_to_one_process_stops_the_whole_job_at_one_checkpoint(dataset, tmp_path):
+  workdir = tmp_path / "sigterm"
+  steps = 100000
+  procs = _launch(workdir, dataset, num_processes=2, devices_per_process=1, steps=steps,
+                  val_images=0, extra_flags=["--peer_timeout=20"])
+  _wait_until(lambda: (workdir / "checkpoints" / str(SAVE_EVERY)).is_dir(), procs, TIMEOUT,
+              "a first checkpoint")
+  procs[1].send_signal(signal.SIGTERM)
+  signalled_at = time.time()
+  codes = []
+  for p in procs:
+    try:
+      codes.append(p.wait(max(60 - (time.time() - signalled_at), 1)))
+    except subprocess.TimeoutExpired:
+      for q in procs:
+        q.kill()
+      raise AssertionError("the job did not stop:\n" + _log(workdir, 0)[-2000:] +
+                           _log(workdir, 1)[-2000:])
+  outs = [_log(workdir, i) for i in range(2)]
+  assert codes == [0, 0], outs
+  saved = [[l for l in out.splitlines() if "SIGTERM received: checkpoint saved at step" in l]
+           for out in outs]
+  assert len(saved[0]) == 1 and saved[0] == saved[1], saved
+  step = int(saved[0][0].split()[-1])
+  assert SAVE_EVERY <= step < steps
+  assert _step_dirs(workdir)[-1] == step
+  for out in outs:
+    assert f"stopped at step {step} (SIGTERM)" in out

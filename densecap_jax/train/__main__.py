@@ -13,9 +13,15 @@ A multi-process job (several hosts of a GPU cluster or a TPU pod, or several
 processes on one machine) passes ``--distributed`` on every process, with
 ``--coordinator_address``, ``--num_processes`` and ``--process_id`` where
 the cluster is not detected from the environment; each process reads its own
-shard of the training images.
+shard of the training images. Every process must join within ``--join_timeout``
+seconds (default 300), and a process whose heartbeat stops for
+``--peer_timeout`` seconds (default 60) is reported gone by the others; both
+end the job with one ``error:`` line and exit status 1 (see
+``densecap_jax.train.distributed``). A SIGTERM or SIGINT to any one process
+stops every process after the same step, with a checkpoint, and exit status 0.
 """
 
+import contextlib
 import difflib
 import importlib.util
 import os
@@ -28,6 +34,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from densecap_jax import runtime
+from densecap_jax.train import distributed
 from densecap_jax.train import loop
 from densecap_jax.train import trainer
 
@@ -47,40 +54,66 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
                                       "processes of the job (implies --distributed)")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None,
                                    "this process, 0 .. num_processes - 1 (implies --distributed)")
+_JOIN_TIMEOUT = flags.DEFINE_float(
+    "join_timeout", 300, "seconds to wait for every process of a multi-process job to join; "
+    "then one error line and exit status 1")
+_PEER_TIMEOUT = flags.DEFINE_float(
+    "peer_timeout", 60, "seconds without heartbeat after which the other processes of a "
+    "multi-process job report a process gone (one error line naming the last checkpoint, "
+    "exit status 1)")
 flags.mark_flags_as_required(["config", "workdir"])
 runtime.define_absl_flags()
 
 
 def initialize_distributed():
-  """Joins the multi-process job the flags (or the cluster environment) describe, if any."""
+  """Joins the multi-process job the flags (or the cluster environment) describe, if any.
+
+  Returns True for a multi-process job. Every process must join within
+  ``--join_timeout`` seconds, else one error line and exit status 1.
+  """
   explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   if not _DISTRIBUTED.value and all(v is None for v in explicit):
-    return
+    return False
+  for flag in (_JOIN_TIMEOUT, _PEER_TIMEOUT):
+    if not flag.value > 0:
+      raise ValueError(f"--{flag.name} must be a positive number of seconds, got {flag.value}")
   # Collectives between processes on CPU go through gloo (no effect on GPU / TPU).
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                             num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
-  # Connect the devices now, while all processes are here: the first training step's
+  # Connect the devices while all processes are here: the first training step's
   # all-reduce would otherwise wait for a peer still compiling, and give up after 30 s.
-  loop.connect_devices()
+  distributed.join(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+                   process_id=_PROCESS_ID.value, join_timeout=_JOIN_TIMEOUT.value,
+                   peer_timeout=_PEER_TIMEOUT.value, connect_devices=loop.connect_devices)
+  return True
 
 
 def main(argv):
   del argv
   runtime.setup_from_absl()
   try:
-    initialize_distributed()
+    multi = initialize_distributed()
   except (RuntimeError, ValueError) as e:
     sys.exit(f"error: cannot join the multi-process job: {' '.join(str(e).split())}")
   is_chief = jax.process_index() == 0
   print(f"devices: {jax.device_count()} ({jax.local_device_count()} local, "
         f"{jax.devices()[0].platform}); process {jax.process_index()} of {jax.process_count()}")
-  try:
-    state, reason = trainer.train(_CONFIG.value, _WORKDIR.value, resume=_RESUME.value,
-                                  progress=is_chief)
-  except (OSError, ValueError, loop.CheckpointError, loop.ValidationError,
-          loop.NonFiniteLossError) as e:
-    sys.exit(f"error: {e}")
+  watch = contextlib.nullcontext()
+  if multi:
+    watch = distributed.PeerWatch(_PEER_TIMEOUT.value,
+                                  os.path.join(_WORKDIR.value, "checkpoints"))
+  with watch:
+    try:
+      state, reason = trainer.train(_CONFIG.value, _WORKDIR.value, resume=_RESUME.value,
+                                    progress=is_chief)
+    except (OSError, ValueError, loop.CheckpointError, loop.ValidationError,
+            loop.NonFiniteLossError) as e:
+      sys.exit(f"error: {e}")
+    except jax.errors.JaxRuntimeError as e:
+      if not multi:
+        raise
+      watch.wait_for_verdict()  # a collective failed: a peer is gone, which one?
+      distributed.fail(f"a collective between processes failed: "
+                       f"{' '.join(str(e).split())[:300]}")
   print(f"stopped at step {int(state.step)} ({reason}); models in {_WORKDIR.value}/best and "
         f"{_WORKDIR.value}/last")
 
