@@ -315,8 +315,9 @@ def _truncate(path):
 
 
 def _random_bytes(path):
+  size = os.path.getsize(path)
   with open(path, "wb") as f:
-    f.write(np.random.default_rng(0).bytes(os.path.getsize(path)))
+    f.write(np.random.default_rng(0).bytes(size))
 
 
 def _short_captions(path):
@@ -326,9 +327,13 @@ def _short_captions(path):
 DAMAGE = {"codes cut to fewer rows": ("codes.npy", _cut_rows, "codes.npy has 2 rows, the "
                                       "manifest records 3"),
           "boxes deleted": ("boxes.npy", os.remove, "boxes.npy is missing"),
-          "captions shortened": ("captions.json", _short_captions, "captions.json "),
-          "random bytes": ("tokens.npy", _random_bytes, "tokens.npy "),
-          "codes truncated": ("codes.npy", _truncate, "codes.npy ")}
+          "captions shortened": ("captions.json", _short_captions, "captions.json has 2 "
+                                 "captions, the manifest records 3"),
+          "random bytes": ("tokens.npy", _random_bytes, "tokens.npy is not a NumPy array "
+                           "file (its header cannot be read)"),
+          # A 128-byte header and 3 rows of 256 float32 (3200 bytes), cut by 100.
+          "codes truncated": ("codes.npy", _truncate, "codes.npy has 3100 bytes, its header "
+                              "says 3200")}
 
 
 @pytest.mark.parametrize("case", sorted(DAMAGE))

@@ -109,8 +109,8 @@ def npy_header(path):
               else np.lib.format.read_array_header_2_0)
       shape, fortran, dtype = read(f)
       offset = f.tell()
-  except (ValueError, SyntaxError, OSError, EOFError) as e:
-    raise ValueError(f"is not a NumPy array file ({str(e).splitlines()[0][:80]})") from None
+  except (ValueError, SyntaxError, OSError, EOFError):
+    raise ValueError("is not a NumPy array file (its header cannot be read)") from None
   if dtype.hasobject or fortran:
     raise ValueError("is not a plain NumPy array file")
   return shape, dtype, offset
