@@ -77,8 +77,11 @@ def writer_lock(folder, wait=False):
 def check_not_locked(folder):
   """Raises :class:`Busy` when another run holds the writer lock of ``folder`` (not taken)."""
   if os.path.isfile(os.path.join(folder, LOCK)):
-    with writer_lock(folder):
-      pass
+    try:
+      with writer_lock(folder):
+        pass
+    except OSError:
+      pass  # not writable here: the run itself reports that when it writes
 
 
 def crc32(path):
