@@ -205,7 +205,8 @@ def parse_fields(fields, defaults, json_fields=()):
   given = {}
   for name, value in fields:
     if name not in known:
-      raise RequestError(400, f"unknown field {files.quoted(name)}; expected 'image' and optionally "
+      raise RequestError(400, f"unknown field {files.quoted(name)}; expected 'image' and "
+                              f"optionally "
                               f"{', '.join(repr(f) for f in known)}")
     if not isinstance(value, str):
       raise RequestError(400, f"field {name!r} must be a plain value, not a file")
