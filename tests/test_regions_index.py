@@ -444,6 +444,25 @@ def test_a_new_index_that_failed_on_a_full_disk_can_be_made_again(model, photos,
     index_lib.check_output(str(mine))
 
 
+def test_a_shard_write_on_a_full_disk_is_one_line_naming_the_file(model, photos, tmp_path,
+                                                                  monkeypatch):
+  folder = _copy_photos(photos, tmp_path / "photos", sorted(os.listdir(photos))[:1])
+  output = str(tmp_path / "p.index")
+
+  def short_write(path, array):  # what NumPy raises when the disk fills during np.save
+    del array
+    raise OSError("102400 requested and 57312 written")
+
+  with monkeypatch.context() as patch:
+    patch.setattr(index_lib.np, "save", short_write)
+    with pytest.raises(OSError) as e:
+      index_lib.build_index(model, folder, output, max_boxes=3, progress=False)
+  message = str(e.value)
+  assert "no space left on device writing " in message and "requested" not in message
+  assert os.path.join(output, "shards") in message and "\n" not in message
+  assert not [n for n in os.listdir(os.path.join(output, "shards")) if n.startswith(".tmp")]
+
+
 def test_a_reader_opening_while_a_run_replaces_a_shard_opens_the_new_commit(
     model, small_index, tmp_path, monkeypatch):
   folder, _ = small_index

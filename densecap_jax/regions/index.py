@@ -268,7 +268,13 @@ def write_shard(output, manifest, images, captions, arrays):
     with open(os.path.join(tmp, "captions.json"), "w", encoding="utf-8") as f:
       json.dump(captions, f)
     for key in ARRAYS:
-      np.save(os.path.join(tmp, f"{key}.npy"), arrays[key])
+      path = os.path.join(tmp, f"{key}.npy")
+      try:
+        np.save(path, arrays[key])
+      except OSError as e:
+        if files.is_disk_full(e):
+          raise files.disk_full(path) from None
+        raise
     records = index_files.file_records(tmp, _SHARD_FILES)
     os.rename(tmp, os.path.join(shards, name))
   except BaseException:
