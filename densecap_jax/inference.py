@@ -409,7 +409,8 @@ class DenseCapPredictor:
 
     Args:
       prepared: a list of :class:`PreparedImage`.
-      max_detections: keep at most this many boxes per image (``None``: all).
+      max_detections: keep at most this many boxes per image (``None`` or
+        -1: all; ``regions.api.detection_limit``).
       displays: fill ``display`` of images resized on the devices (see :meth:`batches`).
       coords: ``"resized"`` (the default here: the original's results.json)
         or ``"image"`` (``regions.coords``).
@@ -422,6 +423,7 @@ class DenseCapPredictor:
       strings), and ``width`` and ``height`` of the image as given.
     """
     regions_api.check_coords(coords)
+    max_detections = regions_api.detection_limit(max_detections)
     results = [None] * len(prepared)
     for chunk, images, sizes in self.batches(prepared, displays):
       boxes, scores, tokens, valid = jax.device_get(self._infer(
@@ -450,7 +452,8 @@ class DenseCapPredictor:
       images: a list (or other iterable) of images, or one image: a path, a
         PIL image or a 2-D / 3-D array is taken as a list of one; a 4-D
         array as a batch of ``(H, W, C)`` images.
-      max_detections: keep at most this many boxes per image (``None``: all).
+      max_detections: keep at most this many boxes per image (``None`` or
+        -1: all).
       coords: ``"image"`` (the default: boxes in the pixels of the image as
         given, upright, ``regions.coords``) or ``"resized"`` (of the resized
         image the model sees, as the original's results.json).
@@ -459,6 +462,7 @@ class DenseCapPredictor:
       One dict per image, in order (see ``predict_prepared``).
     """
     regions_api.check_coords(coords)
+    regions_api.detection_limit(max_detections)  # checked before any image is read
     results = {}
     for group in self.stream_groups(regions_api.image_list(images)):
       outputs = self.predict_prepared([p for _, p in group], max_detections, coords=coords)
@@ -535,7 +539,7 @@ class DenseCapPredictor:
         :meth:`caption_regions` takes them.
       coords: ``"image"`` or ``"resized"``, for the boxes given and returned.
       max_detections: with ``boxes=None``, score at most this many
-        detections per image (the highest objectness first).
+        detections per image (the highest objectness first; ``None`` or -1: all).
 
     Returns:
       One dict per image: ``boxes`` ``(n, 4)``, ``scores`` ``(n,)``

@@ -332,6 +332,10 @@ def test_max_detections_minus_one_or_none_scores_all_and_other_negatives_are_ref
     with pytest.raises(ValueError, match=message):
       bundled.score_phrases(photo, ["a red circle"], max_detections=limit)
   np.testing.assert_array_equal(api.kept_detections(np.arange(5.0), 1.5, -1), [2, 3, 4])
+  (every,) = bundled.predict([photo], max_detections=-1)  # predict counts the same way
+  assert len(every["captions"]) == count
+  with pytest.raises(ValueError, match="max_detections must be non-negative"):
+    bundled.predict([photo], max_detections=-3)
 
 
 def test_caption_regions_without_boxes_is_one_line_error(bundled, photo):
