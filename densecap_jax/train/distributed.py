@@ -1,4 +1,4 @@
-"""Joining a multi-process job, and noticing when a process of it is gone.
+"""Joining a multi-process job, noticing when a process of it is gone, stopping it as one.
 
 JAX's distributed runtime, left to itself, ends a process from C++ (a
 ``Check failure stack trace`` and exit status 134) when not every process
@@ -19,16 +19,23 @@ within times the command names:
   this message comes first. A process that has finished marks itself done
   and is not reported.
 
+* :class:`StopAgreement` turns a SIGTERM/SIGINT to any one process into the
+  same stop step on every process (the training loop then saves one
+  checkpoint and every process exits with status 0).
+
 Not covered: when process 0 (which hosts the coordinator) dies, the runtime
 of every other process ends it at once from C++, before Python can run.
 """
 
+import collections
 import os
+import signal
 import sys
 import threading
 import time
 
 import jax
+import numpy as np
 
 # How much longer than the command's own limits JAX's runtime waits before it
 # ends the process from C++: the one-line errors below come first.
@@ -113,14 +120,15 @@ class PeerWatch:
   GIL only for a few key-value calls per ``interval``.
   """
 
-  def __init__(self, timeout, checkpoint_dir, interval=1.0, client=None):
+  def __init__(self, timeout, checkpoint_dir, interval=1.0, client=None, process_id=None,
+               num_processes=None):
     from jax._src import distributed  # pylint: disable=g-import-not-at-top
     self.client = client or distributed.global_state.client
     self.timeout = float(timeout)
     self.interval = min(float(interval), self.timeout / 4)
     self.checkpoint_dir = checkpoint_dir
-    self.process_id = jax.process_index()
-    self.num_processes = jax.process_count()
+    self.process_id = jax.process_index() if process_id is None else process_id
+    self.num_processes = jax.process_count() if num_processes is None else num_processes
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._run, name="peer-watch", daemon=True)
 
@@ -165,6 +173,7 @@ class PeerWatch:
         unreachable_since = unreachable_since or now
         if now - unreachable_since > self.timeout and not self._stop.is_set():
           self.gone(0)
+          return  # (gone() ends the process)
         continue
       for p in peers:
         if self._get(self._key("done", p)) is not None:
@@ -174,6 +183,7 @@ class PeerWatch:
           seen[p] = (value, now)
         elif now - seen[p][1] > self.timeout and not self._stop.is_set():
           self.gone(p)
+          return
 
   def finish(self, done=True):
     """Stops the thread; ``done``: marks this process finished, so peers stop watching it.
@@ -197,3 +207,33 @@ class PeerWatch:
     deadline = time.monotonic() + self.timeout + 2 * self.interval
     while time.monotonic() < deadline and self._thread.is_alive():
       time.sleep(self.interval)
+
+
+class StopAgreement:
+  """The stop decision of a multi-process job, the same on every process.
+
+  A signal reaches one process; each process alone would stop at its own step
+  and leave its peers waiting in the next all-reduce. After each step every
+  process puts its own request (0, or the signal's number) into an
+  all-reduce (max) over every device of the job, and reads the result of the
+  one dispatched ``lag`` steps earlier: every process reads the same results
+  at the same steps, so all stop after the same step. The host runs at most
+  ``lag`` steps ahead of the devices.
+  """
+
+  def __init__(self, axis_name, lag=2):
+    self.lag = lag
+    self._reduce = jax.pmap(lambda x: jax.lax.pmax(x, axis_name), axis_name=axis_name)
+    self._pending = collections.deque()
+
+  def after_step(self, local_signal):
+    """Takes this process's ``local_signal`` (a name or None) after a step.
+
+    Returns the signal name the job agreed on ``lag`` steps ago, or None.
+    """
+    number = 0 if local_signal is None else int(signal.Signals[local_signal])
+    self._pending.append(self._reduce(np.full((jax.local_device_count(),), number, np.int32)))
+    if len(self._pending) <= self.lag:
+      return None
+    agreed = int(np.asarray(self._pending.popleft().addressable_shards[0].data).ravel()[0])
+    return signal.Signals(agreed).name if agreed else None

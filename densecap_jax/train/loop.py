@@ -25,6 +25,7 @@ import orbax.checkpoint as ocp
 from tqdm import tqdm
 
 from densecap_jax import checkpoint
+from densecap_jax.train import distributed
 # loop.MetricsWriter: the name the loop's callers use.
 from densecap_jax.train.metrics_log import MetricsWriter  # pylint: disable=unused-import
 
@@ -286,33 +287,6 @@ class StopRequest:
       signal.signal(sig, handler)
 
 
-class StopAgreement:
-  """The stop decision of a multi-process job, the same on every process.
-
-  A signal reaches one process; each process alone would stop at its own step
-  and leave its peers waiting in the next all-reduce. After each step every
-  process puts its own request (0, or the signal's number) into an
-  all-reduce (max) over every device of the job, and reads the result of the
-  one dispatched ``lag`` steps earlier: every process reads the same results
-  at the same steps, so all stop after the same step. The host runs at most
-  ``lag`` steps ahead of the devices.
-  """
-
-  def __init__(self, lag=2, axis_name=AXIS):
-    self.lag = lag
-    self._reduce = jax.pmap(lambda x: jax.lax.pmax(x, axis_name), axis_name=axis_name)
-    self._pending = collections.deque()
-
-  def after_step(self, local_signal):
-    """``local_signal`` (a name or None) of this step; returns the job's agreed signal name or None."""
-    number = 0 if local_signal is None else int(signal.Signals[local_signal])
-    self._pending.append(self._reduce(np.full((jax.local_device_count(),), number, np.int32)))
-    if len(self._pending) <= self.lag:
-      return None
-    agreed = int(unreplicate(self._pending.popleft()))
-    return signal.Signals(agreed).name if agreed else None
-
-
 class NonFiniteLossError(RuntimeError):
   pass
 
@@ -373,7 +347,7 @@ def train_loop(*, state, step_fn: Callable, batches: Iterator, base_rng, num_ste
     checkpoints: where the state goes every ``checkpoint_every`` steps, before
       each validation, at the end, and when a SIGTERM/SIGINT arrives (in a
       job of several processes, a signal to any one of them stops all after
-      the same step, a few steps later: :class:`StopAgreement`).
+      the same step, a few steps later: :class:`distributed.StopAgreement`).
     checkpoint_every: steps between checkpoints.
     writer: metrics sink; training scalars averaged over ``log_every`` steps.
     eval_fn: ``params -> dict of scalars`` run every ``eval_every`` steps and
@@ -458,7 +432,7 @@ def train_loop(*, state, step_fn: Callable, batches: Iterator, base_rng, num_ste
                    f"{first_loss:.4g}; stopping")
         exploded_at = at
 
-  agreement = StopAgreement() if jax.process_count() > 1 else None
+  agreement = distributed.StopAgreement(AXIS) if jax.process_count() > 1 else None
   with StopRequest() as stop:
     step = start
     pending = []  # (step, metrics still on the devices) since the last sync
