@@ -18,13 +18,13 @@ within times the command names:
   and ends the process. JAX's own heartbeat time-out is set ``60 s`` longer, so
   this message comes first. A process that has finished marks itself done
   and is not reported.
-
 * :class:`StopAgreement` turns a SIGTERM/SIGINT to any one process into the
   same stop step on every process (the training loop then saves one
   checkpoint and every process exits with status 0).
 
 Not covered: when process 0 (which hosts the coordinator) dies, the runtime
-of every other process ends it at once from C++, before Python can run.
+of every other process ends it at once from C++ (its error poll fails), before
+Python can run; those processes exit with status 134 and a C++ stack.
 """
 
 import collections
