@@ -74,10 +74,11 @@ def _free_port():
 
 
 def _launch(workdir, dataset, *, num_processes, devices_per_process, steps=STEPS, val_images=4,
-            only=None, extra_flags=()):
+            only=None, extra_flags=(), flags_of=None):
   """Starts the training command as ``num_processes`` processes; returns the Popens.
 
-  ``only``: the process ids to start (default all); ``extra_flags`` go to each.
+  ``only``: the process ids to start (default all); ``extra_flags`` go to each,
+  ``flags_of[i]`` to process ``i`` alone.
   """
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
@@ -98,6 +99,7 @@ def _launch(workdir, dataset, *, num_processes, devices_per_process, steps=STEPS
   procs = []
   for i in (range(num_processes) if only is None else only):
     extra = [f"--process_id={i}"] if num_processes > 1 else []
+    extra += (flags_of or {}).get(i, [])
     log = open(os.path.join(str(workdir) + f".log{i}"), "w")
     procs.append(subprocess.Popen(command + extra, cwd=ROOT, env=env, stdout=log,
                                   stderr=subprocess.STDOUT))
@@ -283,3 +285,27 @@ def test_sigterm_to_one_process_stops_the_whole_job_at_one_checkpoint(dataset, t
   assert _step_dirs(workdir)[-1] == step
   for out in outs:
     assert f"stopped at step {step} (SIGTERM)" in out
+
+
+def test_a_process_that_fails_alone_exits_at_once_and_its_peer_names_it(dataset, tmp_path):
+  workdir = tmp_path / "fails"
+  missing = tmp_path / "missing.h5"
+  procs = _launch(workdir, dataset, num_processes=2, devices_per_process=1, steps=100000,
+                  val_images=0, extra_flags=["--peer_timeout=5"],
+                  flags_of={1: [f"--config.data_h5={missing}"]})
+  started = time.time()
+  try:
+    codes = [p.wait(max(120 - (time.time() - started), 1)) for p in procs]
+  except subprocess.TimeoutExpired:
+    for p in procs:
+      p.kill()
+    raise AssertionError("the job did not end:\n" + _log(workdir, 0)[-2000:] +
+                         _log(workdir, 1)[-2000:])
+  outs = [_log(workdir, i) for i in range(2)]
+  assert codes == [1, 1], outs
+  assert str(missing) in outs[1].strip().splitlines()[-1], outs[1]
+  assert outs[1].strip().splitlines()[-1].startswith("error: "), outs[1]
+  assert outs[0].strip().splitlines()[-1] == (
+      "error: process 1 of 2 is gone; no checkpoint was written; restart the job"), outs[0]
+  for out in outs:
+    assert "Check failure" not in out and "Traceback" not in out, out

@@ -107,6 +107,8 @@ def main(argv):
                                     progress=is_chief)
     except (OSError, ValueError, loop.CheckpointError, loop.ValidationError,
             loop.NonFiniteLossError) as e:
+      if multi:  # at once: the runtime's exit would wait for peers blocked in an all-reduce
+        distributed.fail(str(e))
       sys.exit(f"error: {e}")
     except jax.errors.JaxRuntimeError as e:
       if not multi:
