@@ -48,11 +48,9 @@ class _Store:
       assert allow_overwrite or key not in self.values
       self.values[key] = value
 
-  def key_value_try_get(self, key):
+  def key_value_dir_get(self, prefix):
     with self.lock:
-      if key not in self.values:
-        raise RuntimeError(f"NOT_FOUND: {key}")
-      return self.values[key]
+      return [(k, v) for k, v in self.values.items() if k.startswith(prefix)]
 
 
 @pytest.fixture

@@ -113,7 +113,7 @@ class PeerWatch:
   """Heartbeats of every process through the coordinator's key-value store.
 
   A daemon thread rewrites this process's key every ``interval`` seconds and
-  reads the others'; a peer whose value has not changed for ``timeout``
+  reads all of them in one call to the coordinator; a peer whose value has not changed for ``timeout``
   seconds (and that has not called :meth:`finish`) is gone: one line
   ``error: process P of N is gone; the last checkpoint is step S; restart the job``
   (S read from ``checkpoint_dir``) and exit status 1. The thread holds the
@@ -147,11 +147,9 @@ class PeerWatch:
     self.client.key_value_set(self._key("alive", self.process_id), str(count),
                               allow_overwrite=True)
 
-  def _get(self, key):
-    try:
-      return self.client.key_value_try_get(key)
-    except Exception:  # pylint: disable=broad-except  (NOT_FOUND)
-      return None
+  def _values(self, kind):
+    """``{key: value}`` of every process's ``kind`` key (one call to the coordinator)."""
+    return dict(self.client.key_value_dir_get(f"{_PREFIX}{kind}/"))
 
   def gone(self, process):
     step = last_checkpoint_step(self.checkpoint_dir)
@@ -168,6 +166,7 @@ class PeerWatch:
       now = time.monotonic()
       try:
         self._beat(count)
+        alive = self._values("alive")
         unreachable_since = None
       except Exception:  # pylint: disable=broad-except  (the coordinator does not answer)
         unreachable_since = unreachable_since or now
@@ -176,12 +175,15 @@ class PeerWatch:
           return  # (gone() ends the process)
         continue
       for p in peers:
-        if self._get(self._key("done", p)) is not None:
-          continue
-        value = self._get(self._key("alive", p))
+        value = alive.get(self._key("alive", p))
         if value != seen[p][0]:
           seen[p] = (value, now)
         elif now - seen[p][1] > self.timeout and not self._stop.is_set():
+          try:
+            if self._key("done", p) in self._values("done"):
+              continue
+          except Exception:  # pylint: disable=broad-except
+            continue  # the coordinator does not answer: the next round tells
           self.gone(p)
           return
 
