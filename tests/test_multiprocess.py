@@ -6,6 +6,13 @@ validation equals a single-process evaluation of its final parameters; a job
 killed after a checkpoint and started again ends at the same parameters;
 the checkpoint that 2 x 2 wrote resumes on 1 x 4.
 
+Failures of a job end in one ``error:`` line and exit status 1 within the
+times the command names (short ones here): a process missing at the start
+(``--join_timeout``), a process killed mid-run or stopping alone with an
+error (its peer names it after ``--peer_timeout``, with the last checkpoint).
+A SIGTERM to one process stops both after the same step, with a checkpoint,
+and exit status 0.
+
 Why rounding and not bit-exact across layouts: the gradient all-reduce over
 four devices adds the same four numbers in another order when two of them
 arrive through gloo from the other process ((a + b) + (c + d) rather than
