@@ -378,7 +378,8 @@ def _large_state(seed):
 def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, capfd):
   directory = tmp_path / "ck"
   checkpoints = loop.Checkpoints(directory)
-  older, newer = _large_state(0).replace(step=np.int32(2)), _large_state(1).replace(step=np.int32(4))
+  older = _large_state(0).replace(step=np.int32(2))
+  newer = _large_state(1).replace(step=np.int32(4))
   checkpoints.save(older, {"run": 1})
   checkpoints.save(newer, {"run": 1})
   checkpoints.close()

@@ -248,7 +248,10 @@ class Checkpoints:
         continue
       for bad, _ in unreadable:
         path = os.path.join(self.directory, str(bad))
-        os.replace(path, path + ".unreadable")
+        try:
+          os.replace(path, path + ".unreadable")
+        except FileNotFoundError:
+          pass  # another process of the job, reading the same folder, renamed it first
         print(f"warning: unreadable checkpoint step {bad} renamed to {path}.unreadable; "
               f"resuming from step {step}", file=sys.stderr)
       if unreadable:
