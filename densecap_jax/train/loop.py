@@ -176,7 +176,8 @@ class Checkpoints:
   """Full training state every N steps with orbax, keeping the last ``max_to_keep``.
 
   orbax writes each step into a temporary directory and renames it when
-  complete, so a killed run leaves the previous checkpoints intact.
+  complete, so a killed run leaves the previous checkpoints intact; each step
+  then gets ``checksums.json`` (sha256 of every array), checked on restore.
   """
 
   def __init__(self, directory, max_to_keep=3):
