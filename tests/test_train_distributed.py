@@ -8,6 +8,7 @@ import os
 import threading
 import time
 
+import jax
 import pytest
 
 from densecap_jax.train import distributed
@@ -100,3 +101,18 @@ def test_a_finished_process_is_marked_done_and_a_failed_one_is_not(tmp_path, fai
       raise SystemExit("error: something")
   assert "densecap/done/1" not in store.values
   assert not failures
+
+
+def test_collective_failures_are_told_apart_from_local_errors():
+  gloo = ("UNKNOWN: Gloo all-reduce failed: [external/gloo/gloo/transport/tcp/pair.cc:547] "
+          "Connection closed by peer [127.0.0.1]:43735")
+  assert distributed.is_collective_failure(ValueError(gloo))
+  try:  # wrapped by whatever saved the checkpoint
+    try:
+      raise jax.errors.JaxRuntimeError("INTERNAL: something between processes")
+    except RuntimeError as inner:
+      raise OSError("checkpoint 5 could not be written") from inner
+  except OSError as outer:
+    assert distributed.is_collective_failure(outer)
+  assert not distributed.is_collective_failure(FileNotFoundError("data/regions.h5"))
+  assert not distributed.is_collective_failure(ValueError("max_iters must be positive"))

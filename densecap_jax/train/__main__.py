@@ -108,6 +108,8 @@ def main(argv):
     except (OSError, ValueError, loop.CheckpointError, loop.ValidationError,
             loop.NonFiniteLossError) as e:
       if multi:  # at once: the runtime's exit would wait for peers blocked in an all-reduce
+        if distributed.is_collective_failure(e):  # raised through a checkpoint save, say
+          watch.wait_for_verdict()
         distributed.fail(str(e))
       sys.exit(f"error: {e}")
     except jax.errors.JaxRuntimeError as e:

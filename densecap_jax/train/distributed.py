@@ -100,6 +100,26 @@ def join(*, coordinator_address, num_processes, process_id, join_timeout, peer_t
   done.set()
 
 
+# What a failed collective between processes says (gloo on CPU, the runtime elsewhere).
+COLLECTIVE_FAILURES = ("Gloo", "all-reduce failed", "Connection closed by peer",
+                       "Connection reset by peer")
+
+
+def is_collective_failure(error):
+  """Whether ``error`` (or an error it was raised from) is a collective that failed
+  because a peer went away: a ``JaxRuntimeError``, or a message of
+  :data:`COLLECTIVE_FAILURES` however it was wrapped (a checkpoint save's
+  error, say)."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, jax.errors.JaxRuntimeError) or any(
+        text in str(error) for text in COLLECTIVE_FAILURES):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
 def last_checkpoint_step(checkpoint_dir):
   """The newest finished step in ``checkpoint_dir`` (orbax step folders ``N``), or None."""
   try:
