@@ -316,3 +316,29 @@ def test_a_process_that_fails_alone_exits_at_once_and_its_peer_names_it(dataset,
       "error: process 1 of 2 is gone; no checkpoint was written; restart the job"), outs[0]
   for out in outs:
     assert "Check failure" not in out and "Traceback" not in out, out
+
+
+def test_when_process_0_dies_its_peer_names_the_coordinator_in_one_line(dataset, tmp_path):
+  workdir = tmp_path / "coordinator"
+  procs = _launch(workdir, dataset, num_processes=2, devices_per_process=1, steps=100000,
+                  val_images=0, extra_flags=["--peer_timeout=5"])
+  _wait_until(lambda: (workdir / "checkpoints" / str(SAVE_EVERY)).is_dir(), procs, TIMEOUT,
+              "a first checkpoint")
+  procs[0].send_signal(signal.SIGKILL)  # its training child goes with it
+  killed_at = time.time()
+  try:
+    code = procs[1].wait(60)
+  except subprocess.TimeoutExpired:
+    procs[1].kill()
+    raise AssertionError("the surviving process did not end:\n" + _log(workdir, 1)[-3000:])
+  waited = time.time() - killed_at
+  out = _log(workdir, 1)
+  assert code == 1, out[-3000:]
+  last = _step_dirs(workdir)[-1]
+  assert out.strip().splitlines()[-1] == (
+      f"error: process 0 of 2 (the coordinator) is gone; the last checkpoint is step {last}; "
+      "restart the job"), out[-3000:]
+  for runtime_text in ("Check failure", "Terminating process", "coordination_service",
+                       "Traceback"):
+    assert runtime_text not in out, out[-3000:]
+  assert waited < 5 + 20, waited
