@@ -9,7 +9,9 @@ the checkpoint that 2 x 2 wrote resumes on 1 x 4.
 Failures of a job end in one ``error:`` line and exit status 1 within the
 times the command names (short ones here): a process missing at the start
 (``--join_timeout``), a process killed mid-run or stopping alone with an
-error (its peer names it after ``--peer_timeout``, with the last checkpoint).
+error (its peer names it after ``--peer_timeout``, with the last checkpoint),
+process 0, the coordinator, killed (its peer, aborted by JAX's runtime in
+its training child, names it at once through its supervisor).
 A SIGTERM to one process stops both after the same step, with a checkpoint,
 and exit status 0.
 
