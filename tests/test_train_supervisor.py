@@ -92,8 +92,11 @@ def test_the_verdict_names_the_coordinator_and_the_newest_checkpoint(tmp_path):
       "restart the job")
 
 
-def _supervise_in_subprocess(child_code, tmp_path, send=None):
-  """Runs supervise() in a fresh process with ``child_code`` as its child; (status, out, err)."""
+def _supervise_in_subprocess(child_code, tmp_path, send=None, merged=False):
+  """Runs supervise() in a fresh process with ``child_code`` as its child; (status, out, err).
+
+  ``merged``: stdout and stderr go to one pipe (``out``).
+  """
   tmp_path.mkdir(parents=True, exist_ok=True)
   child = tmp_path / "child.py"
   child.write_text(textwrap.dedent(child_code))
@@ -106,7 +109,7 @@ def _supervise_in_subprocess(child_code, tmp_path, send=None):
                                     command=[sys.executable, {str(child)!r}]))
       """)
   proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                          stderr=subprocess.STDOUT if merged else subprocess.PIPE, env=dict(os.environ, PYTHONPATH=os.pathsep.join(
                               sys.path)))
   if send is not None:
     time.sleep(3)
@@ -153,3 +156,18 @@ def test_sigterm_to_the_supervisor_reaches_the_child(tmp_path):
       sys.exit(5)
       """, tmp_path, send=signal.SIGTERM)
   assert code == 0 and out == b"child got SIGTERM\n"
+
+
+def test_the_childs_python_stderr_keeps_its_order_with_stdout(tmp_path):
+  code, out, _ = _supervise_in_subprocess("""
+      import os, sys
+      from densecap_jax.train import supervisor
+      supervisor.use_parent_stderr()
+      for i in range(200):
+        sys.stderr.write(f"\\r bar {i}"); sys.stderr.flush()
+        sys.stdout.write(f"message {i}\\n"); sys.stdout.flush()
+      os.write(2, b"native\\n")
+      """, tmp_path, merged=True)
+  assert code == 0
+  assert out == b"".join(b"\r bar %d" % i + b"message %d\n" % i for i in range(200)) + (
+      b"native\n")

@@ -110,6 +110,7 @@ def main(argv):
       sys.exit(supervisor.supervise(process_id=_PROCESS_ID.value,
                                     num_processes=_NUM_PROCESSES.value,
                                     checkpoint_dir=os.path.join(_WORKDIR.value, "checkpoints")))
+    supervisor.use_parent_stderr()
     supervisor.watch_parent()
   runtime.setup_from_absl()
   try:

@@ -8,9 +8,14 @@ of several processes the training command starts itself again as a child
 (the same command line, with ``DENSECAP_JAX_TRAIN_CHILD=1`` in its
 environment) and :func:`supervise` stands between it and the terminal:
 
-* the child's stdout is the supervisor's own (inherited, unbuffered);
-* the child's stderr passes through as it comes (a progress bar's ``\\r``
-  updates at once), except the runtime's fatal report: from its
+* the child's stdout is the supervisor's own (inherited, unbuffered), and so
+  is the stream of the child's ``sys.stderr`` (a copy of the supervisor's
+  stderr, passed as the file descriptor ``DENSECAP_JAX_TRAIN_STDERR_FD``;
+  :func:`use_parent_stderr`): what Python writes (progress bar, messages,
+  errors) comes in order, as in a process without a supervisor;
+* the child's file descriptor 2, where JAX's C++ runtime writes its logs,
+  is a pipe to the supervisor, which passes it through as it comes,
+  except the runtime's fatal report: from its
   ``F.... Terminating process because the JAX distributed service ...`` line
   on, nothing more is shown, and the runtime's warning and error lines
   (``W....``, ``E....``, with the lines that follow them) are held back for
@@ -28,6 +33,7 @@ status (128 + N for a child ended by signal N).
 """
 
 import ctypes
+import io
 import os
 import re
 import select
@@ -41,6 +47,7 @@ import time
 from densecap_jax.train import distributed
 
 CHILD_ENV = "DENSECAP_JAX_TRAIN_CHILD"
+STDERR_FD_ENV = "DENSECAP_JAX_TRAIN_STDERR_FD"
 _PR_SET_PDEATHSIG = 1
 
 # absl log lines: "F1206 18:16:18.870897    3755 client.h:80] message".
@@ -61,6 +68,17 @@ def child_command():
   if orig:
     return [sys.executable, *orig[1:]]
   return [sys.executable, "-m", "densecap_jax.train", *sys.argv[1:]]
+
+
+def use_parent_stderr():
+  """In the child: ``sys.stderr`` writes to the supervisor's stderr (fd 2 stays the pipe)."""
+  fd = os.environ.get(STDERR_FD_ENV)
+  if not fd or not fd.isdigit():
+    return
+  encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+  stream = open(int(fd), "wb", buffering=0)  # pylint: disable=consider-using-with
+  sys.stderr = io.TextIOWrapper(stream, encoding=encoding, errors="backslashreplace",
+                                write_through=True)
 
 
 def watch_parent():
@@ -172,8 +190,14 @@ def supervise(*, process_id, num_processes, checkpoint_dir, command=None):
   if sys.stderr.isatty() and "COLUMNS" not in env:  # the progress bar's width
     env["COLUMNS"] = str(shutil.get_terminal_size().columns)
   parent = os.getpid()
-  child = subprocess.Popen(command or child_command(), env=env, stderr=subprocess.PIPE,
-                           preexec_fn=lambda: _child_setup(parent))
+  sys.stderr.flush()
+  python_stderr = os.dup(2)
+  env[STDERR_FD_ENV] = str(python_stderr)
+  try:
+    child = subprocess.Popen(command or child_command(), env=env, stderr=subprocess.PIPE,
+                             pass_fds=(python_stderr,), preexec_fn=lambda: _child_setup(parent))
+  finally:
+    os.close(python_stderr)
 
   def forward(signum, frame):
     del frame
