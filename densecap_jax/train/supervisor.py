@@ -37,7 +37,6 @@ import io
 import os
 import re
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -187,8 +186,6 @@ def gone_message(report, *, process_id, num_processes, checkpoint_dir):
 def supervise(*, process_id, num_processes, checkpoint_dir, command=None):
   """Runs ``command`` (default: this one) as a child; returns the exit status to end with."""
   env = dict(os.environ, **{CHILD_ENV: "1", "PYTHONUNBUFFERED": "1"})
-  if sys.stderr.isatty() and "COLUMNS" not in env:  # the progress bar's width
-    env["COLUMNS"] = str(shutil.get_terminal_size().columns)
   parent = os.getpid()
   sys.stderr.flush()
   python_stderr = os.dup(2)
