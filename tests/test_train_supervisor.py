@@ -111,8 +111,10 @@ def _supervise_in_subprocess(child_code, tmp_path, send=None, merged=False):
   proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT if merged else subprocess.PIPE, env=dict(os.environ, PYTHONPATH=os.pathsep.join(
                               sys.path)))
-  if send is not None:
-    time.sleep(3)
+  if send is not None:  # once the child says it is ready
+    deadline = time.time() + 60
+    while not (tmp_path / "ready").exists() and time.time() < deadline:
+      time.sleep(0.05)
     proc.send_signal(send)
   out, err = proc.communicate(timeout=60)
   return proc.returncode, out, err
@@ -148,10 +150,11 @@ def test_other_endings_keep_the_childs_status_and_output(tmp_path):
 
 
 def test_sigterm_to_the_supervisor_reaches_the_child(tmp_path):
-  code, out, _ = _supervise_in_subprocess("""
+  code, out, _ = _supervise_in_subprocess(f"""
       import signal, sys, time
       signal.signal(signal.SIGTERM, lambda *a: (print("child got SIGTERM", flush=True),
                                                 sys.exit(0)))
+      open({str(tmp_path / "ready")!r}, "w").close()
       time.sleep(30)
       sys.exit(5)
       """, tmp_path, send=signal.SIGTERM)
