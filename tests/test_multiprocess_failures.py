@@ -3,8 +3,9 @@
 Failures end in one ``error:`` line and exit status 1 within the times the
 command names (short ones here): a process missing at the start
 (``--join_timeout``), a process killed mid-run or stopping alone with an
-error (its peer names it after ``--peer_timeout``, with the last checkpoint).
-A SIGTERM to one process stops both after the same step, with a checkpoint,
+error (its peer names it after ``--peer_timeout``, with the last checkpoint),
+process 0, the coordinator, killed (its peer, aborted by JAX's runtime in
+its training child, names it at once through its supervisor). A SIGTERM to one process stops both after the same step, with a checkpoint,
 and exit status 0. The jobs are tests/multiprocess_jobs.py's.
 """
 
@@ -118,3 +119,29 @@ def test_a_process_that_fails_alone_exits_at_once_and_its_peer_names_it(dataset,
       "error: process 1 of 2 is gone; no checkpoint was written; restart the job"), outs[0]
   for out in outs:
     assert "Check failure" not in out and "Traceback" not in out, out
+
+
+def test_when_process_0_dies_its_peer_names_the_coordinator_in_one_line(dataset, tmp_path):
+  workdir = tmp_path / "coordinator"
+  procs = jobs.launch(workdir, dataset, num_processes=2, devices_per_process=1, steps=100000,
+                      val_images=0, extra_flags=["--peer_timeout=5"])
+  jobs.wait_until(lambda: (workdir / "checkpoints" / str(jobs.SAVE_EVERY)).is_dir(), procs,
+                  jobs.TIMEOUT, "a first checkpoint")
+  procs[0].send_signal(signal.SIGKILL)  # its training child goes with it
+  killed_at = time.time()
+  try:
+    code = procs[1].wait(60)
+  except subprocess.TimeoutExpired:
+    procs[1].kill()
+    raise AssertionError("the surviving process did not end:\n" + jobs.log(workdir, 1)[-3000:])
+  waited = time.time() - killed_at
+  out = jobs.log(workdir, 1)
+  assert code == 1, out[-3000:]
+  last = jobs.step_dirs(workdir)[-1]
+  assert out.strip().splitlines()[-1] == (
+      f"error: process 0 of 2 (the coordinator) is gone; the last checkpoint is step {last}; "
+      "restart the job"), out[-3000:]
+  for runtime_text in ("Check failure", "Terminating process", "coordination_service",
+                       "Traceback"):
+    assert runtime_text not in out, out[-3000:]
+  assert waited < 5 + 20, waited

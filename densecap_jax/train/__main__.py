@@ -17,8 +17,14 @@ shard of the training images. Every process must join within ``--join_timeout``
 seconds (default 300), and a process whose heartbeat stops for
 ``--peer_timeout`` seconds (default 60) is reported gone by the others; both
 end the job with one ``error:`` line and exit status 1 (see
-``densecap_jax.train.distributed``). A SIGTERM or SIGINT to any one process
-stops every process after the same step, with a checkpoint, and exit status 0.
+``densecap_jax.train.distributed``). Each process of such a job runs the
+training in a child process and supervises it, so that when process 0 (which
+hosts JAX's coordination service) dies, the others end with one line too,
+``error: process 0 of N (the coordinator) is gone; the last checkpoint is
+step S; restart the job``, and exit status 1, where JAX would abort them from
+C++ (see ``densecap_jax.train.supervisor``). A SIGTERM or SIGINT to any one
+process stops every process after the same step, with a checkpoint, and exit
+status 0.
 """
 
 import contextlib
@@ -36,6 +42,7 @@ from ml_collections import config_flags
 from densecap_jax import runtime
 from densecap_jax.train import distributed
 from densecap_jax.train import loop
+from densecap_jax.train import supervisor
 from densecap_jax.train import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "training config file",
@@ -60,9 +67,18 @@ _JOIN_TIMEOUT = flags.DEFINE_float(
 _PEER_TIMEOUT = flags.DEFINE_float(
     "peer_timeout", 60, "seconds without heartbeat after which the other processes of a "
     "multi-process job report a process gone (one error line naming the last checkpoint, "
-    "exit status 1)")
+    "exit status 1); when process 0, the coordinator, is gone, the others end with one such "
+    "line at once")
 flags.mark_flags_as_required(["config", "workdir"])
 runtime.define_absl_flags()
+
+
+def multi_process_requested():
+  """True when the flags ask for a job of several processes (or leave its size to the cluster)."""
+  explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if not _DISTRIBUTED.value and all(v is None for v in explicit):
+    return False
+  return _NUM_PROCESSES.value is None or _NUM_PROCESSES.value > 1
 
 
 def initialize_distributed():
@@ -89,6 +105,13 @@ def initialize_distributed():
 
 def main(argv):
   del argv
+  if multi_process_requested():
+    if not supervisor.is_child():
+      sys.exit(supervisor.supervise(process_id=_PROCESS_ID.value,
+                                    num_processes=_NUM_PROCESSES.value,
+                                    checkpoint_dir=os.path.join(_WORKDIR.value, "checkpoints")))
+    supervisor.use_parent_stderr()
+    supervisor.watch_parent()
   runtime.setup_from_absl()
   try:
     multi = initialize_distributed()

@@ -22,9 +22,12 @@ within times the command names:
   same stop step on every process (the training loop then saves one
   checkpoint and every process exits with status 0).
 
-Not covered: when process 0 (which hosts the coordinator) dies, the runtime
-of every other process ends it at once from C++ (its error poll fails), before
-Python can run; those processes exit with status 134 and a C++ stack.
+When process 0 (which hosts the coordinator) dies, the runtime of every
+other process ends it at once from C++ (its error poll fails), before Python
+can run. So each process of a multi-process job trains in a child process
+under :mod:`densecap_jax.train.supervisor`, which turns that abort into
+``error: process 0 of 2 (the coordinator) is gone; the last checkpoint is step S; restart the job``
+and exit status 1.
 """
 
 import collections
