@@ -5,8 +5,9 @@ command names (short ones here): a process missing at the start
 (``--join_timeout``), a process killed mid-run or stopping alone with an
 error (its peer names it after ``--peer_timeout``, with the last checkpoint),
 process 0, the coordinator, killed (its peer, aborted by JAX's runtime in
-its training child, names it at once through its supervisor). A SIGTERM to one process stops both after the same step, with a checkpoint,
-and exit status 0. The jobs are tests/multiprocess_jobs.py's.
+its training child, names it at once through its supervisor). A SIGTERM to
+one process stops both after the same step, with a checkpoint, and exit
+status 0. The jobs are tests/multiprocess_jobs.py's.
 """
 
 import signal
