@@ -44,23 +44,31 @@ def test_a_process_missing_at_the_start_is_one_error_line_after_the_join_timeout
   assert 6 <= elapsed < 40, elapsed
 
 
-def test_a_killed_process_is_named_by_its_peer_with_the_last_checkpoint(dataset, tmp_path):
-  workdir = tmp_path / "killed"
+def _kill_one(workdir, dataset, killed):
+  """Kills process ``killed`` of a 2-process job after its first checkpoint.
+
+  Returns the survivor's ``(exit status, output, seconds it took to end, newest step on disk)``.
+  """
+  survivor = 1 - killed
   procs = jobs.launch(workdir, dataset, num_processes=2, devices_per_process=1, steps=100000,
-                       val_images=0, extra_flags=["--peer_timeout=5"])
+                      val_images=0, extra_flags=["--peer_timeout=5"])
   jobs.wait_until(lambda: (workdir / "checkpoints" / str(jobs.SAVE_EVERY)).is_dir(), procs,
                   jobs.TIMEOUT, "a first checkpoint")
-  procs[1].send_signal(signal.SIGKILL)
+  procs[killed].send_signal(signal.SIGKILL)  # a supervised process's training child goes too
   killed_at = time.time()
   try:
-    code = procs[0].wait(60)
+    code = procs[survivor].wait(60)
   except subprocess.TimeoutExpired:
-    procs[0].kill()
-    raise AssertionError("the surviving process did not end:\n" + jobs.log(workdir, 0)[-3000:])
-  waited = time.time() - killed_at
-  out = jobs.log(workdir, 0)
+    procs[survivor].kill()
+    raise AssertionError("the surviving process did not end:\n" +
+                         jobs.log(workdir, survivor)[-3000:])
+  return (code, jobs.log(workdir, survivor), time.time() - killed_at,
+          jobs.step_dirs(workdir)[-1])
+
+
+def test_a_killed_process_is_named_by_its_peer_with_the_last_checkpoint(dataset, tmp_path):
+  code, out, waited, last = _kill_one(tmp_path / "killed", dataset, killed=1)
   assert code == 1, out[-3000:]
-  last = jobs.step_dirs(workdir)[-1]
   assert out.strip().splitlines()[-1] == (
       f"error: process 1 of 2 is gone; the last checkpoint is step {last}; restart the job"), (
           out[-3000:])
@@ -123,22 +131,8 @@ def test_a_process_that_fails_alone_exits_at_once_and_its_peer_names_it(dataset,
 
 
 def test_when_process_0_dies_its_peer_names_the_coordinator_in_one_line(dataset, tmp_path):
-  workdir = tmp_path / "coordinator"
-  procs = jobs.launch(workdir, dataset, num_processes=2, devices_per_process=1, steps=100000,
-                      val_images=0, extra_flags=["--peer_timeout=5"])
-  jobs.wait_until(lambda: (workdir / "checkpoints" / str(jobs.SAVE_EVERY)).is_dir(), procs,
-                  jobs.TIMEOUT, "a first checkpoint")
-  procs[0].send_signal(signal.SIGKILL)  # its training child goes with it
-  killed_at = time.time()
-  try:
-    code = procs[1].wait(60)
-  except subprocess.TimeoutExpired:
-    procs[1].kill()
-    raise AssertionError("the surviving process did not end:\n" + jobs.log(workdir, 1)[-3000:])
-  waited = time.time() - killed_at
-  out = jobs.log(workdir, 1)
+  code, out, waited, last = _kill_one(tmp_path / "coordinator", dataset, killed=0)
   assert code == 1, out[-3000:]
-  last = jobs.step_dirs(workdir)[-1]
   assert out.strip().splitlines()[-1] == (
       f"error: process 0 of 2 (the coordinator) is gone; the last checkpoint is step {last}; "
       "restart the job"), out[-3000:]
