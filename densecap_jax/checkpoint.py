@@ -150,23 +150,6 @@ class DiskFullError(OSError):
     self.errno = errno.ENOSPC
 
 
-def is_disk_full(error):
-  """Whether ``error`` (or an error it was raised from) says the disk is full.
-
-  tensorstore reports a full disk as a ``ValueError`` whose text carries
-  ``No space left on device [os_error_code='28']``.
-  """
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-      return True
-    if "No space left on device" in str(error) or f"os_error_code='{errno.ENOSPC}'" in str(error):
-      return True
-    error = error.__cause__ or error.__context__
-  return False
-
-
 def _free_space(directory):
   try:
     free = shutil.disk_usage(directory).free
@@ -198,7 +181,7 @@ def quiet_failed_write(what, directory):
         yield
       except Exception as e:  # pylint: disable=broad-except
         gc.collect()  # unretrieved asyncio task errors are logged now, while hidden
-        if is_disk_full(e):
+        if files.is_disk_full(e):
           raise DiskFullError(f"no space left on device writing {what} in {directory} "
                               f"({_free_space(directory)}); free space on that disk and run "
                               f"again") from None

@@ -44,14 +44,30 @@ def atomic_output(path):
     raise
 
 
+def causes(error):
+  """``error``, then the errors it was raised from (``__cause__``, else ``__context__``)."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    yield error
+    error = error.__cause__ or error.__context__
+
+
 def is_disk_full(error):
-  """Whether ``error`` is a full disk: ``ENOSPC``/``EDQUOT``, or a short write
-  (NumPy's ``tofile``/``save`` say ``"102400 requested and 57312 written"``)."""
-  if not isinstance(error, OSError):
-    return False
-  if error.errno in (errno.ENOSPC, errno.EDQUOT):
-    return True
-  return error.errno is None and bool(_SHORT_WRITE.fullmatch(str(error)))
+  """Whether ``error`` (or an error it was raised from, :func:`causes`) is a full disk.
+
+  ``ENOSPC``/``EDQUOT``; a short write (NumPy's ``tofile``/``save`` say
+  ``"102400 requested and 57312 written"``); or tensorstore's ``ValueError``
+  (orbax saves), whose text carries ``No space left on device
+  [os_error_code='28']``.
+  """
+  for e in causes(error):
+    if isinstance(e, OSError) and (e.errno in (errno.ENOSPC, errno.EDQUOT) or (
+        e.errno is None and _SHORT_WRITE.fullmatch(str(e)))):
+      return True
+    if "No space left on device" in str(e) or f"os_error_code='{errno.ENOSPC}'" in str(e):
+      return True
+  return False
 
 
 _SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
@@ -255,6 +271,5 @@ def inside(folder, name):
   top = os.path.normpath(os.path.abspath(folder))
   full = os.path.normpath(os.path.abspath(path))
   if "\0" in name or full == top or os.path.commonpath([top, full]) != top:
-    shown = name if len(name) <= 60 else f"{name[:60]}... ({len(name)} characters)"
-    raise ValueError(f"the name {shown!r} leads outside the folder {folder}")
+    raise ValueError(f"the name {quoted(name)} leads outside the folder {folder}")
   return path

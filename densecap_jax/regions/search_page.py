@@ -66,16 +66,12 @@ def outputs(result):
   return [PAGE, DATA, STYLE] + [f"{IMAGES}/{name}" for name in copy_names(result)]
 
 
-def _shown(name, limit=60):
-  return repr(name) if len(name) <= limit else f"{name[:limit]!r}... ({len(name)} characters)"
-
-
 def _warn_unusual(result, names):
   """One line on stderr naming the index's image names that are not plain file names."""
   unusual = [(hit.image, name) for hit, name in zip(result.hits, names)
              if hit.image != files.contained_name(hit.image, limit=1 << 30)]
   if unusual:
-    shown = ", ".join(f"{_shown(image)} as {IMAGES}/{name[:60]}" for image, name in unusual[:3])
+    shown = ", ".join(f"{files.quoted(image)} as {IMAGES}/{name[:60]}" for image, name in unusual[:3])
     more = f" and {len(unusual) - 3} more" if len(unusual) > 3 else ""
     print(f"warning: {len(unusual)} image name{'' if len(unusual) == 1 else 's'} in the index "
           f"{'is not a plain file name' if len(unusual) == 1 else 'are not plain file names'} "

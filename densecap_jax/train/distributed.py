@@ -40,6 +40,8 @@ import time
 import jax
 import numpy as np
 
+from densecap_jax import files
+
 # How much longer than the command's own limits JAX's runtime waits before it
 # ends the process from C++: the one-line errors below come first.
 RUNTIME_MARGIN_S = 60
@@ -113,14 +115,8 @@ def is_collective_failure(error):
   because a peer went away: a ``JaxRuntimeError``, or a message of
   :data:`COLLECTIVE_FAILURES` however it was wrapped (a checkpoint save's
   error, say)."""
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    if isinstance(error, jax.errors.JaxRuntimeError) or any(
-        text in str(error) for text in COLLECTIVE_FAILURES):
-      return True
-    error = error.__cause__ or error.__context__
-  return False
+  return any(isinstance(e, jax.errors.JaxRuntimeError) or any(
+      text in str(e) for text in COLLECTIVE_FAILURES) for e in files.causes(error))
 
 
 def last_checkpoint_step(checkpoint_dir):
