@@ -115,3 +115,20 @@ def wait_until(condition, procs, limit, what):
 
 def step_dirs(workdir):
   return sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
+
+
+def finish(procs, workdir, limit, what):
+  """Waits up to ``limit`` seconds in all for every process; ``(exit statuses, outputs)``.
+
+  Kills them all and fails, with both logs, when ``what`` (e.g. "the job did
+  not stop") has not come true in time.
+  """
+  started = time.time()
+  try:
+    codes = [p.wait(max(limit - (time.time() - started), 1)) for p in procs]
+  except subprocess.TimeoutExpired:
+    for p in procs:
+      p.kill()
+    raise AssertionError(f"{what}:\n" + "".join(log(workdir, i)[-2000:]
+                                                for i in range(len(procs)))) from None
+  return codes, [log(workdir, i) for i in range(len(procs))]

@@ -84,17 +84,7 @@ def test_sigterm_to_one_process_stops_the_whole_job_at_one_checkpoint(dataset, t
   jobs.wait_until(lambda: (workdir / "checkpoints" / str(jobs.SAVE_EVERY)).is_dir(), procs,
                   jobs.TIMEOUT, "a first checkpoint")
   procs[1].send_signal(signal.SIGTERM)
-  signalled_at = time.time()
-  codes = []
-  for p in procs:
-    try:
-      codes.append(p.wait(max(60 - (time.time() - signalled_at), 1)))
-    except subprocess.TimeoutExpired:
-      for q in procs:
-        q.kill()
-      raise AssertionError("the job did not stop:\n" + jobs.log(workdir, 0)[-2000:] +
-                           jobs.log(workdir, 1)[-2000:])
-  outs = [jobs.log(workdir, i) for i in range(2)]
+  codes, outs = jobs.finish(procs, workdir, 60, "the job did not stop")
   assert codes == [0, 0], outs
   saved = [[l for l in out.splitlines() if "SIGTERM received: checkpoint saved at step" in l]
            for out in outs]
@@ -112,15 +102,7 @@ def test_a_process_that_fails_alone_exits_at_once_and_its_peer_names_it(dataset,
   procs = jobs.launch(workdir, dataset, num_processes=2, devices_per_process=1, steps=100000,
                        val_images=0, extra_flags=["--peer_timeout=5"],
                        flags_of={1: [f"--config.data_h5={missing}"]})
-  started = time.time()
-  try:
-    codes = [p.wait(max(120 - (time.time() - started), 1)) for p in procs]
-  except subprocess.TimeoutExpired:
-    for p in procs:
-      p.kill()
-    raise AssertionError("the job did not end:\n" + jobs.log(workdir, 0)[-2000:] +
-                         jobs.log(workdir, 1)[-2000:])
-  outs = [jobs.log(workdir, i) for i in range(2)]
+  codes, outs = jobs.finish(procs, workdir, 120, "the job did not end")
   assert codes == [1, 1], outs
   assert str(missing) in outs[1].strip().splitlines()[-1], outs[1]
   assert outs[1].strip().splitlines()[-1].startswith("error: "), outs[1]
