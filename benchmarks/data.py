@@ -24,8 +24,8 @@ import numpy as np
 
 from densecap_jax.data import buckets as buckets_lib
 from densecap_jax.data import loader
-from densecap_jax.data import preprocess
-from densecap_jax.data import synthetic
+from densecap_jax.data import visual_genome as preprocess
+from densecap_jax.data import synthetic_world as synthetic
 
 PREFETCH = (0, 2)
 

@@ -28,8 +28,8 @@ import argparse
 
 import numpy as np
 
-from densecap_jax import inference
-from densecap_jax.data import synthetic
+from densecap_jax import predictor as inference
+from densecap_jax.data import synthetic_world as synthetic
 
 DATASET_IMAGES, DATASET_SEED = 3000, 0  # tools/make_bundled_model.py's defaults
 ATTRIBUTES = {

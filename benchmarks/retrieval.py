@@ -33,10 +33,10 @@ import time
 import numpy as np
 
 from densecap_jax import files
-from densecap_jax import inference
-from densecap_jax.data import synthetic
-from densecap_jax.regions import index as index_lib
-from densecap_jax.regions import search as search_lib
+from densecap_jax import predictor as inference
+from densecap_jax.data import synthetic_world as synthetic
+from densecap_jax.search import builder as index_lib
+from densecap_jax.search import ranking as search_lib
 
 QUERIES_PER_IMAGE = 4
 

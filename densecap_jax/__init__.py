@@ -9,5 +9,5 @@ __version__ = "0.1.0"
 
 def load_model(path=None, **settings):
   """See :func:`densecap_jax.inference.load_model`."""
-  from densecap_jax import inference  # pylint: disable=g-import-not-at-top
+  from densecap_jax import predictor as inference  # pylint: disable=g-import-not-at-top
   return inference.load_model(path, **settings)

@@ -1,11 +1,6 @@
-"""``python -m densecap_jax.index``: index a photo folder for search (``regions.index_command``)."""
+"""``python -m densecap_jax.index``: index a photo folder for phrase search (``densecap_jax.commands.index``)."""
 
-from densecap_jax.regions import index_command
-
-
-def main(argv=None):
-  index_command.main(argv)
-
+from densecap_jax.commands.index import main
 
 if __name__ == "__main__":
   main()

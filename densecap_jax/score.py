@@ -1,11 +1,6 @@
-"""``python -m densecap_jax.score``: log-likelihoods of phrases given the regions of images."""
+"""``python -m densecap_jax.score``: log-likelihoods of phrases given the regions of images (``densecap_jax.commands.score``)."""
 
-from densecap_jax.regions import score_command
-
-
-def main(argv=None):
-  score_command.main(argv)
-
+from densecap_jax.commands.score import main
 
 if __name__ == "__main__":
   main()

@@ -8,7 +8,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from densecap_jax.evaluation.__main__ import main  # pylint: disable=g-import-not-at-top
+from densecap_jax.commands.evaluate import main  # pylint: disable=g-import-not-at-top
 
 if __name__ == "__main__":
   main()

@@ -1,7 +1,7 @@
 """A small preprocessed synthetic dataset (HDF5 + JSON) for tests of training and evaluation."""
 
-from densecap_jax.data import preprocess
-from densecap_jax.data import synthetic
+from densecap_jax.data import visual_genome as preprocess
+from densecap_jax.data import synthetic_world as synthetic
 
 
 def make_small_dataset(folder, num_images, *, seed, image_size, render_size=96,

@@ -28,16 +28,16 @@ from test_serve import app_server
 from test_serve import multipart
 
 import densecap_jax
-from densecap_jax import cli
-from densecap_jax import extract_features
-from densecap_jax import inference
-from densecap_jax import predict
+from densecap_jax.commands import flags as cli
+from densecap_jax.commands import extract_features
+from densecap_jax import predictor as inference
+from densecap_jax.commands import predict
 from densecap_jax.regions import coords
-from densecap_jax.regions import index as index_lib
-from densecap_jax.regions import index_command
-from densecap_jax.regions import score_command
-from densecap_jax.regions import search_command
-from densecap_jax.regions import search_page
+from densecap_jax.search import builder as index_lib
+from densecap_jax.commands import index as index_command
+from densecap_jax.commands import score as score_command
+from densecap_jax.commands import search as search_command
+from densecap_jax.search import page as search_page
 from densecap_jax.server import app as app_lib
 from densecap_jax.server import captioner as captioner_lib
 

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from densecap_jax import checkpoint
+from densecap_jax import model_dir as checkpoint
 import disk_faults
 
 

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 import convert_fixtures as cf
-from densecap_jax import checkpoint
-from densecap_jax import inference
+from densecap_jax import model_dir as checkpoint
+from densecap_jax import predictor as inference
 from densecap_jax.models import densecap
 from densecap_jax.ops import roi_pool as roi_pool_lib
-from densecap_jax.convert import __main__ as cli
+from densecap_jax.commands import convert as cli
 from densecap_jax.convert import densecap_t7
 from densecap_jax.convert import mapping
 from densecap_jax.convert import t7

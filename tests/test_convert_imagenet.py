@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 import convert_fixtures as cf
-from densecap_jax import checkpoint
+from densecap_jax import model_dir as checkpoint
 from densecap_jax.data import images as images_lib
 from densecap_jax import convert as convert_lib
-from densecap_jax.convert import __main__ as cli
+from densecap_jax.commands import convert as cli
 from densecap_jax.convert import caffemodel
 from densecap_jax.convert import imagenet
 from densecap_jax.convert import mapping

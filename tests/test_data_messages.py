@@ -6,11 +6,11 @@ import sys
 
 import pytest
 
-from densecap_jax import inference
+from densecap_jax import predictor as inference
 from densecap_jax.data import loader
-from densecap_jax.data import preprocess
-from densecap_jax.data import synthetic
-from densecap_jax.evaluation import __main__ as evaluation_main
+from densecap_jax.commands import preprocess
+from densecap_jax.commands import synthetic
+from densecap_jax.commands import evaluate as evaluation_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

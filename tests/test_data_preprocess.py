@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from densecap_jax.data import images
-from densecap_jax.data import preprocess
+from densecap_jax.data import visual_genome as preprocess
 from densecap_jax.data import vocab
+from densecap_jax.commands import preprocess as preprocess_command
 
 
 # --- tokenisation (§8.3 step 4) -------------------------------------------------------------
@@ -300,17 +301,17 @@ def test_cli(vg, capsys):
           "--split_json", str(vg / "splits.json"), "--h5_output", str(vg / "cli.h5"),
           "--json_output", str(vg / "cli.json"), "--image_size", "64", "--min_token_instances", "2",
           "--num_workers", "3"]
-  preprocess.main(argv)
+  preprocess_command.main(argv)
   assert "images_kept: 5" in capsys.readouterr().out
   with h5py.File(vg / "cli.h5", "r") as f:
     assert f["images"].shape == (5, 3, 64, 64)
   with pytest.raises(SystemExit,
                      match=r"^preprocess: error: region data not found: .*missing\.json$"):
-    preprocess.main(argv[:1] + [str(vg / "missing.json")] + argv[2:])
+    preprocess_command.main(argv[:1] + [str(vg / "missing.json")] + argv[2:])
 
 
 def test_defaults_match_the_original():
-  args = preprocess.parse_args([])
+  args = preprocess_command.parse_args([])
   assert (args.region_data, args.image_dir, args.split_json) == (
       "data/visual-genome/region_descriptions.json", "data/visual-genome/images",
       "info/densecap_splits.json")

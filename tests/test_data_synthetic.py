@@ -9,9 +9,10 @@ import pytest
 
 from densecap_jax.data import buckets
 from densecap_jax.data import loader
-from densecap_jax.data import preprocess
-from densecap_jax.data import synthetic
+from densecap_jax.data import visual_genome as preprocess
+from densecap_jax.data import synthetic_world as synthetic
 from densecap_jax.data import vocab
+from densecap_jax.commands import synthetic as synthetic_command
 
 NUMBER_WORDS = {"two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
 RELATIONS = ("above", "below", "to the left of", "to the right of")
@@ -163,11 +164,11 @@ def test_through_preprocess(tmp_path):
 
 
 def test_cli(tmp_path, capsys):
-  synthetic.main(["--out", str(tmp_path), "--num_images", "2", "--seed", "1", "--image_size", "48"])
+  synthetic_command.main(["--out", str(tmp_path), "--num_images", "2", "--seed", "1", "--image_size", "48"])
   assert "wrote 2 images" in capsys.readouterr().out
   assert sorted(os.listdir(tmp_path / "images")) == ["1.jpg", "2.jpg"]
   with pytest.raises(SystemExit, match="num_images must be positive"):
-    synthetic.main(["--out", str(tmp_path), "--num_images", "0"])
+    synthetic_command.main(["--out", str(tmp_path), "--num_images", "0"])
 
 
 def test_few_hundred_images_end_to_end(tmp_path):

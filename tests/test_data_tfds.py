@@ -8,8 +8,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from densecap_jax.data import loader
-from densecap_jax.data import preprocess
-from densecap_jax.data import synthetic
+from densecap_jax.data import visual_genome as preprocess
+from densecap_jax.data import synthetic_world as synthetic
 from densecap_jax.data import tfds_builder
 
 

@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 import small_model
 
-from densecap_jax import inference
-from densecap_jax import predict
+from densecap_jax import predictor as inference
+from densecap_jax.commands import predict
 from densecap_jax.data import device_resize
 from densecap_jax.data import images as images_lib
 

@@ -14,12 +14,12 @@ import zlib
 import numpy as np
 import pytest
 
-from densecap_jax import checkpoint
-from densecap_jax import inference
+from densecap_jax import model_dir as checkpoint
+from densecap_jax import predictor as inference
 from densecap_jax.data import loader
-from densecap_jax.data import preprocess
-from densecap_jax.data import synthetic
-from densecap_jax.evaluation import __main__ as evaluation_main
+from densecap_jax.data import visual_genome as preprocess
+from densecap_jax.data import synthetic_world as synthetic
+from densecap_jax.commands import evaluate as evaluation_main
 from densecap_jax.evaluation import ground_truth
 from densecap_jax.evaluation import meteor
 from densecap_jax.evaluation import metric

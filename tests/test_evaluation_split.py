@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tqdm
 
-from densecap_jax import checkpoint
+from densecap_jax import model_dir as checkpoint
 from densecap_jax.data import buckets as buckets_lib
 from densecap_jax.data import images
 from densecap_jax.data import loader

@@ -9,8 +9,8 @@ import os
 import jax
 import numpy as np
 
-from densecap_jax import extract_features
-from densecap_jax import inference
+from densecap_jax.commands import extract_features
+from densecap_jax import predictor as inference
 from densecap_jax.data import images as images_lib
 
 

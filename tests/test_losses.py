@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from densecap_jax import losses
+from densecap_jax.models import losses
 
 
 def _np_smooth_l1(d):

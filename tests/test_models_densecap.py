@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from densecap_jax import configs
-from densecap_jax import losses as losses_lib
+from densecap_jax.models import losses as losses_lib
 from densecap_jax.train import optim
 from densecap_jax.models import densecap as dc
 

@@ -37,7 +37,7 @@ import jax
 import numpy as np
 import pytest
 
-from densecap_jax import checkpoint
+from densecap_jax import model_dir as checkpoint
 from densecap_jax.data import loader
 from densecap_jax.evaluation import split_eval
 import multiprocess_jobs as jobs

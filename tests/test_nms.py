@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from densecap_jax import configs, inference
-from densecap_jax.checkpoint import load_model
+from densecap_jax import configs
+from densecap_jax import predictor as inference
+from densecap_jax.model_dir import load_model
 from densecap_jax.data import buckets as buckets_lib
 from densecap_jax.data import images as images_lib
 from densecap_jax.models import densecap

@@ -17,10 +17,10 @@ from test_regions_index import square_scenes
 from test_regions_index import write_scenes
 
 from densecap_jax import files
-from densecap_jax import predict
-from densecap_jax.regions import search as search_lib
-from densecap_jax.regions import search_command
-from densecap_jax.regions import search_page
+from densecap_jax.commands import predict
+from densecap_jax.search import ranking as search_lib
+from densecap_jax.commands import search as search_command
+from densecap_jax.search import page as search_page
 
 
 def _tree(folder):
@@ -152,8 +152,8 @@ def test_search_page_quotes_names_in_its_links(tmp_path, capsys):
 
 def test_search_command_with_a_crafted_index_writes_only_into_output_vis_dir(
     tmp_path, monkeypatch, capsys):
-  from densecap_jax import inference  # pylint: disable=g-import-not-at-top
-  from densecap_jax.regions import index as index_lib  # pylint: disable=g-import-not-at-top
+  from densecap_jax import predictor as inference  # pylint: disable=g-import-not-at-top
+  from densecap_jax.search import builder as index_lib  # pylint: disable=g-import-not-at-top
   root = tmp_path / "x"
   photos = root / "data" / "photos"
   write_scenes(str(photos), square_scenes(3, seed=3))

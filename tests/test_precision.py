@@ -21,14 +21,14 @@ import optax
 import pytest
 
 import densecap_jax
-from densecap_jax import checkpoint
-from densecap_jax import cli
+from densecap_jax import model_dir as checkpoint
+from densecap_jax.commands import flags as cli
 from densecap_jax import configs
-from densecap_jax import inference
+from densecap_jax import predictor as inference
 from densecap_jax.data import images as images_lib
 from densecap_jax.data import loader
-from densecap_jax.data import preprocess
-from densecap_jax.data import synthetic
+from densecap_jax.data import visual_genome as preprocess
+from densecap_jax.data import synthetic_world as synthetic
 from densecap_jax.data import vocab as vocab_lib
 from densecap_jax.evaluation import metric
 from densecap_jax.evaluation import split_eval
@@ -139,7 +139,7 @@ def test_precision_flag():
 
 
 def test_evaluation_precision_flag():
-  from densecap_jax.evaluation import __main__ as evaluation  # pylint: disable=g-import-not-at-top
+  from densecap_jax.commands import evaluate as evaluation  # pylint: disable=g-import-not-at-top
   flags = ["--checkpoint", "m", "--data_h5", "d.h5", "--data_json", "d.json"]
   assert evaluation.parse_args(flags).precision is None
   assert evaluation.parse_args(flags + ["--precision", "tf32"]).precision == "tf32"

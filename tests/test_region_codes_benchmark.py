@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 
-from densecap_jax.data import synthetic
+from densecap_jax.data import synthetic_world as synthetic
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 sys.path.insert(0, BENCHMARKS)

@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 
 import convert_fixtures as cf
-from densecap_jax import inference
-from densecap_jax.convert import __main__ as convert_cli
+from densecap_jax import predictor as inference
+from densecap_jax.commands import convert as convert_cli
 from densecap_jax.convert import t7
-from densecap_jax.data import synthetic
+from densecap_jax.data import synthetic_world as synthetic
 from densecap_jax.data import vocab as vocab_lib
 from densecap_jax.models import densecap
 from densecap_jax.ops import boxes as boxes_lib

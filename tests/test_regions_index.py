@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from densecap_jax import inference
-from densecap_jax.data import synthetic
+from densecap_jax import predictor as inference
+from densecap_jax.data import synthetic_world as synthetic
 from densecap_jax.data import vocab as vocab_lib
-from densecap_jax.regions import index as index_lib
-from densecap_jax.regions import index_command
-from densecap_jax.regions import index_reader
+from densecap_jax.search import builder as index_lib
+from densecap_jax.commands import index as index_command
+from densecap_jax.search import reader as index_reader
 
 
 def square_scenes(count, seed):
@@ -252,7 +252,7 @@ def test_command_indexes_a_folder_and_reports_unreadable_files(photos, tmp_path,
 def _hold_lock(folder, seconds):
   """A process that holds the writer lock of ``folder`` for ``seconds`` (started once held)."""
   code = ("import sys, time\n"
-          "from densecap_jax.regions import index_files\n"
+          "from densecap_jax.search import storage as index_files\n"
           "with index_files.writer_lock(sys.argv[1]):\n"
           "  print('held', flush=True)\n"
           "  time.sleep(float(sys.argv[2]))\n")

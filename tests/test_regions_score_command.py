@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from densecap_jax import inference
-from densecap_jax import predict
+from densecap_jax import predictor as inference
+from densecap_jax.commands import predict
 from densecap_jax import score
 
 EXAMPLES = inference.bundled_examples_path()

@@ -9,11 +9,11 @@ import pytest
 from test_regions_index import square_scenes
 from test_regions_index import write_scenes
 
-from densecap_jax import inference
-from densecap_jax.regions import index as index_lib
-from densecap_jax.regions import search as search_lib
-from densecap_jax.regions import search_command
-from densecap_jax.regions import search_page
+from densecap_jax import predictor as inference
+from densecap_jax.search import builder as index_lib
+from densecap_jax.search import ranking as search_lib
+from densecap_jax.commands import search as search_command
+from densecap_jax.search import page as search_page
 
 NUM_IMAGES = 12
 

@@ -245,7 +245,7 @@ def test_prog_name_is_the_command_as_typed(monkeypatch):
 
 
 def test_bundled_notice_names_the_installed_converter():
-  from densecap_jax import cli  # pylint: disable=g-import-not-at-top
+  from densecap_jax.commands import flags as cli  # pylint: disable=g-import-not-at-top
   assert "densecap-convert" in cli.BUNDLED_NOTICE
   assert "Converting the original weights" in cli.BUNDLED_NOTICE
   assert "tools/" not in cli.BUNDLED_NOTICE  # a pip install has no tools/ folder

@@ -35,10 +35,10 @@ from PIL import Image
 import small_model
 from test_data_images import write_orientation_6_jpeg
 
-from densecap_jax import cli
-from densecap_jax import inference
-from densecap_jax import predict
-from densecap_jax import serve
+from densecap_jax.commands import flags as cli
+from densecap_jax import predictor as inference
+from densecap_jax.commands import predict
+from densecap_jax.commands import serve
 from densecap_jax.server import app as app_lib
 from densecap_jax.server import batching
 from densecap_jax.server import captioner as captioner_lib

@@ -13,14 +13,14 @@ import pytest
 from PIL import Image
 import small_model
 
-from densecap_jax import extract_features
-from densecap_jax import inference
+from densecap_jax.commands import extract_features
+from densecap_jax import predictor as inference
 
 VOCAB = [None, "a", "red", "circle", "square", "blue"]
 # Runs predict in a fresh process and prints its peak resident memory (KiB on Linux).
 _PEAK_RSS_SCRIPT = """
 import resource, sys
-from densecap_jax import predict
+from densecap_jax.commands import predict
 try:
   predict.main(sys.argv[1:])
 finally:

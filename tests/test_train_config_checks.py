@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from densecap_jax.models import densecap
-from densecap_jax.train import __main__ as train_main
+from densecap_jax.commands import train as train_main
 from densecap_jax.train import config_checks
 from densecap_jax.train.configs import tiny
 

@@ -8,13 +8,13 @@ import ml_collections
 import numpy as np
 import pytest
 
-from densecap_jax import checkpoint
+from densecap_jax import model_dir as checkpoint
 from densecap_jax.evaluation import metric
 from densecap_jax.evaluation import split_eval
 from densecap_jax.train import config_checks
 from densecap_jax.train import loop
 from densecap_jax.train import trainer
-from densecap_jax.evaluation import __main__ as evaluate
+from densecap_jax.commands import evaluate
 from densecap_jax.train.configs import tiny
 import disk_faults
 import small_dataset

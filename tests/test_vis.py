@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 import small_model
 
-from densecap_jax import inference
-from densecap_jax import predict
+from densecap_jax import predictor as inference
+from densecap_jax.commands import predict
 from densecap_jax import vis
 from densecap_jax.data import images as images_lib
 from densecap_jax.regions import coords

@@ -27,12 +27,12 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from densecap_jax import checkpoint  # pylint: disable=g-import-not-at-top
+from densecap_jax import model_dir as checkpoint  # pylint: disable=g-import-not-at-top
 from densecap_jax import files
 from densecap_jax.evaluation import split_eval
 from densecap_jax.data import loader
-from densecap_jax.data import preprocess
-from densecap_jax.data import synthetic
+from densecap_jax.data import visual_genome as preprocess
+from densecap_jax.data import synthetic_world as synthetic
 from densecap_jax.train import trainer
 from densecap_jax.train.configs import tiny
 

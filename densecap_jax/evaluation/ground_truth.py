@@ -32,7 +32,7 @@ from PIL import Image
 from densecap_jax import files
 from densecap_jax.data import images as images_lib
 from densecap_jax.data import loader
-from densecap_jax.data import preprocess
+from densecap_jax.data import visual_genome as preprocess
 from densecap_jax.data import vocab as vocab_lib
 
 

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from densecap_jax import configs as configs_lib
-from densecap_jax import losses as losses_lib
+from densecap_jax.models import losses as losses_lib
 from densecap_jax.data import vocab as vocab_lib
 from densecap_jax.models import language_model as lm_lib
 from densecap_jax.models import localization as loc_lib

@@ -30,7 +30,7 @@ import os
 
 import numpy as np
 
-from densecap_jax import inference
+from densecap_jax import predictor as inference
 from densecap_jax.data import buckets as buckets_lib
 from densecap_jax.regions import api as regions_api
 from densecap_jax.regions import coords as coords_lib

@@ -24,7 +24,7 @@ import optax
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
-from densecap_jax import checkpoint
+from densecap_jax import model_dir as checkpoint
 from densecap_jax.train import distributed
 # loop.MetricsWriter: the name the loop's callers use.
 from densecap_jax.train.metrics_log import MetricsWriter  # pylint: disable=unused-import

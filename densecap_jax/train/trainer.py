@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from densecap_jax import checkpoint
+from densecap_jax import model_dir as checkpoint
 from densecap_jax import files
 from densecap_jax import runtime
 from densecap_jax.data import loader as loader_lib

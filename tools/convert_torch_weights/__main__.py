@@ -2,7 +2,7 @@
 
 import sys
 
-from densecap_jax.convert.__main__ import main
+from densecap_jax.commands.convert import main
 
 if __name__ == "__main__":
   sys.exit(main())

@@ -24,11 +24,11 @@ import argparse
 import os
 import sys
 
-from densecap_jax import cli
+from densecap_jax.commands import flags as cli
 from densecap_jax import runtime
-from densecap_jax.regions import index as index_lib
-from densecap_jax.regions import search as search_lib
-from densecap_jax.regions import search_page
+from densecap_jax.search import builder as index_lib
+from densecap_jax.search import ranking as search_lib
+from densecap_jax.search import page as search_page
 
 
 def parse_args(argv=None):

@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from densecap_jax import files
-from densecap_jax.regions import index_files
+from densecap_jax.search import storage as index_files
 
 FORMAT = "densecap_jax.index"
 VERSION = 1

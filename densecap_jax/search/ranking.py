@@ -38,7 +38,7 @@ import time
 import numpy as np
 
 from densecap_jax import files
-from densecap_jax.regions import index as index_lib
+from densecap_jax.search import builder as index_lib
 from densecap_jax.regions import phrases as phrases_lib
 
 DEFAULT_CANDIDATES = 5000

@@ -41,7 +41,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from densecap_jax import checkpoint
+from densecap_jax import model_dir as checkpoint
 from densecap_jax import configs
 from densecap_jax import runtime
 from densecap_jax import settings as settings_lib

@@ -65,7 +65,7 @@ def load_model_from_flags(args, *, announce=True, **settings):
   except ValueError as e:
     sys.exit(f"error: {e}")
   runtime.setup_from_args(args)
-  from densecap_jax import inference  # pylint: disable=g-import-not-at-top
+  from densecap_jax import predictor as inference  # pylint: disable=g-import-not-at-top
   if not args.checkpoint:
     print(BUNDLED_NOTICE, file=sys.stderr)
   try:

@@ -27,10 +27,10 @@ import sys
 import time
 import types
 
-from densecap_jax import cli
-from densecap_jax import predict
+from densecap_jax.commands import flags as cli
+from densecap_jax.commands import predict
 from densecap_jax import runtime
-from densecap_jax.regions import index as index_lib
+from densecap_jax.search import builder as index_lib
 
 
 def parse_args(argv=None):
@@ -82,7 +82,7 @@ def stored_model_fingerprint(path, precision=None):
   load_model(path, precision=precision))``; nothing is put on a device or
   compiled. Raises ``OSError`` or ``ValueError`` for an unreadable directory.
   """
-  from densecap_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from densecap_jax import model_dir as checkpoint  # pylint: disable=g-import-not-at-top
   from densecap_jax import configs  # pylint: disable=g-import-not-at-top
   from densecap_jax.models import precision as precision_lib  # pylint: disable=g-import-not-at-top
   params, config, vocab = checkpoint.load_model(path)
@@ -125,7 +125,7 @@ def main(argv=None):
     manifest = check_args(args)
   except ValueError as e:
     sys.exit(f"error: {e}")
-  from densecap_jax import inference  # pylint: disable=g-import-not-at-top
+  from densecap_jax import predictor as inference  # pylint: disable=g-import-not-at-top
   try:
     check_same_model(args, manifest, inference.bundled_model_path())
   except ValueError as e:

@@ -95,8 +95,8 @@ from densecap_jax import files
 from densecap_jax.data import vocab as vocab_lib
 from densecap_jax.regions import api as regions_api
 from densecap_jax.regions import coords as coords_lib
-from densecap_jax.regions import index_files
-from densecap_jax.regions import index_reader
+from densecap_jax.search import storage as index_files
+from densecap_jax.search import reader as index_reader
 
 FORMAT = index_reader.FORMAT
 VERSION = index_reader.VERSION
@@ -356,7 +356,7 @@ def _detect(model, paths, max_boxes, bar, failed):
   Detections: ``boxes`` ``(k, 4)`` float32 xywh in the image's pixels,
   ``scores``, ``captions``, ``codes``, ``width``, ``height``.
   """
-  from densecap_jax import inference  # pylint: disable=g-import-not-at-top
+  from densecap_jax import predictor as inference  # pylint: disable=g-import-not-at-top
 
   def readable():
     for path, prepared in model.read(paths):
@@ -432,7 +432,7 @@ def build_index(model, input_dir, output, *, checkpoint=None, max_boxes=50, shar
       settings, or one another run is writing (``index_files.Busy``; the
       run holds ``index_files.writer_lock`` throughout).
   """
-  from densecap_jax import predict  # pylint: disable=g-import-not-at-top
+  from densecap_jax.commands import predict  # pylint: disable=g-import-not-at-top
   if max_boxes < 1:
     raise ValueError(f"--max_boxes must be positive, got {max_boxes}")
   if shard_size < 1:
