@@ -8,7 +8,7 @@
 Images are taken upright: a path or a PIL image is turned by its EXIF
 orientation (``data.images.exif_upright``), as ``predict``,
 ``extract_features`` and the server do. Boxes are xywh, 1-based, in the
-pixels of the upright image as given (``regions.coords``; ``coords="resized"``
+pixels of the upright image as given (``ops.boxes``; ``coords="resized"``
 gives them in the resized image the model sees, as results.json has them).
 ``caption_regions``, ``score_phrases`` and ``score_codes`` caption boxes you
 give and score phrases against regions (``regions.api``).
@@ -29,50 +29,32 @@ also several times faster for large photos (``benchmarks/README.md``).
 (``read``, ``group_batches``), so memory holds a few batches of images.
 """
 
-import collections
-import concurrent.futures
-import dataclasses
 import functools
 import importlib.resources
-import itertools
 import os
 
 import jax
 import numpy as np
-from PIL import Image
 
 from densecap_jax import model_dir as checkpoint
 from densecap_jax import configs
+from densecap_jax import engine
 from densecap_jax import runtime
 from densecap_jax import settings as settings_lib
 from densecap_jax.data import buckets as buckets_lib
 from densecap_jax.data import device_resize
+from densecap_jax.data import image_stream
 from densecap_jax.data import images as images_lib
 from densecap_jax.data import vocab as vocab_lib
 from densecap_jax.models import densecap
 from densecap_jax.models import precision as precision_lib
 from densecap_jax.ops import boxes as boxes_lib
 from densecap_jax.regions import api as regions_api
-from densecap_jax.regions import coords as coords_lib
 
 
-BATCH_AXIS = "batch"
 # Where test-time images are resized (DenseCapPredictor's ``preprocess``).
 PREPROCESS_CHOICES = ("device", "host")
 DEFAULT_PREPROCESS = "device"
-# Streaming runs (``group_batches``) hold at most this many batches of images waiting.
-MAX_PENDING_BATCHES = 4
-
-
-def default_devices():
-  """The devices a model runs on by default: every local accelerator, or one CPU device.
-
-  Batches are split over several GPUs or TPU cores; on a CPU the forced host
-  devices share the same cores, so one device does the same work with less
-  padding.
-  """
-  devices = jax.local_devices()
-  return devices if devices[0].platform != "cpu" else devices[:1]
 
 
 def bundled_model_path():
@@ -83,163 +65,6 @@ def bundled_model_path():
 def bundled_examples_path():
   """Directory of the example images shipped inside the package."""
   return str(importlib.resources.files("densecap_jax") / "bundled" / "examples")
-
-
-@dataclasses.dataclass
-class PreparedImage:
-  """One image after the test-time preprocessing, or decoded for the device to resize.
-
-  Prepared on the host (``DenseCapPredictor.prepare(image)``), ``model_input``
-  and ``display`` are set. Left to the device (``prepare(image,
-  on_device=True)``), ``rgb`` and ``resized_size`` are set instead; the
-  device resize (``data.device_resize``) makes ``model_input`` there, bit for
-  bit the host's, and ``predict_prepared(..., displays=True)`` fills
-  ``display``.
-
-  Attributes:
-    model_input: ``(h, w, 3)`` float32 BGR minus the VGG mean, or ``None``.
-    display: ``(h, w, 3)`` uint8 RGB, the resized image the boxes refer to, or ``None``.
-    original_size: ``(H0, W0)`` before resizing.
-    rgb: ``(H0, W0, 3)`` uint8 RGB, the decoded upright original (device
-      preprocessing only), or ``None``.
-    resized_size: ``(h, w)`` after resizing (device preprocessing only), or ``None``.
-  """
-  model_input: np.ndarray | None
-  display: np.ndarray | None
-  original_size: tuple
-  rgb: np.ndarray | None = None
-  resized_size: tuple | None = None
-
-  @property
-  def size(self):
-    """``(h, w)``, the resized size the boxes refer to."""
-    if self.model_input is not None:
-      return tuple(self.model_input.shape[:2])
-    return tuple(self.resized_size)
-
-
-def batch_by_bucket(prepared, buckets, batch_size):
-  """Groups prepared images by shape bucket into fixed-size padded batches.
-
-  Yields:
-    ``(members, images, sizes)``: indices into ``prepared`` (at most
-    ``batch_size``), ``(batch_size, Hb, Wb, 3)`` float32 images zero-padded
-    to the bucket (unused slots all zero) and ``(batch_size, 2)`` int32 true
-    sizes (the bucket's for unused slots).
-  """
-  for bucket, on_device, chunk in _bucket_chunks(prepared, buckets, batch_size):
-    if on_device:
-      raise ValueError("batch_by_bucket takes images prepared on the host; "
-                       "DenseCapPredictor.batches resizes the others on the device")
-    yield (chunk, _host_batch(prepared, chunk, bucket, batch_size),
-           _model_sizes(prepared, chunk, bucket, batch_size))
-
-
-def _host_batch(prepared, chunk, bucket, batch_size):
-  """``(batch_size, Hb, Wb, 3)`` float32: the model inputs of ``chunk``, zero-padded."""
-  images = np.zeros((batch_size,) + bucket + (3,), np.float32)
-  for k, i in enumerate(chunk):
-    h, w = prepared[i].size
-    images[k, :h, :w] = prepared[i].model_input
-  return images
-
-
-def _bucket_chunks(prepared, buckets, batch_size):
-  """``(bucket, on_device, members)`` for each batch: indices of at most ``batch_size`` images.
-
-  Images are grouped by shape bucket, and within it by where they are
-  resized (host first seen first), in input order.
-  """
-  groups = {}
-  for i, p in enumerate(prepared):
-    bucket = buckets_lib.pick_bucket(*p.size, buckets)
-    groups.setdefault((bucket, p.model_input is None), []).append(i)
-  for (bucket, on_device), members in groups.items():
-    for start in range(0, len(members), batch_size):
-      yield bucket, on_device, members[start:start + batch_size]
-
-
-def _model_sizes(prepared, chunk, bucket, batch_size):
-  """``(batch_size, 2)`` int32 true sizes of a batch (the bucket's for unused slots)."""
-  sizes = np.tile(np.asarray(bucket, np.int32), (batch_size, 1))
-  for k, i in enumerate(chunk):
-    sizes[k] = prepared[i].size
-  return sizes
-
-
-def read_ahead(fn, items, depth, workers=None):
-  """``(item, fn(item))`` for each item, in order, with up to ``depth`` computed ahead in threads.
-
-  Decoding images this way overlaps the device's work on earlier ones
-  (Pillow and NumPy release the GIL while they decode and resize), and holds
-  at most ``depth`` results besides the one being used, whatever the count.
-
-  Args:
-    fn: ``item -> result``; a ``ValueError`` it raises is given in place of
-      the result (an unreadable image); other exceptions propagate.
-    items: an iterable.
-    depth: results computed ahead, at least 1.
-    workers: threads (default: ``min(4, CPUs)``).
-
-  Yields:
-    ``(item, result or ValueError)``.
-  """
-  depth = max(int(depth), 1)
-  workers = workers or min(4, os.cpu_count() or 1)
-  pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="read_ahead")
-  pending = collections.deque()
-  source = iter(items)
-  try:
-    for item in itertools.islice(source, depth):
-      pending.append((item, pool.submit(fn, item)))
-    while pending:
-      item, future = pending.popleft()
-      for following in itertools.islice(source, 1):
-        pending.append((following, pool.submit(fn, following)))
-      try:
-        result = future.result()
-      except ValueError as e:
-        result = e
-      yield item, result
-  finally:
-    pool.shutdown(wait=True, cancel_futures=True)
-
-
-def group_batches(pairs, buckets, batch_size, max_pending=None):
-  """Streams ``(key, PreparedImage)`` pairs into groups that each make one batch.
-
-  A group holds images of one shape bucket (and one place of resizing, host
-  or device). It is yielded as soon as it holds ``batch_size`` images; when
-  ``max_pending`` images wait in all, the largest group goes early, partly
-  filled; at the end the rest go, in the order of their first image. So at
-  most ``max_pending`` images wait, whatever the count, and images of a
-  common size fill whole batches.
-
-  Args:
-    pairs: an iterable of ``(key, PreparedImage)`` (the key is the caller's).
-    buckets: the model's shape buckets.
-    batch_size: images per batch.
-    max_pending: the most images waiting (default ``MAX_PENDING_BATCHES``
-      batches).
-
-  Yields:
-    Lists of ``(key, PreparedImage)``, at most ``batch_size`` long.
-  """
-  max_pending = max_pending or MAX_PENDING_BATCHES * batch_size
-  pending = {}
-  count = 0
-  for key, prepared in pairs:
-    group_key = (buckets_lib.pick_bucket(*prepared.size, buckets), prepared.model_input is None)
-    group = pending.setdefault(group_key, [])
-    group.append((key, prepared))
-    count += 1
-    if len(group) >= batch_size or count >= max_pending:
-      if len(group) < batch_size:
-        group_key = max(pending, key=lambda k: len(pending[k]))
-      group = pending.pop(group_key)
-      count -= len(group)
-      yield group
-  yield from pending.values()
 
 
 class DenseCapPredictor:
@@ -280,10 +105,10 @@ class DenseCapPredictor:
     config = configs.with_precision(config, precision)
     self.precision = configs.precision_of(config)
     params = precision_lib.cast_for_inference(params, self.precision)  # bf16 kernels cast once
-    self.devices = list(devices) if devices is not None else default_devices()
-    mesh = jax.sharding.Mesh(np.array(self.devices), (BATCH_AXIS,))
+    self.devices = list(devices) if devices is not None else engine.default_devices()
+    mesh = jax.sharding.Mesh(np.array(self.devices), (engine.BATCH_AXIS,))
     self._replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    self._split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(BATCH_AXIS))
+    self._split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(engine.BATCH_AXIS))
     self.params = jax.device_put(params, self._replicated)
     self.config = config
     self.vocab = vocab
@@ -349,10 +174,10 @@ class DenseCapPredictor:
       if min(size) < 1:
         raise ValueError(f"image of {rgb.shape[0]}x{rgb.shape[1]} (HxW) would be resized to "
                          f"{size[0]}x{size[1]}")
-      return PreparedImage(None, None, tuple(rgb.shape[:2]), rgb=rgb, resized_size=size)
+      return image_stream.PreparedImage(None, None, tuple(rgb.shape[:2]), rgb=rgb, resized_size=size)
     model_input = images_lib.prepare_test_image(rgb, self.image_size)
     display = np.clip(np.rint((model_input + images_lib.VGG_MEAN_BGR)[..., ::-1]), 0, 255)
-    return PreparedImage(model_input, display.astype(np.uint8), tuple(rgb.shape[:2]))
+    return image_stream.PreparedImage(model_input, display.astype(np.uint8), tuple(rgb.shape[:2]))
 
   def read(self, images, workers=None):
     """Decodes (and prepares) images ahead in threads, for streaming runs.
@@ -366,7 +191,7 @@ class DenseCapPredictor:
     """
     workers = workers or min(4, os.cpu_count() or 1)
     prepare = functools.partial(self.prepare, on_device=self.preprocess == "device")
-    return read_ahead(prepare, images, max(self.batch_size, workers), workers)
+    return image_stream.read_ahead(prepare, images, max(self.batch_size, workers), workers)
 
   def batches(self, prepared, displays=False):
     """Padded batches of :class:`PreparedImage` s, placed on the devices, one bucket each.
@@ -386,10 +211,10 @@ class DenseCapPredictor:
       (unused slots all zero) and ``(batch_size, 2)`` int32 true sizes (the
       bucket's for unused slots), placed by :meth:`put_batch`.
     """
-    for bucket, on_device, chunk in _bucket_chunks(prepared, self.buckets, self.batch_size):
-      sizes = _model_sizes(prepared, chunk, bucket, self.batch_size)
+    for bucket, on_device, chunk in image_stream.bucket_chunks(prepared, self.buckets, self.batch_size):
+      sizes = image_stream.model_sizes(prepared, chunk, bucket, self.batch_size)
       if not on_device:
-        yield (chunk, *self.put_batch(_host_batch(prepared, chunk, bucket, self.batch_size),
+        yield (chunk, *self.put_batch(image_stream.host_batch(prepared, chunk, bucket, self.batch_size),
                                       sizes))
         continue
       arrays = device_resize.batch_arrays([prepared[i].rgb for i in chunk],
@@ -413,7 +238,7 @@ class DenseCapPredictor:
         -1: all; ``regions.api.detection_limit``).
       displays: fill ``display`` of images resized on the devices (see :meth:`batches`).
       coords: ``"resized"`` (the default here: the original's results.json)
-        or ``"image"`` (``regions.coords``).
+        or ``"image"`` (``ops.boxes``).
 
     Returns:
       One dict per image, in input order: ``boxes`` ``(N, 4)`` float32 xywh
@@ -434,7 +259,7 @@ class DenseCapPredictor:
         p = prepared[i]
         results[i] = {
             "boxes": (boxes[k][keep] if coords == "resized"
-                      else coords_lib.to_image(boxes[k][keep], p.original_size, p.size)),
+                      else boxes_lib.to_image(boxes[k][keep], p.original_size, p.size)),
             "scores": scores[k][keep],
             "captions": vocab_lib.decode_captions(tokens[k][keep], self.vocab),
             **regions_api.size_fields(p),
@@ -455,7 +280,7 @@ class DenseCapPredictor:
       max_detections: keep at most this many boxes per image (``None`` or
         -1: all).
       coords: ``"image"`` (the default: boxes in the pixels of the image as
-        given, upright, ``regions.coords``) or ``"resized"`` (of the resized
+        given, upright, ``ops.boxes``) or ``"resized"`` (of the resized
         image the model sees, as the original's results.json).
 
     Returns:
@@ -489,7 +314,7 @@ class DenseCapPredictor:
           raise prepared
         yield i, prepared
 
-    return group_batches(readable(), self.buckets, self.batch_size)
+    return image_stream.group_batches(readable(), self.buckets, self.batch_size)
 
   @functools.cached_property
   def regions(self):
@@ -503,7 +328,7 @@ class DenseCapPredictor:
       images: images as :meth:`predict` takes them (one image, or a list).
       boxes: for one image a list of ``[x, y, w, h]`` (or a ``(k, 4)``
         array); for a list of images one such list per image. xywh, 1-based,
-        in the pixels of the image as given, upright (``regions.coords``), or
+        in the pixels of the image as given, upright (``ops.boxes``), or
         of the resized image with ``coords="resized"``. A box partly outside
         the image is clipped to it, a box wholly outside onto the 1-pixel
         strip along the nearest border (``clipped`` and ``outside`` say

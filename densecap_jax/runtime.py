@@ -454,3 +454,9 @@ def compiling(count, *, key=None, detail="", upto=False, file=None):
     notice._update()  # pylint: disable=protected-access
     raise
   notice.done()
+
+
+def count(n, word, plural=None):
+  """``n`` and the noun in the right number: ``count(1, "image")`` is "1 image",
+  ``count(2, "box", "boxes")`` "2 boxes" (default plural: ``word + "s"``)."""
+  return f"{n} {word if n == 1 else plural or word + 's'}"

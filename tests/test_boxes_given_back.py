@@ -1,4 +1,4 @@
-"""A model's own boxes, given back, are taken everywhere boxes are taken (``regions.coords``).
+"""A model's own boxes, given back, are taken everywhere boxes are taken (``ops.boxes``).
 
 The bundled model does not clip its final boxes (as the original does not):
 on the real photos of ``tests/photos.py`` some detections lie partly outside
@@ -31,8 +31,8 @@ import densecap_jax
 from densecap_jax.commands import flags as cli
 from densecap_jax.commands import extract_features
 from densecap_jax import predictor as inference
+from densecap_jax import runtime
 from densecap_jax.commands import predict
-from densecap_jax.regions import coords
 from densecap_jax.search import builder as index_lib
 from densecap_jax.commands import index as index_command
 from densecap_jax.commands import score as score_command
@@ -40,6 +40,7 @@ from densecap_jax.commands import search as search_command
 from densecap_jax.search import page as search_page
 from densecap_jax.server import app as app_lib
 from densecap_jax.server import captioner as captioner_lib
+from densecap_jax.ops import boxes as boxes_lib
 
 # name -> (file name in the test folder, source): sizes 640x427, 451x300, 512x512 and a phone
 # portrait 427x640 stored sideways; three shape buckets of the bundled model.
@@ -85,7 +86,7 @@ def test_check_boxes_clamps_each_corner_worked_by_hand():
       [630, 500, 20, 30],                 # wholly below: the bottom row, x clipped to 640
       [640, 427, 5, 5],                   # its first pixel is the image's last: partly
   ]
-  got, clipped, outside = coords.check_boxes(boxes, (427, 640))
+  got, clipped, outside = boxes_lib.check_boxes(boxes, (427, 640))
   f32 = np.float32
   want = np.array([[10.5, 20.25, 100.125, 50.0], [1, 1, 10, 5], [600, 400, 41, 28],
                    [640, f32(260.833), 1, f32(109.3)], [1, 1, 1, 1], [630, 427, 11, 1],
@@ -96,8 +97,8 @@ def test_check_boxes_clamps_each_corner_worked_by_hand():
   np.testing.assert_array_equal(outside, [False, False, False, True, True, True, False])
   # Inside boxes come back bit for bit (float32 given, float32 returned).
   given = np.array([[1.1, 2.2, 3.3, 4.4], [1, 1, 640, 427]], np.float32)
-  np.testing.assert_array_equal(coords.check_boxes(given, (427, 640))[0], given)
-  empty = coords.check_boxes(np.zeros((0, 4)), (427, 640))
+  np.testing.assert_array_equal(boxes_lib.check_boxes(given, (427, 640))[0], given)
+  empty = boxes_lib.check_boxes(np.zeros((0, 4)), (427, 640))
   assert [a.shape for a in empty] == [(0, 4), (0,), (0,)]
 
 
@@ -109,7 +110,7 @@ def test_check_boxes_clamps_each_corner_worked_by_hand():
 ])
 def test_check_boxes_refuses_what_is_no_box_naming_its_index(box, message):
   with pytest.raises(ValueError) as e:
-    coords.check_boxes([[5000, 5000, 5, 5], box], (427, 640), name="boxes of a")
+    boxes_lib.check_boxes([[5000, 5000, 5, 5], box], (427, 640), name="boxes of a")
   assert str(e.value) == message
 
 
@@ -274,7 +275,7 @@ def test_commands_take_back_the_detections(model, photo_dir, given_back, tmp_pat
     captioned = given_back[name]["captioned"]
     prepared = model.prepare(given_back[name]["path"])
     assert r["captions"] == captioned["captions"]
-    np.testing.assert_allclose(r["boxes"], coords.to_resized(
+    np.testing.assert_allclose(r["boxes"], boxes_lib.to_resized(
         captioned["boxes"], prepared.original_size, prepared.size), rtol=1e-5, atol=1e-4)
 
   score_command.main(["--input_dir", str(photo_dir), "--phrase", PHRASES[0], "--boxes_json",
@@ -357,8 +358,8 @@ def test_images_without_an_entry_get_detections(model, photo_dir, given_back, tm
 
 
 def test_counts_are_printed_in_the_right_number(tmp_path, capsys):
-  assert [cli.count(n, "image") for n in (0, 1, 2)] == ["0 images", "1 image", "2 images"]
-  assert cli.count(1, "box", "boxes") == "1 box" and cli.count(3, "box", "boxes") == "3 boxes"
+  assert [runtime.count(n, "image") for n in (0, 1, 2)] == ["0 images", "1 image", "2 images"]
+  assert runtime.count(1, "box", "boxes") == "1 box" and runtime.count(3, "box", "boxes") == "3 boxes"
   path = photos_lib.photo_path("rocket")
   boxes_json = tmp_path / "boxes.json"
   boxes_json.write_text(json.dumps({"rocket.jpg": [[100, 100, 50, 50]]}))
@@ -418,7 +419,7 @@ def test_index_of_another_model_is_refused_before_the_model_loads(tmp_path, caps
   # One image, in the right number (index and search).
   assert "indexed 1 image, kept 0, dropped 0 (deleted or changed) in " in built
   regions = index_lib.open_index(output).num_regions
-  assert f": 1 image, {cli.count(regions, 'region')}" in built and regions > 1
+  assert f": 1 image, {runtime.count(regions, 'region')}" in built and regions > 1
   search_command.main(["--index", output, "--query", "a red", "--checkpoint", tiny,
                        "--output_vis_dir", str(tmp_path / "hits")])
   assert f"1 of 1 image; all of {regions} regions scored" in capsys.readouterr().out

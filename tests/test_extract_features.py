@@ -23,7 +23,7 @@ from densecap_jax.models import densecap
 from densecap_jax.models import vgg16
 from densecap_jax.ops import boxes as boxes_lib
 from densecap_jax.ops import roi_pool
-from densecap_jax.regions import coords
+from densecap_jax import features
 
 VOCAB = [None, "a", "red", "circle", "square", "blue"]
 NUM_PROPOSALS = 20
@@ -153,7 +153,7 @@ def test_detection_features_are_fc7_codes_of_their_proposals(detections, hand, p
   scale = detections["image_scale"][index]  # a.jpg and c.jpg: 90 x 120 -> 48 x 64
   assert scale == pytest.approx(90 / 48)
   np.testing.assert_allclose(detections["boxes"][index, :n],
-                             coords.scale_xywh(boxes[:n], scale), rtol=1e-6)
+                             boxes_lib.scale_xywh(boxes[:n], scale), rtol=1e-6)
   # Same detections as infer (final NMS at 0.4), in xywh: x = xc - (w - 1) / 2.
   np.testing.assert_allclose(_detection_xywh_to_xcycwh(boxes[:n]), expected_boxes,
                              rtol=1e-5, atol=1e-4)
@@ -161,7 +161,7 @@ def test_detection_features_are_fc7_codes_of_their_proposals(detections, hand, p
                              atol=1e-5)
   # The codes are fc7 of the pooled proposals, whose regression gives the stored boxes.
   proposals = _detection_xywh_to_xcycwh(
-      coords.scale_xywh(detections["proposal_boxes"][index, :n], 1 / scale))
+      boxes_lib.scale_xywh(detections["proposal_boxes"][index, :n], 1 / scale))
   codes, logits, transforms = hand.recognize(photos / name, proposals)
   np.testing.assert_allclose(detections["feats"][index, :n], codes, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(detections["scores"][index, :n], logits, rtol=1e-4, atol=1e-4)
@@ -277,7 +277,7 @@ def test_nothing_readable_or_unwritable_output(model_dir, photos, tmp_path):
 
 def test_no_recompilation_for_new_images_or_thresholds(model_dir, photos, record_compiles):
   model = inference.load_model(model_dir)
-  extractor = extract_features.FeatureExtractor(model, boxes_per_image=4)
+  extractor = features.FeatureExtractor(model, boxes_per_image=4)
   prepared = [model.prepare(str(photos / n)) for n in ("a.jpg", "c.jpg")]
   (first,) = extractor.detections(prepared[:1])
   model.final_nms_thresh = 0.6

@@ -9,9 +9,10 @@ import os
 import jax
 import numpy as np
 
-from densecap_jax.commands import extract_features
 from densecap_jax import predictor as inference
 from densecap_jax.data import images as images_lib
+from densecap_jax import engine
+from densecap_jax import features
 
 
 def _examples():
@@ -23,7 +24,7 @@ def _examples():
 
 def test_predict_and_features_on_eight_devices_equal_one_device():
   assert jax.local_device_count() == 8
-  assert inference.default_devices() == jax.local_devices()[:1]  # CPU: one device by default
+  assert engine.default_devices() == jax.local_devices()[:1]  # CPU: one device by default
   one = inference.load_model(batch_size=1)
   eight = inference.load_model(batch_size=1, devices=jax.local_devices())
   assert one.batch_size == 1 and eight.batch_size == 8  # a multiple of the devices
@@ -33,7 +34,7 @@ def test_predict_and_features_on_eight_devices_equal_one_device():
     np.testing.assert_array_equal(a["scores"], b["scores"])
     assert a["captions"] == b["captions"]
   prepared = [one.prepare(p) for p in paths]
-  rows = [extract_features.FeatureExtractor(m, 5).detections(prepared) for m in (one, eight)]
+  rows = [features.FeatureExtractor(m, 5).detections(prepared) for m in (one, eight)]
   for a, b in zip(*rows):
     for key in ("boxes", "scores", "feats"):
       np.testing.assert_array_equal(a[key], b[key])

@@ -39,6 +39,7 @@ from densecap_jax.models import recognition
 from densecap_jax.train import config_checks
 from densecap_jax.train import trainer
 from densecap_jax.train.configs import tiny as tiny_train
+from densecap_jax.data import image_stream
 
 BUNDLED_SIZE = 256  # the bundled model's image size
 TRAIN_SIZE = 64
@@ -357,7 +358,7 @@ def _split_map(model, data, split):
   evaluator = metric.DenseCaptioningEvaluator(meteor_fn=word_overlap_meteor)
   for index in data.split_indices(split):
     model_input = images_lib.bgr_uint8_to_model_input(data.read_image_bgr(index))
-    prepared = inference.PreparedImage(model_input, None, model_input.shape[:2])
+    prepared = image_stream.PreparedImage(model_input, None, model_input.shape[:2])
     result = model.predict_prepared([prepared])[0]
     gt_boxes, gt_labels = data.regions(index)
     x, y, w, h = result["boxes"].T  # back to the model's xcycwh (the inverse of xcycwh_to_xywh)

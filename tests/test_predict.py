@@ -14,7 +14,7 @@ from densecap_jax.commands import predict
 from densecap_jax.data import buckets as buckets_lib
 from densecap_jax.data import images as images_lib
 from densecap_jax.models import densecap
-from densecap_jax.regions import coords
+from densecap_jax.ops import boxes as boxes_lib
 
 VOCAB = [None, "a", "red", "circle", "square", "blue"]
 
@@ -43,7 +43,7 @@ def test_predict_matches_infer_and_converts_boxes(model_dir, photos):
   (result,) = model.predict([image], coords="resized")
   (in_image,) = model.predict([image])  # the default: the image's own pixels, 90 x 120
   assert (in_image["width"], in_image["height"]) == (120, 90)
-  np.testing.assert_allclose(in_image["boxes"], coords.scale_xywh(result["boxes"], 90 / 48),
+  np.testing.assert_allclose(in_image["boxes"], boxes_lib.scale_xywh(result["boxes"], 90 / 48),
                              rtol=1e-6)
   # The same image straight through infer: boxes converted xcycwh -> xywh.
   prepared = images_lib.prepare_test_image(np.asarray(image), 64)
@@ -301,11 +301,11 @@ def test_cli_captions_given_boxes(model_dir, photos, tmp_path):
     np.testing.assert_allclose(r["caption_log_probs"], w["caption_log_probs"], rtol=1e-5)
     np.testing.assert_allclose(r["scores"], w["scores"], rtol=1e-5, atol=1e-5)
     prepared = model.prepare(p)
-    np.testing.assert_allclose(r["boxes"], coords.to_resized(w["boxes"], prepared.original_size,
+    np.testing.assert_allclose(r["boxes"], boxes_lib.to_resized(w["boxes"], prepared.original_size,
                                                              prepared.size), rtol=1e-6)
   # a.jpg is 90 x 120 (H x W), resized to 48 x 64: boxes scaled by 48 / 90.
   np.testing.assert_allclose(results[0]["boxes"][0],
-                             coords.scale_xywh([60, 40, 50, 30], 48 / 90), rtol=1e-6)
+                             boxes_lib.scale_xywh([60, 40, 50, 30], 48 / 90), rtol=1e-6)
   assert Image.open(vis_dir / "a.jpg").size == (64, 48)
   assert sorted(os.listdir(drawn_dir)) == ["a.jpg", "b.png"]
 

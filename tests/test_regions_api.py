@@ -21,7 +21,6 @@ from densecap_jax.data import vocab as vocab_lib
 from densecap_jax.models import densecap
 from densecap_jax.ops import boxes as boxes_lib
 from densecap_jax.regions import api
-from densecap_jax.regions import coords
 from densecap_jax.regions import phrases as phrases_lib
 
 
@@ -165,7 +164,7 @@ def test_caption_regions_on_the_bundled_model_and_its_examples(bundled):
   proposals, detected, _ = _proposals(bundled, path)
   prepared = bundled.prepare(path)
   # Given in the image's own pixels, the same regions get the same captions.
-  image_boxes = coords.to_image(proposals, prepared.original_size, prepared.size)
+  image_boxes = boxes_lib.to_image(proposals, prepared.original_size, prepared.size)
   (out,) = bundled.caption_regions([path], [image_boxes])
   assert out["captions"] == detected["captions"]
   np.testing.assert_allclose(out["boxes"], image_boxes)
@@ -310,10 +309,10 @@ def test_varied_box_and_phrase_counts_compile_nothing_new(bundled, photo, record
 
 def test_coords_round_trip_and_model_boxes():
   boxes = np.array([[1, 1, 10, 20], [33.5, 7.25, 3, 4]], np.float32)
-  there = coords.to_image(boxes, (480, 640), (192, 256))
+  there = boxes_lib.to_image(boxes, (480, 640), (192, 256))
   np.testing.assert_allclose(there, [[1, 1, 25, 50], [82.25, 16.625, 7.5, 10]], rtol=1e-6)
-  np.testing.assert_allclose(coords.to_resized(there, (480, 640), (192, 256)), boxes, rtol=1e-6)
-  centred = coords.xywh_to_model(boxes)
+  np.testing.assert_allclose(boxes_lib.to_resized(there, (480, 640), (192, 256)), boxes, rtol=1e-6)
+  centred = boxes_lib.xywh_to_model(boxes)
   np.testing.assert_allclose(np.asarray(boxes_lib.xcycwh_to_xywh(centred)), boxes, rtol=1e-6)
 
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from densecap_jax import predictor as inference
-from densecap_jax.commands import predict
 from densecap_jax import score
+from densecap_jax.data import inputs
 
 EXAMPLES = inference.bundled_examples_path()
 PHOTOS = [os.path.join(EXAMPLES, n) for n in ("synthetic_12.jpg", "synthetic_13.jpg")]
@@ -37,7 +37,7 @@ def test_scores_detections_as_score_phrases(bundled, tmp_path, capsys):
   out = capsys.readouterr()
   with open(out_json) as f:
     written = json.load(f)
-  paths = predict.image_files(EXAMPLES)
+  paths = inputs.image_files(EXAMPLES)
   assert written["phrases"] == phrases and written["box_coords"] == "image"
   want = bundled.score_phrases(paths, phrases)
   assert len(written["images"]) == len(paths) == 3

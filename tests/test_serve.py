@@ -43,6 +43,7 @@ from densecap_jax.server import app as app_lib
 from densecap_jax.server import batching
 from densecap_jax.server import captioner as captioner_lib
 from densecap_jax.server import programs as programs_lib
+from densecap_jax.data import image_stream
 
 VOCAB = [None, "a", "red", "circle", "square", "blue"]
 IMAGE_SIZE = 32
@@ -351,7 +352,7 @@ class FakePredictor:
 
 
 def fake_request(height, width, original, **options):
-  prepared = inference.PreparedImage(np.zeros((height, width, 3), np.float32), None, original)
+  prepared = image_stream.PreparedImage(np.zeros((height, width, 3), np.float32), None, original)
   return captioner_lib.CaptionRequest(
       prepared, captioner_lib.CaptionOptions(**{"final_nms_thresh": 0.3, **options}))
 
@@ -442,7 +443,7 @@ class BlockingPredictor(FakePredictor):
 
   def prepare(self, image):
     height, width = (16, 32) if image.width > image.height else (32, 16)
-    return inference.PreparedImage(np.zeros((height, width, 3), np.float32), None,
+    return image_stream.PreparedImage(np.zeros((height, width, 3), np.float32), None,
                                    image.size[::-1])
 
   def predict_prepared(self, prepared, max_detections=None):
@@ -1121,7 +1122,7 @@ class StubCaptioner:
     return captioner_lib.CaptionOptions(final_nms_thresh=0.3)
 
   def prepare(self, image):
-    return inference.PreparedImage(np.zeros((32, 32, 3), np.float32), None, image.size[::-1])
+    return image_stream.PreparedImage(np.zeros((32, 32, 3), np.float32), None, image.size[::-1])
 
   def run(self, requests):
     return [{"boxes": [], "scores": [], "captions": [], "width": 1, "height": 1}

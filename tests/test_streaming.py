@@ -15,6 +15,8 @@ import small_model
 
 from densecap_jax.commands import extract_features
 from densecap_jax import predictor as inference
+from densecap_jax import features
+from densecap_jax.data import image_stream
 
 VOCAB = [None, "a", "red", "circle", "square", "blue"]
 # Runs predict in a fresh process and prints its peak resident memory (KiB on Linux).
@@ -42,7 +44,7 @@ def test_read_ahead_keeps_order_bounds_the_lead_and_passes_value_errors():
       raise ValueError("unreadable 5")
     return i * 10
 
-  for item, result in inference.read_ahead(work, range(20), depth=3, workers=2):
+  for item, result in image_stream.read_ahead(work, range(20), depth=3, workers=2):
     with lock:
       lead.append(len(started) - len(consumed))
     consumed.append(item)
@@ -57,21 +59,21 @@ def test_read_ahead_keeps_order_bounds_the_lead_and_passes_value_errors():
     raise TypeError("not an image")
 
   with pytest.raises(TypeError, match="not an image"):
-    list(inference.read_ahead(bad, range(3), depth=2))
+    list(image_stream.read_ahead(bad, range(3), depth=2))
 
 
 def _fake(size):
-  return inference.PreparedImage(np.zeros(size + (3,), np.float32), None, size)
+  return image_stream.PreparedImage(np.zeros(size + (3,), np.float32), None, size)
 
 
 def test_group_batches_fills_batches_and_bounds_what_waits():
   buckets = ((32, 64), (64, 32), (64, 64))
   sizes = [(30, 64), (64, 30), (30, 60), (64, 64), (64, 20), (31, 64), (64, 31), (64, 64)]
   pairs = [(i, _fake(s)) for i, s in enumerate(sizes)]
-  groups = [[i for i, _ in g] for g in inference.group_batches(pairs, buckets, 2)]
+  groups = [[i for i, _ in g] for g in image_stream.group_batches(pairs, buckets, 2)]
   # Full pairs as soon as they fill; the rest at the end, in the order of their first image.
   assert groups == [[0, 2], [1, 4], [3, 7], [5], [6]]
-  groups = [[i for i, _ in g] for g in inference.group_batches(pairs, buckets, 4, max_pending=3)]
+  groups = [[i for i, _ in g] for g in image_stream.group_batches(pairs, buckets, 4, max_pending=3)]
   assert sorted(i for g in groups for i in g) == list(range(8))
   assert groups[0] == [0, 2]  # 3 waiting: the largest group goes, partly filled
   assert all(len(g) <= 4 for g in groups)
@@ -107,7 +109,7 @@ def test_extract_features_rows_stay_in_input_order_when_batches_finish_out_of_or
     assert f["boxes"].shape == (5, 3, 4)
   assert paths == [p for p in listed if not p.endswith("bad.png")]
   model = inference.load_model(model_dir, batch_size=2, final_nms_thresh=0.4)  # the command's
-  extractor = extract_features.FeatureExtractor(model, 3)
+  extractor = features.FeatureExtractor(model, 3)
   rows = extractor.detections([model.prepare(p) for p in paths])  # one call, on the host
   np.testing.assert_allclose(feats, np.stack([r["feats"] for r in rows]), rtol=1e-5, atol=1e-5)
 

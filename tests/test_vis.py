@@ -9,11 +9,11 @@ import pytest
 from PIL import Image
 import small_model
 
-from densecap_jax import predictor as inference
 from densecap_jax.commands import predict
 from densecap_jax import vis
 from densecap_jax.data import images as images_lib
-from densecap_jax.regions import coords
+from densecap_jax.data import image_stream
+from densecap_jax.ops import boxes as boxes_lib
 
 BLUE = (42, 75, 215)
 DARK_GRAY = (87, 87, 87)
@@ -417,7 +417,7 @@ def test_cli_draws_on_each_image_at_its_own_size(model_dir, inputs, tmp_path):
   assert drawn.size == (60, 120)
   r = results["b.png"]
   assert r["boxes"]
-  want = vis.draw_labelled(rgb, coords.to_image(r["boxes"], (120, 60), resized_size),
+  want = vis.draw_labelled(rgb, boxes_lib.to_image(r["boxes"], (120, 60), resized_size),
                            r["captions"])
   np.testing.assert_array_equal(np.asarray(drawn), np.asarray(want))
   # The portrait is drawn upright, at its own 640 x 427 (H x W), not as stored (427 x 640).
@@ -444,7 +444,7 @@ def test_draw_reads_images_resized_on_the_host_again(inputs):
   # again from its file, upright. Boxes in the 64 x 43 resized image scale by 640 / 64.
   folder, _, upright = inputs
   path = str(folder / "portrait.jpg")
-  prepared = inference.PreparedImage(np.zeros((64, 43, 3), np.float32),
+  prepared = image_stream.PreparedImage(np.zeros((64, 43, 3), np.float32),
                                      np.zeros((64, 43, 3), np.uint8), (640, 427))
   result = {"boxes": np.array([[3, 5, 20, 30]], np.float32), "captions": ["a red circle"]}
   args = predict.parse_args(["--input_image", path])

@@ -101,7 +101,3 @@ def program_key(model, **extra):
               buckets=model.buckets, **extra)
 
 
-def count(n, word, plural=None):
-  """``n`` and the noun in the right number: ``count(1, "image")`` is "1 image",
-  ``count(2, "box", "boxes")`` "2 boxes" (default plural: ``word + "s"``)."""
-  return f"{n} {word if n == 1 else plural or word + 's'}"

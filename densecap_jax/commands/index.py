@@ -28,8 +28,8 @@ import time
 import types
 
 from densecap_jax.commands import flags as cli
-from densecap_jax.commands import predict
 from densecap_jax import runtime
+from densecap_jax.data import inputs
 from densecap_jax.search import builder as index_lib
 
 
@@ -66,7 +66,7 @@ def check_args(args):
     raise ValueError("--input_dir is required")
   if not args.output:
     raise ValueError("--output is required")
-  predict.image_files(args.input_dir)
+  inputs.image_files(args.input_dir)
   for flag in ("batch_size", "max_boxes", "shard_size"):
     if getattr(args, flag) < 1:
       raise ValueError(f"--{flag} must be positive, got {getattr(args, flag)}")
@@ -144,9 +144,9 @@ def main(argv=None):
   seconds = time.perf_counter() - start
   for line in stats["damaged"]:
     print(f"repaired: {line}")
-  print(f"indexed {cli.count(len(stats['indexed']), 'image')}, kept {stats['kept']}, dropped "
+  print(f"indexed {runtime.count(len(stats['indexed']), 'image')}, kept {stats['kept']}, dropped "
         f"{len(stats['dropped'])} (deleted or changed) in {seconds:.1f} s; {args.output}: "
-        f"{cli.count(stats['images'], 'image')}, {cli.count(stats['regions'], 'region')}")
+        f"{runtime.count(stats['images'], 'image')}, {runtime.count(stats['regions'], 'region')}")
   if stats["failed"]:
-    sys.exit(f"error: {cli.count(len(stats['failed']), 'image')} could not be read: "
+    sys.exit(f"error: {runtime.count(len(stats['failed']), 'image')} could not be read: "
              f"{'; '.join(stats['failed'])}")

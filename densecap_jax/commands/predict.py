@@ -26,7 +26,7 @@ boxes in the resized image, as the schema says, their objectness logits as
 each caption). Images without an entry get the model's detections, as
 without ``--boxes_json`` (a note on stderr names them), so one run may mix the
 two: their entries have no ``caption_log_probs``. A box partly or wholly
-outside its image is clipped to it as ``regions.coords`` says (every box the
+outside its image is clipped to it as ``ops.boxes`` says (every box the
 model returns can be given back); a NaN, infinite or non-positive size is a
 one-line error naming the image and the box.
 
@@ -64,39 +64,31 @@ from tqdm import tqdm
 
 from densecap_jax.commands import flags as cli
 from densecap_jax import runtime
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
-
-
-MAX_IMAGES_HELP = "at most N images (of a folder, split or list); -1 = all"
-
-
-def check_max_images(max_images):
-  """Raises ValueError unless ``--max_images`` is positive or -1 (all)."""
-  if max_images == 0 or max_images < -1:
-    raise ValueError(f"--max_images must be positive, or -1 for all, got {max_images}")
+from densecap_jax.data import image_stream
+from densecap_jax.data import inputs
+from densecap_jax.regions import given as given_lib
+from densecap_jax.ops import boxes as boxes_lib
 
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(
       prog=runtime.prog_name("densecap_jax.predict"), formatter_class=cli.HelpFormatter,
       description="Dense captioning of images: boxes, scores and captions.")
-  inputs = parser.add_argument_group("inputs (one of --input_image, --input_dir, --input_split)")
-  one_input = inputs.add_mutually_exclusive_group()
+  input_flags = parser.add_argument_group("inputs (one of --input_image, --input_dir, --input_split)")
+  one_input = input_flags.add_mutually_exclusive_group()
   one_input.add_argument("--input_image", default="", help="one image (default: none)")
   one_input.add_argument("--input_dir", default="",
                          help="every image file in a folder, in name order (default: none)")
   one_input.add_argument("--input_split", default="", choices=("", "train", "val", "test"),
                          help="a split of --splits_json, images <vg_img_root_dir>/<id>.jpg "
                               "(default: none)")
-  inputs.add_argument("--splits_json", default="info/densecap_splits.json",
+  input_flags.add_argument("--splits_json", default="info/densecap_splits.json",
                       help="JSON {split: [image ids]} for --input_split")
-  inputs.add_argument("--vg_img_root_dir", default="",
+  input_flags.add_argument("--vg_img_root_dir", default="",
                       help="folder of the Visual Genome images for --input_split "
                            "(default: the current folder)")
-  inputs.add_argument("--max_images", type=int, default=100, help=MAX_IMAGES_HELP)
-  inputs.add_argument("--boxes_json", default="",
+  input_flags.add_argument("--max_images", type=int, default=100, help=inputs.MAX_IMAGES_HELP)
+  input_flags.add_argument("--boxes_json", default="",
                       help='{"image path or name": [[x, y, w, h], ...]} in the pixels of the '
                            "images as given; caption these boxes instead of detections; images "
                            "without an entry get detections (default: detections)")
@@ -135,17 +127,6 @@ def parse_args(argv=None):
   return parser.parse_args(argv)
 
 
-def image_files(folder):
-  """Sorted paths of the image files in ``folder`` (names not starting with ``.``)."""
-  if not os.path.isdir(folder):
-    raise ValueError(f"--input_dir is not a folder: {folder}")
-  names = sorted(n for n in os.listdir(folder)
-                 if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS))
-  if not names:
-    raise ValueError(f"--input_dir has no image files ({', '.join(IMAGE_EXTENSIONS)}): {folder}")
-  return [os.path.join(folder, n) for n in names]
-
-
 def list_inputs(args):
   """All image paths the inputs name, in order (before ``--max_images``).
 
@@ -157,7 +138,7 @@ def list_inputs(args):
       raise ValueError(f"--input_image not found: {args.input_image}")
     return [args.input_image]
   if args.input_dir:
-    paths = image_files(args.input_dir)
+    paths = inputs.image_files(args.input_dir)
   elif args.input_split:
     from densecap_jax import files  # pylint: disable=g-import-not-at-top
     splits = files.read_json(args.splits_json, "--splits_json")
@@ -171,7 +152,7 @@ def list_inputs(args):
 
 def check_args(args):
   """Raises ValueError with a one-line reason for flags that cannot work."""
-  check_max_images(args.max_images)
+  inputs.check_max_images(args.max_images)
   cli.check_model_flags(args)
   if args.batch_size < 1:
     raise ValueError(f"--batch_size must be positive, got {args.batch_size}")
@@ -228,89 +209,12 @@ def check_outputs(args, paths):
                        f"pass --overwrite to replace them, or choose another folder")
 
 
-def read_given_boxes(args, paths, boxes_per_image=sys.maxsize):
-  """Per path the ``--boxes_json`` boxes, ``None`` for a path without an entry; None without it.
-
-  ``extract_features.read_boxes_json``; prints a note on stderr naming the
-  images without an entry (they get the model's detections).
-  """
-  if not args.boxes_json:
-    return None
-  from densecap_jax.commands import extract_features  # pylint: disable=g-import-not-at-top
-  given = extract_features.read_boxes_json(args.boxes_json, paths, boxes_per_image)
-  missing = [os.path.basename(p) for p, g in zip(paths, given) if g is None]
-  if missing:
-    shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
-    print(f"note: --boxes_json {args.boxes_json} has no entry for {len(missing)} of "
-          f"{cli.count(len(paths), 'image')} ({shown}); they get the model's detections",
-          file=sys.stderr)
-  return given
-
-
-def caption_group(model, prepared, indices, paths, given, boxes_json, max_detections,
-                  displays=False):
-  """Results of one batch of prepared images: given boxes captioned, the others detected.
-
-  Args:
-    model: an ``inference.DenseCapPredictor``.
-    prepared: its ``PreparedImage`` s, one batch.
-    indices: the index in ``paths`` of each.
-    paths: all image paths.
-    given: ``read_given_boxes``' list (``None`` entries: detections), or ``None``.
-    boxes_json: the file of ``given``, for errors.
-    max_detections: detections kept per image (``None``: all).
-    displays: fill ``display`` of images resized on the devices.
-
-  Returns:
-    Per image, in order, ``predict_prepared``'s dict (detections) or
-    ``caption_prepared``'s (given boxes, with ``caption_log_probs``), boxes in
-    the resized image.
-  """
-  boxed = [k for k, j in enumerate(indices) if given is not None and given[j] is not None]
-  detected = [k for k in range(len(prepared)) if k not in boxed]
-  outputs = [None] * len(prepared)
-  if detected:
-    found = model.predict_prepared([prepared[k] for k in detected], max_detections,
-                                   displays=displays)
-    for k, output in zip(detected, found):
-      outputs[k] = output
-  if boxed:
-    checked = check_given_boxes(model, [prepared[k] for k in boxed],
-                                [paths[indices[k]] for k in boxed],
-                                [given[indices[k]] for k in boxed], boxes_json)
-    captioned = model.regions.caption_prepared([prepared[k] for k in boxed], checked,
-                                               coords="resized", displays=displays)
-    for k, output in zip(boxed, captioned):
-      outputs[k] = output
-  return outputs
-
-
-def check_given_boxes(model, prepared, paths, boxes, boxes_json):
-  """``RegionModel.given_boxes`` of prepared images, with errors naming the file and image.
-
-  Args:
-    model: an ``inference.DenseCapPredictor``.
-    prepared: its ``PreparedImage`` s.
-    paths: the image path of each.
-    boxes: per image, ``(k, 4)`` xywh in the image's pixels (``read_given_boxes``).
-    boxes_json: the file the boxes came from, for errors.
-
-  Returns:
-    ``given_boxes``' ``(image_boxes, resized_boxes, clipped, outside)`` per image.
-
-  Raises:
-    ValueError: one line naming ``boxes_json``, the image and the box index.
-  """
-  return model.regions.given_boxes(prepared, boxes,
-                                   names=[f"--boxes_json {boxes_json}: {path!r}" for path in paths])
-
-
 def caption_images(model, paths, args, given=None):
   """Captions ``paths`` as they stream in, writing each image's pictures as soon as it is done.
 
   Images are decoded ahead in threads while the model runs
   (``DenseCapPredictor.read``) and go to the model batch by batch as they
-  come (``inference.group_batches``); the resized image (``--output_vis_dir``)
+  come (``image_stream.group_batches``); the resized image (``--output_vis_dir``)
   and the drawn one (``--output_dir``) of each are written when its batch is
   done, so memory holds a few batches of images whatever the count.
 
@@ -352,8 +256,8 @@ def caption_images(model, paths, args, given=None):
         entries.append({"img_name": names[j]})
         yield (len(entries) - 1, j), prepared
 
-    for group in inference.group_batches(readable(), model.buckets, model.batch_size):
-      outputs = caption_group(model, [p for _, p in group], [j for (_, j), _ in group], paths,
+    for group in image_stream.group_batches(readable(), model.buckets, model.batch_size):
+      outputs = given_lib.caption_group(model, [p for _, p in group], [j for (_, j), _ in group], paths,
                               given, args.boxes_json, max_detections, drawing)
       for ((i, j), p), r in zip(group, outputs):
         name = entries[i]["img_name"]
@@ -375,7 +279,7 @@ def draw(prepared, result, path, args):
 
   ``image``: ``vis.draw_labelled`` on the upright image at its own size
   (``prepared.rgb``, or decoded again from ``path`` when it was resized on the
-  host), with the boxes scaled to it (``regions.coords.to_image``);
+  host), with the boxes scaled to it (``ops.boxes.to_image``);
   ``resized``: ``vis.draw_results`` on the resized image (``prepared.display``),
   as the original's ``vis_utils.densecap_draw``.
   """
@@ -384,9 +288,8 @@ def draw(prepared, result, path, args):
   if args.draw_on == "resized":
     return vis.draw_results(prepared.display, result["boxes"], result["captions"], **options)
   from densecap_jax.data import images as images_lib  # pylint: disable=g-import-not-at-top
-  from densecap_jax.regions import coords  # pylint: disable=g-import-not-at-top
   rgb = prepared.rgb if prepared.rgb is not None else images_lib.user_rgb(path)
-  boxes = coords.to_image(result["boxes"], prepared.original_size, prepared.size)
+  boxes = boxes_lib.to_image(result["boxes"], prepared.original_size, prepared.size)
   return vis.draw_labelled(rgb, boxes, result["captions"], **options)
 
 
@@ -397,7 +300,7 @@ def main(argv=None):
     listed = list_inputs(args)
     paths = listed if args.max_images < 0 else listed[:args.max_images]
     check_outputs(args, paths)
-    given = read_given_boxes(args, paths)
+    given = inputs.read_given_boxes(args, paths)
   except ValueError as e:
     sys.exit(f"error: {e}")
 
@@ -420,9 +323,9 @@ def main(argv=None):
 
   seconds = time.perf_counter() - start
   num_boxes = sum(len(r["captions"]) for r in results)
-  counted = (f"{len(results)} of {cli.count(len(listed), 'image')} (--max_images)"
-             if len(paths) < len(listed) else cli.count(len(results), "image"))
-  print(f"captioned {counted}, {cli.count(num_boxes, 'box', 'boxes')}, in {seconds:.1f} s")
+  counted = (f"{len(results)} of {runtime.count(len(listed), 'image')} (--max_images)"
+             if len(paths) < len(listed) else runtime.count(len(results), "image"))
+  print(f"captioned {counted}, {runtime.count(num_boxes, 'box', 'boxes')}, in {seconds:.1f} s")
   if args.output_vis:
     print(f"results: {os.path.join(args.output_vis_dir, 'results.json')}; "
           f"viewer: {page}")
@@ -431,7 +334,7 @@ def main(argv=None):
   if len(results) == 1:
     print(json.dumps({"img_name": results[0]["img_name"], "captions": results[0]["captions"][:5]}))
   if failed:
-    sys.exit(f"error: {len(failed)} of {cli.count(len(paths), 'image')} could not be read: "
+    sys.exit(f"error: {len(failed)} of {runtime.count(len(paths), 'image')} could not be read: "
              f"{', '.join(failed)}")
 
 

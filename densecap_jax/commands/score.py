@@ -8,7 +8,7 @@ Each phrase is scored given each region, teacher-forced, as
 ``DenseCapPredictor.score_phrases`` does: the regions are the model's own
 detections, or with ``--boxes_json`` (``{"image path or name": [[x, y, w, h],
 ...]}``, as ``predict`` and ``extract_features`` take it) the boxes given
-(clipped to the image as ``regions.coords`` says; images without an entry
+(clipped to the image as ``ops.boxes`` says; images without an entry
 get their detections). Prints, per image and phrase, the ``--top`` regions by
 mean log-likelihood (rank, box xywh in the pixels of the upright image as
 given, mean and summed log-likelihood, the region's caption). With
@@ -37,8 +37,9 @@ import numpy as np
 
 from densecap_jax.commands import flags as cli
 from densecap_jax import files
-from densecap_jax.commands import predict
 from densecap_jax import runtime
+from densecap_jax.data import inputs
+from densecap_jax.regions import given as given_lib
 from densecap_jax.regions import phrases as phrases_lib
 
 
@@ -75,7 +76,7 @@ def list_inputs(args):
     if not os.path.isfile(args.input_image):
       raise ValueError(f"--input_image not found: {args.input_image}")
     return [args.input_image]
-  return predict.image_files(args.input_dir)
+  return inputs.image_files(args.input_dir)
 
 
 def check_args(args):
@@ -102,7 +103,7 @@ def score_images(model, paths, encoded, given=None, boxes_json=""):
     encoded: ``regions.phrases.EncodedPhrases``.
     given: ``None`` to score the detections, or per path ``(k, 4)`` xywh boxes
       in the image's pixels, or ``None`` to score that image's detections
-      (``predict.read_given_boxes``).
+      (``inputs.read_given_boxes``).
     boxes_json: the file of ``given``, for errors.
 
   Returns:
@@ -110,7 +111,7 @@ def score_images(model, paths, encoded, given=None, boxes_json=""):
 
   Raises:
     ValueError: one line naming an unreadable image, or a bad given box
-      (``predict.check_given_boxes``).
+      (``given_lib.check_given_boxes``).
   """
   results = [None] * len(paths)
   for group in model.stream_groups(paths):
@@ -121,7 +122,7 @@ def score_images(model, paths, encoded, given=None, boxes_json=""):
       for (j, _), result in zip(detected, scored):
         results[j] = result
     if boxed:
-      checked = predict.check_given_boxes(model, [p for _, p in boxed],
+      checked = given_lib.check_given_boxes(model, [p for _, p in boxed],
                                           [paths[j] for j, _ in boxed],
                                           [given[j] for j, _ in boxed], boxes_json)
       scored = model.regions.score_prepared([p for _, p in boxed], encoded, checked)
@@ -145,7 +146,7 @@ def format_table(path, result, top, phrases=None):
     notes = ["  " + line for line in phrases_lib.notes(
         phrase, scored.split(), result["unknown_words"][k])]
     if result["no_known_content_words"][k]:
-      blocks.append("\n".join([f"{path}: {phrase!r} ({cli.count(len(mean), 'region')})", *notes]))
+      blocks.append("\n".join([f"{path}: {phrase!r} ({runtime.count(len(mean), 'region')})", *notes]))
       continue
     order = np.argsort(-mean, kind="stable")[:top]
     rows = [("rank", "box (x, y, w, h)", "mean", "sum", "caption")]
@@ -154,7 +155,7 @@ def format_table(path, result, top, phrases=None):
       rows.append((str(rank), box, f"{mean[i]:.3f}", f"{result['log_likelihood'][i, k]:.3f}",
                    result["captions"][i]))
     widths = [max(len(r[c]) for r in rows) for c in range(4)]
-    lines = [f"{path}: {phrase!r} ({cli.count(len(mean), 'region')})", *notes]
+    lines = [f"{path}: {phrase!r} ({runtime.count(len(mean), 'region')})", *notes]
     lines += ["  ".join([r[0].rjust(widths[0]), r[1].ljust(widths[1]), r[2].rjust(widths[2]),
                          r[3].rjust(widths[3]), r[4]]).rstrip() for r in rows]
     blocks.append("\n".join(lines))
@@ -172,7 +173,7 @@ def main(argv=None):
   try:
     check_args(args)
     paths = list_inputs(args)
-    given = predict.read_given_boxes(args, paths)
+    given = inputs.read_given_boxes(args, paths)
   except ValueError as e:
     sys.exit(f"error: {e}")
   model = cli.load_model_from_flags(args, announce=False)

@@ -110,8 +110,8 @@ def main(argv=None):
     print(format_table(result))
     scored = ("all" if result.regions_scored == index.num_regions
               else f"{result.regions_scored} (--candidates)")
-    print(f"{len(result.hits)} of {cli.count(index.num_images, 'image')}; {scored} of "
-          f"{cli.count(index.num_regions, 'region')} scored, in {result.seconds:.2f} s")
+    print(f"{len(result.hits)} of {runtime.count(index.num_images, 'image')}; {scored} of "
+          f"{runtime.count(index.num_regions, 'region')} scored, in {result.seconds:.2f} s")
   if args.output_vis_dir:
     try:
       page = search_page.write_search_page(args.output_vis_dir, result)

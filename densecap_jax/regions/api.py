@@ -8,7 +8,7 @@
   s["mean_log_likelihood"]     # the same, per token
 
 ``DenseCapPredictor.caption_regions``, ``score_phrases`` and ``score_codes``
-call the :class:`RegionModel` here. Boxes follow ``regions.coords``: xywh,
+call the :class:`RegionModel` here. Boxes follow ``ops.boxes``: xywh,
 1-based, in the pixels of the image as given (``coords="resized"``: of the
 resized image the model sees). Images go through the same preprocessing and
 shape buckets as ``predict``; the boxes of a batch are padded to a power of
@@ -30,7 +30,6 @@ from PIL import Image
 from densecap_jax.data import vocab as vocab_lib
 from densecap_jax.models import densecap
 from densecap_jax.ops import boxes as boxes_lib
-from densecap_jax.regions import coords as coords_lib
 from densecap_jax.regions import phrases as phrases_lib
 
 COORDS = ("image", "resized")
@@ -178,22 +177,22 @@ class RegionModel:
     Returns:
       Per image ``(image_boxes, resized_boxes, clipped, outside)``: ``(k, 4)``
       float32 xywh each (clipped to the image), and ``(k,)`` bool the boxes
-      clipped and those wholly outside the image (``coords.check_boxes``).
+      clipped and those wholly outside the image (``boxes_lib.check_boxes``).
 
     Raises:
       ValueError: a bad box (NaN, infinite, not a positive size), naming the
-        image and box index (``coords.check_boxes``).
+        image and box index (``boxes_lib.check_boxes``).
     """
     out = []
     for i, (p, b) in enumerate(zip(prepared, boxes)):
       bounds = p.original_size if coords == "image" else p.size
       name = names[i] if names is not None else f"boxes of image {i}"
-      checked, clipped, outside = coords_lib.check_boxes(b, bounds, name=name)
+      checked, clipped, outside = boxes_lib.check_boxes(b, bounds, name=name)
       if coords == "image":
-        out.append((checked, coords_lib.to_resized(checked, p.original_size, p.size), clipped,
+        out.append((checked, boxes_lib.to_resized(checked, p.original_size, p.size), clipped,
                     outside))
       else:
-        out.append((coords_lib.to_image(checked, p.original_size, p.size), checked, clipped,
+        out.append((boxes_lib.to_image(checked, p.original_size, p.size), checked, clipped,
                     outside))
     return out
 
@@ -220,7 +219,7 @@ class RegionModel:
       batch_boxes = np.zeros((len(images), slots, 4), np.float32)
       batch_valid = np.zeros((len(images), slots), bool)
       for k, i in enumerate(chunk):
-        batch_boxes[k, :counts[k]] = coords_lib.xywh_to_model(resized_boxes[i])
+        batch_boxes[k, :counts[k]] = boxes_lib.xywh_to_model(resized_boxes[i])
         batch_valid[k, :counts[k]] = True
       out = jax.device_get(run(self.predictor.params, images, sizes,
                                *self.predictor.put_batch(batch_boxes, batch_valid)))
@@ -388,7 +387,7 @@ class RegionModel:
         keep = kept_detections(row["scores"], min_score, max_detections)
         row.update(boxes=row["boxes"][keep], scores=row["scores"][keep],
                    captions=[row["captions"][i] for i in keep], codes=row["codes"][keep])
-      placed = [(coords_lib.to_image(r["boxes"], p.original_size, p.size), r["boxes"], None,
+      placed = [(boxes_lib.to_image(r["boxes"], p.original_size, p.size), r["boxes"], None,
                  None) for r, p in zip(rows, prepared)]
     else:
       rows = self.region_rows(prepared, [g[1] for g in given])

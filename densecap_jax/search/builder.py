@@ -6,7 +6,7 @@
   index.num_images, index.num_regions, index.image_names[:3]
 
 ``build_index`` runs the model's detection (``RegionModel.detections``) on
-every image file of a folder (``predict.image_files``: its top level, in name
+every image file of a folder (``inputs.image_files``: its top level, in name
 order) and stores the first ``max_boxes`` detections of each in score order.
 It is incremental: a second run indexes only files that are new or changed
 (a file has changed when its size or modification time in nanoseconds
@@ -55,7 +55,7 @@ image's regions are consecutive rows, in score order):
   ``region_start[i]:region_start[i + 1]``);
 * ``captions.json``: the ``n`` captions (greedy, of each detection's proposal);
 * ``boxes.npy``: ``(n, 4)`` float32 xywh, 1-based, in the pixels of the
-  image as given, upright (``regions.coords``);
+  image as given, upright (``ops.boxes``);
 * ``scores.npy``: ``(n,)`` float32 objectness logits;
 * ``tokens.npy``: ``(n, seq_length)`` int16 word ids of the captions in the
   model's vocabulary, 0-padded (no END);
@@ -92,11 +92,13 @@ import numpy as np
 from tqdm import tqdm
 
 from densecap_jax import files
+from densecap_jax.data import image_stream
+from densecap_jax.data import inputs
 from densecap_jax.data import vocab as vocab_lib
 from densecap_jax.regions import api as regions_api
-from densecap_jax.regions import coords as coords_lib
 from densecap_jax.search import storage as index_files
 from densecap_jax.search import reader as index_reader
+from densecap_jax.ops import boxes as boxes_lib
 
 FORMAT = index_reader.FORMAT
 VERSION = index_reader.VERSION
@@ -356,7 +358,6 @@ def _detect(model, paths, max_boxes, bar, failed):
   Detections: ``boxes`` ``(k, 4)`` float32 xywh in the image's pixels,
   ``scores``, ``captions``, ``codes``, ``width``, ``height``.
   """
-  from densecap_jax import predictor as inference  # pylint: disable=g-import-not-at-top
 
   def readable():
     for path, prepared in model.read(paths):
@@ -368,10 +369,10 @@ def _detect(model, paths, max_boxes, bar, failed):
       yield path, prepared
 
   out = {}
-  for group in inference.group_batches(readable(), model.buckets, model.batch_size):
+  for group in image_stream.group_batches(readable(), model.buckets, model.batch_size):
     prepared = [p for _, p in group]
     for (path, p), det in zip(group, model.regions.detections(prepared, max_boxes)):
-      out[path] = dict(det, boxes=coords_lib.to_image(det["boxes"], p.original_size, p.size),
+      out[path] = dict(det, boxes=boxes_lib.to_image(det["boxes"], p.original_size, p.size),
                        **regions_api.size_fields(p))
     bar.update(len(group))
   return out
@@ -432,7 +433,6 @@ def build_index(model, input_dir, output, *, checkpoint=None, max_boxes=50, shar
       settings, or one another run is writing (``index_files.Busy``; the
       run holds ``index_files.writer_lock`` throughout).
   """
-  from densecap_jax.commands import predict  # pylint: disable=g-import-not-at-top
   if max_boxes < 1:
     raise ValueError(f"--max_boxes must be positive, got {max_boxes}")
   if shard_size < 1:
@@ -440,7 +440,7 @@ def build_index(model, input_dir, output, *, checkpoint=None, max_boxes=50, shar
   if codes_dtype not in CODES_DTYPES:
     raise ValueError(f"--codes_dtype must be one of {', '.join(CODES_DTYPES)}, got {codes_dtype!r}")
   output = str(output)
-  table = _file_table(predict.image_files(input_dir))
+  table = _file_table(inputs.image_files(input_dir))
   check_output(output, probe_lock=False)
   with index_files.writer_lock(output, wait=wait):
     return _build_locked(model, input_dir, output, table, checkpoint, max_boxes, shard_size,

@@ -23,11 +23,11 @@ Routes:
                             of reference §10.2 plus the webcam daemon's size
                             fields, §11.1). With the field ``boxes`` (a JSON
                             list of ``[x, y, w, h]`` in the uploaded image's
-                            pixels, ``regions.coords``) it captions those boxes
+                            pixels, ``ops.boxes``) it captions those boxes
                             instead of detecting: ``{"boxes"`` (as used: clipped
                             to the image), ``"clipped"``, ``"outside"`` (wholly
                             outside: clipped onto the border strip, see
-                            ``regions.coords``), ``"captions"``,
+                            ``ops.boxes``), ``"captions"``,
                             ``"caption_log_probs"``, ``"scores"`` (objectness
                             logits, in the boxes' order), ``"width"``,
                             ``"height"``, ``"img_name"}``. Every box a detection

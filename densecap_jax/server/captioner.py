@@ -18,7 +18,7 @@ least ``regions.api.MIN_BOX_SLOTS``), phrase counts and lengths to the sizes
 of ``regions.phrases`` -- so requests with other counts reuse them; they
 compile on first use, once per shape.
 
-Boxes follow ``regions.coords``: xywh, 1-based, in the uploaded image's
+Boxes follow ``ops.boxes``: xywh, 1-based, in the uploaded image's
 pixels (upright), scaled to and from the resized image with the height ratio
 the original webcam daemon uses (reference §11.1).
 """
@@ -33,8 +33,9 @@ import numpy as np
 from densecap_jax import predictor as inference
 from densecap_jax.data import buckets as buckets_lib
 from densecap_jax.regions import api as regions_api
-from densecap_jax.regions import coords as coords_lib
 from densecap_jax.server import programs as programs_lib
+from densecap_jax.data import image_stream
+from densecap_jax.ops import boxes as boxes_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +55,7 @@ class CaptionOptions:
 @dataclasses.dataclass
 class CaptionRequest:
   """One decoded upload on its way to the model."""
-  prepared: inference.PreparedImage
+  prepared: image_stream.PreparedImage
   options: CaptionOptions
 
 
@@ -106,7 +107,7 @@ class Captioner:
   def _compile(self, program):
     """Runs a dummy batch of zeros through ``program`` (a ``programs.Program``)."""
     bucket = tuple(program.bucket)
-    dummy = inference.PreparedImage(np.zeros(bucket + (3,), np.float32), None, bucket)
+    dummy = image_stream.PreparedImage(np.zeros(bucket + (3,), np.float32), None, bucket)
     self._runner(program.batch_size, self.predictor.final_nms_thresh).predict_prepared(
         [dummy] * program.batch_size)
 
@@ -131,7 +132,7 @@ class Captioner:
     return self.programs.background(self._compile)
 
   def prepare(self, image):
-    """A decoded PIL image -> ``inference.PreparedImage`` (the test-time resize, §1.2)."""
+    """A decoded PIL image -> ``image_stream.PreparedImage`` (the test-time resize, §1.2)."""
     return self.predictor.prepare(image)
 
   def run(self, requests):
@@ -169,16 +170,16 @@ class Captioner:
     """Given boxes of a prepared upload -> ``(boxes, resized_boxes, clipped, outside)``.
 
     Boxes partly or wholly outside the upload are clipped to it, as
-    ``regions.coords.check_boxes`` says, so the detections of an upload
+    ``ops.boxes.check_boxes`` says, so the detections of an upload
     (``run``) can all be given back.
 
     Raises:
       ValueError: one line naming the box index: NaN, infinite, or not a
-        positive size (``regions.coords.check_boxes``).
+        positive size (``ops.boxes.check_boxes``).
     """
-    checked, clipped, outside = coords_lib.check_boxes(boxes, prepared.original_size,
+    checked, clipped, outside = boxes_lib.check_boxes(boxes, prepared.original_size,
                                                        name="boxes")
-    return (checked, coords_lib.to_resized(checked, prepared.original_size, prepared.size),
+    return (checked, boxes_lib.to_resized(checked, prepared.original_size, prepared.size),
             clipped, outside)
 
   def caption_boxes(self, prepared, given):
@@ -198,7 +199,7 @@ class Captioner:
     """Log-likelihoods of ``encoded`` phrases given regions of one prepared upload.
 
     Args:
-      prepared: the upload, ``inference.PreparedImage``.
+      prepared: the upload, ``image_stream.PreparedImage``.
       encoded: ``regions.phrases.EncodedPhrases``.
       given: checked boxes (``check_boxes``), or ``None`` to score the model's
         detections (kept as ``options`` says, as ``run`` keeps them).
@@ -230,14 +231,14 @@ def to_upload_result(output, prepared, options):
 
   Boxes with a score below ``options.min_score`` are dropped, then all but the
   first ``options.max_boxes``. Boxes go from the resized image to the upload
-  with ``regions.coords.to_image`` (the height ratio ``H0 / h``, as the webcam
+  with ``ops.boxes.to_image`` (the height ratio ``H0 / h``, as the webcam
   daemon does, reference §11.1), in NumPy.
   """
   scores = np.asarray(output["scores"], np.float32)
   keep = regions_api.kept_detections(scores, options.min_score, options.max_boxes)
   boxes = np.asarray(output["boxes"], np.float32).reshape(-1, 4)[keep]
   return {
-      "boxes": coords_lib.to_image(boxes, prepared.original_size, prepared.size).tolist(),
+      "boxes": boxes_lib.to_image(boxes, prepared.original_size, prepared.size).tolist(),
       "scores": scores[keep].tolist(),
       "captions": [output["captions"][i] for i in keep],
       **regions_api.size_fields(prepared),

@@ -1,0 +1,172 @@
+"""The image stream: images decoded ahead in threads and grouped into batches of one shape bucket."""
+
+import collections
+import concurrent.futures
+import dataclasses
+import itertools
+import os
+
+import numpy as np
+
+from densecap_jax.data import buckets as buckets_lib
+
+
+# Streaming runs (``group_batches``) hold at most this many batches of images waiting.
+MAX_PENDING_BATCHES = 4
+
+
+@dataclasses.dataclass
+class PreparedImage:
+  """One image after the test-time preprocessing, or decoded for the device to resize.
+
+  Prepared on the host (``DenseCapPredictor.prepare(image)``), ``model_input``
+  and ``display`` are set. Left to the device (``prepare(image,
+  on_device=True)``), ``rgb`` and ``resized_size`` are set instead; the
+  device resize (``data.device_resize``) makes ``model_input`` there, bit for
+  bit the host's, and ``predict_prepared(..., displays=True)`` fills
+  ``display``.
+
+  Attributes:
+    model_input: ``(h, w, 3)`` float32 BGR minus the VGG mean, or ``None``.
+    display: ``(h, w, 3)`` uint8 RGB, the resized image the boxes refer to, or ``None``.
+    original_size: ``(H0, W0)`` before resizing.
+    rgb: ``(H0, W0, 3)`` uint8 RGB, the decoded upright original (device
+      preprocessing only), or ``None``.
+    resized_size: ``(h, w)`` after resizing (device preprocessing only), or ``None``.
+  """
+  model_input: np.ndarray | None
+  display: np.ndarray | None
+  original_size: tuple
+  rgb: np.ndarray | None = None
+  resized_size: tuple | None = None
+
+  @property
+  def size(self):
+    """``(h, w)``, the resized size the boxes refer to."""
+    if self.model_input is not None:
+      return tuple(self.model_input.shape[:2])
+    return tuple(self.resized_size)
+
+
+def batch_by_bucket(prepared, buckets, batch_size):
+  """Groups prepared images by shape bucket into fixed-size padded batches.
+
+  Yields:
+    ``(members, images, sizes)``: indices into ``prepared`` (at most
+    ``batch_size``), ``(batch_size, Hb, Wb, 3)`` float32 images zero-padded
+    to the bucket (unused slots all zero) and ``(batch_size, 2)`` int32 true
+    sizes (the bucket's for unused slots).
+  """
+  for bucket, on_device, chunk in bucket_chunks(prepared, buckets, batch_size):
+    if on_device:
+      raise ValueError("batch_by_bucket takes images prepared on the host; "
+                       "DenseCapPredictor.batches resizes the others on the device")
+    yield (chunk, host_batch(prepared, chunk, bucket, batch_size),
+           model_sizes(prepared, chunk, bucket, batch_size))
+
+
+def host_batch(prepared, chunk, bucket, batch_size):
+  """``(batch_size, Hb, Wb, 3)`` float32: the model inputs of ``chunk``, zero-padded."""
+  images = np.zeros((batch_size,) + bucket + (3,), np.float32)
+  for k, i in enumerate(chunk):
+    h, w = prepared[i].size
+    images[k, :h, :w] = prepared[i].model_input
+  return images
+
+
+def bucket_chunks(prepared, buckets, batch_size):
+  """``(bucket, on_device, members)`` for each batch: indices of at most ``batch_size`` images.
+
+  Images are grouped by shape bucket, and within it by where they are
+  resized (host first seen first), in input order.
+  """
+  groups = {}
+  for i, p in enumerate(prepared):
+    bucket = buckets_lib.pick_bucket(*p.size, buckets)
+    groups.setdefault((bucket, p.model_input is None), []).append(i)
+  for (bucket, on_device), members in groups.items():
+    for start in range(0, len(members), batch_size):
+      yield bucket, on_device, members[start:start + batch_size]
+
+
+def model_sizes(prepared, chunk, bucket, batch_size):
+  """``(batch_size, 2)`` int32 true sizes of a batch (the bucket's for unused slots)."""
+  sizes = np.tile(np.asarray(bucket, np.int32), (batch_size, 1))
+  for k, i in enumerate(chunk):
+    sizes[k] = prepared[i].size
+  return sizes
+
+
+def read_ahead(fn, items, depth, workers=None):
+  """``(item, fn(item))`` for each item, in order, with up to ``depth`` computed ahead in threads.
+
+  Decoding images this way overlaps the device's work on earlier ones
+  (Pillow and NumPy release the GIL while they decode and resize), and holds
+  at most ``depth`` results besides the one being used, whatever the count.
+
+  Args:
+    fn: ``item -> result``; a ``ValueError`` it raises is given in place of
+      the result (an unreadable image); other exceptions propagate.
+    items: an iterable.
+    depth: results computed ahead, at least 1.
+    workers: threads (default: ``min(4, CPUs)``).
+
+  Yields:
+    ``(item, result or ValueError)``.
+  """
+  depth = max(int(depth), 1)
+  workers = workers or min(4, os.cpu_count() or 1)
+  pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="read_ahead")
+  pending = collections.deque()
+  source = iter(items)
+  try:
+    for item in itertools.islice(source, depth):
+      pending.append((item, pool.submit(fn, item)))
+    while pending:
+      item, future = pending.popleft()
+      for following in itertools.islice(source, 1):
+        pending.append((following, pool.submit(fn, following)))
+      try:
+        result = future.result()
+      except ValueError as e:
+        result = e
+      yield item, result
+  finally:
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def group_batches(pairs, buckets, batch_size, max_pending=None):
+  """Streams ``(key, PreparedImage)`` pairs into groups that each make one batch.
+
+  A group holds images of one shape bucket (and one place of resizing, host
+  or device). It is yielded as soon as it holds ``batch_size`` images; when
+  ``max_pending`` images wait in all, the largest group goes early, partly
+  filled; at the end the rest go, in the order of their first image. So at
+  most ``max_pending`` images wait, whatever the count, and images of a
+  common size fill whole batches.
+
+  Args:
+    pairs: an iterable of ``(key, PreparedImage)`` (the key is the caller's).
+    buckets: the model's shape buckets.
+    batch_size: images per batch.
+    max_pending: the most images waiting (default ``MAX_PENDING_BATCHES``
+      batches).
+
+  Yields:
+    Lists of ``(key, PreparedImage)``, at most ``batch_size`` long.
+  """
+  max_pending = max_pending or MAX_PENDING_BATCHES * batch_size
+  pending = {}
+  count = 0
+  for key, prepared in pairs:
+    group_key = (buckets_lib.pick_bucket(*prepared.size, buckets), prepared.model_input is None)
+    group = pending.setdefault(group_key, [])
+    group.append((key, prepared))
+    count += 1
+    if len(group) >= batch_size or count >= max_pending:
+      if len(group) < batch_size:
+        group_key = max(pending, key=lambda k: len(pending[k]))
+      group = pending.pop(group_key)
+      count -= len(group)
+      yield group
+  yield from pending.values()
