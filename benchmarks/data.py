@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from densecap_jax.data import buckets as buckets_lib
+from densecap_jax.configs import buckets as buckets_lib
 from densecap_jax.data import loader
 from densecap_jax.data import visual_genome as preprocess
 from densecap_jax.data import synthetic_world as synthetic

@@ -408,7 +408,7 @@ def jax_part(args, sizes, deadline):
   from jax import lax  # pylint: disable=g-import-not-at-top
 
   from densecap_jax import configs  # pylint: disable=g-import-not-at-top
-  from densecap_jax.data import buckets as buckets_lib  # pylint: disable=g-import-not-at-top
+  from densecap_jax.configs import buckets as buckets_lib  # pylint: disable=g-import-not-at-top
   from densecap_jax.evaluation import split_eval  # pylint: disable=g-import-not-at-top
   from densecap_jax.models import densecap  # pylint: disable=g-import-not-at-top
   import model_stages  # pylint: disable=g-import-not-at-top

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from densecap_jax.data import buckets as buckets_lib
+from densecap_jax.configs import buckets as buckets_lib
 from densecap_jax.data import device_resize
 from densecap_jax.data import images as images_lib
 

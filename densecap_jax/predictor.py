@@ -41,7 +41,7 @@ from densecap_jax import configs
 from densecap_jax import engine
 from densecap_jax import runtime
 from densecap_jax import settings as settings_lib
-from densecap_jax.data import buckets as buckets_lib
+from densecap_jax.configs import buckets as buckets_lib
 from densecap_jax.data import device_resize
 from densecap_jax.data import image_stream
 from densecap_jax.data import images as images_lib

@@ -4,7 +4,7 @@ import jax
 
 from densecap_jax import model_dir as checkpoint
 from densecap_jax import configs
-from densecap_jax.data import buckets as buckets_lib
+from densecap_jax.configs import buckets as buckets_lib
 from densecap_jax.models import densecap
 
 

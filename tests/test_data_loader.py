@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from densecap_jax.data import buckets
+from densecap_jax.configs import buckets
 from densecap_jax.data import loader
 from densecap_jax.data import vocab
 

@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from densecap_jax.data import buckets
+from densecap_jax.configs import buckets
 from densecap_jax.data import loader
 from densecap_jax.data import visual_genome as preprocess
 from densecap_jax.data import synthetic_world as synthetic

@@ -9,7 +9,7 @@ import pytest
 import tqdm
 
 from densecap_jax import model_dir as checkpoint
-from densecap_jax.data import buckets as buckets_lib
+from densecap_jax.configs import buckets as buckets_lib
 from densecap_jax.data import images
 from densecap_jax.data import loader
 from densecap_jax.data import vocab as vocab_lib

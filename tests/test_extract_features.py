@@ -17,7 +17,7 @@ from test_data_images import write_orientation_6_jpeg
 from densecap_jax import model_dir as checkpoint
 from densecap_jax.commands import extract_features
 from densecap_jax import predictor as inference
-from densecap_jax.data import buckets as buckets_lib
+from densecap_jax.configs import buckets as buckets_lib
 from densecap_jax.data import images as images_lib
 from densecap_jax.models import densecap
 from densecap_jax.models import vgg16

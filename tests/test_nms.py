@@ -15,7 +15,7 @@ import pytest
 from densecap_jax import configs
 from densecap_jax import predictor as inference
 from densecap_jax.model_dir import load_model
-from densecap_jax.data import buckets as buckets_lib
+from densecap_jax.configs import buckets as buckets_lib
 from densecap_jax.data import images as images_lib
 from densecap_jax.models import densecap
 from densecap_jax.ops import boxes as boxes_lib

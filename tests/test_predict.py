@@ -11,7 +11,7 @@ import small_model
 
 from densecap_jax import predictor as inference
 from densecap_jax.commands import predict
-from densecap_jax.data import buckets as buckets_lib
+from densecap_jax.configs import buckets as buckets_lib
 from densecap_jax.data import images as images_lib
 from densecap_jax.models import densecap
 from densecap_jax.ops import boxes as boxes_lib

@@ -11,7 +11,7 @@ IoU of 0.5.
 """
 
 from densecap_jax.configs import vgg16
-from densecap_jax.data import buckets as buckets_lib
+from densecap_jax.configs import buckets as buckets_lib
 
 
 def get_config():

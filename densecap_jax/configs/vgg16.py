@@ -9,7 +9,7 @@ Additions needed for static shapes: ``buckets`` (padded image sizes, §1) and
 import ml_collections
 from ml_collections import config_dict
 
-from densecap_jax.data import buckets as buckets_lib
+from densecap_jax.configs import buckets as buckets_lib
 from densecap_jax.ops import anchors as anchors_lib
 
 VGG16_WIDTHS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from densecap_jax.data import buckets as buckets_lib
+from densecap_jax.configs import buckets as buckets_lib
 
 
 # Streaming runs (``group_batches``) hold at most this many batches of images waiting.

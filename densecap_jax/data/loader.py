@@ -49,7 +49,7 @@ import threading
 import h5py
 import numpy as np
 
-from densecap_jax.data import buckets as buckets_lib
+from densecap_jax.configs import buckets as buckets_lib
 from densecap_jax import files
 from densecap_jax.data import images
 from densecap_jax.data import vocab as vocab_lib

@@ -31,7 +31,7 @@ import os
 import numpy as np
 
 from densecap_jax import predictor as inference
-from densecap_jax.data import buckets as buckets_lib
+from densecap_jax.configs import buckets as buckets_lib
 from densecap_jax.regions import api as regions_api
 from densecap_jax.server import programs as programs_lib
 from densecap_jax.data import image_stream

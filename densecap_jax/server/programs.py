@@ -23,7 +23,7 @@ import threading
 import time
 
 from densecap_jax import runtime
-from densecap_jax.data import buckets as buckets_lib
+from densecap_jax.configs import buckets as buckets_lib
 from densecap_jax.data import images as images_lib
 
 # Image sizes (height, width) whose buckets compile first: webcams (4:3, 16:9),

@@ -10,7 +10,7 @@ optax, the loader or the first compilation.
 import math
 
 from densecap_jax import configs as model_configs
-from densecap_jax.data import buckets as buckets_lib
+from densecap_jax.configs import buckets as buckets_lib
 
 LR_SCHEDULES = ("constant", "cosine")
 VAL_METRICS = ("map", "detmap")
