@@ -44,7 +44,6 @@ import jax.numpy as jnp
 
 from densecap_jax import configs as configs_lib
 from densecap_jax.models import losses as losses_lib
-from densecap_jax.data import vocab as vocab_lib
 from densecap_jax.models import language_model as lm_lib
 from densecap_jax.models import localization as loc_lib
 from densecap_jax.models import precision as precision_lib
@@ -53,8 +52,6 @@ from densecap_jax.models import vgg16 as vgg_lib
 from densecap_jax.ops import boxes as boxes_lib
 from densecap_jax.ops import nms as nms_lib
 from densecap_jax.ops import roi_pool as roi_pool_lib
-
-decode_captions = vocab_lib.decode_captions
 
 
 class DenseCap(nn.Module):
@@ -474,7 +471,7 @@ def infer(params, images, image_sizes, config, num_proposals=None, rpn_nms_thres
   Returns:
     ``(boxes, scores, tokens, valid)``: ``(B, N, 4)`` float32 xcycwh final
     boxes, ``(B, N)`` float32 logits, ``(B, N, L)`` int32 caption tokens
-    (``decode_captions``), ``(B, N)`` bool; valid detections come first,
+    (``data.vocab.decode_captions``), ``(B, N)`` bool; valid detections come first,
     sorted by logit, descending; invalid slots hold zeros.
   """
   det = _detect(params, images, image_sizes, config, num_proposals, rpn_nms_thresh,
