@@ -1,4 +1,4 @@
-"""Inference speed of the jitted test-time pass (``densecap.infer``) on ``jax.devices()[0]``.
+"""Inference speed of the jitted test-time pass (``detection.infer``) on ``jax.devices()[0]``.
 
 For each model config, shape bucket and batch size: the compile time (trace,
 lower and XLA compile of ``split_eval.make_predict_fn``, the function that
@@ -29,6 +29,7 @@ import numpy as np
 from densecap_jax import configs
 from densecap_jax.evaluation import split_eval
 from densecap_jax.models import densecap
+from densecap_jax.models import detection
 import model_flags
 
 DEFAULT_BUCKETS = {"tiny": "192x256,256x256", "vgg16": "544x720"}

@@ -1,17 +1,17 @@
-"""Per-stage inference time and FLOPs of the test-time pass (``densecap.infer``), one image.
+"""Per-stage inference time and FLOPs of the test-time pass (``detection.infer``), one image.
 
-The pass is cut into the five stages of ``densecap._detect`` + ``caption_kept``,
+The pass is cut into the five stages of ``detection._detect`` + ``caption_kept``,
 each jitted on its own and fed the outputs of the previous one:
 
 1. backbone: VGG-16 convolutions to conv5_3 (``DenseCap.features``);
 2. RPN + proposals + NMS: the RPN head, anchors and box transforms
-   (``densecap._rpn_boxes``), clipping and NMS down to ``num_proposals``
+   (``densecap.rpn_boxes``), clipping and NMS down to ``num_proposals``
    (``localization.propose``);
-3. RoI pooling: bilinear 7 x 7 pooling of every proposal (``densecap._pool``);
+3. RoI pooling: bilinear 7 x 7 pooling of every proposal (``densecap.pool_regions``);
 4. fc6-fc7: the recognition network on every proposal (``DenseCap.recognize``:
    fc6, fc7, objectness and box-regression heads);
 5. final NMS + captions: box regression applied, NMS at 0.3 on the logits,
-   greedy captions of the kept boxes (``densecap.caption_kept``).
+   greedy captions of the kept boxes (``detection.caption_kept``).
 
 Each stage is compiled, called ``--warmup`` times, then timed over
 ``--repeats`` calls with ``block_until_ready`` (the median is reported); the
@@ -42,6 +42,7 @@ import numpy as np
 from densecap_jax import configs
 from densecap_jax.evaluation import split_eval
 from densecap_jax.models import densecap
+from densecap_jax.models import detection
 import model_flags
 from densecap_jax.models import localization as loc_lib
 from densecap_jax.ops import boxes as boxes_lib
@@ -74,7 +75,7 @@ def random_image(rng, bucket, image_size):
 
 
 def stage_functions(config, num_proposals):
-  """The five stages of ``densecap.infer`` as separate functions (see module docstring).
+  """The five stages of ``detection.infer`` as separate functions (see module docstring).
 
   Returns:
     tuple of five functions; each takes the outputs of the previous stage
@@ -87,8 +88,7 @@ def stage_functions(config, num_proposals):
                         method=densecap.DenseCap.features),)
 
   def proposals(params, features, image_sizes, rpn_nms_thresh):
-    rpn = densecap._rpn_boxes(  # pylint: disable=protected-access
-        model, params, features, image_sizes, config)
+    rpn = densecap.rpn_boxes(model, params, features, image_sizes, config)
     propose = functools.partial(loc_lib.propose, nms_thresh=rpn_nms_thresh,
                                 num_proposals=num_proposals)
     boxes, valid = jax.vmap(propose)(rpn["boxes"], rpn["scores"], rpn["cell_valid"],
@@ -96,8 +96,8 @@ def stage_functions(config, num_proposals):
     return boxes, valid, rpn["feature_sizes"]
 
   def pool(features, boxes, image_sizes, feature_sizes):
-    pooled = densecap._pool(  # pylint: disable=protected-access
-        features, boxes, image_sizes, feature_sizes, config.roi_output_size)
+    pooled = densecap.pool_regions(features, boxes, image_sizes, feature_sizes,
+                                   config.roi_output_size)
     return (pooled,)
 
   def recognize(params, pooled):
@@ -105,8 +105,8 @@ def stage_functions(config, num_proposals):
 
   def finish(params, boxes, proposal_valid, codes, logits, transforms, final_nms_thresh):
     final_boxes = boxes_lib.apply_box_transform(boxes, transforms)
-    take, valid = densecap.final_nms(final_boxes, logits, proposal_valid, final_nms_thresh)
-    tokens = densecap.caption_kept(model, params, take(codes), valid)
+    take, valid = detection.final_nms(final_boxes, logits, proposal_valid, final_nms_thresh)
+    tokens = detection.caption_kept(model, params, take(codes), valid)
     return (jnp.where(valid[..., None], take(final_boxes), 0.0),
             jnp.where(valid, take(logits), 0.0), tokens, valid)
 
@@ -182,7 +182,7 @@ def bench_config(name, bucket, image_size, vocab_size, num_proposals, device, ar
 
   valid = np.asarray(staged[3])
   kept = int(np.sum(valid))  # caption_kept packs the kept rows of the batch into one call
-  rows = min(s for s in densecap.caption_row_sizes(valid.size) if s >= kept)
+  rows = min(s for s in detection.caption_row_sizes(valid.size) if s >= kept)
   same_valid = np.array_equal(np.asarray(staged[3]), np.asarray(whole[3]))
   return {
       "name": name, "bucket": bucket, "image_size": image_size, "vocab_size": vocab_size,

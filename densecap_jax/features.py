@@ -6,7 +6,7 @@ import numpy as np
 from tqdm import tqdm
 
 from densecap_jax.data import image_stream
-from densecap_jax.models import densecap
+from densecap_jax.models import detection
 from densecap_jax.ops import boxes as boxes_lib
 
 
@@ -36,7 +36,7 @@ class FeatureExtractor:
     config = model.config
 
     def detect(params, images, image_sizes, rpn_nms_thresh, final_nms_thresh):
-      return densecap.detect_with_codes(
+      return detection.detect_with_codes(
           params, images, image_sizes, config, boxes_per_image,
           num_proposals=model.num_proposals, rpn_nms_thresh=rpn_nms_thresh,
           final_nms_thresh=final_nms_thresh, pool_final_boxes=pool_final_boxes)

@@ -15,7 +15,7 @@ give and score phrases against regions (``regions.api``).
 They go through the original's test-time preprocessing (reference §1.2:
 ``torch/image`` resize to a long side of ``image_size``, BGR, minus the VGG
 mean), are padded into the model's shape buckets and run in batches through
-the jitted ``models.densecap.infer``: one compilation per bucket, then every
+the jitted ``models.detection.infer``: one compilation per bucket, then every
 image of that shape reuses it.
 
 Where the resize runs is the predictor's ``preprocess``: ``"device"`` (the
@@ -46,7 +46,7 @@ from densecap_jax.data import device_resize
 from densecap_jax.data import image_stream
 from densecap_jax.data import images as images_lib
 from densecap_jax.data import vocab as vocab_lib
-from densecap_jax.models import densecap
+from densecap_jax.models import detection
 from densecap_jax.models import precision as precision_lib
 from densecap_jax.ops import boxes as boxes_lib
 from densecap_jax.regions import api as regions_api
@@ -133,9 +133,9 @@ class DenseCapPredictor:
     def run(params, images, image_sizes, rpn_nms_thresh, final_nms_thresh):
       # A batch split over the devices (put_batch) captions each device's own kept rows.
       groups = len(self.devices) if self.splits(len(images)) else 1
-      return densecap.infer(params, images, image_sizes, config,
-                            num_proposals=self.num_proposals, rpn_nms_thresh=rpn_nms_thresh,
-                            final_nms_thresh=final_nms_thresh, caption_groups=groups)
+      return detection.infer(params, images, image_sizes, config,
+                             num_proposals=self.num_proposals, rpn_nms_thresh=rpn_nms_thresh,
+                             final_nms_thresh=final_nms_thresh, caption_groups=groups)
 
     self._infer = jax.jit(run)
 

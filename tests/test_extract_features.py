@@ -20,6 +20,7 @@ from densecap_jax import predictor as inference
 from densecap_jax.configs import buckets as buckets_lib
 from densecap_jax.data import images as images_lib
 from densecap_jax.models import densecap
+from densecap_jax.models import detection
 from densecap_jax.models import vgg16
 from densecap_jax.ops import boxes as boxes_lib
 from densecap_jax.ops import roi_pool
@@ -91,7 +92,7 @@ class HandModel:
                                                          method=densecap.DenseCap.features))
     self._recognize = jax.jit(lambda p, x: model.apply({"params": p}, x,
                                                        method=densecap.DenseCap.recognize))
-    self._infer = jax.jit(lambda p, i, s: densecap.infer(p, i, s, config, final_nms_thresh=0.4))
+    self._infer = jax.jit(lambda p, i, s: detection.infer(p, i, s, config, final_nms_thresh=0.4))
 
   def _prepare(self, path):
     image = images_lib.prepare_test_image(images_lib.load_rgb(path), self.config.image_size)
@@ -107,7 +108,7 @@ class HandModel:
     return self._recognize(self.params, pooled)
 
   def infer(self, path):
-    """Kept xcycwh boxes and logits of ``densecap.infer`` with a final NMS at 0.4."""
+    """Kept xcycwh boxes and logits of ``detection.infer`` with a final NMS at 0.4."""
     boxes, scores, _, valid = self._infer(self.params, *self._prepare(path))
     n = int(valid[0].sum())
     return np.asarray(boxes[0, :n]), np.asarray(scores[0, :n])

@@ -1,4 +1,4 @@
-"""Caption decoding of the kept rows only (``densecap.caption_kept``): at most 1.25 times the
+"""Caption decoding of the kept rows only (``detection.caption_kept``): at most 1.25 times the
 rows the images keep (or ``CAPTION_MIN_ROWS``), packed across the batch, with the same tokens
 as the previous per-image decoding (kept here as the reference)."""
 
@@ -17,6 +17,7 @@ from densecap_jax.model_dir import load_model
 from densecap_jax.configs import buckets as buckets_lib
 from densecap_jax.data import images as images_lib
 from densecap_jax.models import densecap as dc
+from densecap_jax.models import detection
 
 
 def previous_caption_kept(model, params, codes, valid):
@@ -40,18 +41,18 @@ def previous_caption_kept(model, params, codes, valid):
 
 
 def within_bound(rows, kept):
-  return kept <= rows <= max(1.25 * kept, dc.CAPTION_MIN_ROWS)
+  return kept <= rows <= max(1.25 * kept, detection.CAPTION_MIN_ROWS)
 
 
 @pytest.mark.parametrize("max_rows", [1, 7, 64, 65, 300, 1000, 32000])
 def test_row_sizes_hold_any_count_within_a_quarter(max_rows):
-  sizes = np.asarray(dc.caption_row_sizes(max_rows))
+  sizes = np.asarray(detection.caption_row_sizes(max_rows))
   assert sizes[0] == 0 and sizes[-1] == max_rows and np.all(np.diff(sizes) > 0)
   counts = np.arange(1, max_rows + 1)
   fit = sizes[np.searchsorted(sizes, counts)]  # smallest size >= count
   assert all(within_bound(f, c) for f, c in zip(fit, counts))
-  assert len(sizes) <= 2 + max(0, math.log(max_rows / dc.CAPTION_MIN_ROWS, 1.25)) + 1
-  strict = np.asarray(dc.caption_row_sizes(max_rows, min_rows=1))
+  assert len(sizes) <= 2 + max(0, math.log(max_rows / detection.CAPTION_MIN_ROWS, 1.25)) + 1
+  strict = np.asarray(detection.caption_row_sizes(max_rows, min_rows=1))
   assert np.all(strict[np.searchsorted(strict, counts)] <= 1.25 * counts)
 
 
@@ -59,7 +60,7 @@ def test_row_sizes_hold_any_count_within_a_quarter(max_rows):
 def bundled():
   """The bundled model, the jitted ``caption_kept`` and the previous one, its config, and
   batches of its examples' detections: ``(codes in kept-first order, valid, codes in
-  proposal order)`` from ``densecap._detect``, for batches of 3 and 32 images (the examples
+  proposal order)`` from ``detection._detect``, for batches of 3 and 32 images (the examples
   and their mirror images padded to the largest shape bucket; at 32, 26 slots are empty
   images as ``predict`` pads a batch)."""
   params, config, _ = load_model(inference.bundled_model_path())
@@ -72,7 +73,8 @@ def bundled():
 
   @jax.jit
   def detect(params, images, sizes):
-    det = dc._detect(params, images, sizes, config, None, None, None)  # pylint: disable=protected-access
+    det = detection._detect(  # pylint: disable=protected-access
+        params, images, sizes, config, None, None, None)
     return det["take"](det["codes"]), det["valid"], det["codes"]
 
   batches = {}
@@ -84,7 +86,7 @@ def bundled():
       sizes[k] = x.shape[:2]
     batches[batch] = jax.device_get(detect(params, images, sizes))
   model = dc.build_model(config)
-  caption = jax.jit(functools.partial(dc.caption_kept, model), static_argnames="groups")
+  caption = jax.jit(functools.partial(detection.caption_kept, model), static_argnames="groups")
   previous = jax.jit(functools.partial(previous_caption_kept, model))
   return caption, previous, params, config, batches
 
@@ -109,7 +111,7 @@ def test_tokens_equal_the_previous_decoding_and_rows_stay_within_a_quarter(
   caption, previous, params, _, batches = bundled
   kept_codes, valid, all_codes = batches[batch]
   kept = int(valid.sum())
-  assert kept > dc.CAPTION_MIN_ROWS
+  assert kept > detection.CAPTION_MIN_ROWS
   tokens = np.asarray(caption(params, kept_codes, valid))
   jax.effects_barrier()
   assert len(decoded_rows) == 1 and within_bound(decoded_rows[0], kept), (kept, decoded_rows)
@@ -130,8 +132,8 @@ def test_groups_give_the_same_tokens(bundled, decoded_rows):
     np.testing.assert_array_equal(caption(params, kept_codes, valid, groups=groups), one)
     jax.effects_barrier()
     per_group = valid.reshape(groups, -1).sum(axis=1)
-    assert decoded_rows == [groups * min(s for s in dc.caption_row_sizes(valid.size // groups)
-                                         if s >= per_group.max())]
+    sizes = detection.caption_row_sizes(valid.size // groups)
+    assert decoded_rows == [groups * min(s for s in sizes if s >= per_group.max())]
   with pytest.raises(ValueError, match="groups must divide the batch"):
     caption(params, kept_codes, valid, groups=3)
 
@@ -154,7 +156,7 @@ def test_any_valid_rows_and_none(bundled, decoded_rows):
 def test_infer_compiles_once_for_any_kept_count(bundled, record_compiles):
   _, _, params, config, _ = bundled
   bucket = tuple(max((tuple(b) for b in config.buckets), key=lambda b: b[0] * b[1]))
-  infer = jax.jit(lambda p, x, s, t: dc.infer(p, x, s, config, final_nms_thresh=t))
+  infer = jax.jit(lambda p, x, s, t: detection.infer(p, x, s, config, final_nms_thresh=t))
   rng = np.random.default_rng(1)
   images = rng.normal(0, 60, (2,) + bucket + (3,)).astype(np.float32)
   sizes = np.tile(np.asarray(bucket, np.int32), (2, 1))

@@ -12,6 +12,8 @@ from densecap_jax import configs
 from densecap_jax.models import losses as losses_lib
 from densecap_jax.train import optim
 from densecap_jax.models import densecap as dc
+from densecap_jax.models import detection
+from densecap_jax.models import training
 
 V, L = 11, 5
 
@@ -72,13 +74,13 @@ def batch():
 
 @pytest.fixture(scope="module")
 def infer_fn(config):
-  return jax.jit(functools.partial(dc.infer, config=config))
+  return jax.jit(functools.partial(detection.infer, config=config))
 
 
 @pytest.fixture(scope="module")
 def loss_and_grad(config):
   def loss(p, batch, rng, finetune_cnn):
-    total, losses, aux = dc.train_forward(p, batch, rng, config, finetune_cnn=finetune_cnn)
+    total, losses, aux = training.train_forward(p, batch, rng, config, finetune_cnn=finetune_cnn)
     return total, (losses, aux)
   return jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnames="finetune_cnn")
 
@@ -108,20 +110,20 @@ def test_both_configs_build_train_and_infer_shapes(name):
            "gt_labels": jax.ShapeDtypeStruct((1, r, config.seq_length), jnp.int32),
            "gt_mask": jax.ShapeDtypeStruct((1, r), jnp.bool_)}
   total, losses, _ = jax.eval_shape(
-      lambda p, b: dc.train_forward(p, b, jax.random.key(0), config), params, batch)
+      lambda p, b: training.train_forward(p, b, jax.random.key(0), config), params, batch)
   assert total.shape == () and set(losses) == set(losses_lib.LOSS_NAMES) | {"box_decay_loss"}
-  out = jax.eval_shape(lambda p, i, s: dc.infer(p, i, s, config), params, batch["image"],
-                       batch["image_size"])
+  out = jax.eval_shape(lambda p, i, s: detection.infer(p, i, s, config), params,
+                       batch["image"], batch["image_size"])
   n = config.num_proposals
   assert [o.shape for o in out] == [(1, n, 4), (1, n), (1, n, config.seq_length), (1, n)]
 
 
 def test_batch_errors_are_clear(config, params, batch):
   with pytest.raises(ValueError, match="missing"):
-    dc.train_forward(params, {"image": batch["image"]}, jax.random.key(0), config)
+    training.train_forward(params, {"image": batch["image"]}, jax.random.key(0), config)
   bad = dict(batch, gt_labels=batch["gt_labels"][..., :3])
   with pytest.raises(ValueError, match="seq_length"):
-    dc.train_forward(params, bad, jax.random.key(0), config)
+    training.train_forward(params, bad, jax.random.key(0), config)
 
 
 def test_train_forward_losses(config, params, batch, loss_and_grad):
@@ -148,13 +150,13 @@ def test_word_head_only_when_its_loss_has_a_weight(config, params, batch):
   # at zero scores every word costs log 2 whether the caption holds it or not
   zero = jax.tree.map(jnp.zeros_like, with_head["word_classifier"])
   p = dict(with_head, word_classifier=zero)
-  forward = jax.jit(lambda q: dc.train_forward(q, batch, jax.random.key(1), cfg)[:2])
+  forward = jax.jit(lambda q: training.train_forward(q, batch, jax.random.key(1), cfg)[:2])
   total, losses = forward(p)
   np.testing.assert_allclose(losses["word_loss"], 0.5 * V * np.log(2), rtol=1e-6)
   np.testing.assert_allclose(total, losses["word_loss"], rtol=1e-6)
   # its gradient reaches the codes' layers and not the language model
-  grads = jax.jit(jax.grad(lambda q: dc.train_forward(q, batch, jax.random.key(1), cfg)[0]))(
-      with_head)
+  grads = jax.jit(jax.grad(
+      lambda q: training.train_forward(q, batch, jax.random.key(1), cfg)[0]))(with_head)
   assert np.any(grads["recognition"]["fc7"]["kernel"])
   assert np.any(grads["word_classifier"]["kernel"])
   assert not any(np.any(g) for g in jax.tree.leaves(grads["language_model"]))
@@ -205,7 +207,8 @@ def test_box_decay_gradient_is_w_times_t_on_real_cells(config, params, batch):
                             jnp.float32) * 0.1,
       "bias": jnp.asarray(rng.normal(size=p["localization"]["rpn_box"]["bias"].shape),
                           jnp.float32)}
-  grads = jax.jit(jax.grad(lambda q: dc.train_forward(q, batch, jax.random.key(2), cfg)[0]))(p)
+  grads = jax.jit(jax.grad(
+      lambda q: training.train_forward(q, batch, jax.random.key(2), cfg)[0]))(p)
 
   model = dc.build_model(cfg)
 
@@ -273,7 +276,7 @@ def test_padded_image_infers_like_the_unpadded_one(params, infer_fn):
 
 def test_captioning_only_kept_boxes_equals_captioning_all(config, params, batch, infer_fn):
   kept_only = infer_fn(params, batch["image"], batch["image_size"])
-  everything = jax.jit(functools.partial(dc.infer, config=config, caption_all=True))(
+  everything = jax.jit(functools.partial(detection.infer, config=config, caption_all=True))(
       params, batch["image"], batch["image_size"])
   for x, y in zip(kept_only, everything):
     np.testing.assert_array_equal(x, y)
@@ -304,7 +307,7 @@ def test_loss_falls_when_overfitting_one_image(config, params):
   @jax.jit
   def step(p, state, rng):
     (loss, _), grads = jax.value_and_grad(
-        lambda q: dc.train_forward(q, batch, rng, config, finetune_cnn=True)[:2],
+        lambda q: training.train_forward(q, batch, rng, config, finetune_cnn=True)[:2],
         has_aux=True)(p)
     updates, state = optimizer.update(grads, state, p)
     return optax.apply_updates(p, updates), state, loss

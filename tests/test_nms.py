@@ -18,6 +18,7 @@ from densecap_jax.model_dir import load_model
 from densecap_jax.configs import buckets as buckets_lib
 from densecap_jax.data import images as images_lib
 from densecap_jax.models import densecap
+from densecap_jax.models import detection
 from densecap_jax.ops import boxes as boxes_lib
 from densecap_jax.ops import nms as nms_lib
 from densecap_jax.ops.nms import nms, nms_with_trips
@@ -480,7 +481,7 @@ def _bundled_batches(batch_size=32):
 
 def test_trips_on_the_bundled_model_examples_at_batch_32(recorded_nms):
   params, config, batches = _bundled_batches()
-  detect = jax.jit(lambda p, x, s: densecap.detect_with_codes(p, x, s, config, 1)["valid"])
+  detect = jax.jit(lambda p, x, s: detection.detect_with_codes(p, x, s, config, 1)["valid"])
   for images, sizes in batches:
     recorded_nms.clear()
     jax.block_until_ready(detect(params, images, sizes))
@@ -523,7 +524,7 @@ def test_trips_on_the_benchmark_inputs_with_random_weights(recorded_nms):
                           for i in range(start, start + chunk)))
     parts.append(jax.device_get(detect(params, np.concatenate(images), np.concatenate(sizes))))
   final_boxes, logits, valid = (np.concatenate(x * (batch // images_run)) for x in zip(*parts))
-  final = jax.jit(lambda b, l, v: densecap.final_nms(b, l, v, config.final_nms_thresh)[1])
+  final = jax.jit(lambda b, l, v: detection.final_nms(b, l, v, config.final_nms_thresh)[1])
   jax.block_until_ready(final(final_boxes, logits, valid))
   jax.effects_barrier()
   rpn_trips, final_trips = check_recorded_calls(recorded_nms)

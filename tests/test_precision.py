@@ -33,9 +33,11 @@ from densecap_jax.data import vocab as vocab_lib
 from densecap_jax.evaluation import metric
 from densecap_jax.evaluation import split_eval
 from densecap_jax.models import densecap
+from densecap_jax.models import detection
 from densecap_jax.models import language_model
 from densecap_jax.models import precision as precision_lib
 from densecap_jax.models import recognition
+from densecap_jax.models import training
 from densecap_jax.train import config_checks
 from densecap_jax.train import trainer
 from densecap_jax.train.configs import tiny as tiny_train
@@ -206,11 +208,11 @@ def _traced_products(precision, train):
              "gt_labels": jax.ShapeDtypeStruct((2, 4, config.seq_length), jnp.int32),
              "gt_mask": jax.ShapeDtypeStruct((2, 4), jnp.bool_)}
     fn = lambda p, b: jax.grad(
-        lambda q: densecap.train_forward(q, b, jax.random.key(0), config, True)[0])(p)
+        lambda q: training.train_forward(q, b, jax.random.key(0), config, True)[0])(p)
     closed = jax.make_jaxpr(fn)(params, batch)
   else:
-    closed = jax.make_jaxpr(lambda p, i, s: densecap.infer(p, i, s, config))(params, images,
-                                                                              sizes)
+    closed = jax.make_jaxpr(lambda p, i, s: detection.infer(p, i, s, config))(params, images,
+                                                                               sizes)
   return _products(closed.jaxpr), closed
 
 

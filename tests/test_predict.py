@@ -13,7 +13,7 @@ from densecap_jax import predictor as inference
 from densecap_jax.commands import predict
 from densecap_jax.configs import buckets as buckets_lib
 from densecap_jax.data import images as images_lib
-from densecap_jax.models import densecap
+from densecap_jax.models import detection
 from densecap_jax.ops import boxes as boxes_lib
 
 VOCAB = [None, "a", "red", "circle", "square", "blue"]
@@ -49,9 +49,9 @@ def test_predict_matches_infer_and_converts_boxes(model_dir, photos):
   prepared = images_lib.prepare_test_image(np.asarray(image), 64)
   bucket = buckets_lib.pick_bucket(*prepared.shape[:2], model.buckets)
   padded = buckets_lib.pad_to_bucket(prepared, bucket)[None]
-  boxes, scores, tokens, valid = densecap.infer(model.params, padded,
-                                                np.array([prepared.shape[:2]], np.int32),
-                                                model.config)
+  boxes, scores, tokens, valid = detection.infer(model.params, padded,
+                                                 np.array([prepared.shape[:2]], np.int32),
+                                                 model.config)
   n = int(valid.sum())
   assert len(result["captions"]) == n == len(result["scores"]) == len(result["boxes"])
   np.testing.assert_allclose(result["scores"], scores[0, :n], rtol=1e-5, atol=1e-5)

@@ -19,6 +19,8 @@ from densecap_jax.convert import t7
 from densecap_jax.data import synthetic_world as synthetic
 from densecap_jax.data import vocab as vocab_lib
 from densecap_jax.models import densecap
+from densecap_jax.models import detection
+from densecap_jax.models import given_boxes
 from densecap_jax.ops import boxes as boxes_lib
 from densecap_jax.regions import api
 from densecap_jax.regions import phrases as phrases_lib
@@ -80,15 +82,15 @@ def test_phrase_log_likelihood_equals_a_numpy_lstm(converted):
   labels = np.zeros((4, length), np.int32)  # a padding row too
   for i, words in enumerate(phrases):
     labels[i, :len(words)] = words
-  ll = np.asarray(densecap.phrase_log_likelihood(predictor.params, codes, labels, config))
+  ll = np.asarray(given_boxes.phrase_log_likelihood(predictor.params, codes, labels, config))
   assert ll.shape == (5, 4, length + 1)
   for j, words in enumerate(phrases):
     np.testing.assert_allclose(ll[:, j].sum(-1), _reference_log_likelihood(weights, codes, words),
                                rtol=1e-5, atol=1e-4)
     assert np.all(ll[:, j, len(words) + 1:] == 0)  # steps past END
   # Cutting the rows to the longest phrase changes nothing.
-  short = np.asarray(densecap.phrase_log_likelihood(predictor.params, codes, labels[:2, :3],
-                                                    config))
+  short = np.asarray(given_boxes.phrase_log_likelihood(predictor.params, codes, labels[:2, :3],
+                                                       config))
   np.testing.assert_allclose(short.sum(-1), ll[:, :2].sum(-1), rtol=1e-6, atol=1e-5)
 
 
@@ -137,7 +139,7 @@ def _proposals(predictor, image):
   """xywh proposals (resized image) of the kept detections, and the detection path's captions."""
   prepared = [predictor.prepare(image)]
   _, images, sizes = next(predictor.batches(prepared))
-  det = jax.device_get(jax.jit(lambda p, i, s: densecap.detect_with_codes(
+  det = jax.device_get(jax.jit(lambda p, i, s: detection.detect_with_codes(
       p, i, s, predictor.config, predictor.num_proposals,
       num_proposals=predictor.num_proposals))(predictor.params, images, sizes))
   n = int(det["valid"][0].sum())

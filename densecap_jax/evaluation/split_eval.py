@@ -2,7 +2,7 @@
 
 Shared by the evaluation command and the validation inside training
 (reference §7.1, §9.1): every image of the split (or its first
-``max_images``) goes through ``models.densecap.infer`` in batches of one
+``max_images``) goes through ``models.detection.infer`` in batches of one
 shape bucket, spread over every device of every process; its detections and
 ground truth go to ``DenseCaptioningEvaluator``, and the result is the
 evaluator's dict.
@@ -20,7 +20,7 @@ from densecap_jax import runtime
 from densecap_jax.evaluation import metric
 from densecap_jax.data import loader as loader_lib
 from densecap_jax.data import vocab as vocab_lib
-from densecap_jax.models import densecap
+from densecap_jax.models import detection
 from densecap_jax.train import loop
 
 
@@ -29,13 +29,13 @@ def make_predict_fn(config, num_proposals=None):
 
   Returns:
     ``predict(params, images, image_sizes, rpn_nms_thresh, final_nms_thresh)
-    -> (boxes, scores, tokens, valid)`` (see ``densecap.infer``); the
+    -> (boxes, scores, tokens, valid)`` (see ``detection.infer``); the
     thresholds are traced, so it compiles once per batch shape.
   """
 
   def predict(params, images, image_sizes, rpn_nms_thresh, final_nms_thresh):
-    return densecap.infer(params, images, image_sizes, config, num_proposals=num_proposals,
-                          rpn_nms_thresh=rpn_nms_thresh, final_nms_thresh=final_nms_thresh)
+    return detection.infer(params, images, image_sizes, config, num_proposals=num_proposals,
+                           rpn_nms_thresh=rpn_nms_thresh, final_nms_thresh=final_nms_thresh)
 
   return jax.jit(predict)
 

@@ -2,6 +2,6 @@
 
 from densecap_jax.models.densecap import DenseCap
 from densecap_jax.models.densecap import build_model
-from densecap_jax.models.densecap import infer
 from densecap_jax.models.densecap import init_params
-from densecap_jax.models.densecap import train_forward
+from densecap_jax.models.detection import infer
+from densecap_jax.models.training import train_forward

@@ -16,7 +16,7 @@ two (at least ``MIN_BOX_SLOTS``) and phrases as ``regions.phrases`` says, so
 calls with other box and phrase counts reuse the compiled programs.
 
 What a region's caption is: the greedy caption of the fc7 code of the box as
-given (``models.densecap.region_captions``). The detection path captions the
+given (``models.given_boxes.region_captions``). The detection path captions the
 code of each detection's *proposal* (before box regression), so captioning
 the proposals reproduces its captions; its final boxes are somewhat moved.
 """
@@ -29,6 +29,8 @@ from PIL import Image
 
 from densecap_jax.data import vocab as vocab_lib
 from densecap_jax.models import densecap
+from densecap_jax.models import detection
+from densecap_jax.models import given_boxes
 from densecap_jax.ops import boxes as boxes_lib
 from densecap_jax.regions import phrases as phrases_lib
 
@@ -137,24 +139,25 @@ class RegionModel:
     config = predictor.config
 
     def regions(params, images, image_sizes, boxes, box_valid):
-      return densecap.region_captions(params, images, image_sizes, boxes, box_valid, config)
+      return given_boxes.region_captions(params, images, image_sizes, boxes, box_valid, config)
 
     def detect(params, images, image_sizes, rpn_nms_thresh, final_nms_thresh):
-      det = densecap.detect_with_codes(
+      det = detection.detect_with_codes(
           params, images, image_sizes, config, predictor.num_proposals,
           num_proposals=predictor.num_proposals, rpn_nms_thresh=rpn_nms_thresh,
           final_nms_thresh=final_nms_thresh)
       model = densecap.build_model(config)
       groups = len(predictor.devices) if predictor.splits(len(images)) else 1
-      det["tokens"] = densecap.caption_kept(model, params, det["codes"], det["valid"], groups)
+      det["tokens"] = detection.caption_kept(model, params, det["codes"], det["valid"], groups)
       return det
 
     def codes(params, images, image_sizes, boxes, box_valid):
-      codes, logits = densecap.region_codes(params, images, image_sizes, boxes, box_valid, config)
+      codes, logits = given_boxes.region_codes(params, images, image_sizes, boxes, box_valid,
+                                               config)
       return {"codes": codes, "logits": logits}
 
     def phrases(params, codes, labels):
-      return densecap.phrase_log_likelihood(params, codes, labels, config)
+      return given_boxes.phrase_log_likelihood(params, codes, labels, config)
 
     self._regions = jax.jit(regions)
     self._codes = jax.jit(codes)

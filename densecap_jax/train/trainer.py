@@ -36,6 +36,7 @@ from densecap_jax.data import loader as loader_lib
 from densecap_jax.evaluation import meteor as meteor_lib
 from densecap_jax.evaluation import split_eval
 from densecap_jax.models import densecap
+from densecap_jax.models import training
 from densecap_jax.train import config_checks
 from densecap_jax.train import loop
 from densecap_jax.train import optim
@@ -97,7 +98,7 @@ def make_loss_fn(model_config, finetune_cnn):
   """``(params, batch, rng) -> (total_loss, metrics)`` for ``loop.make_train_step``."""
 
   def loss_fn(params, batch, rng):
-    total, losses, aux = densecap.train_forward(params, batch, rng, model_config,
+    total, losses, aux = training.train_forward(params, batch, rng, model_config,
                                                 finetune_cnn=finetune_cnn)
     return total, dict(losses, num_pos=jnp.mean(aux["num_pos"].astype(jnp.float32)))
 
