@@ -252,16 +252,119 @@ def invert_box_transform(anchors, targets):
   return _stack((xt - xa) / wa, (yt - ya) / ha, jnp.log(wt / wa), jnp.log(ht / ha))
 
 
+# NumPy versions: the rules above on host arrays (the naming rule in the module docstring).
+
+
+def _split_np(boxes, dtype):
+  b = np.asarray(boxes, dtype)
+  return b[..., 0], b[..., 1], b[..., 2], b[..., 3]
+
+
+def _stack_np(a, b, c, d, dtype):
+  return np.stack([a, b, c, d], axis=-1).astype(dtype, copy=False)
+
+
+def xcycwh_to_x1y1x2y2_np(boxes, dtype):
+  """``xcycwh_to_x1y1x2y2`` in NumPy ``dtype``."""
+  xc, yc, w, h = _split_np(boxes, dtype)
+  return _stack_np(xc - (w - 1) / 2, yc - (h - 1) / 2, xc + (w - 1) / 2, yc + (h - 1) / 2, dtype)
+
+
+def xywh_to_x1y1x2y2_np(boxes, dtype):
+  """``xywh_to_x1y1x2y2`` in NumPy ``dtype``."""
+  x, y, w, h = _split_np(boxes, dtype)
+  return _stack_np(x, y, x + w - 1, y + h - 1, dtype)
+
+
+def x1y1x2y2_to_xywh_np(boxes, dtype):
+  """``x1y1x2y2_to_xywh`` in NumPy ``dtype``."""
+  x1, y1, x2, y2 = _split_np(boxes, dtype)
+  return _stack_np(x1, y1, x2 - x1 + 1, y2 - y1 + 1, dtype)
+
+
+def scale_boxes_xywh_np(boxes, factor, dtype):
+  """``scale_boxes_xywh`` in NumPy ``dtype`` (``factor`` rounded to it)."""
+  x, y, w, h = _split_np(boxes, dtype)
+  f = np.dtype(dtype).type(factor)
+  return _stack_np((x - 1) * f + 1, (y - 1) * f + 1, w * f, h * f, dtype)
+
+
+def box_iou_x1y1x2y2_np(boxes1, boxes2, dtype):
+  """``box_iou_x1y1x2y2`` in NumPy ``dtype``: ``(..., N, 4)``, ``(..., M, 4)`` -> ``(..., N, M)``.
+
+  Pairs without a positive intersection width and height have IoU 0, also
+  when both boxes are degenerate (the JAX version gives NaN for 0 / 0).
+  The evaluator uses it in float64, as the original's Lua loops compute.
+  """
+  b1 = np.asarray(boxes1, dtype)[..., :, None, :]
+  b2 = np.asarray(boxes2, dtype)[..., None, :, :]
+  iw = np.minimum(b1[..., 2], b2[..., 2]) - np.maximum(b1[..., 0], b2[..., 0]) + 1
+  ih = np.minimum(b1[..., 3], b2[..., 3]) - np.maximum(b1[..., 1], b2[..., 1]) + 1
+  overlaps = (iw > 0) & (ih > 0)
+  inter = np.where(overlaps, iw * ih, 0)
+  area1 = (b1[..., 2] - b1[..., 0] + 1) * (b1[..., 3] - b1[..., 1] + 1)
+  area2 = (b2[..., 2] - b2[..., 0] + 1) * (b2[..., 3] - b2[..., 1] + 1)
+  union = np.where(overlaps, area1 + area2 - inter, 1)
+  return np.where(overlaps, inter / union, 0).astype(dtype, copy=False)
+
+
+# Checking boxes read from users and files: one rule, each caller its own wording.
+
+BOX_FIELDS = {"xywh": ("x", "y", "w", "h"), "x1y1x2y2": ("x1", "y1", "x2", "y2")}
+
+
+def is_box_numbers(value):
+  """Whether ``value`` is a box as JSON gives it: a list of 4 ints or floats (a bool is no number)."""
+  return isinstance(value, list) and len(value) == 4 and all(
+      isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+
+
+def box_faults(boxes, box_format="xywh", *, empty=False):
+  """The unusable boxes among ``boxes`` and what is wrong with each.
+
+  A box is usable when it is 4 finite numbers whose width and height, as
+  ``box_format`` reads them (``xywh``: ``w`` and ``h``; ``x1y1x2y2``:
+  ``x2 - x1 + 1`` and ``y2 - y1 + 1``, in float64), are positive
+  (``empty=True``: not negative).
+
+  Args:
+    boxes: a ``(k, 4)`` array, or a list of ``k`` values as read from JSON,
+      each of which must pass :func:`is_box_numbers`.
+    box_format: ``'xywh' | 'x1y1x2y2'``.
+    empty: accept a width or height of 0.
+
+  Returns:
+    ``[(index, fault), ...]`` by ascending index, ``fault`` one of
+    ``'numbers'`` (not a list of 4 numbers), the name of the box's first
+    number that is NaN or infinite (``BOX_FIELDS[box_format]``), or
+    ``'size'`` (width or height too small); empty when every box is usable.
+  """
+  fields = BOX_FIELDS[box_format]
+  if isinstance(boxes, np.ndarray):
+    numbers, faults = range(len(boxes)), []
+    array = np.asarray(boxes, np.float64).reshape(-1, 4)
+  else:
+    boxes = list(boxes)
+    numbers = [i for i, box in enumerate(boxes) if is_box_numbers(box)]
+    faults = [(i, "numbers") for i, box in enumerate(boxes) if not is_box_numbers(box)]
+    array = np.asarray([boxes[i] for i in numbers], np.float64).reshape(-1, 4)
+  finite = np.isfinite(array)
+  sizes = x1y1x2y2_to_xywh_np(array, np.float64)[:, 2:] if box_format == "x1y1x2y2" else (
+      array[:, 2:])
+  small = (sizes < 0) if empty else ~(sizes > 0)
+  bad = np.flatnonzero(~finite.all(axis=1) | small.any(axis=1))
+  for j in bad.tolist():
+    row = finite[j]
+    faults.append((numbers[j], "size" if row.all() else fields[int(np.argmin(row))]))
+  return sorted(faults)
+
+
 # NumPy: boxes users give and get (the frames and the check in the module docstring).
 
 
 def scale_xywh(boxes, factor):
   """``scale_boxes_xywh`` (§0.2) in NumPy float32, whatever the box count (no compile per shape)."""
-  b = np.asarray(boxes, np.float32)
-  f = np.float32(factor)
-  one = np.float32(1)
-  return np.stack([(b[..., 0] - one) * f + one, (b[..., 1] - one) * f + one, b[..., 2] * f,
-                   b[..., 3] * f], axis=-1).astype(np.float32)
+  return scale_boxes_xywh_np(boxes, factor, np.float32)
 
 
 def image_scale(original_size, resized_size):
@@ -279,11 +382,11 @@ def to_resized(boxes, original_size, resized_size):
   return scale_xywh(boxes, 1.0 / image_scale(original_size, resized_size))
 
 
-def xywh_to_model(boxes):
-  """``(..., 4)`` xywh -> xcycwh, the inverse of ``ops.boxes.xcycwh_to_xywh``: ``xc = x + (w-1)/2``."""
-  b = np.asarray(boxes, np.float32)
-  x, y, w, h = (b[..., i] for i in range(4))
-  return np.stack([x + (w - 1) / 2, y + (h - 1) / 2, w, h], axis=-1).astype(np.float32)
+def xywh_to_model(boxes, dtype=np.float32):
+  """``(..., 4)`` xywh -> xcycwh in NumPy ``dtype``, the inverse of ``xcycwh_to_xywh``:
+  ``xc = x + (w-1)/2``."""
+  x, y, w, h = _split_np(boxes, dtype)
+  return _stack_np(x + (w - 1) / 2, y + (h - 1) / 2, w, h, dtype)
 
 
 def check_boxes(boxes, image_size, name="boxes"):
@@ -318,15 +421,13 @@ def check_boxes(boxes, image_size, name="boxes"):
   if array.ndim != 2 or array.shape[1] != 4:
     raise ValueError(f"{name}: expected shape (k, 4) of [x, y, w, h], got {array.shape}")
   height, width = (float(v) for v in image_size)
-  finite = np.isfinite(array)
-  positive = (array[:, 2] > 0) & (array[:, 3] > 0)
-  if not (finite.all() and positive.all()):
-    i = int(np.flatnonzero(~finite.all(axis=1) | ~positive)[0])
-    x, y, w, h = array[i]
-    for field, value in zip("xywh", (x, y, w, h)):
-      if not np.isfinite(value):
-        raise ValueError(f"{name}: box {i}: {field} is {value}")
-    raise ValueError(f"{name}: box {i}: w and h must be positive, got w={w:g}, h={h:g}")
+  faults = box_faults(array)
+  if faults:
+    i, fault = faults[0]
+    if fault != "size":
+      raise ValueError(f"{name}: box {i}: {fault} is {array[i, 'xywh'.index(fault)]}")
+    raise ValueError(f"{name}: box {i}: w and h must be positive, got w={array[i, 2]:g}, "
+                     f"h={array[i, 3]:g}")
   x1 = array[:, 0]
   y1 = array[:, 1]
   x2 = x1 + array[:, 2] - 1

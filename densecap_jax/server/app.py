@@ -85,6 +85,7 @@ from starlette import applications, exceptions, formparsers, requests, responses
 
 from densecap_jax import files
 from densecap_jax.data import images as images_lib
+from densecap_jax.ops import boxes as boxes_lib
 from densecap_jax.server import batching
 from densecap_jax.server import captioner as captioner_lib
 
@@ -263,8 +264,7 @@ def parse_boxes(text):
     raise RequestError(400, f"boxes: {len(boxes)} boxes are more than the limit of "
                             f"{MAX_GIVEN_BOXES}")
   for i, box in enumerate(boxes):
-    if not (isinstance(box, list) and len(box) == 4 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
+    if not boxes_lib.is_box_numbers(box):
       raise RequestError(400, f"boxes: box {i} must be [x, y, w, h], 4 numbers, got "
                               f"{_shown(box)}")
   return np.asarray(boxes, np.float64).reshape(-1, 4)
