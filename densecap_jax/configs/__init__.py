@@ -1,10 +1,13 @@
 """Model configurations: ``get_model_config('vgg16' | 'tiny')``.
 
-Each module here has a ``get_config()`` returning an ``ml_collections.ConfigDict``
-with the model's sizes, the loss weights and the test-time settings. Option
-names follow the original's ``train_opts.lua`` and ``DenseCapModel`` options so a
-reader can map one to the other. ``vocab_size`` is data-dependent: it is a
-placeholder (``None``) that the caller sets from the vocabulary.
+The model config ``NAME`` is the module ``NAME_model.py`` here (the training
+recipes around the models are ``densecap_jax/train/configs/NAME.py``). Its
+``get_config()`` returns an ``ml_collections.ConfigDict`` with the model's
+sizes, the loss weights and the test-time settings. Option names follow the
+original's ``train_opts.lua`` and ``DenseCapModel`` options so a reader can
+map one to the other. ``vocab_size`` is data-dependent: it is a placeholder
+(``None``) that the caller sets from the vocabulary. ``buckets.py`` makes the
+``buckets`` field: the padded image shapes every program is compiled for.
 
 ``precision`` (one of :data:`PRECISIONS`) says how convolutions and matrix
 products compute; ``models/precision.py`` applies it. This module imports
@@ -30,7 +33,7 @@ def get_model_config(name):
   """
   if name not in MODEL_CONFIGS:
     raise ValueError(f"unknown model config {name!r}; expected one of {MODEL_CONFIGS}")
-  return importlib.import_module(f"{__name__}.{name}").get_config()
+  return importlib.import_module(f"{__name__}.{name}_model").get_config()
 
 
 def check_precision(precision, name="precision"):

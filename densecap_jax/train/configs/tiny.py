@@ -14,7 +14,7 @@ def get_config():
   config.finetune_cnn_after = 0
   # Trained from scratch: the images start the CNN near unit scale, as
   # ImageNet weights would, and a bag-of-words head keeps what the captions
-  # name in the region codes (``configs/vgg16.py``).
+  # name in the region codes (``configs/vgg16_model.py``).
   config.model.input_scale = 1 / 64
   config.model.word_loss_weight = 0.1
   config.data_h5 = "data/synthetic/regions.h5"

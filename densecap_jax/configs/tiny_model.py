@@ -10,13 +10,13 @@ pixels in steps of √2, plus 1:2 and 2:1 boxes) and takes positives above an
 IoU of 0.5.
 """
 
-from densecap_jax.configs import vgg16
+from densecap_jax.configs import vgg16_model
 from densecap_jax.configs import buckets as buckets_lib
 
 
 def get_config():
   """The ``tiny`` model config."""
-  config = vgg16.get_config()
+  config = vgg16_model.get_config()
   config.name = "tiny"
   config.image_size = 256
   config.buckets = buckets_lib.make_buckets(config.image_size)
