@@ -540,13 +540,13 @@ def jax_part(args, sizes, deadline):
   def prepare_training(case):
     if not train_api:
       train_api["bench"] = load_bench_train()
-      from densecap_jax.train import loop, trainer  # pylint: disable=g-import-not-at-top
-      train_api.update(loop=loop, trainer=trainer)
+      from densecap_jax.train import loop, optim, trainer  # pylint: disable=g-import-not-at-top
+      train_api.update(loop=loop, optim=optim, trainer=trainer)
     bench, loop, trainer = train_api["bench"], train_api["loop"], train_api["trainer"]
     finetune, precision = case["finetune"], case["precision"]
     config = bench.train_config("vgg16", sizes["vocab_size"], None, "on" if finetune else "off")
     model_config(precision, config.model)
-    tx = trainer.make_optimizer(config)
+    tx = train_api["optim"].from_config(config)
     step_fn = loop.pmap_train_step(
         loop.make_train_step(trainer.make_loss_fn(config.model, finetune), tx))
     state = loop.replicate(loop.init_train_state(

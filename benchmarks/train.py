@@ -1,7 +1,7 @@
 """Training speed: the full pmapped step of ``densecap_jax.train.loop`` on every local device.
 
 For each model config, the training config of the same name
-(``train/configs/<name>.py``) gives the optimiser (``trainer.make_optimizer``:
+(``train/configs/<name>.py``) gives the optimiser (``optim.from_config``:
 the original's Adam, weight decay, frozen and CNN groups), the images per
 device and whether the CNN is trained; the step is the one ``trainer.train``
 runs (``make_loss_fn`` -> ``make_train_step`` -> ``pmap_train_step``), fed
@@ -43,6 +43,7 @@ import numpy as np
 from densecap_jax import configs
 from densecap_jax.train import trainer
 from densecap_jax.train import loop
+from densecap_jax.train import optim
 from densecap_jax.models import densecap
 from densecap_jax.train.configs import tiny as tiny_train_config
 from densecap_jax.train.configs import vgg16 as vgg16_train_config
@@ -117,7 +118,7 @@ def bench_config(config, bucket, num_regions, warmup, steps, seed):
   """
   num_devices = jax.local_device_count()
   finetune_cnn = config.finetune_cnn_after >= 0
-  tx = trainer.make_optimizer(config)
+  tx = optim.from_config(config)
   step_fn = loop.pmap_train_step(
       loop.make_train_step(trainer.make_loss_fn(config.model, finetune_cnn), tx))
   params = densecap.init_params(config.model, jax.random.key(seed))

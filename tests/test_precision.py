@@ -39,6 +39,7 @@ from densecap_jax.models import precision as precision_lib
 from densecap_jax.models import recognition
 from densecap_jax.models import training
 from densecap_jax.train import config_checks
+from densecap_jax.train import optim
 from densecap_jax.train import trainer
 from densecap_jax.train.configs import tiny as tiny_train
 from densecap_jax.data import image_stream
@@ -410,7 +411,7 @@ def train_data(tmp_path_factory):
 
 def _train_losses(config, params, batches):
   """Per-step total losses of ``config`` (a training config) from ``params`` on ``batches``."""
-  tx = trainer.make_optimizer(config)
+  tx = optim.from_config(config)
   loss_fn = trainer.make_loss_fn(config.model, finetune_cnn=True)
   opt_state = tx.init(params)
 

@@ -134,3 +134,26 @@ def make_optimizer(learning_rate, *, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e
   cnn = optax.set_to_zero() if finetune_cnn_after < 0 else starting_at(group(), finetune_cnn_after)
   return optax.multi_transform({"rest": group(), "cnn": cnn, "frozen": optax.set_to_zero()},
                                lambda params: param_groups(params, frozen_blocks, trained_modules))
+
+
+def learning_rate_schedule(config):
+  """Constant, or linear warm-up then cosine decay to 0 at ``max_iters``."""
+  if config.lr_schedule == "constant":
+    if config.warmup_steps:
+      return optax.linear_schedule(0.0, config.learning_rate, config.warmup_steps)
+    return config.learning_rate
+  if config.lr_schedule == "cosine":
+    if config.max_iters <= 0:
+      raise ValueError("lr_schedule 'cosine' needs max_iters > 0")
+    return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate,
+                                              max(config.warmup_steps, 1), config.max_iters)
+  raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {config.lr_schedule!r}")
+
+
+def from_config(config):
+  """``make_optimizer`` with the settings of a training config (``train/configs``)."""
+  return make_optimizer(
+      learning_rate_schedule(config), b1=config.optim_beta1, b2=config.optim_beta2,
+      eps=config.optim_epsilon, weight_decay=config.weight_decay,
+      finetune_cnn_after=config.finetune_cnn_after, frozen_blocks=config.model.frozen_blocks,
+      trained_modules=tuple(config.get("trained_modules", ())))

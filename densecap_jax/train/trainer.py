@@ -27,7 +27,6 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from densecap_jax import model_dir as checkpoint
 from densecap_jax import files
@@ -60,29 +59,6 @@ def validation_scalars(results, val_metric):
   if val_metric == "detmap":
     del scalars["val_map"]
   return scalars
-
-
-def learning_rate_schedule(config):
-  """Constant, or linear warm-up then cosine decay to 0 at ``max_iters``."""
-  if config.lr_schedule == "constant":
-    if config.warmup_steps:
-      return optax.linear_schedule(0.0, config.learning_rate, config.warmup_steps)
-    return config.learning_rate
-  if config.lr_schedule == "cosine":
-    if config.max_iters <= 0:
-      raise ValueError("lr_schedule 'cosine' needs max_iters > 0")
-    return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate,
-                                              max(config.warmup_steps, 1), config.max_iters)
-  raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {config.lr_schedule!r}")
-
-
-def make_optimizer(config):
-  """The original's optimiser (``optim.make_optimizer``) from a training config."""
-  return optim.make_optimizer(
-      learning_rate_schedule(config), b1=config.optim_beta1, b2=config.optim_beta2,
-      eps=config.optim_epsilon, weight_decay=config.weight_decay,
-      finetune_cnn_after=config.finetune_cnn_after, frozen_blocks=config.model.frozen_blocks,
-      trained_modules=tuple(config.get("trained_modules", ())))
 
 
 def cnn_finetune_start(config):
@@ -170,7 +146,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume=True, progr
     print("note: validating with detection mAP only (val_metric=detmap); best/ keeps the model "
           "of the best val_detmap")
 
-  tx = make_optimizer(config)
+  tx = optim.from_config(config)
   state = loop.init_train_state(_initial_params(config, data), tx)
   writer = loop.MetricsWriter(workdir, percent_keys=VALIDATION_KEYS) if is_chief else (
       _NullWriter())
