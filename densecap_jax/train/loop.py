@@ -24,7 +24,7 @@ import optax
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
-from densecap_jax import model_dir as checkpoint
+from densecap_jax import model_dir
 from densecap_jax.train import distributed
 # loop.MetricsWriter: the name the loop's callers use.
 from densecap_jax.train.metrics_log import MetricsWriter  # pylint: disable=unused-import
@@ -193,7 +193,7 @@ class Checkpoints:
     each array of ``state`` to ``N/checksums.json``.
 
     Raises:
-      checkpoint.DiskFullError: the disk filled up (one line naming the step
+      model_dir.DiskFullError: the disk filled up (one line naming the step
         and folder; the partial step is removed).
     """
     step = int(state.step)
@@ -201,13 +201,13 @@ class Checkpoints:
       return
     state = jax.device_get(state)
     try:
-      with checkpoint.quiet_failed_write(f"checkpoint {step}", self.directory):
+      with model_dir.quiet_failed_write(f"checkpoint {step}", self.directory):
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
         self._manager.wait_until_finished()
         if jax.process_index() == 0:
-          checkpoint.write_checksums(os.path.join(self.directory, str(step)), state)
-    except checkpoint.DiskFullError:
+          model_dir.write_checksums(os.path.join(self.directory, str(step)), state)
+    except model_dir.DiskFullError:
       for name in os.listdir(self.directory):
         if name.startswith(f"{step}.orbax-checkpoint-tmp"):
           shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
@@ -234,15 +234,15 @@ class Checkpoints:
     unreadable = []
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
-        with checkpoint.quiet_failed_read():
+        with model_dir.quiet_failed_read():
           restored = self._manager.restore(step, args=ocp.args.Composite(
               state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-        mismatch = checkpoint.checksum_mismatch(os.path.join(self.directory, str(step)),
-                                                restored.state)
+        mismatch = model_dir.checksum_mismatch(os.path.join(self.directory, str(step)),
+                                               restored.state)
         if mismatch:
           raise ValueError(mismatch)
       except Exception as e:  # pylint: disable=broad-except
-        reason = checkpoint.first_error_line(e)
+        reason = model_dir.first_error_line(e)
         unreadable.append((step, reason))
         print(f"warning: checkpoint {os.path.join(self.directory, str(step))} cannot be read "
               f"({reason}); trying the previous one", file=sys.stderr)
@@ -325,7 +325,7 @@ def run_validation(step, params, eval_fn, writer, on_eval=None):
     if on_eval is not None:
       on_eval(step, params, results)
   except Exception as e:  # pylint: disable=broad-except
-    reason = checkpoint.first_error_line(e)
+    reason = model_dir.first_error_line(e)
     raise ValidationError(f"validation at step {step} failed ({type(e).__name__}: {reason}); "
                           f"the checkpoint of step {step} is saved, and a run started again "
                           f"resumes from it and validates first") from e

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from densecap_jax import model_dir as checkpoint
+from densecap_jax import model_dir
 from densecap_jax import files
 from densecap_jax import runtime
 from densecap_jax.data import loader as loader_lib
@@ -83,7 +83,7 @@ def make_loss_fn(model_config, finetune_cnn):
 
 def _initial_params(config, data):
   if config.checkpoint_start_from:
-    params, model_config, vocab = checkpoint.load_model(config.checkpoint_start_from)
+    params, model_config, vocab = model_dir.load_model(config.checkpoint_start_from)
     if vocab != data.vocab:
       raise ValueError(f"{config.checkpoint_start_from} was trained with another vocabulary "
                        f"than {config.data_json}")
@@ -254,7 +254,7 @@ def save_finite_model(directory, params, model_config, vocab, step, *, write=Tru
   Returns:
     Whether the parameters are finite (and, with ``write``, were saved).
   """
-  bad = checkpoint.nonfinite_arrays(params)
+  bad = model_dir.nonfinite_arrays(params)
   if bad:
     if write:
       print(f"warning: {directory} not written from step {step}: {len(bad)} parameter arrays hold "
@@ -262,7 +262,7 @@ def save_finite_model(directory, params, model_config, vocab, step, *, write=Tru
             file=sys.stderr)
     return False
   if write:
-    checkpoint.save_model(directory, params, model_config, vocab, overwrite=True)
+    model_dir.save_model(directory, params, model_config, vocab, overwrite=True)
   return True
 
 
