@@ -27,6 +27,8 @@ import sys
 from densecap_jax import configs
 from densecap_jax import files
 from densecap_jax import runtime
+from densecap_jax import settings
+from densecap_jax.commands import flags as cli
 from densecap_jax.evaluation import meteor
 from densecap_jax.evaluation import metric
 from densecap_jax.evaluation import predictions as predictions_lib
@@ -75,12 +77,13 @@ def parse_args(argv=None):
   parser.add_argument("--max_images", type=int, default=-1,
                       help="score the split's first N images; -1 = all")
   model = parser.add_argument_group("model (--checkpoint)")
-  model.add_argument("--rpn_nms_thresh", type=float, default=0.7, help="NMS IoU of the proposals")
-  model.add_argument("--final_nms_thresh", type=float, default=0.3,
-                     help="NMS IoU of the final boxes")
-  model.add_argument("--num_proposals", type=int, default=1000,
-                     help="proposals kept after the RPN NMS (evaluate_model.lua ignored its "
-                          "flag and kept 1000)")
+  model.add_argument("--rpn_nms_thresh", type=float, default=None,
+                     help=f"NMS IoU of the proposals {cli.model_default('rpn_nms_thresh')}")
+  model.add_argument("--final_nms_thresh", type=float, default=None,
+                     help=f"NMS IoU of the final boxes {cli.model_default('final_nms_thresh')}")
+  model.add_argument("--num_proposals", type=int, default=None,
+                     help=f"proposals kept after the RPN NMS (evaluate_model.lua ignored its "
+                          f"flag and kept 1000) {cli.model_default('num_proposals')}")
   model.add_argument("--batch_size", type=int, default=1, help="images per forward pass")
   model.add_argument("--precision", default=None, choices=configs.PRECISIONS,
                      help="how convs and matrix products compute: float32 (exact), tf32 or "
@@ -129,6 +132,12 @@ def _check_args(parser, args):
     used = [f for f in ("per_image", "only_images_in_file", "clean") if getattr(args, f)]
     if used:
       parser.error(f"--{used[0]} applies to --predictions only")
+    try:
+      settings.check_settings(num_proposals=args.num_proposals,
+                              rpn_nms_thresh=args.rpn_nms_thresh,
+                              final_nms_thresh=args.final_nms_thresh, prefix="--")
+    except ValueError as e:
+      parser.error(str(e))
     return
   if h5 == vg:
     parser.error("give the ground truth as --data_h5 and --data_json, or as --region_data and "

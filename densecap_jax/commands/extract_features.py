@@ -70,7 +70,10 @@ def parse_args(argv=None):
   parser = argparse.ArgumentParser(
       prog=runtime.prog_name("densecap_jax.extract_features"), formatter_class=cli.HelpFormatter,
       description="Boxes and region features (fc7 codes) of images, to an HDF5 file.")
-  model = cli.add_model_flags(parser, final_nms_thresh=0.4)
+  model = cli.add_model_flags(
+      parser, final_nms_thresh=0.4,
+      final_nms_help="IoU threshold of the final NMS, in [0, 1]; the original "
+                     "extract_features.lua's 0.4, whatever the model's")
   model.add_argument("--boxes_per_image", type=int, default=100,
                      help="rows per image in the output (detections kept, or given boxes at most)")
   model.add_argument("--pool_final_boxes", type=int, default=0, choices=(0, 1),

@@ -6,6 +6,9 @@
 """
 
 import argparse
+import functools
+import importlib.resources
+import json
 import sys
 
 from densecap_jax import configs
@@ -27,29 +30,55 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     return super()._get_help_string(action)
 
 
-def add_model_flags(parser, *, final_nms_thresh=0.3, final_nms_help=None):
+def add_model_flags(parser, *, final_nms_thresh=None, final_nms_help=None):
   """Adds the ``model`` group: --checkpoint, --image_size, the NMS thresholds, --num_proposals,
   --precision.
 
-  ``check_model_flags`` checks their values (``load_model_from_flags`` calls it).
+  The test-time settings default to ``None``, the model's own value
+  (``densecap_jax.settings``); ``final_nms_thresh`` gives a command its own
+  default instead. ``check_model_flags`` checks their values
+  (``load_model_from_flags`` calls it).
   """
   model = parser.add_argument_group("model")
   model.add_argument("--checkpoint", default="",
                      help="model directory (trained or converted) (default: the bundled model)")
   model.add_argument("--image_size", type=int, default=None,
-                     help="long side after resizing (default: the model's, 720 for vgg16)")
-  model.add_argument("--rpn_nms_thresh", type=float, default=0.7,
-                     help="IoU threshold of the NMS on the region proposals, in [0, 1]")
+                     help=f"long side after resizing {model_default('image_size')}")
+  model.add_argument("--rpn_nms_thresh", type=float, default=None,
+                     help=f"IoU threshold of the NMS on the region proposals, in [0, 1] "
+                          f"{model_default('rpn_nms_thresh')}")
+  final_nms_help = final_nms_help or "IoU threshold of the final NMS, in [0, 1]"
+  if final_nms_thresh is None:
+    final_nms_help = f"{final_nms_help} {model_default('final_nms_thresh')}"
   model.add_argument("--final_nms_thresh", type=float, default=final_nms_thresh,
-                     help=final_nms_help or "IoU threshold of the final NMS, in [0, 1]")
+                     help=final_nms_help)
   model.add_argument("--num_proposals", type=int, default=None,
-                     help="proposals after the RPN NMS (default: the model's, 1000 for vgg16)")
+                     help=f"proposals after the RPN NMS {model_default('num_proposals')}")
   model.add_argument("--precision", choices=configs.PRECISIONS, default=None,
                      help="how convs and matrix products compute: float32 (exact), tf32 or "
                           "bfloat16 (faster on GPUs and TPUs, see the README) (default: the "
                           "model's, float32 for converted and bundled models)")
   runtime.add_runtime_flags(parser)
   return model
+
+
+def model_default(name):
+  """"(default: the model's value, ...)" for the help of the test-time setting ``name``.
+
+  Names the values of the bundled model (read from its ``config.json``; no
+  model is loaded) and of converted VGG-16 models (the ``vgg16`` config).
+  """
+  bundled, converted = _bundled_config()[name], configs.get_model_config("vgg16")[name]
+  if bundled == converted:
+    return f"(default: the model's value, {bundled} for the bundled and converted VGG-16 models)"
+  return (f"(default: the model's value, {bundled} for the bundled model, {converted} for "
+          f"converted VGG-16 ones)")
+
+
+@functools.lru_cache(maxsize=None)
+def _bundled_config():
+  path = importlib.resources.files("densecap_jax") / "bundled" / "tiny_synthetic" / "config.json"
+  return json.loads(path.read_text())
 
 
 def load_model_from_flags(args, *, announce=True, **settings):

@@ -101,8 +101,7 @@ def check_args(args):
       raise ValueError(f"{flag} must be positive, got {value}")
   if args.batch_wait_ms < 0:
     raise ValueError(f"--batch_wait_ms must be non-negative, got {args.batch_wait_ms}")
-  if not 0 <= args.final_nms_thresh <= 1:
-    raise ValueError(f"--final_nms_thresh must be in [0, 1], got {args.final_nms_thresh}")
+  cli.check_model_flags(args)
   if not 0 <= args.port <= 65535:
     raise ValueError(f"--port must be in [0, 65535], got {args.port}")
   if args.certfile:

@@ -84,6 +84,7 @@ import numpy as np
 from starlette import applications, exceptions, formparsers, requests, responses, routing
 
 from densecap_jax import files
+from densecap_jax import settings
 from densecap_jax.data import images as images_lib
 from densecap_jax.ops import boxes as boxes_lib
 from densecap_jax.server import batching
@@ -219,8 +220,10 @@ def parse_fields(fields, defaults, json_fields=()):
   values = {}
   if "final_nms_thresh" in given:
     thresh = _number(given, "final_nms_thresh", float)
-    if not 0 <= thresh <= 1:
-      raise RequestError(400, f"final_nms_thresh must be in [0, 1], got {thresh}")
+    try:
+      settings.check_settings(final_nms_thresh=thresh)
+    except ValueError as e:
+      raise RequestError(400, str(e)) from None
     values["final_nms_thresh"] = thresh
   if "max_boxes" in given:
     max_boxes = _number(given, "max_boxes", int)

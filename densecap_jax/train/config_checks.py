@@ -10,6 +10,7 @@ optax, the loader or the first compilation.
 import math
 
 from densecap_jax import configs as model_configs
+from densecap_jax import settings
 from densecap_jax.configs import buckets as buckets_lib
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -18,8 +19,12 @@ TRAINABLE_MODULES = ("backbone", "localization", "recognition", "language_model"
                      "word_classifier")  # the top-level modules of models/densecap.py
 
 
+def _message(field, value, accepted):
+  return f"config field {field}={value!r} is not accepted: expected {accepted}"
+
+
 def _fail(field, value, accepted):
-  raise ValueError(f"config field {field}={value!r} is not accepted: expected {accepted}")
+  raise ValueError(_message(field, value, accepted))
 
 
 def _at_least(config, field, minimum, accepted=None):
@@ -54,7 +59,7 @@ def check_config(config):
                      f"than warmup_steps={config.warmup_steps} (or lower warmup_steps)")
   _at_least(config, "per_device_batch_size", 1, "a positive number of images per device")
   for field in ("save_checkpoint_every", "keep_checkpoints", "losses_log_every",
-                "max_nonfinite_steps", "test_num_proposals"):
+                "max_nonfinite_steps"):
     _at_least(config, field, 1, "a positive integer")
   _probability(config, "optim_beta1", include_one=False)
   _probability(config, "optim_beta2", include_one=False)
@@ -73,8 +78,10 @@ def check_config(config):
   if config.val_metric not in VAL_METRICS:
     _fail("val_metric", config.val_metric,
           "'map' (dense-captioning mAP, needs Java for METEOR) or 'detmap' (detection mAP only)")
-  _probability(config, "test_rpn_nms_thresh")
-  _probability(config, "test_final_nms_thresh")
+  settings.check_settings(
+      num_proposals=config.test_num_proposals, rpn_nms_thresh=config.test_rpn_nms_thresh,
+      final_nms_thresh=config.test_final_nms_thresh,
+      describe=lambda name, value, expected: _message(f"test_{name}", value, expected))
   model = config.model
   if not 0 <= model.frozen_blocks <= len(model.cnn_widths):
     _fail("model.frozen_blocks", model.frozen_blocks,

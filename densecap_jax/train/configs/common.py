@@ -3,38 +3,38 @@
 Every option of the original's ``train_opts.lua`` (reference §7.2) maps to a
 field here or in ``config.model`` (the model config):
 
-| train_opts.lua                  | here                                      |
-|---------------------------------|-------------------------------------------|
-| -sampler_batch_size 256         | model.sampler_batch_size                  |
-| -rnn_size 512                   | model.rnn_size                            |
-| -sampler_high_thresh 0.7        | model.sampler_high_thresh                 |
-| -sampler_low_thresh 0.3         | model.sampler_low_thresh                  |
-| -train_remove_outbounds_boxes 1 | model.train_remove_outbounds_boxes        |
-| -mid_box_reg_weight 0.05        | model.mid_box_reg_weight                  |
-| -mid_objectness_weight 0.1      | model.mid_objectness_weight               |
-| -end_box_reg_weight 0.1         | model.end_box_reg_weight                  |
-| -end_objectness_weight 0.1      | model.end_objectness_weight               |
-| -captioning_weight 1.0          | model.captioning_weight                   |
-| -box_reg_decay 5e-5             | model.box_reg_decay                       |
-| -drop_prob 0.5                  | model.drop_prob                           |
-| -weight_decay 1e-6              | weight_decay                              |
-| -data_h5, -data_json            | data_h5, data_json                        |
-| -debug_max_train_images -1      | debug_max_train_images                    |
-| -learning_rate 1e-5             | learning_rate                             |
-| -optim_beta1/2, -optim_epsilon  | optim_beta1, optim_beta2, optim_epsilon   |
-| -max_iters -1                   | max_iters (−1 = run until stopped)        |
-| -checkpoint_start_from ''       | checkpoint_start_from (a model directory) |
-| -finetune_cnn_after -1          | finetune_cnn_after                        |
-| -val_images_use 1000            | val_images_use                            |
-| -save_checkpoint_every 10000    | save_checkpoint_every                     |
-| -checkpoint_path checkpoint.t7  | the --workdir flag                        |
-| -test_rpn_nms_thresh 0.7        | test_rpn_nms_thresh                       |
-| -test_final_nms_thresh 0.3      | test_final_nms_thresh                     |
-| -test_num_proposals 1000        | test_num_proposals                        |
-| -losses_log_every 10            | losses_log_every                          |
-| -seed 123                       | seed                                      |
-| -eval_first_iteration 0         | eval_first_iteration                      |
-| -gpu 0                          | all local accelerators are used           |
+| train_opts.lua                  | here                                           |
+|---------------------------------|------------------------------------------------|
+| -sampler_batch_size 256         | model.sampler_batch_size                       |
+| -rnn_size 512                   | model.rnn_size                                 |
+| -sampler_high_thresh 0.7        | model.sampler_high_thresh                      |
+| -sampler_low_thresh 0.3         | model.sampler_low_thresh                       |
+| -train_remove_outbounds_boxes 1 | model.train_remove_outbounds_boxes             |
+| -mid_box_reg_weight 0.05        | model.mid_box_reg_weight                       |
+| -mid_objectness_weight 0.1      | model.mid_objectness_weight                    |
+| -end_box_reg_weight 0.1         | model.end_box_reg_weight                       |
+| -end_objectness_weight 0.1      | model.end_objectness_weight                    |
+| -captioning_weight 1.0          | model.captioning_weight                        |
+| -box_reg_decay 5e-5             | model.box_reg_decay                            |
+| -drop_prob 0.5                  | model.drop_prob                                |
+| -weight_decay 1e-6              | weight_decay                                   |
+| -data_h5, -data_json            | data_h5, data_json                             |
+| -debug_max_train_images -1      | debug_max_train_images                         |
+| -learning_rate 1e-5             | learning_rate                                  |
+| -optim_beta1/2, -optim_epsilon  | optim_beta1, optim_beta2, optim_epsilon        |
+| -max_iters -1                   | max_iters (−1 = run until stopped)             |
+| -checkpoint_start_from ''       | checkpoint_start_from (a model directory)      |
+| -finetune_cnn_after -1          | finetune_cnn_after                             |
+| -val_images_use 1000            | val_images_use                                 |
+| -save_checkpoint_every 10000    | save_checkpoint_every                          |
+| -checkpoint_path checkpoint.t7  | the --workdir flag                             |
+| -test_rpn_nms_thresh 0.7        | test_rpn_nms_thresh (model.rpn_nms_thresh)     |
+| -test_final_nms_thresh 0.3      | test_final_nms_thresh (model.final_nms_thresh) |
+| -test_num_proposals 1000        | test_num_proposals (model.num_proposals)       |
+| -losses_log_every 10            | losses_log_every                               |
+| -seed 123                       | seed                                           |
+| -eval_first_iteration 0         | eval_first_iteration                           |
+| -gpu 0                          | all local accelerators are used                |
 
 Options the original declares but never reads have no field: ``-rpn_hidden_dim``
 (the RPN always has ``model.rpn_num_filters`` = 256 filters), ``-input_encoding_size``
@@ -82,7 +82,9 @@ def get_config(model_name):
   config.val_images_use = 1000
   config.val_metric = "map"  # "map" (METEOR, needs Java) or "detmap" (boxes only); picks best/
   config.eval_first_iteration = False
-  config.test_rpn_nms_thresh = 0.7
-  config.test_final_nms_thresh = 0.3
-  config.test_num_proposals = 1000
+  # The model config's test-time settings under the original's names: one value
+  # each (``densecap_jax.settings``); setting either name sets both.
+  config.test_rpn_nms_thresh = config.model.get_ref("rpn_nms_thresh")
+  config.test_final_nms_thresh = config.model.get_ref("final_nms_thresh")
+  config.test_num_proposals = config.model.get_ref("num_proposals")
   return config

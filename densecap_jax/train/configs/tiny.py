@@ -28,5 +28,4 @@ def get_config():
   config.save_checkpoint_every = 500
   config.losses_log_every = 10
   config.val_images_use = 300
-  config.test_num_proposals = 300
   return config
