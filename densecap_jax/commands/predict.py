@@ -317,6 +317,7 @@ def main(argv=None):
   if not results:
     sys.exit(f"error: no image could be read, nothing written: {', '.join(failed)}")
   opt = dict(vars(args), image_size=model.image_size, num_proposals=model.num_proposals,
+             rpn_nms_thresh=model.rpn_nms_thresh, final_nms_thresh=model.final_nms_thresh,
              checkpoint=args.checkpoint or inference.bundled_model_path())
   if args.output_vis:
     page = vis.write_viewer(args.output_vis_dir, {"results": results, "opt": opt})
