@@ -1,4 +1,4 @@
-"""Data: preprocessing, synthetic scenes, loaders and shape buckets.
+"""Data: preprocessing, synthetic scenes, loaders (and the shape buckets of ``configs.buckets``).
 
 Command-line tools (not imported here): ``python -m densecap_jax.data.preprocess``
 (Visual Genome -> HDF5 + JSON), ``python -m densecap_jax.data.synthetic``
