@@ -225,3 +225,121 @@ def test_jitted_box_ops_do_not_recompile(record_compiles):
     for _ in range(3):
       fn(sample(7), sample(3)).block_until_ready()
   assert compiled.count("jit(iou_sum)") == 1
+
+
+# ------------------------------------------------------------- NumPy versions
+
+
+def _random_boxes(seed, n, fmt="xcycwh"):
+  rng = np.random.default_rng(seed)
+  if fmt == "x1y1x2y2":
+    xy = rng.uniform(0, 100, (n, 2))
+    return np.concatenate([xy, xy + rng.uniform(1, 60, (n, 2))], 1).astype(np.float32)
+  return np.concatenate([rng.uniform(0, 500, (n, 2)), rng.uniform(1, 200, (n, 2))],
+                        1).astype(np.float32)
+
+
+@pytest.mark.parametrize("name, fmt", [("xcycwh_to_x1y1x2y2", "xcycwh"),
+                                       ("xywh_to_x1y1x2y2", "xywh"),
+                                       ("x1y1x2y2_to_xywh", "x1y1x2y2")])
+def test_numpy_conversions_equal_the_jax_ones_in_float32(name, fmt):
+  b = _random_boxes(0, 50, fmt)
+  got = getattr(B, name + "_np")(b, np.float32)
+  assert got.dtype == np.float32
+  np.testing.assert_array_equal(got, np.asarray(getattr(B, name)(b)))
+  # Leading dimensions broadcast as in the JAX version.
+  np.testing.assert_array_equal(getattr(B, name + "_np")(b.reshape(5, 10, 4), np.float32),
+                                got.reshape(5, 10, 4))
+
+
+def test_numpy_conversions_compute_in_the_dtype_asked_for():
+  # 0.1 is not exact in float32: the float64 result keeps what float32 rounds.
+  got = B.xywh_to_x1y1x2y2_np([[0.1, 1, 3.2, 2]], np.float64)
+  assert got.dtype == np.float64
+  np.testing.assert_array_equal(got, [[0.1, 1, 0.1 + 3.2 - 1, 2]])
+  np.testing.assert_array_equal(B.x1y1x2y2_to_xywh_np([[3, 4, 12, 23]], np.float64),
+                                [[3, 4, 10, 20]])
+  np.testing.assert_array_equal(B.xcycwh_to_x1y1x2y2_np([[10, 20, 5, 7]], np.float64),
+                                [[8, 17, 12, 23]])
+
+
+def test_numpy_scaling_and_model_boxes():
+  b = _random_boxes(1, 30, "xywh")
+  np.testing.assert_array_equal(B.scale_boxes_xywh_np(b, 0.37, np.float32),
+                                np.asarray(B.scale_boxes_xywh(b, 0.37)))
+  np.testing.assert_array_equal(B.scale_xywh(b, 0.37), B.scale_boxes_xywh_np(b, 0.37, np.float32))
+  # x' = (x - 1) f + 1, w' = w f: (11, 21, 10, 4) at f = 2.5 -> (26, 51, 25, 10).
+  np.testing.assert_array_equal(B.scale_boxes_xywh_np([[11, 21, 10, 4]], 2.5, np.float64),
+                                [[26, 51, 25, 10]])
+  # xywh_to_model inverts xcycwh_to_xywh, in float32 or float64.
+  model = _random_boxes(2, 30)
+  np.testing.assert_allclose(B.xywh_to_model(np.asarray(B.xcycwh_to_xywh(model))), model,
+                             atol=1e-4)
+  np.testing.assert_array_equal(B.xywh_to_model([[8, 17, 5, 7]], np.float64), [[10, 20, 5, 7]])
+  assert B.xywh_to_model([[8, 17, 5, 7]], np.float64).dtype == np.float64
+
+
+def test_numpy_iou_inclusive_convention():
+  a = np.array([[1, 1, 10, 10]], np.float32)
+  others = np.array([[6, 1, 15, 10],     # 5 x 10 overlap: 50 / (100 + 100 - 50)
+                     [10, 1, 19, 10],    # one shared column: 10 / 190
+                     [11, 1, 20, 10],    # touching, no shared pixel: 0
+                     [1, 12, 10, 20]],   # disjoint: 0
+                    np.float32)
+  got = B.box_iou_x1y1x2y2_np(a, others, np.float64)
+  assert got.dtype == np.float64
+  np.testing.assert_allclose(got, [[50 / 150, 10 / 190, 0, 0]], rtol=1e-15)
+  # Degenerate boxes (x2 = x1 - 1: no pixel) overlap nothing: 0, not NaN.
+  empty = np.array([[5, 5, 4, 4]], np.float32)
+  np.testing.assert_array_equal(B.box_iou_x1y1x2y2_np(empty, empty, np.float64), [[0]])
+
+
+def test_numpy_iou_equals_the_jax_one_on_random_boxes():
+  b = _random_boxes(3, 40, "x1y1x2y2")
+  np.testing.assert_allclose(B.box_iou_x1y1x2y2_np(b[:20], b[20:], np.float64),
+                             np.asarray(B.box_iou_x1y1x2y2(b[:20], b[20:])), atol=1e-6)
+  got32 = B.box_iou_x1y1x2y2_np(b[:20], b[20:], np.float32)
+  assert got32.dtype == np.float32
+  np.testing.assert_allclose(got32, np.asarray(B.box_iou_x1y1x2y2(b[:20], b[20:])), rtol=1e-6)
+  batched = B.box_iou_x1y1x2y2_np(b.reshape(2, 20, 4), b.reshape(2, 20, 4)[:, :5], np.float64)
+  assert batched.shape == (2, 20, 5)
+  np.testing.assert_array_equal(batched[1], B.box_iou_x1y1x2y2_np(b[20:], b[20:25], np.float64))
+
+
+# ------------------------------------------------------------ the box check
+
+
+def test_is_box_numbers():
+  assert B.is_box_numbers([1, 2.5, 3, 4])
+  for value in ([1, 2, 3], [1, 2, 3, 4, 5], (1, 2, 3, 4), [1, "2", 3, 4], [1, True, 3, 4],
+                [1, None, 3, 4], {"x": 1}, 7, None):
+    assert not B.is_box_numbers(value), value
+
+
+def test_box_faults_names_each_unusable_box_and_its_field():
+  nan, inf = float("nan"), float("inf")
+  given = [[1, 1, 5, 5],          # fine
+           [1, 2, 3],             # not 4 numbers
+           [nan, 1, 5, 5],        # x
+           [1, 1, 5, -inf],       # h (the first number not finite)
+           [1, 1, 0, 5],          # w = 0
+           [1, 1, 5, -2],         # h < 0
+           [1, 1, inf, 0],        # w not finite comes before the size
+           [1, False, 5, 5]]      # a bool is no number
+  expected = [(1, "numbers"), (2, "x"), (3, "h"), (4, "size"), (5, "size"), (6, "w"),
+              (7, "numbers")]
+  assert B.box_faults(given) == expected
+  assert B.box_faults([]) == []
+  assert B.box_faults([[1, 1, 5, 5], [2.5, 3, 0.5, 1]]) == []
+  # An array gives the same (without the 'numbers' check it needs no list for).
+  array = np.array([g for g in given if len(g) == 4 and g[1] is not False], np.float64)
+  assert B.box_faults(array) == [(1, "x"), (2, "h"), (3, "size"), (4, "size"), (5, "w")]
+
+
+def test_box_faults_empty_and_x1y1x2y2():
+  # empty=True accepts a width or height of 0, not a negative one.
+  assert B.box_faults(np.array([[1, 1, 0, 5], [1, 1, 5, -1]]), empty=True) == [(1, "size")]
+  # x1y1x2y2: width x2 - x1 + 1; (5, 5, 4, 9) has width 0, (5, 5, 3, 9) width -1.
+  boxes = np.array([[5, 5, 4, 9], [5, 5, 3, 9], [5, 5, 5, 5], [5, 5, np.nan, 9]])
+  assert B.box_faults(boxes, "x1y1x2y2", empty=True) == [(1, "size"), (3, "x2")]
+  assert B.box_faults(boxes, "x1y1x2y2") == [(0, "size"), (1, "size"), (3, "x2")]

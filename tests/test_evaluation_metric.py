@@ -37,35 +37,6 @@ def strip(x1, x2):
   return (x1, 1, x2, 100)
 
 
-# ----------------------------------------------------------------- boxes / IoU
-
-
-def test_xcycwh_conversion_matches_ops_boxes():
-  rng = np.random.default_rng(0)
-  b = np.concatenate([rng.uniform(0, 500, (50, 2)), rng.uniform(1, 200, (50, 2))], 1)
-  np.testing.assert_array_equal(ev.xcycwh_to_x1y1x2y2(b),
-                                np.asarray(box_ops.xcycwh_to_x1y1x2y2(b)))
-
-
-def test_iou_matrix_inclusive_convention():
-  a = np.array([[1, 1, 10, 10]], np.float32)
-  others = np.array([[6, 1, 15, 10],     # 5 x 10 overlap: 50 / (100 + 100 - 50)
-                     [10, 1, 19, 10],    # one shared column: 10 / 190
-                     [11, 1, 20, 10],    # touching, no shared pixel: 0
-                     [1, 12, 10, 20]],   # disjoint: 0
-                    np.float32)
-  np.testing.assert_allclose(ev.iou_matrix(a, others), [[50 / 150, 10 / 190, 0, 0]],
-                             rtol=1e-15)
-
-
-def test_iou_matrix_matches_ops_boxes_on_random_boxes():
-  rng = np.random.default_rng(1)
-  xy = rng.uniform(0, 100, (40, 2))
-  b = np.concatenate([xy, xy + rng.uniform(1, 60, (40, 2))], 1).astype(np.float32)
-  np.testing.assert_allclose(ev.iou_matrix(b[:20], b[20:]),
-                             np.asarray(box_ops.box_iou_x1y1x2y2(b[:20], b[20:])), atol=1e-6)
-
-
 # ------------------------------------------------------------------- merging
 
 
@@ -337,8 +308,8 @@ def _reference_evaluate(images, meteor_fn):
 
   records, npos = [], 0
   for scores, boxes, captions, gt_boxes, gt_captions in images:
-    dets = [[float(v) for v in b] for b in ev.xcycwh_to_x1y1x2y2(boxes)]
-    gts = [[float(v) for v in b] for b in ev.xcycwh_to_x1y1x2y2(gt_boxes)]
+    dets = [[float(v) for v in b] for b in box_ops.xcycwh_to_x1y1x2y2_np(boxes, np.float32)]
+    gts = [[float(v) for v in b] for b in box_ops.xcycwh_to_x1y1x2y2_np(gt_boxes, np.float32)]
     n = len(gts)
     d = [[1.0 if i == j else overlap(gts[i], gts[j]) for j in range(n)] for i in range(n)]
     merged, merged_caps = [], []

@@ -339,7 +339,7 @@ def test_per_image_rows_are_each_image_scored_alone(setup, tmp_path, capsys):
   assert [r["image"] for r in rows] == [i.key for i in gt.images]
   for row, image, det in zip(rows, gt.images, setup["detections"]):
     alone = metric.DenseCaptioningEvaluator(meteor_fn=fake_meteor)
-    xcycwh = predictions_lib.xywh_to_evaluator_xcycwh(det["resized"])
+    xcycwh = boxes_lib.xywh_to_model(det["resized"], np.float64).astype(np.float32)
     alone.add_result(det["scores"], xcycwh, det["captions"], image.boxes, image.captions)
     results = alone.evaluate()
     assert row["map"] == results["map"] and row["detmap"] == results["detmap"]
@@ -358,8 +358,8 @@ def test_clean_variant_and_flag_combinations(setup, tmp_path, capsys):
   clean = metric.DenseCaptioningEvaluator(meteor_fn=fake_meteor, quirks=False)
   gt = ground_truth.from_h5(setup["h5"], setup["json"], "test")
   for image, det in zip(gt.images, setup["detections"]):
-    clean.add_result(det["scores"], predictions_lib.xywh_to_evaluator_xcycwh(det["resized"]),
-                     det["captions"], image.boxes, image.captions)
+    xcycwh = boxes_lib.xywh_to_model(det["resized"], np.float64).astype(np.float32)
+    clean.add_result(det["scores"], xcycwh, det["captions"], image.boxes, image.captions)
   assert output["results"]["map"] == clean.evaluate()["map"]
   for argv, message in (
       (["--predictions", path], "give the ground truth as --data_h5"),

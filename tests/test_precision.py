@@ -38,6 +38,7 @@ from densecap_jax.models import language_model
 from densecap_jax.models import precision as precision_lib
 from densecap_jax.models import recognition
 from densecap_jax.models import training
+from densecap_jax.ops import boxes as boxes_lib
 from densecap_jax.train import config_checks
 from densecap_jax.train import optim
 from densecap_jax.train import trainer
@@ -86,7 +87,8 @@ def agreement(reference, other, iou_threshold=0.9):
     num_boxes += len(ref["boxes"])
     if not len(ref["boxes"]) or not len(oth["boxes"]):
       continue
-    iou = metric.iou_matrix(_xywh_to_x1y1x2y2(ref["boxes"]), _xywh_to_x1y1x2y2(oth["boxes"]))
+    iou = boxes_lib.box_iou_x1y1x2y2_np(_xywh_to_x1y1x2y2(ref["boxes"]),
+                                        _xywh_to_x1y1x2y2(oth["boxes"]), np.float64)
     best = iou.argmax(axis=1)
     matched = np.flatnonzero(iou.max(axis=1) >= iou_threshold)
     num_matched += len(matched)

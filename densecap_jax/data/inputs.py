@@ -1,6 +1,5 @@
 """What the commands take as input: image folders, the max-images rule and a boxes JSON."""
 
-import math
 import os
 import sys
 
@@ -8,6 +7,7 @@ import numpy as np
 
 from densecap_jax import files
 from densecap_jax import runtime
+from densecap_jax.ops import boxes as boxes_lib
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -51,23 +51,27 @@ def read_given_boxes(args, paths, boxes_per_image=sys.maxsize):
   return given
 
 
-def _check_box(box, where):
-  """One ``[x, y, w, h]`` of the boxes JSON -> 4 floats; ValueError naming ``where`` otherwise.
+def _check_boxes(entry, where):
+  """The ``[x, y, w, h]`` list of one image of the boxes JSON -> ``(k, 4)`` float32.
 
-  The checks that need no image (4 numbers, finite, positive size) run here,
-  before any image is read; clipping to the image as each image is read, by
-  ``ops.boxes.check_boxes``.
+  The checks that need no image (``ops.boxes.box_faults``: 4 numbers, finite,
+  positive size) run here, before any image is read; clipping to the image
+  as each image is read, by ``ops.boxes.check_boxes``.
+
+  Raises:
+    ValueError: naming ``where`` and the box index.
   """
-  numbers = (isinstance(box, list) and len(box) == 4
-             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box))
-  if not numbers:
-    raise ValueError(f"{where}: expected [x, y, w, h] (4 numbers), got {box!r}")
-  for name, value in zip(("x", "y", "w", "h"), box):
-    if not math.isfinite(value):
-      raise ValueError(f"{where}: {name} is {value}")
-  if box[2] <= 0 or box[3] <= 0:
-    raise ValueError(f"{where}: w and h must be positive, got w={box[2]}, h={box[3]}")
-  return [float(v) for v in box]
+  faults = boxes_lib.box_faults(entry)
+  if faults:
+    j, fault = faults[0]
+    box = entry[j]
+    where = f"{where} box {j}"
+    if fault == "numbers":
+      raise ValueError(f"{where}: expected [x, y, w, h] (4 numbers), got {box!r}")
+    if fault == "size":
+      raise ValueError(f"{where}: w and h must be positive, got w={box[2]}, h={box[3]}")
+    raise ValueError(f"{where}: {fault} is {box['xywh'.index(fault)]}")
+  return np.asarray([[float(v) for v in box] for box in entry], np.float32).reshape(-1, 4)
 
 
 def read_boxes_json(path, image_paths, boxes_per_image):
@@ -99,8 +103,7 @@ def read_boxes_json(path, image_paths, boxes_per_image):
     if len(entry) > boxes_per_image:
       raise ValueError(f"--boxes_json {path}: {key!r} has {len(entry)} boxes, more than "
                        f"--boxes_per_image {boxes_per_image}")
-    rows = [_check_box(b, f"--boxes_json {path}: {key!r} box {j}") for j, b in enumerate(entry)]
-    boxes[key] = np.asarray(rows, np.float32).reshape(-1, 4)
+    boxes[key] = _check_boxes(entry, f"--boxes_json {path}: {key!r}")
   given = []
   for image_path in image_paths:
     key = image_path if image_path in boxes else os.path.basename(image_path)

@@ -48,6 +48,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 
 from densecap_jax.evaluation.meteor import Meteor
+from densecap_jax.ops import boxes as boxes_lib
 
 IOU_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 METEOR_THRESHOLDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25)
@@ -55,39 +56,6 @@ LOCALIZATION_METEOR_THRESHOLD = -1.0
 MERGE_THRESHOLD = 0.7
 
 MeteorFn = Callable[[Sequence[str], Sequence[Sequence[str]]], Sequence[float]]
-
-
-def xcycwh_to_x1y1x2y2(boxes: np.ndarray) -> np.ndarray:
-  """``(N, 4)`` xcycwh -> float32 x1y1x2y2, ``x1 = xc - (w-1)/2`` (NumPy twin of ``ops.boxes``)."""
-  xc, yc, w, h = np.asarray(boxes, np.float32).T
-  return np.stack([xc - (w - 1) / 2, yc - (h - 1) / 2, xc + (w - 1) / 2, yc + (h - 1) / 2],
-                  axis=-1)
-
-
-def iou_matrix(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
-  """Pairwise IoU of x1y1x2y2 boxes, inclusive (+1) convention, in float64.
-
-  NumPy twin of ``ops.boxes.box_iou_x1y1x2y2`` computed in double precision as
-  the original's Lua loops do; pairs without positive intersection width and
-  height have IoU 0.
-
-  Args:
-    boxes1: ``(N, 4)`` x1y1x2y2.
-    boxes2: ``(M, 4)`` x1y1x2y2.
-
-  Returns:
-    ``(N, M)`` float64.
-  """
-  b1 = np.asarray(boxes1, np.float64)[:, None, :]
-  b2 = np.asarray(boxes2, np.float64)[None, :, :]
-  iw = np.minimum(b1[..., 2], b2[..., 2]) - np.maximum(b1[..., 0], b2[..., 0]) + 1
-  ih = np.minimum(b1[..., 3], b2[..., 3]) - np.maximum(b1[..., 1], b2[..., 1]) + 1
-  overlaps = (iw > 0) & (ih > 0)
-  inter = np.where(overlaps, iw * ih, 0.0)
-  area1 = (b1[..., 2] - b1[..., 0] + 1) * (b1[..., 3] - b1[..., 1] + 1)
-  area2 = (b2[..., 2] - b2[..., 0] + 1) * (b2[..., 3] - b2[..., 1] + 1)
-  union = np.where(overlaps, area1 + area2 - inter, 1.0)
-  return np.where(overlaps, inter / union, 0.0)
 
 
 def merge_boxes(boxes: np.ndarray, thresh: float) -> list[np.ndarray]:
@@ -107,7 +75,7 @@ def merge_boxes(boxes: np.ndarray, thresh: float) -> list[np.ndarray]:
   """
   if not thresh > 0:
     raise ValueError(f"merge threshold must be > 0, got {thresh}")
-  overlap = iou_matrix(boxes, boxes)
+  overlap = boxes_lib.box_iou_x1y1x2y2_np(boxes, boxes, np.float64)
   np.fill_diagonal(overlap, 1.0)
   groups = []
   while overlap.size:
@@ -174,7 +142,8 @@ def match_detections(scores: np.ndarray, boxes: np.ndarray, gt_boxes: np.ndarray
     :class:`Matches`.
   """
   order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
-  overlaps = iou_matrix(np.asarray(boxes, np.float32)[order], gt_boxes)
+  overlaps = boxes_lib.box_iou_x1y1x2y2_np(np.asarray(boxes, np.float32)[order], gt_boxes,
+                                            np.float64)
   if overlaps.shape[1]:
     best = np.argmax(overlaps, axis=1)
     overlap = overlaps[np.arange(len(order)), best]
@@ -320,8 +289,10 @@ class DenseCaptioningEvaluator:
     captions = _as_captions(captions, "captions", len(boxes))
     gt_captions = _as_captions(gt_captions, "gt_captions", len(gt_boxes))
 
-    merged, references = merge_ground_truth(xcycwh_to_x1y1x2y2(gt_boxes), gt_captions)
-    matches = match_detections(scores, xcycwh_to_x1y1x2y2(boxes), merged, quirks=self._quirks)
+    merged, references = merge_ground_truth(
+        boxes_lib.xcycwh_to_x1y1x2y2_np(gt_boxes, np.float32), gt_captions)
+    matches = match_detections(scores, boxes_lib.xcycwh_to_x1y1x2y2_np(boxes, np.float32), merged,
+                               quirks=self._quirks)
     scorable = np.flatnonzero(matches.ok & (matches.overlap >= min(IOU_THRESHOLDS)))
     self._candidates.extend(captions[matches.order[i]] for i in scorable)
     self._references.extend(references[matches.gt_index[i]] for i in scorable)

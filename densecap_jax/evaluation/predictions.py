@@ -56,6 +56,7 @@ import numpy as np
 from densecap_jax import files
 from densecap_jax.evaluation import ground_truth as gt_lib
 from densecap_jax.evaluation import metric
+from densecap_jax.ops import boxes as boxes_lib
 
 FORMATS = ("auto", "results", "coco", "jsonl")
 BOXES_IN = ("auto", "original", "resized")
@@ -157,24 +158,20 @@ def _kind(value):
 
 
 def _box_problems(boxes, box_format):
-  """Indices of the unusable boxes of ``(N, 4)`` float64 ``boxes`` and a function naming the fault.
+  """The unusable boxes of ``(N, 4)`` float64 ``boxes``, each with what is wrong, by index.
 
-  Unusable: a non-finite number, or a negative width or height as
-  ``box_format`` reads the four numbers. Returns ``(indices, reason)`` with
-  ``reason(i)`` a message fragment such as ``"is not 4 finite numbers: [...]"``.
+  ``ops.boxes.box_faults`` as ``box_format`` reads them, a width or height of
+  0 allowed. Returns ``[(index, fragment), ...]``, a fragment such as
+  ``"is not 4 finite numbers: [...]"``, for the first ``MAX_LISTED``, and the
+  number of unusable boxes.
   """
-  finite = np.isfinite(boxes).all(axis=1)
-  sizes = boxes[:, 2:] - boxes[:, :2] + 1 if box_format == "x1y1x2y2" else boxes[:, 2:]
-  bad = np.flatnonzero(~finite | (finite & (sizes < 0).any(axis=1)))
+  faults = boxes_lib.box_faults(boxes, box_format, empty=True)
   reading = "x2 < x1 - 1 or y2 < y1 - 1 read as x1y1x2y2" if box_format == "x1y1x2y2" else (
       "read as xywh")
-
-  def reason(i):
-    if not finite[i]:
-      return f"is not 4 finite numbers: {boxes[i].tolist()}"
-    return f"has a negative width or height ({reading}): {boxes[i].tolist()}"
-
-  return bad, reason
+  listed = [(i, f"is not 4 finite numbers: {boxes[i].tolist()}" if fault != "size" else
+             f"has a negative width or height ({reading}): {boxes[i].tolist()}")
+            for i, fault in faults[:MAX_LISTED]]
+  return listed, len(faults)
 
 
 class _Reader:
@@ -255,9 +252,9 @@ class _Reader:
     if not len(boxes) == len(scores) == len(captions):
       return self.problem(f"{where}: {len(boxes)} boxes, {len(scores)} scores and "
                           f"{len(captions)} captions (one of each per detection)")
-    bad, reason = _box_problems(boxes, self.box_format)
-    if bad.size:
-      return self.problem(f"{where}.boxes[{bad[0]}] {reason(bad[0])}")
+    listed, _ = _box_problems(boxes, self.box_format)
+    if listed:
+      return self.problem(f"{where}.boxes[{listed[0][0]}] {listed[0][1]}")
     bad = np.flatnonzero(~np.isfinite(scores))
     if bad.size:
       return self.problem(f"{where}.scores[{bad[0]}] is not a finite number: {scores[bad[0]]}")
@@ -283,8 +280,7 @@ class _Reader:
     if key is None:
       return None
     bbox, caption, score = entry["bbox"], entry["caption"], entry["score"]
-    if not (type(bbox) is list and len(bbox) == 4 and  # pylint: disable=unidiomatic-typecheck
-            all(type(v) in (int, float) for v in bbox)):  # pylint: disable=unidiomatic-typecheck
+    if not boxes_lib.is_box_numbers(bbox):
       return self.problem(f"{where}: field 'bbox' must be a list of 4 numbers [x, y, w, h], "
                           f"got {_shown(bbox)}")
     if not isinstance(caption, str):
@@ -306,11 +302,11 @@ class _Reader:
     detections = {}
     for key, (name, boxes, scores, captions, orders) in self._detections.items():
       boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-      bad, reason = _box_problems(boxes, self.box_format)
+      listed, num_bad = _box_problems(boxes, self.box_format)
       # Every unusable box counts; only an image's first few can be among the first listed.
-      for i in bad[:MAX_LISTED]:
-        self.problem(f"{where(orders[i])}.bbox {reason(i)}", orders[i])
-      self.num_problems += max(0, len(bad) - MAX_LISTED)
+      for i, fragment in listed:
+        self.problem(f"{where(orders[i])}.bbox {fragment}", orders[i])
+      self.num_problems += num_bad - len(listed)
       detections[key] = (name, boxes, scores, captions)
     if self.num_problems:
       listed = [message for _, message in sorted(self._problems, reverse=True)]
@@ -459,21 +455,10 @@ def to_frame_xywh(boxes, box_format, factor):
   """
   boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
   if box_format == "x1y1x2y2":
-    boxes = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2] + 1], axis=1)
+    boxes = boxes_lib.x1y1x2y2_to_xywh_np(boxes, np.float64)
   if factor != 1:
-    boxes = np.concatenate([(boxes[:, :2] - 1) * factor + 1, boxes[:, 2:] * factor], axis=1)
+    boxes = boxes_lib.scale_boxes_xywh_np(boxes, factor, np.float64)
   return boxes
-
-
-def xywh_to_evaluator_xcycwh(boxes):
-  """``(N, 4)`` xywh -> float32 xcycwh, ``xc = x + (w - 1) / 2``.
-
-  The inverse of §10.2's rule: the evaluator's corners are then ``x`` and
-  ``x + w - 1``, and boxes that ``predict`` wrote give back the model's own.
-  """
-  boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-  return np.concatenate([boxes[:, :2] + (boxes[:, 2:] - 1) / 2, boxes[:, 2:]],
-                        axis=1).astype(np.float32)
 
 
 def _frame_factor(gt, image, boxes_in, predictions_image_size):
@@ -501,11 +486,12 @@ def _found_fraction(pairs, gt, box_format, boxes_in, predictions_image_size):
     xywh = to_frame_xywh(pred.boxes[order], box_format,
                          _frame_factor(gt, image, boxes_in, predictions_image_size))
     xywh = xywh[(xywh[:, 2] > 0) & (xywh[:, 3] > 0)]
-    corners = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:] - 1], axis=1)
-    gt_corners = metric.xcycwh_to_x1y1x2y2(image.boxes)
+    corners = boxes_lib.xywh_to_x1y1x2y2_np(xywh, np.float64)
+    gt_corners = boxes_lib.xcycwh_to_x1y1x2y2_np(image.boxes, np.float32)
     total += len(gt_corners)
     if len(corners) and len(gt_corners):
-      found += int((metric.iou_matrix(corners, gt_corners).max(axis=0) >= CHECK_IOU).sum())
+      iou = boxes_lib.box_iou_x1y1x2y2_np(corners, gt_corners, np.float64)
+      found += int((iou.max(axis=0) >= CHECK_IOU).sum())
     height, width = image.resized_size
     margin = BEYOND_MARGIN * max(height, width)
     beyond += int(((corners[:, 0] < 1 - margin) | (corners[:, 1] < 1 - margin) |
@@ -622,7 +608,8 @@ def prepare(predictions, gt, *, boxes_in="auto", predictions_image_size=None,
       continue
     xywh = to_frame_xywh(pred.boxes, predictions.box_format,
                          _frame_factor(gt, image, boxes_in, predictions_image_size))
-    scored.append(ScoredImage(image, pred.scores, xywh_to_evaluator_xcycwh(xywh), pred.captions))
+    xcycwh = boxes_lib.xywh_to_model(xywh, np.float64).astype(np.float32)  # x1 = x, x2 = x + w - 1
+    scored.append(ScoredImage(image, pred.scores, xcycwh, pred.captions))
   summary = {
       "predictions": predictions.path, "format": predictions.format,
       "box_format": predictions.box_format, "boxes_in": boxes_in,
@@ -683,7 +670,7 @@ def evaluate(prepared, *, meteor_fn=None, quirks=True, per_image=False):
   for i, image in enumerate(prepared.images):
     part = slice(starts[i], starts[i + 1])
     ok, overlap, meteor = records["ok"][part], records["overlap"][part], records["meteor"][part]
-    num_gt = len(metric.merge_boxes(metric.xcycwh_to_x1y1x2y2(image.gt.boxes),
+    num_gt = len(metric.merge_boxes(boxes_lib.xcycwh_to_x1y1x2y2_np(image.gt.boxes, np.float32),
                                     metric.MERGE_THRESHOLD)) if len(image.gt.boxes) else 0
     aps, recalls = {"map": [], "detmap": []}, {"map": [], "detmap": []}
     for iou_t in metric.IOU_THRESHOLDS:

@@ -12,7 +12,13 @@ that they are not mutually inverse: ``xcycwh -> x1y1x2y2`` uses ``(w - 1) / 2``
 but ``x1y1x2y2 -> xcycwh`` uses ``w = x2 - x1`` (no +1), so a round trip keeps
 the centre and shrinks ``w`` and ``h`` by one (reference §0.2, §14 item 2).
 
-The functions below the JAX ones work in NumPy on the boxes users give and get.
+Each JAX function computes in float32; its NumPy version, for host code such
+as the evaluator, has the same name ending in ``_np`` and computes in the
+NumPy ``dtype`` its caller names (the evaluator's float64, or float32).
+``is_box_numbers`` and ``box_faults`` are the one check of boxes read from
+users and files: each caller words its own errors.
+
+The functions after those work in NumPy on the boxes users give and get.
 Every entry point that takes boxes from a user or returns boxes for one (the
 Python API, the server, ``extract_features``, ``index`` and ``search``) uses
 **xywh floats, 1-based (reference §0.1, §0.2), in the pixels of the image as
