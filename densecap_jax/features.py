@@ -1,11 +1,12 @@
 """Region features: boxes, scores, captions and fc7 codes of images, written to HDF5 (reference §10.5)."""
 
+import bisect
+
 import h5py
 import jax
 import numpy as np
 from tqdm import tqdm
 
-from densecap_jax.data import image_stream
 from densecap_jax.models import detection
 from densecap_jax.ops import boxes as boxes_lib
 
@@ -193,25 +194,13 @@ def extract(extractor, paths, given, output, attrs):
     out = _FeatureFile(h5, len(paths), extractor.boxes_per_image, fc_dim,
                        given is None or any(g is None for g in given), given is not None, attrs)
     with tqdm(total=len(paths), desc="extracting", unit="img", disable=len(paths) < 2) as bar:
-
-      def readable():  # ((input index, output row), PreparedImage), in input order
-        rows = 0
-        for i, (_, prepared) in enumerate(model.read(paths)):
-          if isinstance(prepared, ValueError):
-            failed.append(paths[i])
-            tqdm.write(f"skipped: {prepared}")
-            bar.update(1)
-            continue
-          yield (i, rows), prepared
-          rows += 1
-
-      for group in image_stream.group_batches(readable(), model.buckets, model.batch_size):
+      for group in model.stream_groups(paths, failed=failed, bar=bar):
         prepared = [p for _, p in group]
-        rows = extractor.rows(prepared,
-                              None if given is None else [given[i] for (i, _), _ in group])
-        for ((i, index), _), row in zip(group, rows):
-          out.put(index, paths[i], row)
+        rows = extractor.rows(prepared, None if given is None else [given[i] for i, _ in group])
+        skipped = [i for i, _, _ in failed]  # all read before this group: images are read in order
+        for (i, _), row in zip(group, rows):
+          # the image's row: its place among the readable images
+          out.put(i - bisect.bisect_left(skipped, i), paths[i], row)
           num_boxes += row["num_boxes"]
-        bar.update(len(group))
     out.finish()
-  return len(out.paths), num_boxes, failed
+  return len(out.paths), num_boxes, [path for _, path, _ in failed]

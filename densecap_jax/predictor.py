@@ -295,26 +295,22 @@ class DenseCapPredictor:
         results[i] = output
     return [results[i] for i in range(len(results))]
 
-  def stream_groups(self, images):
+  def stream_groups(self, images, *, failed=None, bar=None):
     """Images, decoded ahead in threads (:meth:`read`), in groups of one batch each.
 
     Args:
       images: an iterable of images (see :meth:`prepare`).
+      failed, bar: skip unreadable images into this list, advance this
+        progress bar (``data.image_stream.stream``).
 
     Yields:
-      Lists of ``(i, PreparedImage)`` (:func:`group_batches`), ``i`` the
-      image's place in ``images``.
+      Lists of ``(i, PreparedImage)``, ``i`` the image's place in ``images``.
 
     Raises:
-      ValueError: an unreadable image (one line naming it).
+      ValueError: an unreadable image (one line naming it), unless ``failed`` is given.
     """
-    def readable():
-      for i, (_, prepared) in enumerate(self.read(images)):  # in order
-        if isinstance(prepared, ValueError):
-          raise prepared
-        yield i, prepared
-
-    return image_stream.group_batches(readable(), self.buckets, self.batch_size)
+    return image_stream.stream(self.read, images, self.buckets, self.batch_size, failed=failed,
+                               bar=bar)
 
   @functools.cached_property
   def regions(self):

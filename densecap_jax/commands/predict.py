@@ -62,12 +62,15 @@ import time
 
 from tqdm import tqdm
 
-from densecap_jax.commands import flags as cli
+from densecap_jax import files
+from densecap_jax import predictor as inference
 from densecap_jax import runtime
-from densecap_jax.data import image_stream
+from densecap_jax import vis
+from densecap_jax.commands import flags as cli
+from densecap_jax.data import images as images_lib
 from densecap_jax.data import inputs
-from densecap_jax.regions import given as given_lib
 from densecap_jax.ops import boxes as boxes_lib
+from densecap_jax.regions import given as given_lib
 
 
 def parse_args(argv=None):
@@ -140,7 +143,6 @@ def list_inputs(args):
   if args.input_dir:
     paths = inputs.image_files(args.input_dir)
   elif args.input_split:
-    from densecap_jax import files  # pylint: disable=g-import-not-at-top
     splits = files.read_json(args.splits_json, "--splits_json")
     if not isinstance(splits, dict) or args.input_split not in splits:
       raise ValueError(f"--splits_json {args.splits_json} has no {args.input_split!r} list")
@@ -171,7 +173,6 @@ def output_names(paths):
   before its extension; so no image replaces another and none is written
   outside its folder.
   """
-  from densecap_jax import files  # pylint: disable=g-import-not-at-top
   used = set()
   return [files.contained_name(os.path.basename(p), used) for p in paths]
 
@@ -236,33 +237,19 @@ def caption_images(model, paths, args, given=None):
   Raises:
     ValueError: a bad given box (``check_given_boxes``).
   """
-  from densecap_jax import files  # pylint: disable=g-import-not-at-top
-  from densecap_jax import predictor as inference  # pylint: disable=g-import-not-at-top
-  from densecap_jax import vis  # pylint: disable=g-import-not-at-top
 
   names = output_names(paths)
   max_detections = None if args.max_detections < 0 else args.max_detections
   drawing = bool(args.output_vis or args.output_dir)
-  entries, failed = [], []
+  entries, failed = {}, []
   with tqdm(total=len(paths), desc="captioning", unit="img", disable=len(paths) < 2) as bar:
-
-    def readable():  # ((entry index, path index), PreparedImage), in input order
-      for j, (path, prepared) in enumerate(model.read(paths)):
-        if isinstance(prepared, ValueError):
-          failed.append(path)
-          tqdm.write(f"skipped: {prepared}")
-          bar.update(1)
-          continue
-        entries.append({"img_name": names[j]})
-        yield (len(entries) - 1, j), prepared
-
-    for group in image_stream.group_batches(readable(), model.buckets, model.batch_size):
-      outputs = given_lib.caption_group(model, [p for _, p in group], [j for (_, j), _ in group], paths,
-                              given, args.boxes_json, max_detections, drawing)
-      for ((i, j), p), r in zip(group, outputs):
-        name = entries[i]["img_name"]
+    for group in model.stream_groups(paths, failed=failed, bar=bar):
+      outputs = given_lib.caption_group(model, [p for _, p in group], [j for j, _ in group],
+                                        paths, given, args.boxes_json, max_detections, drawing)
+      for (j, p), r in zip(group, outputs):
+        name = names[j]
         # NumPy rows (20 bytes a box), made lists only as results.json is written.
-        entries[i] = {"boxes": r["boxes"], "scores": r["scores"], "captions": r["captions"],
+        entries[j] = {"boxes": r["boxes"], "scores": r["scores"], "captions": r["captions"],
                       **({"caption_log_probs": r["caption_log_probs"]}
                          if "caption_log_probs" in r else {}),
                       "img_name": name}
@@ -270,8 +257,7 @@ def caption_images(model, paths, args, given=None):
           vis.save_image_atomic(p.display, files.inside(args.output_vis_dir, name))
         if args.output_dir:
           vis.save_image_atomic(draw(p, r, paths[j], args), files.inside(args.output_dir, name))
-      bar.update(len(group))
-  return entries, failed
+  return [entries[j] for j in sorted(entries)], [path for _, path, _ in failed]
 
 
 def draw(prepared, result, path, args):
@@ -283,11 +269,9 @@ def draw(prepared, result, path, args):
   ``resized``: ``vis.draw_results`` on the resized image (``prepared.display``),
   as the original's ``vis_utils.densecap_draw``.
   """
-  from densecap_jax import vis  # pylint: disable=g-import-not-at-top
   options = dict(num_to_draw=args.num_to_draw, box_width=args.box_width, text_size=args.text_size)
   if args.draw_on == "resized":
     return vis.draw_results(prepared.display, result["boxes"], result["captions"], **options)
-  from densecap_jax.data import images as images_lib  # pylint: disable=g-import-not-at-top
   rgb = prepared.rgb if prepared.rgb is not None else images_lib.user_rgb(path)
   boxes = boxes_lib.to_image(result["boxes"], prepared.original_size, prepared.size)
   return vis.draw_labelled(rgb, boxes, result["captions"], **options)
@@ -304,8 +288,6 @@ def main(argv=None):
   except ValueError as e:
     sys.exit(f"error: {e}")
 
-  from densecap_jax import predictor as inference  # pylint: disable=g-import-not-at-top
-  from densecap_jax import vis
 
   model = cli.load_model_from_flags(args, batch_size=args.batch_size, preprocess=args.preprocess)
 

@@ -1,4 +1,11 @@
-"""The image stream: images decoded ahead in threads and grouped into batches of one shape bucket."""
+"""The image stream: images decoded ahead in threads and grouped into batches of one shape bucket.
+
+``stream`` is the one loop that predict, extract_features, index, score and the
+Python API run images through: read ahead (``read_ahead``, with EXIF and the
+test-time resize in the reader, ``DenseCapPredictor.read``), skip or raise on
+an unreadable image, advance a progress bar, group into batches
+(``group_batches``). Memory holds a few batches of images whatever the count.
+"""
 
 import collections
 import concurrent.futures
@@ -7,6 +14,7 @@ import itertools
 import os
 
 import numpy as np
+from tqdm import tqdm
 
 from densecap_jax.configs import buckets as buckets_lib
 
@@ -46,23 +54,6 @@ class PreparedImage:
     if self.model_input is not None:
       return tuple(self.model_input.shape[:2])
     return tuple(self.resized_size)
-
-
-def batch_by_bucket(prepared, buckets, batch_size):
-  """Groups prepared images by shape bucket into fixed-size padded batches.
-
-  Yields:
-    ``(members, images, sizes)``: indices into ``prepared`` (at most
-    ``batch_size``), ``(batch_size, Hb, Wb, 3)`` float32 images zero-padded
-    to the bucket (unused slots all zero) and ``(batch_size, 2)`` int32 true
-    sizes (the bucket's for unused slots).
-  """
-  for bucket, on_device, chunk in bucket_chunks(prepared, buckets, batch_size):
-    if on_device:
-      raise ValueError("batch_by_bucket takes images prepared on the host; "
-                       "DenseCapPredictor.batches resizes the others on the device")
-    yield (chunk, host_batch(prepared, chunk, bucket, batch_size),
-           model_sizes(prepared, chunk, bucket, batch_size))
 
 
 def host_batch(prepared, chunk, bucket, batch_size):
@@ -170,3 +161,40 @@ def group_batches(pairs, buckets, batch_size, max_pending=None):
       count -= len(group)
       yield group
   yield from pending.values()
+
+
+def stream(read, items, buckets, batch_size, *, failed=None, bar=None):
+  """Images read ahead and grouped into batches of one shape bucket each.
+
+  Args:
+    read: ``items -> (item, PreparedImage or ValueError)`` pairs, in order
+      (``DenseCapPredictor.read``).
+    items: the images (paths, PIL images, arrays), an iterable.
+    buckets: the model's shape buckets.
+    batch_size: images per batch.
+    failed: ``None``: an unreadable image raises its one-line ``ValueError``.
+      A list: unreadable images are skipped, each noted on the console
+      (``skipped: ...``) and appended as ``(index, item, error)``.
+    bar: a tqdm bar advanced by one per image: at once for a skipped image,
+      for the others when the loop body has handled their group.
+
+  Yields:
+    Lists of ``(index, PreparedImage)``, at most ``batch_size`` long
+    (``group_batches``), ``index`` the image's place in ``items``.
+  """
+  def readable():
+    for index, (item, prepared) in enumerate(read(items)):
+      if not isinstance(prepared, ValueError):
+        yield index, prepared
+        continue
+      if failed is None:
+        raise prepared
+      failed.append((index, item, prepared))
+      tqdm.write(f"skipped: {prepared}")
+      if bar is not None:
+        bar.update(1)
+
+  for group in group_batches(readable(), buckets, batch_size):
+    yield group
+    if bar is not None:
+      bar.update(len(group))

@@ -92,7 +92,6 @@ import numpy as np
 from tqdm import tqdm
 
 from densecap_jax import files
-from densecap_jax.data import image_stream
 from densecap_jax.data import inputs
 from densecap_jax.data import vocab as vocab_lib
 from densecap_jax.regions import api as regions_api
@@ -359,22 +358,14 @@ def _detect(model, paths, max_boxes, bar, failed):
   ``scores``, ``captions``, ``codes``, ``width``, ``height``.
   """
 
-  def readable():
-    for path, prepared in model.read(paths):
-      if isinstance(prepared, ValueError):
-        failed.append(str(prepared))
-        tqdm.write(f"skipped: {prepared}")
-        bar.update(1)
-        continue
-      yield path, prepared
-
+  skipped = []
   out = {}
-  for group in image_stream.group_batches(readable(), model.buckets, model.batch_size):
+  for group in model.stream_groups(paths, failed=skipped, bar=bar):
     prepared = [p for _, p in group]
-    for (path, p), det in zip(group, model.regions.detections(prepared, max_boxes)):
-      out[path] = dict(det, boxes=boxes_lib.to_image(det["boxes"], p.original_size, p.size),
-                       **regions_api.size_fields(p))
-    bar.update(len(group))
+    for (i, p), det in zip(group, model.regions.detections(prepared, max_boxes)):
+      out[paths[i]] = dict(det, boxes=boxes_lib.to_image(det["boxes"], p.original_size, p.size),
+                           **regions_api.size_fields(p))
+  failed.extend(str(error) for _, _, error in skipped)
   return out
 
 
