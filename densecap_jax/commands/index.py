@@ -27,9 +27,13 @@ import sys
 import time
 import types
 
-from densecap_jax.commands import flags as cli
+from densecap_jax import configs
+from densecap_jax import model_dir as checkpoint
+from densecap_jax import predictor as inference
 from densecap_jax import runtime
+from densecap_jax.commands import flags as cli
 from densecap_jax.data import inputs
+from densecap_jax.models import precision as precision_lib
 from densecap_jax.search import builder as index_lib
 
 
@@ -82,9 +86,6 @@ def stored_model_fingerprint(path, precision=None):
   load_model(path, precision=precision))``; nothing is put on a device or
   compiled. Raises ``OSError`` or ``ValueError`` for an unreadable directory.
   """
-  from densecap_jax import model_dir as checkpoint  # pylint: disable=g-import-not-at-top
-  from densecap_jax import configs  # pylint: disable=g-import-not-at-top
-  from densecap_jax.models import precision as precision_lib  # pylint: disable=g-import-not-at-top
   params, config, vocab = checkpoint.load_model(path)
   config = configs.with_precision(config, precision)
   params = precision_lib.cast_for_inference(params, configs.precision_of(config))
@@ -125,7 +126,6 @@ def main(argv=None):
     manifest = check_args(args)
   except ValueError as e:
     sys.exit(f"error: {e}")
-  from densecap_jax import predictor as inference  # pylint: disable=g-import-not-at-top
   try:
     check_same_model(args, manifest, inference.bundled_model_path())
   except ValueError as e:

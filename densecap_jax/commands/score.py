@@ -35,9 +35,10 @@ import sys
 
 import numpy as np
 
-from densecap_jax.commands import flags as cli
 from densecap_jax import files
+from densecap_jax import predictor as inference
 from densecap_jax import runtime
+from densecap_jax.commands import flags as cli
 from densecap_jax.data import inputs
 from densecap_jax.regions import given as given_lib
 from densecap_jax.regions import phrases as phrases_lib
@@ -184,7 +185,6 @@ def main(argv=None):
     sys.exit(f"error: {e}")
   print("\n\n".join(format_table(p, r, args.top, args.phrase) for p, r in zip(paths, results)))
   if args.output_json:
-    from densecap_jax import predictor as inference  # pylint: disable=g-import-not-at-top
     files.write_json(args.output_json, {
         "images": [json_entry(p, r) for p, r in zip(paths, results)],
         "phrases": args.phrase,
