@@ -172,3 +172,19 @@ def test_no_two_modules_share_a_name_for_different_things():
     seen.setdefault(leaf, []).append(name)
   twins = {leaf: names for leaf, names in seen.items() if len(names) > 1}
   assert not twins, twins
+
+
+def test_readme_table_lists_every_command():
+  """One README table names each command's python -m name, console script and module."""
+  readme = (ROOT / "README.md").read_text()
+  table = [line for line in readme.splitlines() if line.startswith("| ") and "`densecap-" in line]
+  config = configparser.ConfigParser()
+  config.read(ROOT / "setup.cfg")
+  scripts = dict(line.split(" = ") for line in
+                 config["options.entry_points"]["console_scripts"].strip().splitlines())
+  assert len(table) == len(scripts) == len(ALIASES)
+  for script, target in scripts.items():
+    module = target.split(":")[0]
+    (row,) = [line for line in table if f"`{script}`" in line]
+    (alias,) = [a for a, command in ALIASES.items() if command == module]
+    assert f"`{alias.removesuffix('.__main__')}`" in row, (script, row)
