@@ -9,6 +9,7 @@ import pytest
 import tqdm
 
 from densecap_jax import model_dir as checkpoint
+from densecap_jax.commands import evaluate
 from densecap_jax.configs import buckets as buckets_lib
 from densecap_jax.data import images
 from densecap_jax.data import loader
@@ -108,3 +109,14 @@ def test_progress_rate_leaves_out_the_compiling_batches(model_and_data, monkeypa
   assert "eval val (compiling)" in err and "12/12" in err
   remaining = re.findall(r"<(\d+):(\d+),", err)
   assert remaining and max(60 * int(m) + int(s) for m, s in remaining) <= 1, err
+
+
+def test_command_runs_the_models_settings_unless_a_flag_overrides_them(capsys):
+  flags = ["--checkpoint", "m", "--data_h5", "d.h5", "--data_json", "d.json"]
+  args = evaluate.parse_args(flags)
+  assert (args.rpn_nms_thresh, args.final_nms_thresh, args.num_proposals) == (None, None, None)
+  args = evaluate.parse_args(flags + ["--num_proposals", "30", "--final_nms_thresh", "0.4"])
+  assert (args.num_proposals, args.final_nms_thresh) == (30, 0.4)
+  with pytest.raises(SystemExit):
+    evaluate.parse_args(flags + ["--rpn_nms_thresh", "2"])
+  assert r"error: --rpn_nms_thresh must be in [0, 1], got 2.0" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from PIL import Image
 import small_model
 
 from densecap_jax import predictor as inference
+from densecap_jax.commands import flags as cli
 from densecap_jax.commands import predict
 from densecap_jax.configs import buckets as buckets_lib
 from densecap_jax.data import images as images_lib
@@ -227,6 +229,31 @@ def test_cli_rejects_out_of_range_flags_before_loading(photos, tmp_path, flags, 
   assert re.fullmatch(f"error: {message}", e.value.code)
 
 
+def test_cli_runs_the_models_own_settings_unless_a_flag_overrides_them(model_dir, photos,
+                                                                         tmp_path, monkeypatch):
+  own = tmp_path / "own"
+  shutil.copytree(model_dir, own)
+  with open(own / "config.json") as f:
+    config = json.load(f)
+  config.update(rpn_nms_thresh=0.5, final_nms_thresh=0.45)
+  (own / "config.json").write_text(json.dumps(config))
+  built = []
+  load = cli.load_model_from_flags
+  monkeypatch.setattr(cli, "load_model_from_flags",
+                      lambda *args, **kwargs: built.append(load(*args, **kwargs)) or built[-1])
+  for flags, want in (([], (0.5, 0.45, 20)),
+                      (["--rpn_nms_thresh", "0.6", "--final_nms_thresh", "0.2",
+                        "--num_proposals", "12"], (0.6, 0.2, 12))):
+    vis_dir = tmp_path / f"vis{len(built)}"
+    predict.main(["--input_image", str(photos / "a.jpg"), "--checkpoint", str(own),
+                  "--output_vis_dir", str(vis_dir), *flags])
+    model = built[-1]
+    assert (model.rpn_nms_thresh, model.final_nms_thresh, model.num_proposals) == want
+    with open(vis_dir / "results.json") as f:
+      opt = json.load(f)["opt"]
+    assert (opt["rpn_nms_thresh"], opt["final_nms_thresh"], opt["num_proposals"]) == want
+
+
 def test_api_rejects_out_of_range_settings(model_dir):
   for settings, message in (({"num_proposals": 0}, "num_proposals must be a positive integer"),
                             ({"final_nms_thresh": 2.0}, r"final_nms_thresh must be in \[0, 1\]")):
@@ -250,6 +277,12 @@ def test_every_flag_shows_its_default(capsys, monkeypatch):
   for block in blocks:
     assert "(default" in block, block
   assert "at most N images (of a folder, split or list); -1 = all (default: 100)" in text
+  # The test-time settings default to the model's own values, read from the bundled model's
+  # config.json and the vgg16 config without loading a model.
+  assert ("IoU threshold of the NMS on the region proposals, in [0, 1] (default: the model's "
+          "value, 0.7 for the bundled and converted VGG-16 models)") in text
+  assert ("proposals after the RPN NMS (default: the model's value, 300 for the bundled model, "
+          "1000 for converted VGG-16 ones)") in text
 
 
 def test_predict_takes_one_image_and_grey_or_rgba_arrays(model_dir, photos):

@@ -1050,6 +1050,7 @@ def test_cli_refuses_bad_flags_before_loading_a_model(tmp_path):
       (["--max_pixels", "-5"], "--max_pixels must be positive"),
       (["--batch_wait_ms", "-1"], "--batch_wait_ms must be non-negative"),
       (["--final_nms_thresh", "2"], r"--final_nms_thresh must be in \[0, 1\]"),
+      (["--num_proposals", "0"], "--num_proposals must be a positive integer, got 0"),
       (["--port", "70000"], r"--port must be in \[0, 65535\]")):
     with pytest.raises(SystemExit, match=f"^error: {message}"):
       serve.main(argv)

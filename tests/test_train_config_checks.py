@@ -10,6 +10,7 @@ from densecap_jax.models import densecap
 from densecap_jax.commands import train as train_main
 from densecap_jax.train import config_checks
 from densecap_jax.train.configs import tiny
+from densecap_jax.train.configs import vgg16
 
 
 def _config(**overrides):
@@ -47,6 +48,8 @@ def test_trainable_modules_are_the_models_top_level_modules():
     ({"save_checkpoint_every": 0}, "save_checkpoint_every=0 .* positive integer"),
     ({"optim_beta2": 1.0}, r"optim_beta2=1.0 .* \[0, 1\)"),
     ({"test_final_nms_thresh": 1.5}, r"test_final_nms_thresh=1.5 .* \[0, 1\]"),
+    ({"test_rpn_nms_thresh": -0.5}, r"test_rpn_nms_thresh=-0.5 .* a number in \[0, 1\]"),
+    ({"test_num_proposals": 0}, "test_num_proposals=0 .* a positive integer"),
     ({"model.frozen_blocks": 7}, "model.frozen_blocks=7 .* 0 .. 5"),
     ({"model.input_scale": 0.0}, "model.input_scale=0.0 .* positive number"),
     ({"model.word_loss_weight": -0.1}, "model.word_loss_weight=-0.1 .* >= 0"),
@@ -95,3 +98,18 @@ def test_unknown_config_name_lists_the_shipped_ones():
                      "tiny, vgg16")
   assert train_main.resolve_config_names(["t", "--config", "tiny"])[2].endswith(
       "densecap_jax/train/configs/tiny.py")
+
+
+def test_test_time_fields_are_the_model_configs_values():
+  for config in (tiny.get_config(), vgg16.get_config()):
+    assert (config.test_num_proposals, config.test_rpn_nms_thresh,
+            config.test_final_nms_thresh) == (config.model.num_proposals,
+                                              config.model.rpn_nms_thresh,
+                                              config.model.final_nms_thresh)
+  # One value under two names: validation during training runs with what the saved model
+  # directory's config.json says.
+  config = tiny.get_config()
+  config.test_num_proposals = 30
+  config.model.rpn_nms_thresh = 0.6
+  assert config.model.num_proposals == 30 and config.test_rpn_nms_thresh == 0.6
+  assert '"num_proposals": 30' in config.model.to_json()
