@@ -27,6 +27,7 @@ ALIASES = {
     "densecap_jax.convert.__main__": "densecap_jax.commands.convert",
     "densecap_jax.data.preprocess": "densecap_jax.commands.preprocess",
     "densecap_jax.data.synthetic": "densecap_jax.commands.synthetic",
+    "densecap_jax.fetch": "densecap_jax.commands.fetch",
 }
 
 
