@@ -38,6 +38,7 @@ SCRIPTS = {  # console script -> a flag its --help must list
     "densecap-index": "--shard_size",
     "densecap-search": "--query",
     "densecap-score": "--phrase",
+    "densecap-fetch": "--models_url",
 }
 # absl's --help (densecap-train) exits with status 1 after printing the help.
 ABSL_SCRIPTS = {"densecap-train"}
