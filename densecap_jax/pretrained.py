@@ -222,6 +222,9 @@ def download_file(name, *, base_url=None, source=None, progress=True):
   path = os.path.join(models_dir(), DOWNLOADS, source.filename)
   size, sha256, prefix = _expected(source)
   hint = _hand_hint(source, url, path)
+  if sha256 and not source.sha256:
+    hint += (f" (the expected sha256 and size are those the first download recorded in "
+             f"{os.path.join(models_dir(), CHECKSUMS)})")
   if os.path.exists(path):
     actual = download.sha256_of(path)
     if ((size is not None and os.path.getsize(path) != size) or (sha256 and actual != sha256)

@@ -194,8 +194,15 @@ def test_first_download_sha256_is_checked_later(cache, server, released):
     pretrained.resolve("densecap-vgg16", base_url=server.url, progress=False)
   text = _one_line_naming(error.value, server.url + ZIP)
   assert f"differs from the expected {recorded}" in text
+  assert f"the first download recorded in {cache / 'checksums.json'}" in text
   assert not (cache / "densecap-vgg16").exists()
   assert os.listdir(cache / "downloads") == []
+  server.files[ZIP] = released[0] + b"more"
+  with pytest.raises(download.ChecksumError) as error:
+    pretrained.resolve("densecap-vgg16", base_url=server.url, progress=False)
+  assert (f"the server offers {len(released[0]) + 4:,} bytes, expected {len(released[0]):,}"
+          in _one_line_naming(error.value, server.url + ZIP))
+  assert not (cache / "densecap-vgg16").exists()
 
 
 def test_pinned_prefix_of_the_pth(cache, server, tmp_path):
