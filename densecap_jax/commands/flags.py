@@ -7,11 +7,12 @@
 
 import argparse
 import functools
-import importlib.resources
 import json
+import os
 import sys
 
 from densecap_jax import configs
+from densecap_jax import predictor as inference
 from densecap_jax import runtime
 from densecap_jax import settings
 
@@ -77,8 +78,8 @@ def model_default(name):
 
 @functools.lru_cache(maxsize=None)
 def _bundled_config():
-  path = importlib.resources.files("densecap_jax") / "bundled" / "tiny_synthetic" / "config.json"
-  return json.loads(path.read_text())
+  with open(os.path.join(inference.bundled_model_path(), "config.json")) as f:
+    return json.load(f)
 
 
 def load_model_from_flags(args, *, announce=True, **settings):
@@ -94,7 +95,6 @@ def load_model_from_flags(args, *, announce=True, **settings):
   except ValueError as e:
     sys.exit(f"error: {e}")
   runtime.setup_from_args(args)
-  from densecap_jax import predictor as inference  # pylint: disable=g-import-not-at-top
   if not args.checkpoint:
     print(BUNDLED_NOTICE, file=sys.stderr)
   try:
