@@ -29,6 +29,7 @@ from densecap_jax import files
 from densecap_jax import runtime
 from densecap_jax import settings
 from densecap_jax.commands import flags as cli
+from densecap_jax.evaluation import ground_truth
 from densecap_jax.evaluation import meteor
 from densecap_jax.evaluation import metric
 from densecap_jax.evaluation import predictions as predictions_lib
@@ -153,7 +154,6 @@ def _check_args(parser, args):
 
 def load_ground_truth(args):
   """The split's ``ground_truth.GroundTruth`` from the flags' source."""
-  from densecap_jax.evaluation import ground_truth  # pylint: disable=g-import-not-at-top
   if args.data_h5:
     return ground_truth.from_h5(args.data_h5, args.data_json, args.split, args.max_images)
   return ground_truth.from_visual_genome(
