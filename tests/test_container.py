@@ -51,6 +51,8 @@ def _free_port():
 @pytest.fixture(scope="module")
 def image():
   container.build_base()
+  if (why := container.cannot_start()) is not None:
+    pytest.skip(why)
   container.build_image(TAG)
   return TAG
 

@@ -82,6 +82,15 @@ def build_base(name=BASE_IMAGE):
   return time.monotonic() - start
 
 
+def cannot_start(base=BASE_IMAGE):
+  """Why a container of ``base`` cannot start with a published port here, or ``None``."""
+  done = run(["podman", "run", "--rm", "-p", "127.0.0.1::8000", base, "python3", "-c", "pass"],
+             check=False, timeout=300)
+  if done.returncode != 0:
+    return f"podman cannot start a container here: {(done.stderr or done.stdout).strip()[-300:]}"
+  return None
+
+
 def build_image(tag, *, base=BASE_IMAGE, extra=()):
   """``buildah bud`` of the repository's Dockerfile on ``base``. Seconds taken."""
   mounts = []
