@@ -1,5 +1,5 @@
-"""Tests for scoring predictions files: densecap_jax.evaluation.predictions, .ground_truth and
-the ``--predictions`` command.
+"""Tests for scoring predictions files: densecap_jax.evaluation.predictions, .predictions_eval,
+.ground_truth and the ``--predictions`` command.
 
 The bundled model's detections on a small synthetic test split, recorded as
 ``split_eval.evaluate_split`` scores them, are written in every format; each
@@ -24,6 +24,7 @@ from densecap_jax.evaluation import ground_truth
 from densecap_jax.evaluation import meteor
 from densecap_jax.evaluation import metric
 from densecap_jax.evaluation import predictions as predictions_lib
+from densecap_jax.evaluation import predictions_eval
 from densecap_jax.evaluation import split_eval
 from densecap_jax.ops import boxes as boxes_lib
 
@@ -124,7 +125,7 @@ def prepared_warnings(setup, obj, lines=False, name="p.json", **flags):
   read = predictions_lib.read_predictions(write(setup["folder"] / name, obj, lines),
                                           box_format=flags.pop("box_format", "xywh"))
   gt = ground_truth.from_h5(setup["h5"], setup["json"], "test")
-  return predictions_lib.prepare(read, gt, **flags).warnings
+  return predictions_eval.prepare(read, gt, **flags).warnings
 
 
 def test_every_format_gives_the_in_process_map(setup, tmp_path, capsys):

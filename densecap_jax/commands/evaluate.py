@@ -33,6 +33,7 @@ from densecap_jax.evaluation import ground_truth
 from densecap_jax.evaluation import meteor
 from densecap_jax.evaluation import metric
 from densecap_jax.evaluation import predictions as predictions_lib
+from densecap_jax.evaluation import predictions_eval
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -93,7 +94,7 @@ def parse_args(argv=None):
   preds = parser.add_argument_group("predictions file (--predictions)")
   preds.add_argument("--format", default="auto", choices=predictions_lib.FORMATS,
                      help="file layout; auto tells them apart by content")
-  preds.add_argument("--boxes_in", default="auto", choices=predictions_lib.BOXES_IN,
+  preds.add_argument("--boxes_in", default="auto", choices=predictions_eval.BOXES_IN,
                      help="pixels the boxes are in; auto: resized for results.json-style image "
                           "entries, original for COCO-style detections")
   preds.add_argument("--box_format", default="xywh", choices=predictions_lib.BOX_FORMATS,
@@ -168,7 +169,7 @@ def score_predictions(args, meteor_fn=None):
 
   Returns:
     ``(results, prepared, rows)``: the evaluator's dict, the
-    ``predictions.Prepared`` (warnings, summary) and the per-image rows (or
+    ``predictions_eval.Prepared`` (warnings, summary) and the per-image rows (or
     ``None``). The warnings are printed to stderr before METEOR runs.
 
   Raises:
@@ -176,13 +177,13 @@ def score_predictions(args, meteor_fn=None):
   """
   gt = load_ground_truth(args)
   read = predictions_lib.read_predictions(args.predictions, args.format, args.box_format)
-  prepared = predictions_lib.prepare(read, gt, boxes_in=args.boxes_in,
-                                     predictions_image_size=args.predictions_image_size or None,
-                                     only_images_in_file=args.only_images_in_file)
+  prepared = predictions_eval.prepare(read, gt, boxes_in=args.boxes_in,
+                                      predictions_image_size=args.predictions_image_size or None,
+                                      only_images_in_file=args.only_images_in_file)
   for warning in prepared.warnings:
     print(f"warning: {warning}", file=sys.stderr)
-  results, rows = predictions_lib.evaluate(prepared, meteor_fn=meteor_fn, quirks=not args.clean,
-                                           per_image=args.per_image)
+  results, rows = predictions_eval.evaluate(prepared, meteor_fn=meteor_fn, quirks=not args.clean,
+                                            per_image=args.per_image)
   return results, prepared, rows
 
 
@@ -205,7 +206,7 @@ def main(argv=None, meteor_fn=None):
     rows = None
   print(metric.format_results(results))
   if rows:
-    print(predictions_lib.format_per_image(rows))
+    print(predictions_eval.format_per_image(rows))
   if args.output:
     files.write_json(args.output, dict(results=results, **output))
     print(f"results written to {args.output}")
