@@ -242,22 +242,6 @@ def prepare(predictions, gt, *, boxes_in="auto", predictions_image_size=None,
   return Prepared(scored, warnings, summary)
 
 
-class _MemoMeteor:
-  """A METEOR function that remembers every pair's score (per-image reports reuse them)."""
-
-  def __init__(self, meteor_fn):
-    self._fn = meteor_fn
-    self.scores = {}
-
-  def __call__(self, candidates, references):
-    keys = [(c, tuple(r)) for c, r in zip(candidates, references)]
-    todo = list(dict.fromkeys(k for k in keys if k not in self.scores))
-    if todo:
-      new = self._fn([c for c, _ in todo], [list(r) for _, r in todo])
-      self.scores.update(zip(todo, (float(s) for s in new)))
-    return [self.scores[k] for k in keys]
-
-
 def evaluate(prepared, *, meteor_fn=None, quirks=True, per_image=False):
   """The dense-captioning mAP of prepared predictions (``metric.DenseCaptioningEvaluator``).
 

@@ -1,7 +1,7 @@
-"""Box formats, conversions, clipping, IoU and the R-CNN box transform.
+"""Box formats, conversions, clipping, IoU, the R-CNN box transform and the box check.
 
-Box formats (reference §0.2), all float32 arrays of shape ``(..., 4)`` in
-1-based pixel coordinates (pixel centres at integers):
+Box formats (reference §0.2), arrays of shape ``(..., 4)`` in 1-based pixel
+coordinates (pixel centres at integers):
 
 * ``xcycwh``: centre x, centre y, width, height — the model's internal format.
 * ``x1y1x2y2``: corners, *inclusive* pixel convention (width = x2 - x1 + 1).
