@@ -3,7 +3,7 @@
 1. **Quality** (the paper's protocol, §4.3): the bundled model's synthetic
    dataset is rendered again (``synthetic.generate_dataset``, 3000 scenes,
    seed 0, as ``tools/make_bundled_model.py`` does), the first ``--images``
-   images of its test split are indexed (``regions.index.build_index``), and
+   images of its test split are indexed (``search.build_index``), and
    4 random ground-truth captions of each image are the queries. For each
    ranking: Recall@1/5/10 and the median rank of the image the caption came
    from, and the share of queries whose best box in that image has IoU >= 0.5

@@ -37,7 +37,7 @@ from densecap_jax.search import builder as index_lib
 from densecap_jax.commands import index as index_command
 from densecap_jax.commands import score as score_command
 from densecap_jax.commands import search as search_command
-from densecap_jax.search import page as search_page
+from densecap_jax.search import page
 from densecap_jax.server import app as app_lib
 from densecap_jax.server import captioner as captioner_lib
 from densecap_jax.ops import boxes as boxes_lib
@@ -423,7 +423,7 @@ def test_index_of_another_model_is_refused_before_the_model_loads(tmp_path, caps
   search_command.main(["--index", output, "--query", "a red", "--checkpoint", tiny,
                        "--output_vis_dir", str(tmp_path / "hits")])
   assert f"1 of 1 image; all of {regions} regions scored" in capsys.readouterr().out
-  assert ">1 image, best first;" in (tmp_path / "hits" / search_page.PAGE).read_text()
+  assert ">1 image, best first;" in (tmp_path / "hits" / page.PAGE).read_text()
 
 
 @pytest.mark.parametrize("precision", [None, "bfloat16"])

@@ -1,7 +1,7 @@
 """Output paths made from stored or given names stay inside their folders.
 
 ``files.contained_name`` and ``files.inside``; the search page's copies of an
-index's images (``regions.search_page``, the ``search`` command) and
+index's images (``search.page``, the ``search`` command) and
 ``predict``'s pictures (``--output_vis_dir``, ``--output_dir``) under names
 that are paths, absolute, ``..``, hold NUL or control characters, or are long.
 """
@@ -20,7 +20,7 @@ from densecap_jax import files
 from densecap_jax.commands import predict
 from densecap_jax.search import ranking as search_lib
 from densecap_jax.commands import search as search_command
-from densecap_jax.search import page as search_page
+from densecap_jax.search import page
 
 
 def _tree(folder):
@@ -118,16 +118,16 @@ def test_search_page_copies_stay_in_its_folder_whatever_the_names(tmp_path, caps
       hits=[_hit(k + 1, n, s) for k, (n, s) in enumerate(zip(names, sources))],
       regions_scored=8, candidates=0, seconds=0.0)
   before = _tree(root)
-  page = search_page.write_search_page(str(folder), result)
-  assert page == str(folder / search_page.PAGE)
+  written_page = page.write_search_page(str(folder), result)
+  assert written_page == str(folder / page.PAGE)
   written = _tree(root) - before
   assert all(p.startswith("out/hits/") for p in written), sorted(written)
   expected = ["escape_test.jpg", "unnamed", "abs.jpg", "a_b.jpg", "n" * 196 + ".jpg", "1.jpg",
               "1-2.jpg", "back_slash.jpg"]
   assert sorted(os.listdir(folder / "images")) == sorted(expected)
-  assert search_page.outputs(result)[3:] == [f"images/{n}" for n in expected]
-  data = json.load(open(folder / search_page.DATA))
-  html = (folder / search_page.PAGE).read_text()
+  assert page.outputs(result)[3:] == [f"images/{n}" for n in expected]
+  data = json.load(open(folder / page.DATA))
+  html = (folder / page.PAGE).read_text()
   for hit, name, source in zip(data["hits"], expected, sources):
     assert hit["src"] == f"images/{name}"
     assert (folder / hit["src"]).read_bytes() == open(source, "rb").read()
@@ -144,8 +144,8 @@ def test_search_page_quotes_names_in_its_links(tmp_path, capsys):
   result = search_lib.SearchResult(query="q", words=["q"], unknown=[],
                                    hits=[_hit(1, "50% #1?.jpg", source)], regions_scored=1,
                                    candidates=0, seconds=0.0)
-  search_page.write_search_page(str(tmp_path / "hits"), result)
-  assert 'src="images/50%25%20%231%3F.jpg"' in (tmp_path / "hits" / search_page.PAGE).read_text()
+  page.write_search_page(str(tmp_path / "hits"), result)
+  assert 'src="images/50%25%20%231%3F.jpg"' in (tmp_path / "hits" / page.PAGE).read_text()
   assert os.listdir(tmp_path / "hits" / "images") == ["50% #1?.jpg"]
   assert capsys.readouterr().err == ""  # a plain file name: no warning
 
@@ -189,7 +189,7 @@ def test_search_command_with_a_crafted_index_writes_only_into_output_vis_dir(
   captured = capsys.readouterr()
   assert "page: " in captured.out
   assert captured.err.count("warning: 3 image names in the index are not plain") == 1
-  data = json.load(open(out / "hits" / search_page.DATA))
+  data = json.load(open(out / "hits" / page.DATA))
   assert sorted(h["image"] for h in data["hits"]) == sorted(crafted)
   for hit in data["hits"]:
     name = files.contained_name(hit["image"])

@@ -1,4 +1,4 @@
-"""Tests for the photo index (``regions.index``, the ``index`` command), with the bundled model.
+"""Tests for the photo index (``search.builder``, the ``index`` command), with the bundled model.
 
 The photos are square synthetic scenes, so every image falls in one shape
 bucket and the detection program compiles once.
@@ -23,7 +23,7 @@ from densecap_jax.data import synthetic_world as synthetic
 from densecap_jax.data import vocab as vocab_lib
 from densecap_jax.search import builder as index_lib
 from densecap_jax.commands import index as index_command
-from densecap_jax.search import reader as index_reader
+from densecap_jax.search import reader
 
 
 def square_scenes(count, seed):
@@ -252,8 +252,8 @@ def test_command_indexes_a_folder_and_reports_unreadable_files(photos, tmp_path,
 def _hold_lock(folder, seconds):
   """A process that holds the writer lock of ``folder`` for ``seconds`` (started once held)."""
   code = ("import sys, time\n"
-          "from densecap_jax.search import storage as index_files\n"
-          "with index_files.writer_lock(sys.argv[1]):\n"
+          "from densecap_jax.search import storage\n"
+          "with storage.writer_lock(sys.argv[1]):\n"
           "  print('held', flush=True)\n"
           "  time.sleep(float(sys.argv[2]))\n")
   holder = subprocess.Popen([sys.executable, "-c", code, folder, str(seconds)],
@@ -470,7 +470,7 @@ def test_a_reader_opening_while_a_run_replaces_a_shard_opens_the_new_commit(
   shutil.copytree(folder, tmp_path / "photos")
   photos = str(tmp_path / "photos")
   index_lib.build_index(model, photos, output, max_boxes=3, shard_size=1, progress=False)
-  check = index_reader.check_shard
+  check = reader.check_shard
   calls = []
 
   def run_meanwhile(*args, **kwargs):
@@ -481,7 +481,7 @@ def test_a_reader_opening_while_a_run_replaces_a_shard_opens_the_new_commit(
     calls.append(args[1]["name"])
     return check(*args, **kwargs)
 
-  monkeypatch.setattr(index_reader, "check_shard", run_meanwhile)
+  monkeypatch.setattr(reader, "check_shard", run_meanwhile)
   index = index_lib.open_index(output)
   assert calls == ["000000", "000001", "000002"]  # the first check failed; then the new manifest
   assert index.image_names == sorted(os.listdir(photos)) and index.num_regions == 6

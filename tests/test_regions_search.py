@@ -1,4 +1,4 @@
-"""Tests for collection search (``regions.search``, the page, the ``search`` command)."""
+"""Tests for collection search (``search.ranking``, the page, the ``search`` command)."""
 
 import json
 import os
@@ -13,7 +13,7 @@ from densecap_jax import predictor as inference
 from densecap_jax.search import builder as index_lib
 from densecap_jax.search import ranking as search_lib
 from densecap_jax.commands import search as search_command
-from densecap_jax.search import page as search_page
+from densecap_jax.search import page
 
 NUM_IMAGES = 12
 
@@ -147,7 +147,7 @@ def test_command_prints_the_table_and_writes_the_page(collection, tmp_path, caps
               "--output_vis_dir", str(page_dir)], capsys)
   lines = out.splitlines()
   assert lines[0].split() == ["rank", "image", "box", "(x,", "y,", "w,", "h)", "score", "caption"]
-  data = json.load(open(page_dir / search_page.DATA))
+  data = json.load(open(page_dir / page.DATA))
   assert [h["rank"] for h in data["hits"]] == [1, 2, 3] and data["query"] == "a red circle"
   for line, hit in zip(lines[1:4], data["hits"]):
     assert line.split()[:2] == [str(hit["rank"]), hit["image"]]
@@ -155,18 +155,18 @@ def test_command_prints_the_table_and_writes_the_page(collection, tmp_path, caps
     assert (page_dir / hit["src"]).read_bytes() == open(
         os.path.join(index.input_dir, hit["image"]), "rb").read()
   assert "of 12 images" in lines[4] and "page: " in lines[5]
-  html = (page_dir / search_page.PAGE).read_text()
+  html = (page_dir / page.PAGE).read_text()
   assert "a red circle" in html and html.count('<rect class="box"') == 3
   assert all(f'src="images/{h["image"]}"' in html for h in data["hits"])
   assert (page_dir / "boxes.css").is_file()
   # Nothing is replaced without --overwrite.
-  (page_dir / search_page.PAGE).write_text("mine")
+  (page_dir / page.PAGE).write_text("mine")
   assert "already holds" in _error(["--index", index.path, "--query", "a red circle", "--top",
                                     "3", "--output_vis_dir", str(page_dir)])
-  assert (page_dir / search_page.PAGE).read_text() == "mine"
+  assert (page_dir / page.PAGE).read_text() == "mine"
   _run(["--index", index.path, "--query", "a red circle", "--top", "3", "--output_vis_dir",
         str(page_dir), "--overwrite"], capsys)
-  assert "a red circle" in (page_dir / search_page.PAGE).read_text()
+  assert "a red circle" in (page_dir / page.PAGE).read_text()
 
 
 def test_command_names_unknown_words_and_does_not_rank_function_words(collection, tmp_path,
@@ -183,13 +183,13 @@ def test_command_names_unknown_words_and_does_not_rank_function_words(collection
       '"a a"',
       'not ranked: of this phrase the model knows only function words ("a", "a"), which do not '
       'say what to look for',
-      f"page: {page_dir / search_page.PAGE}"]
-  data = json.load(open(page_dir / search_page.DATA))
+      f"page: {page_dir / page.PAGE}"]
+  data = json.load(open(page_dir / page.DATA))
   assert data["hits"] == [] and data["no_known_content_words"] and data["words"] == ["a", "a"]
-  html = (page_dir / search_page.PAGE).read_text()
+  html = (page_dir / page.PAGE).read_text()
   assert "the model does not know &quot;man&quot;, &quot;riding&quot;" in html
   assert "not ranked" in html and '<rect class="box"' not in html
-  assert os.listdir(page_dir / search_page.IMAGES) == []
+  assert os.listdir(page_dir / page.IMAGES) == []
 
 
 def test_command_errors_are_one_line(collection, tmp_path):

@@ -1,4 +1,4 @@
-"""The ``index`` command: index a photo folder for ``search`` (``regions.index``).
+"""The ``index`` command: index a photo folder for ``search`` (``search.builder``).
 
   python -m densecap_jax.index --input_dir photos/ --output photos.index
   python -m densecap_jax.index --input_dir photos/ --output photos.index   # again: only changes
@@ -8,7 +8,7 @@ pixels, captions, objectness logits) and their fc7 codes, in shards of
 ``--shard_size`` images committed as they finish: a second run indexes only
 new or changed files (size or modification time differs) and drops the
 entries of deleted ones; a run that was killed continues where it stopped.
-The format is described in ``densecap_jax/regions/index.py``. The model flags
+The format is described in ``densecap_jax/search/builder.py``. The model flags
 (and ``--max_boxes``, ``--codes_dtype``) must be those the index was built
 with. An existing index built with another model is refused before the model
 is loaded: when ``--checkpoint`` names another folder than the manifest's,

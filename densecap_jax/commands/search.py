@@ -1,4 +1,4 @@
-"""The ``search`` command: rank the images of an index by a phrase (``regions.search``).
+"""The ``search`` command: rank the images of an index by a phrase (``search.ranking``).
 
   python -m densecap_jax.search --index photos.index --query "a red car"
   python -m densecap_jax.search --index photos.index --query "a red car" --top 20 \
@@ -7,9 +7,9 @@
 Prints a table of the best images (rank, image, best box xywh in the image's
 pixels, score = log-likelihood of the query per token in that box, the box's
 caption); with ``--output_vis_dir`` also writes ``search.html`` there (the hits
-with their best box drawn, opening from disk; ``regions.search_page``).
+with their best box drawn, opening from disk; ``search.page``).
 ``--candidates N`` scores only the N regions whose captions are most like the
-query (0: every region, the exact ranking; see ``regions.search`` for what
+query (0: every region, the exact ranking; see ``search.ranking`` for what
 the first stage can miss). The model (``--checkpoint``) must be the one the
 index was built with.
 
@@ -28,7 +28,7 @@ from densecap_jax.commands import flags as cli
 from densecap_jax import runtime
 from densecap_jax.search import builder as index_lib
 from densecap_jax.search import ranking as search_lib
-from densecap_jax.search import page as search_page
+from densecap_jax.search import page
 
 
 def parse_args(argv=None):
@@ -71,7 +71,7 @@ def check_page(args, result):
   """Refuses to replace files in ``--output_vis_dir`` without ``--overwrite``."""
   if not args.output_vis_dir or args.overwrite:
     return
-  existing = [p for p in search_page.outputs(result)
+  existing = [p for p in page.outputs(result)
               if os.path.lexists(os.path.join(args.output_vis_dir, p))]
   if existing:
     raise ValueError(f"--output_vis_dir {args.output_vis_dir} already holds "
@@ -114,7 +114,7 @@ def main(argv=None):
           f"{runtime.count(index.num_regions, 'region')} scored, in {result.seconds:.2f} s")
   if args.output_vis_dir:
     try:
-      page = search_page.write_search_page(args.output_vis_dir, result)
+      written = page.write_search_page(args.output_vis_dir, result)
     except OSError as e:
       sys.exit(f"error: cannot write --output_vis_dir {args.output_vis_dir}: {e}")
-    print(f"page: {page}")
+    print(f"page: {written}")

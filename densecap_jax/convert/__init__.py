@@ -10,7 +10,7 @@ mapping) reads, with neither Torch nor Caffe installed:
 * ``caffemodel``: ``VGG_ILSVRC_16_layers.caffemodel`` (``caffemodel.py``);
 * ``pth``: a torchvision VGG-16 state dict (``pth.py``, restricted unpickler);
 
-and writes a model directory (``densecap_jax.checkpoint.save_model``) that
+and writes a model directory (``densecap_jax.model_dir.save_model``) that
 predict, eval and training load. ImageNet weights fill the backbone and
 fc6 / fc7 (``imagenet.py``); the rest is freshly initialised and sized by
 the training data's vocabulary.

@@ -40,7 +40,7 @@ run and are removed by the next one):
   (``float32`` or ``float16``); a later run must use the same;
 * ``shards``: ``[{"name": "000000", "images": m, "regions": n, "files": {...}}, ...]``
   in order; ``files`` maps each of the shard's files to ``{"bytes": size,
-  "crc32": checksum}`` (``regions.index_files``; absent in indexes written
+  "crc32": checksum}`` (``search.storage``; absent in indexes written
   before it was recorded, which are checked in everything else);
 * ``next_shard``: the number the next shard gets;
 * ``images``, ``regions``: totals over the shards.
@@ -66,9 +66,9 @@ Every file is written atomically (a shard's folder is renamed into place
 when complete); a shard is never changed once written: dropping entries of
 deleted or changed files writes a new shard of the rest.
 
-Reading an index is ``regions.index_reader`` (:func:`open_index`, the
+Reading an index is ``search.reader`` (:func:`open_index`, the
 :class:`Index`, :func:`check_shard`; their names are also this module's).
-One run writes an index at a time (``index_files.writer_lock`` on
+One run writes an index at a time (``storage.writer_lock`` on
 ``<index>/.lock``; a second fails at once, or waits with ``wait=True``);
 readers take no lock and see one manifest or the next, never a mix. Every
 run checks each shard against its manifest entry (``check_shard``: files
@@ -95,25 +95,25 @@ from densecap_jax import files
 from densecap_jax.data import inputs
 from densecap_jax.data import vocab as vocab_lib
 from densecap_jax.regions import api as regions_api
-from densecap_jax.search import storage as index_files
-from densecap_jax.search import reader as index_reader
+from densecap_jax.search import storage
+from densecap_jax.search import reader
 from densecap_jax.ops import boxes as boxes_lib
 
-FORMAT = index_reader.FORMAT
-VERSION = index_reader.VERSION
-MANIFEST = index_reader.MANIFEST
-SHARDS = index_reader.SHARDS
+FORMAT = reader.FORMAT
+VERSION = reader.VERSION
+MANIFEST = reader.MANIFEST
+SHARDS = reader.SHARDS
 CODES_DTYPES = ("float32", "float16")
-ARRAYS = index_reader.ARRAYS
+ARRAYS = reader.ARRAYS
 _SHARD_NAME = re.compile(r"^\d{6}$")
 _LEFTOVER = re.compile(r"^(\d{6}|\.tmp-.*)$")
 _SHARD_FILES = ("images.json", "captions.json") + tuple(f"{a}.npy" for a in ARRAYS)
-read_manifest = index_reader.read_manifest
-check_shard = index_reader.check_shard
-repair_command = index_reader.repair_command
-Shard = index_reader.Shard
-Index = index_reader.Index
-open_index = index_reader.open_index
+read_manifest = reader.read_manifest
+check_shard = reader.check_shard
+repair_command = reader.repair_command
+Shard = reader.Shard
+Index = reader.Index
+open_index = reader.open_index
 
 
 def model_fingerprint(model):
@@ -178,7 +178,7 @@ def _only_leftovers(output):
     if name == SHARDS and os.path.isdir(os.path.join(output, name)):
       if any(not n.startswith(".tmp-") for n in os.listdir(os.path.join(output, name))):
         return False
-    elif name != index_files.LOCK and not (name.startswith(f".{MANIFEST}.")
+    elif name != storage.LOCK and not (name.startswith(f".{MANIFEST}.")
                                            and name.endswith(".tmp")):
       return False
   return True
@@ -193,7 +193,7 @@ def check_output(output, probe_lock=True):
 
   Args:
     output: the index folder.
-    probe_lock: refuse an index another run is writing (``index_files.Busy``).
+    probe_lock: refuse an index another run is writing (``storage.Busy``).
 
   Raises:
     ValueError: one line: ``output`` is a file, a folder that is not an
@@ -202,7 +202,7 @@ def check_output(output, probe_lock=True):
   if os.path.exists(output) and not os.path.isdir(output):
     raise ValueError(f"--output {output} exists and is not an index folder")
   if probe_lock and os.path.isdir(output):
-    index_files.check_not_locked(output)
+    storage.check_not_locked(output)
   if os.path.isfile(os.path.join(output, MANIFEST)):
     return read_manifest(output)
   if os.path.isdir(output) and not _only_leftovers(output):
@@ -276,7 +276,7 @@ def write_shard(output, manifest, images, captions, arrays):
         if files.is_disk_full(e):
           raise files.disk_full(path) from None
         raise
-    records = index_files.file_records(tmp, _SHARD_FILES)
+    records = storage.file_records(tmp, _SHARD_FILES)
     os.rename(tmp, os.path.join(shards, name))
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
@@ -313,7 +313,7 @@ def _drop_stale(output, manifest, current):
     folder = os.path.join(output, SHARDS, entry["name"])
     try:
       check_shard(folder, entry, manifest)
-    except index_files.Damaged as e:
+    except storage.Damaged as e:
       damaged.append(f"{e}; indexing its {_count(entry['images'], 'image')} again")
       replaced.append(folder)
       continue
@@ -421,8 +421,8 @@ def build_index(model, input_dir, output, *, checkpoint=None, max_boxes=50, shar
   Raises:
     ValueError: one line: a bad argument, a folder with no images, an
       ``output`` that is not an index, one of another folder, model or
-      settings, or one another run is writing (``index_files.Busy``; the
-      run holds ``index_files.writer_lock`` throughout).
+      settings, or one another run is writing (``storage.Busy``; the
+      run holds ``storage.writer_lock`` throughout).
   """
   if max_boxes < 1:
     raise ValueError(f"--max_boxes must be positive, got {max_boxes}")
@@ -433,7 +433,7 @@ def build_index(model, input_dir, output, *, checkpoint=None, max_boxes=50, shar
   output = str(output)
   table = _file_table(inputs.image_files(input_dir))
   check_output(output, probe_lock=False)
-  with index_files.writer_lock(output, wait=wait):
+  with storage.writer_lock(output, wait=wait):
     return _build_locked(model, input_dir, output, table, checkpoint, max_boxes, shard_size,
                          codes_dtype, progress, on_commit)
 

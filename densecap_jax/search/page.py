@@ -143,7 +143,7 @@ def _data(result, names):
 
 
 def write_search_page(folder, result):
-  """Writes the page of ``result`` (a ``regions.search.SearchResult``) into ``folder``.
+  """Writes the page of ``result`` (a ``search.ranking.SearchResult``) into ``folder``.
 
   Every file is written atomically; the images are copied from their paths
   to ``images/<copy_names(result)[i]>``, inside ``folder`` whatever the

@@ -1,6 +1,6 @@
 """Ranking an index's images by a phrase: the LM log-likelihood of the phrase given each region.
 
-  index = regions.index.open_index("photos.index")
+  index = search.open_index("photos.index")
   result = search(model, index, "a red car", top=20)
   for hit in result.hits:
     hit.rank, hit.image, hit.box, hit.score, hit.caption
@@ -120,7 +120,7 @@ def caption_similarity(index, word_ids, vocab_size):
   weighted by its inverse document frequency over the index's captions.
 
   Args:
-    index: a ``regions.index.Index``.
+    index: a ``search.reader.Index``.
     word_ids: the query's word ids (``EncodedPhrases.labels`` row, 0 = padding).
     vocab_size: the model's vocabulary size.
   """
@@ -166,7 +166,7 @@ def lm_scores(model, index, encoded, rows=None):
 
   Args:
     model: the ``inference.DenseCapPredictor``.
-    index: the ``regions.index.Index``.
+    index: the ``search.reader.Index``.
     encoded: one phrase, ``regions.phrases.EncodedPhrases``.
     rows: global rows to score, or ``None`` for all (read shard by shard).
 
@@ -200,11 +200,11 @@ def search(model, index, query, top=20, candidates=DEFAULT_CANDIDATES, fingerpri
 
   Args:
     model: the ``inference.DenseCapPredictor`` the index was built with.
-    index: a ``regions.index.Index``.
+    index: a ``search.reader.Index``.
     query: a phrase.
     top: images returned at most.
     candidates: regions the first stage keeps for the LM; 0 = score all.
-    fingerprint: ``regions.index.model_fingerprint(model)`` when known (it
+    fingerprint: ``search.builder.model_fingerprint(model)`` when known (it
       hashes the parameters; pass it to search many times).
 
   Returns:

@@ -1,4 +1,4 @@
-"""Reading an index folder (``regions.index`` describes the format): :func:`open_index`.
+"""Reading an index folder (``search.builder`` describes the format): :func:`open_index`.
 
   index = open_index("photos.index")
   index.num_images, index.num_regions, index.rows("codes", [0, 5])
@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from densecap_jax import files
-from densecap_jax.search import storage as index_files
+from densecap_jax.search import storage
 
 FORMAT = "densecap_jax.index"
 VERSION = 1
@@ -57,13 +57,13 @@ def _layout(manifest):
 
 
 def check_shard(folder, entry, manifest, verify_data=True):
-  """Raises ``index_files.Damaged`` (one line) unless the shard ``folder`` matches its ``entry``.
+  """Raises ``storage.Damaged`` (one line) unless the shard ``folder`` matches its ``entry``.
 
-  See ``index_files.check_shard``; ``verify_data`` false skips the checksums
+  See ``storage.check_shard``; ``verify_data`` false skips the checksums
   of the ``.npy`` files (their sizes and headers are still checked).
   """
   shapes, dtypes = _layout(manifest)
-  index_files.check_shard(folder, entry, shapes, dtypes, verify_data=verify_data)
+  storage.check_shard(folder, entry, shapes, dtypes, verify_data=verify_data)
 
 
 class Shard:
@@ -72,7 +72,7 @@ class Shard:
   Attributes:
     name: the shard's name (``"000003"``); folder: its path.
     images: the ``images.json`` columns (lists).
-    files: its manifest entry's ``files`` (``index_files.file_records``), or ``None``.
+    files: its manifest entry's ``files`` (``storage.file_records``), or ``None``.
   """
 
   def __init__(self, folder, files_entry=None):
@@ -134,7 +134,7 @@ class Index:
   Attributes:
     path: the index folder; manifest: its ``manifest.json``; shards: :class:`Shard` s.
     image_names: names of all images (relative to ``manifest["input_dir"]``).
-    cache: search statistics kept with the index (``regions.search``).
+    cache: search statistics kept with the index (``search.ranking``).
   """
 
   def __init__(self, path):
@@ -144,7 +144,7 @@ class Index:
       try:
         self.shards = [self._checked_shard(entry) for entry in self.manifest["shards"]]
         break
-      except index_files.Damaged as e:
+      except storage.Damaged as e:
         if attempt < 2 and read_manifest(path) != self.manifest:
           continue  # an index run committed meanwhile: open what it committed
         raise ValueError(f"index {path} is damaged: {e}; re-index it with "
