@@ -84,3 +84,11 @@ def closed_port_url():
   with FileServer() as server:
     url = server.url
   return url
+
+
+def one_line_naming(error, url):
+  """The text of ``error``, asserted to be one line that names ``url``."""
+  text = str(error)
+  assert len(text.splitlines()) == 1, text
+  assert url in text, text
+  return text

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from densecap_jax import download
-from file_server import FileServer, closed_port_url
+from file_server import FileServer, closed_port_url, one_line_naming
 
 DATA = np.random.default_rng(0).integers(0, 256, 300_000, np.uint8).tobytes()
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -18,13 +18,6 @@ SHA = hashlib.sha256(DATA).hexdigest()
 def server():
   with FileServer({"w.bin": DATA}) as s:
     yield s
-
-
-def _one_line_naming(error, url):
-  text = str(error)
-  assert len(text.splitlines()) == 1, text
-  assert url in text, text
-  return text
 
 
 def test_downloads_verifies_and_renames(server, tmp_path):
@@ -47,7 +40,7 @@ def test_dropped_connection_resumes_with_range_next_run(server, tmp_path):
   url = server.url + "w.bin"
   with pytest.raises(download.DownloadError) as error:
     download.download(url, tmp_path / "w.bin", retries=0, progress=False)
-  text = _one_line_naming(error.value, url)
+  text = one_line_naming(error.value, url)
   assert "dropped after" in text and "run again to resume" in text
   assert not (tmp_path / "w.bin").exists()
   assert (tmp_path / "w.bin.part").read_bytes() == DATA[:100_000]
@@ -87,7 +80,7 @@ def test_connection_that_keeps_dropping_is_truncated_and_kept(server, tmp_path):
   url = server.url + "w.bin"
   with pytest.raises(download.DownloadError) as error:
     download.download(url, tmp_path / "w.bin", retries=2, progress=False, hint="do X")
-  text = _one_line_naming(error.value, url)
+  text = one_line_naming(error.value, url)
   assert "dropped after" in text and "(3 tries)" in text and text.endswith("or do X")
   assert not (tmp_path / "w.bin").exists()
   assert (tmp_path / "w.bin.part").stat().st_size == 1000
@@ -97,7 +90,7 @@ def test_404(server, tmp_path):
   url = server.url + "missing.bin"
   with pytest.raises(download.DownloadError) as error:
     download.download(url, tmp_path / "m.bin", progress=False, hint="download it by hand")
-  text = _one_line_naming(error.value, url)
+  text = one_line_naming(error.value, url)
   assert "not found: HTTP 404" in text and text.endswith("; download it by hand")
   assert os.listdir(tmp_path) == []
 
@@ -106,7 +99,7 @@ def test_server_down(tmp_path):
   url = closed_port_url() + "w.bin"
   with pytest.raises(download.DownloadError) as error:
     download.download(url, tmp_path / "w.bin", progress=False)
-  assert "cannot reach the server: connection refused" in _one_line_naming(error.value, url)
+  assert "cannot reach the server: connection refused" in one_line_naming(error.value, url)
   assert os.listdir(tmp_path) == []
 
 
@@ -116,7 +109,7 @@ def test_checksum_or_size_mismatch_leaves_nothing(server, tmp_path, check):
   url = server.url + "w.bin"
   with pytest.raises(download.ChecksumError) as error:
     download.download(url, tmp_path / "w.bin", progress=False, **check)
-  text = _one_line_naming(error.value, url)
+  text = one_line_naming(error.value, url)
   assert "expected" in text
   assert os.listdir(tmp_path) == []
 
@@ -142,7 +135,7 @@ def test_full_disk_is_one_line_and_keeps_the_part(server, tmp_path, monkeypatch)
   with pytest.raises(download.DownloadError) as error:
     download.download(url, tmp_path / "w.bin", progress=False)
   assert error.value.errno == errno.ENOSPC
-  assert "no space left on device" in _one_line_naming(error.value, url)
+  assert "no space left on device" in one_line_naming(error.value, url)
   assert not (tmp_path / "w.bin").exists()
   assert (tmp_path / "w.bin.part").stat().st_size == writes[0]
 

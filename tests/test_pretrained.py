@@ -23,7 +23,7 @@ from densecap_jax import model_dir
 from densecap_jax import pretrained
 from densecap_jax.commands import fetch as fetch_command
 from densecap_jax.convert import t7
-from file_server import FileServer, closed_port_url
+from file_server import FileServer, closed_port_url, one_line_naming
 
 ZIP = "densecap-pretrained-vgg16.t7.zip"
 PTH = "vgg16-397923af.pth"
@@ -76,13 +76,6 @@ def server(released, vgg_pth):
     yield s
 
 
-def _one_line_naming(error, url):
-  text = str(error)
-  assert len(text.splitlines()) == 1, text
-  assert url in text, text
-  return text
-
-
 def _no_model_left(cache, name="densecap-vgg16"):
   assert not (cache / name).exists()
   leftovers = [p for p in os.listdir(cache) if p.startswith(".")] if cache.exists() else []
@@ -126,7 +119,7 @@ def test_corrupt_zip_is_rejected_by_its_crc(cache, server, released):
   server.files[ZIP] = bytes(data)
   with pytest.raises(ValueError) as error:
     pretrained.resolve("densecap-vgg16", base_url=server.url, progress=False)
-  text = _one_line_naming(error.value, server.url + ZIP)
+  text = one_line_naming(error.value, server.url + ZIP)
   assert "corrupt" in text and "CRC" in text
   _no_model_left(cache)
   assert os.listdir(cache / "downloads") == []  # downloaded anew next time
@@ -137,7 +130,7 @@ def test_truncated_file_is_rejected(cache, server, released):
   server.files[ZIP] = released[0][:len(released[0]) // 2]
   with pytest.raises(ValueError) as error:
     pretrained.resolve("densecap-vgg16", base_url=server.url, progress=False)
-  assert "corrupt or truncated" in _one_line_naming(error.value, server.url + ZIP)
+  assert "corrupt or truncated" in one_line_naming(error.value, server.url + ZIP)
   _no_model_left(cache)
 
 
@@ -145,7 +138,7 @@ def test_truncated_t7_inside_the_zip_does_not_convert(cache, server, released):
   server.files[ZIP] = _zip_of("densecap-pretrained-vgg16.t7", released[1][:len(released[1]) // 2])
   with pytest.raises(ValueError) as error:
     pretrained.resolve("densecap-vgg16", base_url=server.url, progress=False)
-  text = _one_line_naming(error.value, server.url + ZIP)
+  text = one_line_naming(error.value, server.url + ZIP)
   assert "does not convert" in text and "densecap-convert --input" in text
   _no_model_left(cache)
 
@@ -154,7 +147,7 @@ def test_connection_dropping_every_time(cache, server):
   server.drops[ZIP] = (100, 500)
   with pytest.raises(download.DownloadError) as error:
     pretrained.resolve("densecap-vgg16", base_url=server.url, progress=False)
-  text = _one_line_naming(error.value, server.url + ZIP)
+  text = one_line_naming(error.value, server.url + ZIP)
   assert "run again to resume" in text
   _no_model_left(cache)
 
@@ -163,7 +156,7 @@ def test_404_says_where_to_put_the_file(cache, server):
   del server.files[ZIP]
   with pytest.raises(download.DownloadError) as error:
     pretrained.resolve("densecap-vgg16", base_url=server.url, progress=False)
-  text = _one_line_naming(error.value, server.url + ZIP)
+  text = one_line_naming(error.value, server.url + ZIP)
   assert "HTTP 404" in text
   assert f"by hand to {cache / 'downloads' / ZIP} and run again" in text
   _no_model_left(cache)
@@ -173,7 +166,7 @@ def test_server_down(cache):
   url = closed_port_url()
   with pytest.raises(download.DownloadError) as error:
     pretrained.resolve("densecap-vgg16", base_url=url, progress=False)
-  assert "connection refused" in _one_line_naming(error.value, url + ZIP)
+  assert "connection refused" in one_line_naming(error.value, url + ZIP)
   _no_model_left(cache)
 
 
@@ -192,7 +185,7 @@ def test_first_download_sha256_is_checked_later(cache, server, released):
   server.files[ZIP] = _zip_of("densecap-pretrained-vgg16.t7", t7.dumps(tree))
   with pytest.raises(download.ChecksumError) as error:
     pretrained.resolve("densecap-vgg16", base_url=server.url, progress=False)
-  text = _one_line_naming(error.value, server.url + ZIP)
+  text = one_line_naming(error.value, server.url + ZIP)
   assert f"differs from the expected {recorded}" in text
   assert f"the first download recorded in {cache / 'checksums.json'}" in text
   assert not (cache / "densecap-vgg16").exists()
@@ -201,7 +194,7 @@ def test_first_download_sha256_is_checked_later(cache, server, released):
   with pytest.raises(download.ChecksumError) as error:
     pretrained.resolve("densecap-vgg16", base_url=server.url, progress=False)
   assert (f"the server offers {len(released[0]) + 4:,} bytes, expected {len(released[0]):,}"
-          in _one_line_naming(error.value, server.url + ZIP))
+          in one_line_naming(error.value, server.url + ZIP))
   assert not (cache / "densecap-vgg16").exists()
 
 
@@ -212,7 +205,7 @@ def test_pinned_prefix_of_the_pth(cache, server, tmp_path):
   with pytest.raises(download.ChecksumError) as error:
     pretrained.resolve("vgg16-imagenet", base_url=server.url, vocab_json=vocab_json,
                        progress=False)
-  assert "does not start with the expected 397923af" in _one_line_naming(error.value,
+  assert "does not start with the expected 397923af" in one_line_naming(error.value,
                                                                          server.url + PTH)
   assert pretrained.cached() == []
 
@@ -243,7 +236,7 @@ def test_full_disk_while_converting(cache, server, monkeypatch):
   with pytest.raises(download.DownloadError) as error:
     pretrained.resolve("densecap-vgg16", base_url=server.url, progress=False)
   assert error.value.errno == errno.ENOSPC
-  assert "no space left on device" in _one_line_naming(error.value, server.url + ZIP)
+  assert "no space left on device" in one_line_naming(error.value, server.url + ZIP)
   _no_model_left(cache)
   assert os.listdir(cache / "downloads") == [ZIP]  # verified; the next run converts it
 
@@ -256,7 +249,7 @@ def test_full_disk_while_downloading(cache, server, monkeypatch):
   with pytest.raises(download.DownloadError) as error:
     pretrained.resolve("densecap-vgg16", base_url=server.url, progress=False)
   assert error.value.errno == errno.ENOSPC
-  _one_line_naming(error.value, server.url + ZIP)
+  one_line_naming(error.value, server.url + ZIP)
   _no_model_left(cache)
 
 
@@ -341,7 +334,7 @@ def test_corrupt_file_put_there_by_hand_is_kept_and_named(cache, released):
   url = closed_port_url()
   with pytest.raises(ValueError) as error:
     pretrained.resolve("densecap-vgg16", base_url=url, progress=False)
-  text = _one_line_naming(error.value, url + ZIP)
+  text = one_line_naming(error.value, url + ZIP)
   assert f"corrupt or truncated: File is not a zip file; delete {cache / 'downloads' / ZIP} " \
          f"and run again, or convert it yourself" in text
   assert (cache / "downloads" / ZIP).stat().st_size == 1000
