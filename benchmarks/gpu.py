@@ -540,8 +540,9 @@ def jax_part(args, sizes, deadline):
   def prepare_training(case):
     if not train_api:
       train_api["bench"] = load_bench_train()
+      from densecap_jax import engine  # pylint: disable=g-import-not-at-top
       from densecap_jax.train import loop, optim, trainer  # pylint: disable=g-import-not-at-top
-      train_api.update(loop=loop, optim=optim, trainer=trainer)
+      train_api.update(engine=engine, loop=loop, optim=optim, trainer=trainer)
     bench, loop, trainer = train_api["bench"], train_api["loop"], train_api["trainer"]
     finetune, precision = case["finetune"], case["precision"]
     config = bench.train_config("vgg16", sizes["vocab_size"], None, "on" if finetune else "off")
@@ -549,12 +550,12 @@ def jax_part(args, sizes, deadline):
     tx = train_api["optim"].from_config(config)
     step_fn = loop.pmap_train_step(
         loop.make_train_step(trainer.make_loss_fn(config.model, finetune), tx))
-    state = loop.replicate(loop.init_train_state(
+    state = train_api["engine"].replicate(loop.init_train_state(
         densecap.init_params(config.model, jax.random.key(args.seed)), tx))
     num_devices = jax.local_device_count()
     batches = [bench.synthetic_batch(rng, num_devices, config.per_device_batch_size, bucket,
                                      config.model, sizes["regions"]) for _ in range(2)]
-    prefetch = getattr(loop, "prefetch_to_devices", None)
+    prefetch = getattr(train_api["engine"], "prefetch_to_devices", None)
     if prefetch is not None:  # on the device before timing, as the training loop feeds them
       batches = list(prefetch(iter(batches), size=len(batches)))
     case.update(state=state, batches=batches, rng=jax.random.key(args.seed), step_fn=step_fn,

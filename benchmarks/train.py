@@ -7,7 +7,7 @@ device and whether the CNN is trained; the step is the one ``trainer.train``
 runs (``make_loss_fn`` -> ``make_train_step`` -> ``pmap_train_step``), fed
 random batches in the loader's format with a leading device axis (no dataset
 needed) from host memory, as the training loop feeds them. The state is
-replicated with ``loop.replicate`` as ``loop.train_loop`` does.
+replicated with ``engine.replicate`` as ``loop.train_loop`` does.
 The first two steps are reported on their own (they include compilation),
 then after ``--warmup`` steps in all, ``--steps`` steps are timed, each
 waiting for its metrics as the loop does; steps/s and images/s (all devices)
@@ -41,6 +41,7 @@ import jax
 import numpy as np
 
 from densecap_jax import configs
+from densecap_jax import engine
 from densecap_jax.train import trainer
 from densecap_jax.train import loop
 from densecap_jax.train import optim
@@ -122,7 +123,7 @@ def bench_config(config, bucket, num_regions, warmup, steps, seed):
   step_fn = loop.pmap_train_step(
       loop.make_train_step(trainer.make_loss_fn(config.model, finetune_cnn), tx))
   params = densecap.init_params(config.model, jax.random.key(seed))
-  state = loop.replicate(loop.init_train_state(params, tx))
+  state = engine.replicate(loop.init_train_state(params, tx))
   del params
   rng = np.random.default_rng(seed)
   batches = [synthetic_batch(rng, num_devices, config.per_device_batch_size, bucket, config.model,

@@ -27,25 +27,27 @@ class FeatureExtractor:
   """Boxes and region codes of prepared images, batched by shape bucket.
 
   Attributes:
-    model: the ``inference.DenseCapPredictor`` (params, config, settings, buckets).
+    model: the ``predictor.DenseCapPredictor``: its ``runner`` runs the detections, its
+      ``regions`` pool given boxes.
     boxes_per_image: M, rows per image.
   """
 
   def __init__(self, model, boxes_per_image, pool_final_boxes=False):
     self.model = model
     self.boxes_per_image = boxes_per_image
-    config = model.config
+    runner = model.runner
+    config = runner.config
 
     def detect(params, images, image_sizes, rpn_nms_thresh, final_nms_thresh):
       return detection.detect_with_codes(
           params, images, image_sizes, config, boxes_per_image,
-          num_proposals=model.num_proposals, rpn_nms_thresh=rpn_nms_thresh,
+          num_proposals=runner.num_proposals, rpn_nms_thresh=rpn_nms_thresh,
           final_nms_thresh=final_nms_thresh, pool_final_boxes=pool_final_boxes)
 
-    self._detect = jax.jit(detect)
+    self._detect = runner.jit(detect)
 
   def detections(self, prepared):
-    """Rows of the first M detections of each :class:`inference.PreparedImage`.
+    """Rows of the first M detections of each ``image_stream.PreparedImage``.
 
     Returns:
       One dict per image: ``boxes`` and ``proposal_boxes`` ``(M, 4)`` float32
@@ -54,9 +56,10 @@ class FeatureExtractor:
       ``image_scale`` and ``num_boxes``; rows from ``num_boxes`` on are zero.
     """
     rows = [None] * len(prepared)
-    for chunk, images, sizes in self.model.batches(prepared):
-      out = jax.device_get(self._detect(self.model.params, images, sizes,
-                                        self.model.rpn_nms_thresh, self.model.final_nms_thresh))
+    runner = self.model.runner
+    for chunk, images, sizes in runner.batches(prepared):
+      out = jax.device_get(self._detect(images, sizes, runner.rpn_nms_thresh,
+                                        runner.final_nms_thresh))
       for k, i in enumerate(chunk):
         valid = out["valid"][k]
         p = prepared[i]
@@ -100,7 +103,7 @@ class FeatureExtractor:
     """Rows of each prepared image: of its given boxes, or of its detections.
 
     Args:
-      prepared: ``inference.PreparedImage`` s.
+      prepared: ``image_stream.PreparedImage`` s.
       boxes: ``None`` (all detected), or per image ``(k_i, 4)`` xywh in its
         pixels, or ``None`` for an image to detect.
 

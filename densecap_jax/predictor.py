@@ -41,13 +41,10 @@ from densecap_jax import configs
 from densecap_jax import engine
 from densecap_jax import runtime
 from densecap_jax import settings as settings_lib
-from densecap_jax.configs import buckets as buckets_lib
-from densecap_jax.data import device_resize
 from densecap_jax.data import image_stream
 from densecap_jax.data import images as images_lib
 from densecap_jax.data import vocab as vocab_lib
 from densecap_jax.models import detection
-from densecap_jax.models import precision as precision_lib
 from densecap_jax.ops import boxes as boxes_lib
 from densecap_jax.regions import api as regions_api
 
@@ -67,16 +64,26 @@ def bundled_examples_path():
   return str(importlib.resources.files("densecap_jax") / "bundled" / "examples")
 
 
+def _runner_attribute(name):
+  """An attribute of the predictor kept by its ``engine.Runner`` (read and set there)."""
+  return property(lambda self: getattr(self.runner, name),
+                  lambda self, value: setattr(self.runner, name, value))
+
+
 class DenseCapPredictor:
   """A model in memory with its test-time settings.
 
   Attributes:
+    runner: the ``engine.Runner`` the model runs on; ``params``, ``config``,
+      ``devices``, ``batch_size``, ``buckets``, ``image_size``,
+      ``num_proposals``, ``rpn_nms_thresh`` and ``final_nms_thresh`` are its
+      attributes.
     config: the model config; ``vocab``: the vocabulary list.
     image_size, num_proposals, rpn_nms_thresh, final_nms_thresh: test-time
       settings (defaults from the config: the original's 720 / 1000 / 0.7 /
       0.3 for the ``vgg16`` model).
     batch_size: images per forward pass, a multiple of the devices.
-    devices: where the model runs (default :func:`default_devices`); each
+    devices: where the model runs (default ``engine.default_devices``); each
       batch is split over them, the params are replicated on each.
     precision: ``"float32"`` (exact), ``"tf32"`` or ``"bfloat16"``
       (``models/precision.py``); the ``precision`` keyword overrides the
@@ -95,6 +102,16 @@ class DenseCapPredictor:
       keeps its choice.
   """
 
+  params = _runner_attribute("params")
+  config = _runner_attribute("config")
+  devices = _runner_attribute("devices")
+  batch_size = _runner_attribute("batch_size")
+  buckets = _runner_attribute("buckets")
+  image_size = _runner_attribute("image_size")
+  num_proposals = _runner_attribute("num_proposals")
+  rpn_nms_thresh = _runner_attribute("rpn_nms_thresh")
+  final_nms_thresh = _runner_attribute("final_nms_thresh")
+
   def __init__(self, params, config, vocab, *, image_size=None, num_proposals=None,
                rpn_nms_thresh=None, final_nms_thresh=None, batch_size=1, devices=None,
                precision=None, preprocess=None, compilation_cache=True):
@@ -102,54 +119,39 @@ class DenseCapPredictor:
     settings_lib.check_settings(image_size=image_size, num_proposals=num_proposals,
                                 rpn_nms_thresh=rpn_nms_thresh,
                                 final_nms_thresh=final_nms_thresh)
-    config = configs.with_precision(config, precision)
+    params, config = engine.inference_params(params, config, precision)  # bf16 kernels cast once
     self.precision = configs.precision_of(config)
-    params = precision_lib.cast_for_inference(params, self.precision)  # bf16 kernels cast once
-    self.devices = list(devices) if devices is not None else engine.default_devices()
-    mesh = jax.sharding.Mesh(np.array(self.devices), (engine.BATCH_AXIS,))
-    self._replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    self._split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(engine.BATCH_AXIS))
-    self.params = jax.device_put(params, self._replicated)
-    self.config = config
+    self.runner = engine.Runner(params, config, devices=devices, batch_size=batch_size,
+                                image_size=image_size, num_proposals=num_proposals,
+                                rpn_nms_thresh=rpn_nms_thresh, final_nms_thresh=final_nms_thresh)
     self.vocab = vocab
-    self.image_size = int(image_size or config.image_size)
-    self.num_proposals = int(num_proposals or config.num_proposals)
-    self.rpn_nms_thresh = config.rpn_nms_thresh if rpn_nms_thresh is None else rpn_nms_thresh
-    self.final_nms_thresh = (config.final_nms_thresh if final_nms_thresh is None
-                             else final_nms_thresh)
-    if batch_size < 1:
-      raise ValueError(f"batch_size must be positive, got {batch_size}")
     self.preprocess = preprocess or DEFAULT_PREPROCESS
     if self.preprocess not in PREPROCESS_CHOICES:
       raise ValueError(f"preprocess must be one of {', '.join(PREPROCESS_CHOICES)}, "
                        f"got {preprocess!r}")
-    num_devices = len(self.devices)
-    self.batch_size = -(-batch_size // num_devices) * num_devices  # a multiple of the devices
-    if self.image_size == config.image_size:
-      self.buckets = tuple(tuple(int(v) for v in b) for b in config.buckets)
-    else:
-      self.buckets = buckets_lib.make_buckets(self.image_size)
 
-    def run(params, images, image_sizes, rpn_nms_thresh, final_nms_thresh):
+    def run(params, images, image_sizes, rpn_nms_thresh, final_nms_thresh, groups):
       # A batch split over the devices (put_batch) captions each device's own kept rows.
-      groups = len(self.devices) if self.splits(len(images)) else 1
       return detection.infer(params, images, image_sizes, config,
                              num_proposals=self.num_proposals, rpn_nms_thresh=rpn_nms_thresh,
                              final_nms_thresh=final_nms_thresh, caption_groups=groups)
 
-    self._infer = jax.jit(run)
+    self._infer = self.runner.jit(run, grouped=True)
+
+  def __copy__(self):
+    """A shallow copy with a copy of :attr:`runner`: its settings set apart, the same programs."""
+    copied = object.__new__(type(self))
+    copied.__dict__.update(self.__dict__)
+    copied.runner = self.runner.replace()
+    return copied
 
   def put_batch(self, *arrays):
-    """Batch arrays (leading axis: images) placed for the model: split over :attr:`devices`.
-
-    A batch that does not divide evenly goes to every device whole.
-    """
-    return tuple(jax.device_put(a, self._split if self.splits(len(a)) else self._replicated)
-                 for a in arrays)
+    """Batch arrays (leading axis: images) placed for the model (``engine.Runner.put_batch``)."""
+    return self.runner.put_batch(*arrays)
 
   def splits(self, batch_size):
     """Whether a batch of ``batch_size`` images is split over the devices (else replicated)."""
-    return batch_size % len(self.devices) == 0
+    return self.runner.splits(batch_size)
 
   def prepare(self, image, on_device=False):
     """One image -> :class:`PreparedImage`.
@@ -196,38 +198,9 @@ class DenseCapPredictor:
   def batches(self, prepared, displays=False):
     """Padded batches of :class:`PreparedImage` s, placed on the devices, one bucket each.
 
-    Images prepared on the host are padded here and sent as float32. The
-    others are sent as their uint8 originals, padded to an input bucket, and
-    resized on the devices (``data.device_resize``) into the padded batch.
-
-    Args:
-      prepared: a list of :class:`PreparedImage`.
-      displays: also fetch the resized uint8 image of those resized on the
-        devices into their ``display``, once the caller is done with the batch.
-
-    Yields:
-      ``(members, images, sizes)``: indices into ``prepared`` (at most
-      :attr:`batch_size`), ``(batch_size, Hb, Wb, 3)`` float32 images
-      (unused slots all zero) and ``(batch_size, 2)`` int32 true sizes (the
-      bucket's for unused slots), placed by :meth:`put_batch`.
+    Yields ``(members, images, sizes)`` (``engine.Runner.batches``).
     """
-    for bucket, on_device, chunk in image_stream.bucket_chunks(prepared, self.buckets, self.batch_size):
-      sizes = image_stream.model_sizes(prepared, chunk, bucket, self.batch_size)
-      if not on_device:
-        yield (chunk, *self.put_batch(image_stream.host_batch(prepared, chunk, bucket, self.batch_size),
-                                      sizes))
-        continue
-      arrays = device_resize.batch_arrays([prepared[i].rgb for i in chunk],
-                                          [prepared[i].size for i in chunk], bucket,
-                                          self.batch_size)
-      placed = dict(zip(arrays, self.put_batch(*arrays.values())))
-      images, display = device_resize.resize_batch_jit(**placed, zero=np.uint32(0))
-      yield (chunk, images, *self.put_batch(sizes))
-      if displays:
-        display = jax.device_get(display)
-        for k, i in enumerate(chunk):
-          h, w = prepared[i].size
-          prepared[i].display = display[k, :h, :w].copy()
+    return self.runner.batches(prepared, displays)
 
   def predict_prepared(self, prepared, max_detections=None, displays=False, coords="resized"):
     """Runs the model on :class:`PreparedImage` s, batching images of one bucket together.
@@ -252,7 +225,7 @@ class DenseCapPredictor:
     results = [None] * len(prepared)
     for chunk, images, sizes in self.batches(prepared, displays):
       boxes, scores, tokens, valid = jax.device_get(self._infer(
-          self.params, images, sizes, self.rpn_nms_thresh, self.final_nms_thresh))
+          images, sizes, self.rpn_nms_thresh, self.final_nms_thresh))
       boxes = np.asarray(boxes_lib.xcycwh_to_xywh(boxes))  # whole batch: one fixed shape
       for k, i in enumerate(chunk):
         keep = np.flatnonzero(valid[k])[:max_detections]
@@ -288,9 +261,18 @@ class DenseCapPredictor:
     """
     regions_api.check_coords(coords)
     regions_api.detection_limit(max_detections)  # checked before any image is read
+    return self._each_group(regions_api.image_list(images), lambda prepared, _: (
+        self.predict_prepared(prepared, max_detections, coords=coords)))
+
+  def _each_group(self, images, run):
+    """``run(prepared, indices)`` on each group of :meth:`stream_groups`; its results in order.
+
+    ``run`` takes a group's ``PreparedImage`` s and their places in
+    ``images`` and returns one result per image.
+    """
     results = {}
-    for group in self.stream_groups(regions_api.image_list(images)):
-      outputs = self.predict_prepared([p for _, p in group], max_detections, coords=coords)
+    for group in self.stream_groups(images):
+      outputs = run([p for _, p in group], [i for i, _ in group])
       for (i, _), output in zip(group, outputs):
         results[i] = output
     return [results[i] for i in range(len(results))]
@@ -315,7 +297,7 @@ class DenseCapPredictor:
   @functools.cached_property
   def regions(self):
     """The :class:`regions.api.RegionModel` of this model (compiled on first use)."""
-    return regions_api.RegionModel(self)
+    return regions_api.RegionModel(self.runner, self.vocab)
 
   def caption_regions(self, images, boxes, *, with_codes=False, coords="image"):
     """Captions of boxes you give: per box its greedy caption and how sure the model is.
@@ -344,7 +326,14 @@ class DenseCapPredictor:
       ValueError: one line naming the image and box index: not 4 numbers,
         NaN or infinite, or a zero or negative size.
     """
-    return self.regions.caption_regions(images, boxes, with_codes=with_codes, coords=coords)
+    regions_api.check_coords(coords)
+    if boxes is None:
+      raise ValueError("boxes must be a list of [x, y, w, h] per image, got None (the model's "
+                       "own detections: predict)")
+    images, boxes = regions_api.boxes_per_image(images, boxes)
+    return self._each_group(images, lambda prepared, indices: self.regions.caption_prepared(
+        prepared, self.regions.given_boxes(prepared, [boxes[i] for i in indices], coords),
+        coords=coords, with_codes=with_codes))
 
   def score_phrases(self, images, phrases, boxes=None, *, coords="image", max_detections=None):
     """How well each phrase describes each region: the language model's log-likelihood.
@@ -378,8 +367,18 @@ class DenseCapPredictor:
       ValueError: a phrase with no known word or more than ``seq_length``
         words, or a bad box (as :meth:`caption_regions`).
     """
-    return self.regions.score_phrases(images, phrases, boxes, coords=coords,
-                                      max_detections=max_detections)
+    regions_api.check_coords(coords)
+    max_detections = regions_api.detection_limit(max_detections)
+    encoded = self.regions.encode_phrases(phrases)
+    images, boxes = regions_api.boxes_per_image(images, boxes)
+
+    def score(prepared, indices):
+      given = (None if boxes is None
+               else self.regions.given_boxes(prepared, [boxes[i] for i in indices], coords))
+      return self.regions.score_prepared(prepared, encoded, given, coords=coords,
+                                         max_detections=max_detections)
+
+    return self._each_group(images, score)
 
   def score_codes(self, codes, phrases):
     """How well each phrase describes each of ``(n, fc_dim)`` stored fc7 codes.

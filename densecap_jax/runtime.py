@@ -456,6 +456,18 @@ def compiling(count, *, key=None, detail="", upto=False, file=None):
   notice.done()
 
 
+def restart_rate(bar, n):
+  """Puts the tqdm ``bar`` at ``n`` done and restarts its clock and rate from there.
+
+  For after a step that compiled a program (or any pause that is not the
+  work being timed): counted in, its minutes would make the remaining-time
+  estimate hours long. The elapsed time shown restarts too.
+  """
+  bar.reset()
+  bar.initial = bar.n = bar.last_print_n = n
+  bar.refresh()
+
+
 def count(n, word, plural=None):
   """``n`` and the noun in the right number: ``count(1, "image")`` is "1 image",
   ``count(2, "box", "boxes")`` "2 boxes" (default plural: ``word + "s"``)."""

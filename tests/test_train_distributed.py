@@ -11,12 +11,12 @@ import time
 import jax
 import pytest
 
+from densecap_jax import engine
 from densecap_jax.train import distributed
-from densecap_jax.train import loop
 
 
 def test_stop_agreement_reports_a_signal_lag_steps_after_it_arrives():
-  agreement = distributed.StopAgreement(loop.AXIS, lag=2)
+  agreement = distributed.StopAgreement(engine.BATCH_AXIS, lag=2)
   requests = [None, None, "SIGTERM", "SIGTERM", "SIGTERM", "SIGTERM"]
   agreed = [agreement.after_step(r) for r in requests]
   # Step i reads the request of step i - 2: the signal of step 3 is agreed at step 5.
@@ -24,7 +24,7 @@ def test_stop_agreement_reports_a_signal_lag_steps_after_it_arrives():
 
 
 def test_stop_agreement_takes_the_largest_signal_number():
-  agreement = distributed.StopAgreement(loop.AXIS, lag=0)
+  agreement = distributed.StopAgreement(engine.BATCH_AXIS, lag=0)
   assert agreement.after_step("SIGINT") == "SIGINT"  # 2
   assert agreement.after_step(None) is None
   assert agreement.after_step("SIGTERM") == "SIGTERM"  # 15

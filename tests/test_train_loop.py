@@ -17,6 +17,7 @@ import optax
 import pytest
 import tqdm
 
+from densecap_jax import engine
 from densecap_jax.train import loop
 import disk_faults
 import toy_training as toy
@@ -33,11 +34,11 @@ def _deterministic_loss(params, batch, rng):
 def _one_step(num_devices, batch):
   tx = optax.sgd(0.1)
   state = loop.init_train_state(toy.init_params(), tx)
-  step_fn = jax.pmap(loop.make_train_step(_deterministic_loss, tx), axis_name=loop.AXIS,
+  step_fn = jax.pmap(loop.make_train_step(_deterministic_loss, tx), axis_name=engine.BATCH_AXIS,
                      in_axes=(0, 0, None), devices=jax.local_devices()[:num_devices])
   replicated = flax.jax_utils.replicate(state, devices=jax.local_devices()[:num_devices])
   new, metrics = step_fn(replicated, batch, jax.random.key(0))
-  return loop.unreplicate(new), jax.device_get(metrics)
+  return engine.unreplicate(new), jax.device_get(metrics)
 
 
 def test_pmap_step_equals_single_device_step_on_global_batch():

@@ -25,15 +25,19 @@ import argparse
 import sys
 
 from densecap_jax import configs
+from densecap_jax import engine
 from densecap_jax import files
+from densecap_jax import model_dir
 from densecap_jax import runtime
 from densecap_jax import settings
 from densecap_jax.commands import flags as cli
+from densecap_jax.data import loader
 from densecap_jax.evaluation import ground_truth
 from densecap_jax.evaluation import meteor
 from densecap_jax.evaluation import metric
 from densecap_jax.evaluation import predictions as predictions_lib
 from densecap_jax.evaluation import predictions_eval
+from densecap_jax.evaluation import split_eval
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -214,16 +218,10 @@ def main(argv=None, meteor_fn=None):
 
 def _evaluate_model(args, meteor_fn):
   """``--checkpoint``: the model over the split (``split_eval.evaluate_split``)."""
-  # pylint: disable=g-import-not-at-top
-  from densecap_jax import model_dir as checkpoint
-  from densecap_jax.data import loader
-  from densecap_jax.evaluation import split_eval
-  from densecap_jax.models import precision as precision_lib
   runtime.setup_from_args(args)
   try:
-    params, config, _ = checkpoint.load_model(args.checkpoint)
-    config = configs.with_precision(config, args.precision)
-    params = precision_lib.cast_for_inference(params, configs.precision_of(config))
+    params, config, _ = model_dir.load_model(args.checkpoint)
+    params, config = engine.inference_params(params, config, args.precision)
     data = loader.DenseCapH5(args.data_h5, args.data_json)
     if data.vocab_size != config.vocab_size:
       raise ValueError(f"{args.data_json} has {data.vocab_size} words but the model was "

@@ -9,19 +9,17 @@ evaluator's dict.
 """
 
 import functools
-import json
 
 import jax
-from jax.experimental import multihost_utils
 import numpy as np
 from tqdm import tqdm
 
+from densecap_jax import engine
 from densecap_jax import runtime
-from densecap_jax.evaluation import metric
 from densecap_jax.data import loader as loader_lib
 from densecap_jax.data import vocab as vocab_lib
+from densecap_jax.evaluation import metric
 from densecap_jax.models import detection
-from densecap_jax.train import loop
 
 
 def make_predict_fn(config, num_proposals=None):
@@ -80,7 +78,7 @@ def evaluate_split(params, data, split, predict_fn, *, config, max_images=-1, ba
       num_devices=jax.local_device_count(), process_index=jax.process_index(),
       process_count=jax.process_count(), num_epochs=1, max_images=num_images, overflow="error")
   run = _pmapped(predict_fn)
-  replicated = loop.replicate(params)
+  replicated = engine.replicate(params)
   is_chief = jax.process_index() == 0
   per_image = {}
   shapes = set()  # image batch shapes already compiled
@@ -97,7 +95,8 @@ def evaluate_split(params, data, split, predict_fn, *, config, max_images=-1, ba
       local = dict(zip(("boxes", "scores", "tokens", "valid"), jax.device_get(outputs)))
       local.update((k, batch[k]) for k in ("gt_boxes", "gt_labels", "gt_mask", "example_mask",
                                              "image_index"))
-      merged = _gather_processes({k: v.reshape((-1,) + v.shape[2:]) for k, v in local.items()})
+      merged = engine.gather_processes({k: v.reshape((-1,) + v.shape[2:])
+                                        for k, v in local.items()})
       for k in np.flatnonzero(merged["example_mask"]):
         keep, gt = merged["valid"][k], merged["gt_mask"][k]
         per_image[int(merged["image_index"][k])] = (
@@ -107,7 +106,7 @@ def evaluate_split(params, data, split, predict_fn, *, config, max_images=-1, ba
             vocab_lib.decode_captions(merged["gt_labels"][k][gt], data.vocab))
       if compiling:  # the batch's time is mostly compilation: the rate starts after it
         bar.set_description(desc, refresh=False)
-        loop.restart_rate(bar, len(per_image))
+        runtime.restart_rate(bar, len(per_image))
       else:
         bar.update(len(per_image) - bar.n)
   results = None
@@ -116,31 +115,11 @@ def evaluate_split(params, data, split, predict_fn, *, config, max_images=-1, ba
     for index in sorted(per_image):
       evaluator.add_result(*per_image[index])
     results = evaluator.evaluate()
-  return _share_from_chief(results)
+  return engine.share_from_chief(results)
 
 
 @functools.lru_cache(maxsize=None)
 def _pmapped(predict_fn):
   """``predict_fn`` over the local devices: params replicated, batches split on a leading axis."""
-  return jax.pmap(predict_fn, axis_name=loop.AXIS, in_axes=(0, 0, 0, None, None))
+  return jax.pmap(predict_fn, axis_name=engine.BATCH_AXIS, in_axes=(0, 0, 0, None, None))
 
-
-def _gather_processes(arrays):
-  """The per-process arrays of a dict concatenated on axis 0 in process order, on every process."""
-  if jax.process_count() == 1:
-    return arrays
-  return {k: np.asarray(v) for k, v in
-          multihost_utils.process_allgather(arrays, tiled=True).items()}
-
-
-def _share_from_chief(results):
-  """The first process's JSON-able ``results`` on every process."""
-  if jax.process_count() == 1:
-    return results
-  payload = np.frombuffer(json.dumps(results).encode(), np.uint8) if results is not None else (
-      np.zeros(0, np.uint8))
-  size = int(multihost_utils.broadcast_one_to_all(np.int64(payload.size)))
-  buffer = np.zeros(size, np.uint8)
-  buffer[:payload.size] = payload[:size]
-  data = multihost_utils.broadcast_one_to_all(buffer)
-  return json.loads(np.asarray(data, np.uint8).tobytes().decode())

@@ -65,7 +65,7 @@ def image_list(images):
   return images
 
 
-def _boxes_per_image(images, boxes):
+def boxes_per_image(images, boxes):
   """``(images, boxes)`` as two lists, one entry per image (``boxes`` may be ``None``).
 
   ``boxes`` of one image (not a list of images) is that image's list of boxes.
@@ -128,26 +128,28 @@ def caption_log_prob(tokens, log_probs, end_token):
 
 
 class RegionModel:
-  """The region and phrase programs of one ``inference.DenseCapPredictor``.
+  """The region and phrase programs of a model on devices.
 
   Attributes:
-    predictor: the model, its settings, devices and shape buckets.
+    runner: the ``engine.Runner``: params, config, test-time settings,
+      devices and shape buckets.
+    vocab: the vocabulary list.
   """
 
-  def __init__(self, predictor):
-    self.predictor = predictor
-    config = predictor.config
+  def __init__(self, runner, vocab):
+    self.runner = runner
+    self.vocab = vocab
+    config = runner.config
 
     def regions(params, images, image_sizes, boxes, box_valid):
       return given_boxes.region_captions(params, images, image_sizes, boxes, box_valid, config)
 
-    def detect(params, images, image_sizes, rpn_nms_thresh, final_nms_thresh):
+    def detect(params, images, image_sizes, rpn_nms_thresh, final_nms_thresh, groups):
       det = detection.detect_with_codes(
-          params, images, image_sizes, config, predictor.num_proposals,
-          num_proposals=predictor.num_proposals, rpn_nms_thresh=rpn_nms_thresh,
+          params, images, image_sizes, config, runner.num_proposals,
+          num_proposals=runner.num_proposals, rpn_nms_thresh=rpn_nms_thresh,
           final_nms_thresh=final_nms_thresh)
       model = densecap.build_model(config)
-      groups = len(predictor.devices) if predictor.splits(len(images)) else 1
       det["tokens"] = detection.caption_kept(model, params, det["codes"], det["valid"], groups)
       return det
 
@@ -159,20 +161,20 @@ class RegionModel:
     def phrases(params, codes, labels):
       return given_boxes.phrase_log_likelihood(params, codes, labels, config)
 
-    self._regions = jax.jit(regions)
-    self._codes = jax.jit(codes)
-    self._detect = jax.jit(detect)
-    self._phrases = jax.jit(phrases)
+    self._regions = runner.jit(regions)
+    self._codes = runner.jit(codes)
+    self._detect = runner.jit(detect, grouped=True)
+    self._phrases = runner.jit(phrases)
 
   @property
   def end_token(self):
-    return int(self.predictor.config.vocab_size) + 1
+    return int(self.runner.config.vocab_size) + 1
 
   def given_boxes(self, prepared, boxes, coords="image", names=None):
     """Checked given boxes of prepared images, in both coordinate systems.
 
     Args:
-      prepared: ``inference.PreparedImage`` s.
+      prepared: ``image_stream.PreparedImage`` s.
       boxes: per image, ``(k_i, 4)`` xywh in ``coords``.
       coords: ``"image"`` or ``"resized"``.
       names: per image, what errors call its boxes (default ``"boxes of image i"``).
@@ -203,11 +205,11 @@ class RegionModel:
     """Codes, logits, tokens and token log-probabilities of given boxes of prepared images.
 
     Args:
-      prepared: ``inference.PreparedImage`` s.
+      prepared: ``image_stream.PreparedImage`` s.
       resized_boxes: per image, ``(k_i, 4)`` float32 xywh in the resized image.
       captions: also caption the boxes (``False``: codes and logits only).
       displays: fill ``display`` of images resized on the devices
-        (``DenseCapPredictor.batches``).
+        (``engine.Runner.batches``).
 
     Returns:
       Per image a dict of ``codes`` ``(k, fc_dim)``, ``scores`` ``(k,)``
@@ -216,7 +218,7 @@ class RegionModel:
     """
     run = self._regions if captions else self._codes
     rows = [None] * len(prepared)
-    for chunk, images, sizes in self.predictor.batches(prepared, displays):
+    for chunk, images, sizes in self.runner.batches(prepared, displays):
       counts = [len(resized_boxes[i]) for i in chunk]
       slots = phrases_lib.static_size(max(counts), floor=MIN_BOX_SLOTS)
       batch_boxes = np.zeros((len(images), slots, 4), np.float32)
@@ -224,35 +226,18 @@ class RegionModel:
       for k, i in enumerate(chunk):
         batch_boxes[k, :counts[k]] = boxes_lib.xywh_to_model(resized_boxes[i])
         batch_valid[k, :counts[k]] = True
-      out = jax.device_get(run(self.predictor.params, images, sizes,
-                               *self.predictor.put_batch(batch_boxes, batch_valid)))
+      out = jax.device_get(run(images, sizes, *self.runner.put_batch(batch_boxes, batch_valid)))
       for k, i in enumerate(chunk):
         rows[i] = {"scores" if key == "logits" else key: value[k, :counts[k]]
                    for key, value in out.items()}
     return rows
 
-  def caption_regions(self, images, boxes, *, with_codes=False, coords="image"):
-    """Captions of given boxes (see ``DenseCapPredictor.caption_regions``)."""
-    check_coords(coords)
-    if boxes is None:
-      raise ValueError("boxes must be a list of [x, y, w, h] per image, got None (the model's "
-                       "own detections: predict)")
-    images, boxes = _boxes_per_image(images, boxes)
-    results = [None] * len(images)
-    for group in self.predictor.stream_groups(images):
-      prepared = [p for _, p in group]
-      given = self.given_boxes(prepared, [boxes[i] for i, _ in group], coords)
-      outputs = self.caption_prepared(prepared, given, coords=coords, with_codes=with_codes)
-      for (i, _), output in zip(group, outputs):
-        results[i] = output
-    return results
-
   def caption_prepared(self, prepared, given, *, coords="image", with_codes=False,
                        displays=False):
-    """``caption_regions``' results for prepared images and their checked boxes.
+    """``DenseCapPredictor.caption_regions``' results for prepared images and checked boxes.
 
     Args:
-      prepared: ``inference.PreparedImage`` s.
+      prepared: ``image_stream.PreparedImage`` s.
       given: per image, ``given_boxes``' ``(image_boxes, resized_boxes, clipped, outside)``.
       coords: the coordinates of the boxes returned.
       with_codes: also return the fc7 codes.
@@ -265,7 +250,7 @@ class RegionModel:
           "boxes": image_boxes if coords == "image" else resized,
           "clipped": clipped,
           "outside": outside,
-          "captions": vocab_lib.decode_captions(row["tokens"], self.predictor.vocab),
+          "captions": vocab_lib.decode_captions(row["tokens"], self.vocab),
           "caption_log_probs": caption_log_prob(row["tokens"], row["log_probs"],
                                                 self.end_token),
           "scores": row["scores"],
@@ -280,9 +265,9 @@ class RegionModel:
     """The model's detections with their codes and captions, per prepared image.
 
     Args:
-      prepared: ``inference.PreparedImage`` s.
+      prepared: ``image_stream.PreparedImage`` s.
       max_detections: keep at most this many per image (``None`` or -1: all).
-      final_nms_thresh: the final NMS threshold (default the predictor's; an
+      final_nms_thresh: the final NMS threshold (default the runner's; an
         argument of the compiled program, so another value compiles nothing).
 
     Returns:
@@ -292,23 +277,23 @@ class RegionModel:
     """
     limit = detection_limit(max_detections)
     rows = [None] * len(prepared)
-    for chunk, images, sizes in self.predictor.batches(prepared):
+    for chunk, images, sizes in self.runner.batches(prepared):
       out = jax.device_get(self._detect(
-          self.predictor.params, images, sizes, self.predictor.rpn_nms_thresh,
-          self.predictor.final_nms_thresh if final_nms_thresh is None else final_nms_thresh))
+          images, sizes, self.runner.rpn_nms_thresh,
+          self.runner.final_nms_thresh if final_nms_thresh is None else final_nms_thresh))
       boxes = np.asarray(boxes_lib.xcycwh_to_xywh(out["boxes"]))  # whole batch: one shape
       for k, i in enumerate(chunk):
         keep = np.flatnonzero(out["valid"][k])[:limit]
         rows[i] = {"boxes": boxes[k][keep], "scores": out["scores"][k][keep],
                    "captions": vocab_lib.decode_captions(out["tokens"][k][keep],
-                                                         self.predictor.vocab),
+                                                         self.vocab),
                    "codes": out["codes"][k][keep]}
     return rows
 
   def encode_phrases(self, phrases):
     """``regions.phrases.encode_phrases`` with the model's vocabulary and ``seq_length``."""
-    return phrases_lib.encode_phrases(phrases, self.predictor.vocab,
-                                      int(self.predictor.config.seq_length))
+    return phrases_lib.encode_phrases(phrases, self.vocab,
+                                      int(self.runner.config.seq_length))
 
   def score_codes(self, codes, phrases):
     """Log-likelihood of each phrase given each region code.
@@ -334,8 +319,8 @@ class RegionModel:
     encoded = phrases if isinstance(phrases, phrases_lib.EncodedPhrases) else (
         self.encode_phrases(phrases))
     codes = np.asarray(codes, np.float32)
-    if codes.ndim != 2 or codes.shape[1] != int(self.predictor.config.fc_dim):
-      raise ValueError(f"codes must be (n, {self.predictor.config.fc_dim}), got {codes.shape}")
+    if codes.ndim != 2 or codes.shape[1] != int(self.runner.config.fc_dim):
+      raise ValueError(f"codes must be (n, {self.runner.config.fc_dim}), got {codes.shape}")
     num_phrases = encoded.labels.shape[0]
     rows = phrases_lib.static_size(min(max(len(codes), 1), max(MAX_PAIRS // num_phrases, 1)),
                                    floor=MIN_BOX_SLOTS)
@@ -345,35 +330,18 @@ class RegionModel:
       chunk = codes[start:start + rows]
       padded = np.zeros((rows, codes.shape[1]), np.float32)
       padded[:len(chunk)] = chunk
-      ll = np.asarray(self._phrases(self.predictor.params, padded, labels))
+      ll = np.asarray(self._phrases(padded, labels))
       sums[start:start + len(chunk)] = ll[:len(chunk), :encoded.count].sum(axis=-1)
     return {"log_likelihood": sums,
             "mean_log_likelihood": (sums / encoded.lengths[None, :]).astype(np.float32),
             **encoded.fields()}
 
-  def score_phrases(self, images, phrases, boxes=None, *, coords="image", max_detections=None):
-    """Phrase log-likelihoods of regions (see ``DenseCapPredictor.score_phrases``)."""
-    check_coords(coords)
-    max_detections = detection_limit(max_detections)
-    encoded = self.encode_phrases(phrases)
-    images, boxes = _boxes_per_image(images, boxes)
-    results = [None] * len(images)
-    for group in self.predictor.stream_groups(images):
-      prepared = [p for _, p in group]
-      given = (None if boxes is None
-               else self.given_boxes(prepared, [boxes[i] for i, _ in group], coords))
-      outputs = self.score_prepared(prepared, encoded, given, coords=coords,
-                                    max_detections=max_detections)
-      for (i, _), output in zip(group, outputs):
-        results[i] = output
-    return results
-
   def score_prepared(self, prepared, encoded, given=None, *, coords="image", max_detections=None,
                      min_score=None, final_nms_thresh=None):
-    """``score_phrases``' results for prepared images.
+    """``DenseCapPredictor.score_phrases``' results for prepared images.
 
     Args:
-      prepared: ``inference.PreparedImage`` s.
+      prepared: ``image_stream.PreparedImage`` s.
       encoded: ``regions.phrases.EncodedPhrases``.
       given: per image, ``given_boxes``' ``(image_boxes, resized_boxes,
         clipped, outside)``, or ``None`` to score the model's detections.
@@ -382,7 +350,7 @@ class RegionModel:
         scored (``given=None``): those with an objectness logit of at least
         ``min_score``, then the first ``max_detections`` (``None`` or -1:
         all), of a final NMS at
-        ``final_nms_thresh`` (default the predictor's).
+        ``final_nms_thresh`` (default the runner's).
     """
     if given is None:
       rows = self.detections(prepared, final_nms_thresh=final_nms_thresh)
@@ -395,7 +363,7 @@ class RegionModel:
     else:
       rows = self.region_rows(prepared, [g[1] for g in given])
       for row in rows:
-        row["captions"] = vocab_lib.decode_captions(row["tokens"], self.predictor.vocab)
+        row["captions"] = vocab_lib.decode_captions(row["tokens"], self.vocab)
       placed = given
     results = []
     for p, row, (image_boxes, resized, clipped, outside) in zip(prepared, rows, placed):

@@ -1,6 +1,6 @@
 """The model side of the server: compiled shapes, batches of uploads, boxes in the upload's pixels.
 
-A ``Captioner`` wraps a loaded ``inference.DenseCapPredictor``. Each batch of
+A ``Captioner`` wraps a loaded ``predictor.DenseCapPredictor``. Each batch of
 detection requests is split by final-NMS threshold and shape bucket and padded
 to one of two batch sizes, 1 or ``max_batch``, so detecting runs at most
 ``len(buckets) * len(batch_sizes)`` programs (``programs``, a
@@ -30,7 +30,6 @@ import os
 
 import numpy as np
 
-from densecap_jax import predictor as inference
 from densecap_jax.configs import buckets as buckets_lib
 from densecap_jax.regions import api as regions_api
 from densecap_jax.server import programs as programs_lib
@@ -71,7 +70,7 @@ class Captioner:
   def __init__(self, predictor, max_batch, key=None, busy=None):
     """
     Args:
-      predictor: a loaded ``inference.DenseCapPredictor``.
+      predictor: a loaded ``predictor.DenseCapPredictor``.
       max_batch: most images per model call.
       key: what the programs depend on apart from their shapes
         (``cli.program_key``), to tell which the compilation cache holds;

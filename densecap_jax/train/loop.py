@@ -8,7 +8,6 @@ function of the step, so a run resumed from a checkpoint repeats exactly what
 an uninterrupted run does. Scalars go to ``metrics_log.MetricsWriter``.
 """
 
-import collections
 import os
 import shutil
 import signal
@@ -24,13 +23,12 @@ import optax
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
+from densecap_jax import engine
 from densecap_jax import model_dir
+from densecap_jax import runtime
 from densecap_jax.train import distributed
 # loop.MetricsWriter: the name the loop's callers use.
 from densecap_jax.train.metrics_log import MetricsWriter  # pylint: disable=unused-import
-
-AXIS = "batch"
-
 
 class TrainState(flax.struct.PyTreeNode):
   step: jax.Array
@@ -48,7 +46,7 @@ def _all_finite(tree):
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def make_train_step(loss_fn, tx, axis_name=AXIS):
+def make_train_step(loss_fn, tx, axis_name=engine.BATCH_AXIS):
   """The per-device training step.
 
   Args:
@@ -90,39 +88,12 @@ def make_train_step(loss_fn, tx, axis_name=AXIS):
   return train_step
 
 
-def pmap_train_step(train_step, axis_name=AXIS):
+def pmap_train_step(train_step, axis_name=engine.BATCH_AXIS):
   """``train_step`` mapped over the local devices: state and batch carry a leading device axis."""
   return jax.pmap(train_step, axis_name=axis_name, in_axes=(0, 0, None), donate_argnums=(0,))
 
 
-def _device_sharding(axis_name=AXIS):
-  """Leading axis split over the local devices, on the mesh the pmapped step's outputs use."""
-  return jax.sharding.NamedSharding(
-      jax.sharding.Mesh(np.array(jax.local_devices()), (axis_name,)),
-      jax.sharding.PartitionSpec(axis_name))
-
-
-def prefetch_to_devices(batches, size=2, axis_name=AXIS):
-  """Yields ``batches`` (leading local-device axis) already on the devices, ``size`` ahead.
-
-  ``jax.device_put`` returns at once and copies in the background, so the
-  next batches travel while the current step runs.
-  """
-  sharding = _device_sharding(axis_name)
-  queue = collections.deque()
-
-  def put(batch):
-    return jax.tree.map(lambda x: jax.device_put(x, sharding), batch)
-
-  for batch in batches:
-    queue.append(put(batch))
-    if len(queue) > size:
-      yield queue.popleft()
-  while queue:
-    yield queue.popleft()
-
-
-def connect_devices(axis_name=AXIS):
+def connect_devices(axis_name=engine.BATCH_AXIS):
   """Runs one all-reduce over every device of the job, as the pmapped step runs its own.
 
   The collectives between processes (gloo on CPU) set up their connections
@@ -131,37 +102,7 @@ def connect_devices(axis_name=AXIS):
   """
   ones = np.ones((jax.local_device_count(),), np.float32)
   total = jax.pmap(lambda x: jax.lax.psum(x, axis_name), axis_name=axis_name)(ones)
-  return float(unreplicate(total))
-
-
-def replicate(tree, axis_name=AXIS):
-  """A copy of ``tree`` on every local device, sharded as the pmapped step's own outputs.
-
-  Placing it on a mesh with the step's axis name lets the first call's program
-  serve every later call (a replica on a differently named mesh compiles again).
-  """
-  devices = jax.local_devices()
-  sharding = _device_sharding(axis_name)
-  return jax.tree.map(
-      lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (len(devices),) + np.shape(x)),
-                               sharding), tree)
-
-
-def unreplicate(tree):
-  """This process's first device's copy of a pmapped pytree, on the host.
-
-  Reads the local shard only: indexing the global array would be a
-  computation over every process's devices, which the processes would have
-  to run in step.
-  """
-
-  def first_local(x):
-    if not isinstance(x, jax.Array):
-      return np.asarray(x)[0]
-    shard = np.asarray(x.addressable_shards[0].data)
-    return shard[0] if shard.ndim == x.ndim else shard
-
-  return jax.tree.map(first_local, tree)
+  return float(engine.unreplicate(total))
 
 
 class CheckpointError(RuntimeError):
@@ -295,18 +236,6 @@ class NonFiniteLossError(RuntimeError):
   pass
 
 
-def restart_rate(bar, n):
-  """Puts the tqdm ``bar`` at ``n`` done and restarts its clock and rate from there.
-
-  For after a step that compiled a program (or any pause that is not the
-  work being timed): counted in, its minutes would make the remaining-time
-  estimate hours long. The elapsed time shown restarts too.
-  """
-  bar.reset()
-  bar.initial = bar.n = bar.last_print_n = n
-  bar.refresh()
-
-
 def batch_shapes(batch):
   """The shapes of a batch's arrays: a step with shapes not seen before compiles a program."""
   return tuple(np.shape(x) for x in jax.tree.leaves(batch))
@@ -382,14 +311,14 @@ def train_loop(*, state, step_fn: Callable, batches: Iterator, base_rng, num_ste
   start = int(state.step)
   if start >= num_steps:
     return state, "done"
-  replicated = replicate(state)
+  replicated = engine.replicate(state)
   nonfinite, first_loss, sums, count = 0, None, {}, 0
   reason = "done"
   bar = tqdm(total=num_steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True)
   last_time = time.perf_counter()
 
   def host_state():
-    return unreplicate(replicated)
+    return engine.unreplicate(replicated)
 
   def save():
     state = host_state()
@@ -413,7 +342,7 @@ def train_loop(*, state, step_fn: Callable, batches: Iterator, base_rng, num_ste
     """Host-side bookkeeping of the steps since the last sync, in order."""
     nonlocal nonfinite, first_loss, count, exploded_at
     for at, device_metrics in pending:
-      metrics = unreplicate(device_metrics)
+      metrics = engine.unreplicate(device_metrics)
       loss = float(metrics["loss"])
       if not bool(metrics["finite"]):
         nonfinite += 1
@@ -436,11 +365,11 @@ def train_loop(*, state, step_fn: Callable, batches: Iterator, base_rng, num_ste
                    f"{first_loss:.4g}; stopping")
         exploded_at = at
 
-  agreement = distributed.StopAgreement(AXIS) if jax.process_count() > 1 else None
+  agreement = distributed.StopAgreement(engine.BATCH_AXIS) if jax.process_count() > 1 else None
   with StopRequest() as stop:
     step = start
     pending = []  # (step, metrics still on the devices) since the last sync
-    device_batches = prefetch_to_devices(batches, size=prefetch)
+    device_batches = engine.prefetch_to_devices(batches, size=prefetch)
     while step < num_steps:
       fn, batch = step_fn_at(step), next(device_batches)
       program = (id(fn), batch_shapes(batch))
@@ -453,7 +382,7 @@ def train_loop(*, state, step_fn: Callable, batches: Iterator, base_rng, num_ste
       pending.append((step, metrics))
       if compiling:
         bar.set_description("", refresh=False)
-        restart_rate(bar, step)
+        runtime.restart_rate(bar, step)
       else:
         bar.update(1)
       log_due = step % log_every == 0 or step == num_steps
@@ -477,7 +406,7 @@ def train_loop(*, state, step_fn: Callable, batches: Iterator, base_rng, num_ste
         save()  # before validation, so that a failing validation loses no step
       if eval_due:
         run_validation(step, host_state().params, eval_fn, writer, on_eval)
-        restart_rate(bar, step)
+        runtime.restart_rate(bar, step)
       if exploded_at is not None:
         reason = "exploded"
         save()
