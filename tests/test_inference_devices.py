@@ -4,6 +4,7 @@ On CPU a convolution over a batch of two may round differently from two of
 one, so the comparison is at the same images per device (one).
 """
 
+import copy
 import os
 
 import jax
@@ -38,3 +39,13 @@ def test_predict_and_features_on_eight_devices_equal_one_device():
   for a, b in zip(*rows):
     for key in ("boxes", "scores", "feats"):
       np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_a_copy_of_the_predictor_has_its_own_settings_and_the_same_programs():
+  model = inference.load_model(batch_size=1, devices=jax.local_devices())
+  copied = copy.copy(model)
+  copied.batch_size, copied.final_nms_thresh = 1, 0.5  # as the server pads a batch of one
+  assert (model.batch_size, model.final_nms_thresh) == (8, 0.3)
+  assert copied.runner is not model.runner and copied.runner.batch_size == 1
+  assert copied.params is model.params
+  assert copied._infer is model._infer  # pylint: disable=protected-access
