@@ -40,6 +40,7 @@ from densecap_jax import predictor as inference
 from densecap_jax.commands import predict
 from densecap_jax.commands import serve
 from densecap_jax.server import app as app_lib
+from densecap_jax.server import request_parsing as parsing
 from densecap_jax.server import batching
 from densecap_jax.server import captioner as captioner_lib
 from densecap_jax.server import programs as programs_lib
@@ -547,13 +548,13 @@ def png_with_size(width, height):
 
 
 def test_decode_image_checks_pixels_from_the_header_before_decoding():
-  with pytest.raises(app_lib.RequestError, match="8000x8000 = 64000000 pixels") as e:
-    app_lib.decode_image(png_with_size(8000, 8000), max_pixels=40_000_000)
+  with pytest.raises(parsing.RequestError, match="8000x8000 = 64000000 pixels") as e:
+    parsing.decode_image(png_with_size(8000, 8000), max_pixels=40_000_000)
   assert e.value.status == 413
   rgb = random_image(0, 30, 40)
-  assert np.array_equal(np.asarray(app_lib.decode_image(image_bytes(rgb, "PNG"), 1200)), rgb)
-  with pytest.raises(app_lib.RequestError, match="over the limit of 1199 pixels"):
-    app_lib.decode_image(image_bytes(rgb, "PNG"), 1199)
+  assert np.array_equal(np.asarray(parsing.decode_image(image_bytes(rgb, "PNG"), 1200)), rgb)
+  with pytest.raises(parsing.RequestError, match="over the limit of 1199 pixels"):
+    parsing.decode_image(image_bytes(rgb, "PNG"), 1199)
 
 
 def test_decode_image_gives_its_pixel_limit_instead_of_pillows_bomb_warning_or_error():
@@ -561,8 +562,8 @@ def test_decode_image_gives_its_pixel_limit_instead_of_pillows_bomb_warning_or_e
     warnings.simplefilter("error")  # Pillow's DecompressionBombWarning would fail the test
     for width, height, size in ((10000, 9500, "10000x9500 = 95000000"),
                                 (15000, 15000, "225000000")):
-      with pytest.raises(app_lib.RequestError) as e:
-        app_lib.decode_image(png_with_size(width, height), max_pixels=40_000_000)
+      with pytest.raises(parsing.RequestError) as e:
+        parsing.decode_image(png_with_size(width, height), max_pixels=40_000_000)
       assert e.value.status == 413
       assert e.value.message == f"image of {size} pixels is over the limit of 40000000 pixels"
 
@@ -572,8 +573,8 @@ def test_decode_image_refuses_truncated_and_non_images_and_applies_orientation()
   for data, message in ((jpeg[:len(jpeg) // 2], "cannot decode the image"),
                         (b"GIF89a but not really", "cannot decode the image|not an image"),
                         (b"plain text", "not an image of a supported format")):
-    with pytest.raises(app_lib.RequestError, match=message) as e:
-      app_lib.decode_image(data, 10**6)
+    with pytest.raises(parsing.RequestError, match=message) as e:
+      parsing.decode_image(data, 10**6)
     assert e.value.status == 400
   # Stored 30 wide x 20 high, EXIF orientation 6 (rotate 90 degrees clockwise to view).
   stored = Image.fromarray(random_image(2, 20, 30))
@@ -581,16 +582,16 @@ def test_decode_image_refuses_truncated_and_non_images_and_applies_orientation()
   exif[0x0112] = 6
   buffer = io.BytesIO()
   stored.save(buffer, format="JPEG", exif=exif.tobytes())
-  assert app_lib.decode_image(buffer.getvalue(), 10**6).size == (20, 30)
+  assert parsing.decode_image(buffer.getvalue(), 10**6).size == (20, 30)
 
 
 def test_parse_fields_defaults_values_and_errors():
   defaults = captioner_lib.CaptionOptions(final_nms_thresh=0.3)
-  assert app_lib.parse_fields([], defaults) == (defaults, {})
-  assert app_lib.parse_fields(
+  assert parsing.parse_fields([], defaults) == (defaults, {})
+  assert parsing.parse_fields(
       [("max_boxes", "5"), ("min_score", "-1.5"), ("final_nms_thresh", " 0.5 ")],
       defaults) == (captioner_lib.CaptionOptions(0.5, 5, -1.5), {})
-  assert app_lib.parse_fields([("phrases", '["a"]'), ("max_boxes", "2")], defaults,
+  assert parsing.parse_fields([("phrases", '["a"]'), ("max_boxes", "2")], defaults,
                               ("boxes", "phrases")) == (
                                   captioner_lib.CaptionOptions(0.3, 2), {"phrases": '["a"]'})
   for fields, message in (([("max_boxes", "2.5")], "max_boxes must be an integer, got '2.5'"),
@@ -602,29 +603,29 @@ def test_parse_fields_defaults_values_and_errors():
                           ([("phrases", "[]")], "unknown field 'phrases'; expected 'image' and "
                                                 "optionally .*'boxes'$"),
                           ([("boxes", "[]"), ("min_score", "1")], "min_score: not with 'boxes'")):
-    with pytest.raises(app_lib.RequestError, match=message) as e:
-      app_lib.parse_fields(fields, defaults, ("boxes",))
+    with pytest.raises(parsing.RequestError, match=message) as e:
+      parsing.parse_fields(fields, defaults, ("boxes",))
     assert e.value.status == 400
 
 
 def test_parse_boxes_and_phrases():
-  np.testing.assert_array_equal(app_lib.parse_boxes("[[1, 2.5, 3, 4]]"), [[1, 2.5, 3, 4]])
-  assert app_lib.parse_boxes("[]").shape == (0, 4)
-  assert app_lib.parse_phrases('["a red", "b"]') == ["a red", "b"]
-  too_many = json.dumps([[1, 1, 2, 2]] * (app_lib.MAX_GIVEN_BOXES + 1))
+  np.testing.assert_array_equal(parsing.parse_boxes("[[1, 2.5, 3, 4]]"), [[1, 2.5, 3, 4]])
+  assert parsing.parse_boxes("[]").shape == (0, 4)
+  assert parsing.parse_phrases('["a red", "b"]') == ["a red", "b"]
+  too_many = json.dumps([[1, 1, 2, 2]] * (parsing.MAX_GIVEN_BOXES + 1))
   for parse, text, message in (
-      (app_lib.parse_boxes, "[[1, 2", "boxes must be a list of .* in JSON; cannot parse it"),
-      (app_lib.parse_boxes, '{"x": 1}', "boxes must be a list of .*, got dict"),
-      (app_lib.parse_boxes, "[1, 2, 3, 4]", r"boxes: box 0 must be \[x, y, w, h\], 4 numbers"),
-      (app_lib.parse_boxes, '[[1, 1, 2, 2], [1, "2", 3, 4]]', "boxes: box 1 must be"),
-      (app_lib.parse_boxes, "[[1, 1, true, 2]]", "boxes: box 0 must be"),
-      (app_lib.parse_boxes, too_many, "1025 boxes are more than the limit of 1024"),
-      (app_lib.parse_phrases, "a red", "phrases must be a list of strings in JSON"),
-      (app_lib.parse_phrases, '"a red"', "phrases must be a non-empty list"),
-      (app_lib.parse_phrases, "[]", "phrases must be a non-empty list"),
-      (app_lib.parse_phrases, '["a", 3]', "phrase 1 must be a string, got 3"),
-      (app_lib.parse_phrases, json.dumps(["a"] * 65), "65 phrases are more than the limit")):
-    with pytest.raises(app_lib.RequestError, match=message) as e:
+      (parsing.parse_boxes, "[[1, 2", "boxes must be a list of .* in JSON; cannot parse it"),
+      (parsing.parse_boxes, '{"x": 1}', "boxes must be a list of .*, got dict"),
+      (parsing.parse_boxes, "[1, 2, 3, 4]", r"boxes: box 0 must be \[x, y, w, h\], 4 numbers"),
+      (parsing.parse_boxes, '[[1, 1, 2, 2], [1, "2", 3, 4]]', "boxes: box 1 must be"),
+      (parsing.parse_boxes, "[[1, 1, true, 2]]", "boxes: box 0 must be"),
+      (parsing.parse_boxes, too_many, "1025 boxes are more than the limit of 1024"),
+      (parsing.parse_phrases, "a red", "phrases must be a list of strings in JSON"),
+      (parsing.parse_phrases, '"a red"', "phrases must be a non-empty list"),
+      (parsing.parse_phrases, "[]", "phrases must be a non-empty list"),
+      (parsing.parse_phrases, '["a", 3]', "phrase 1 must be a string, got 3"),
+      (parsing.parse_phrases, json.dumps(["a"] * 65), "65 phrases are more than the limit")):
+    with pytest.raises(parsing.RequestError, match=message) as e:
       parse(text)
     assert e.value.status == 400 and "\n" not in e.value.message
 
@@ -638,7 +639,7 @@ def test_healthz_and_page(server):
   assert health["model"] == "tiny_random" and health["config"] == "tiny"
   assert health["buckets"] == [[IMAGE_SIZE, IMAGE_SIZE]] and health["batch_sizes"] == [1, 4]
   assert health["image_size"] == IMAGE_SIZE and health["max_pixels"] == MAX_PIXELS
-  assert health["regions"]["max_boxes"] == app_lib.MAX_GIVEN_BOXES
+  assert health["regions"]["max_boxes"] == parsing.MAX_GIVEN_BOXES
   assert health["regions"]["max_phrase_words"] == 15
   package = os.path.join(os.path.dirname(app_lib.__file__), os.pardir)
   for path, name, media in (("/", "static/index.html", "text/html"),
@@ -1007,11 +1008,11 @@ def test_a_long_query_string_is_a_json_414(server, size):
   assert status == 414 and headers["content-type"] == "application/json", (status, body[:200])
   assert json.loads(body) == {"error": (
       f"query string of {len(query) - 1:,} bytes is over the limit of "
-      f"{app_lib.MAX_QUERY_BYTES:,} bytes; send long fields ('boxes', 'phrases') as "
+      f"{parsing.MAX_QUERY_BYTES:,} bytes; send long fields ('boxes', 'phrases') as "
       f"multipart/form-data fields")}
   # Just under the limit the fields are read as usual.
   query = fields_query(phrases='["a"]', boxes="[[1, 1, 5, 5]" + " " * 60_000 + "]")
-  assert len(query) - 1 < app_lib.MAX_QUERY_BYTES
+  assert len(query) - 1 < parsing.MAX_QUERY_BYTES
   status, answer = server.json("POST", "/api/score" + query, png, {"Content-Type": "image/png"})
   assert status == 200 and answer["log_likelihood"] and answer["width"] == 30
 

@@ -60,6 +60,7 @@ from densecap_jax import runtime
 from densecap_jax.commands import flags as cli
 from densecap_jax.server import app as app_lib
 from densecap_jax.server import captioner as captioner_lib
+from densecap_jax.server import request_parsing
 # pylint: enable=wrong-import-position
 
 
@@ -235,7 +236,7 @@ def serve(args, sock, busy=None):
   config = uvicorn.Config(app, ssl_certfile=args.certfile or None,
                           ssl_keyfile=args.keyfile or None, access_log=args.access_log,
                           log_level="info" if args.access_log or args.verbose else "warning",
-                          h11_max_incomplete_event_size=app_lib.MAX_REQUEST_HEAD_BYTES,
+                          h11_max_incomplete_event_size=request_parsing.MAX_REQUEST_HEAD_BYTES,
                           timeout_graceful_shutdown=5)
   server = uvicorn.Server(config)
   print(f"listening: {url}" + (" (warming up; /healthz answers 503 until ready)"

@@ -60,35 +60,30 @@ runs alone in a worker thread, one at a time, beside the batcher's thread
 Every error is JSON ``{"error": "..."}`` with a 4xx status (5xx only for a
 failure of the server itself); a bad box or phrase is a 400 naming its index.
 Errors are one line, and quote at most 60 characters of a value sent
-(``files.quoted``, with its length). ``boxes`` and ``phrases`` are parsed
-with their nesting bounded (``MAX_JSON_DEPTH``) and integers beyond a
-float's range read as infinite (refused as a box's value); a query string
-over ``MAX_QUERY_BYTES`` is a 414 (send long fields in the multipart form);
-a request line and headers over ``MAX_REQUEST_HEAD_BYTES`` are refused by
-the HTTP server with a plain-text 400. A client's bad input logs nothing.
+(``files.quoted``, with its length). What a request sends is read and
+checked by ``request_parsing``: ``boxes`` and ``phrases`` are parsed with
+their nesting bounded (``MAX_JSON_DEPTH``) and integers beyond a float's
+range read as infinite (refused as a box's value); a query string over
+``MAX_QUERY_BYTES`` is a 414 (send long fields in the multipart form); a
+request line and headers over ``MAX_REQUEST_HEAD_BYTES`` are refused by the
+HTTP server with a plain-text 400. A client's bad input logs nothing.
 Page files are read once at start-up from a fixed list; no request path is
 ever mapped to the file system.
 """
 
 import contextlib
 import importlib.resources
-import json
 import logging
-import math
 import os
 import threading
 
 import anyio
 import jax
-import numpy as np
-from starlette import applications, exceptions, formparsers, requests, responses, routing
+from starlette import applications, exceptions, responses, routing
 
-from densecap_jax import files
-from densecap_jax import settings
-from densecap_jax.data import images as images_lib
-from densecap_jax.ops import boxes as boxes_lib
 from densecap_jax.server import batching
 from densecap_jax.server import captioner as captioner_lib
+from densecap_jax.server import request_parsing as parsing
 
 # The page's files: URL path -> (package folder in densecap_jax, file name, media type).
 STATIC_FILES = {
@@ -98,23 +93,6 @@ STATIC_FILES = {
     "/static/boxes.js": ("viewer", "boxes.js", "text/javascript; charset=utf-8"),
     "/static/boxes.css": ("viewer", "boxes.css", "text/css; charset=utf-8"),
 }
-# Decoders accepted for uploads; other Pillow plugins (EPS, PSD, ...) are never tried.
-IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
-OPTION_FIELDS = ("final_nms_thresh", "max_boxes", "min_score")
-BOXES_FIELD = "boxes"
-PHRASES_FIELD = "phrases"
-# Most boxes and phrases in one request, and the most bytes of one form field.
-MAX_GIVEN_BOXES = 1024
-MAX_PHRASES = 64
-MAX_FIELD_BYTES = 256 * 1024
-# Deepest nesting of the JSON of ``boxes`` and ``phrases`` (they need 2 and 1).
-MAX_JSON_DEPTH = 8
-# Longest query string (longer fields go in a multipart form: MAX_FIELD_BYTES),
-# and the most bytes of a request's line and headers that the HTTP server reads
-# (``serve`` gives it to uvicorn): a request line longer than that is refused
-# by uvicorn itself with a plain-text 400 before it reaches the application.
-MAX_QUERY_BYTES = 64 * 1024
-MAX_REQUEST_HEAD_BYTES = 1024 * 1024
 SECURITY_HEADERS = {
     "Content-Security-Policy": ("default-src 'self'; img-src 'self' blob: data:; "
                                 "media-src 'self' blob: mediastream:; object-src 'none'; "
@@ -145,234 +123,11 @@ class Readiness:
     return self.status == "ok"
 
 
-class RequestError(Exception):
-  """A bad request: answered with ``status`` and ``{"error": message}``."""
-
-  def __init__(self, status, message):
-    super().__init__(message)
-    self.status = status
-    self.message = message
-
-
 def read_static_files():
   """``{url path: (bytes, media type)}`` for the page, read from the package."""
   package = importlib.resources.files("densecap_jax")
   return {path: ((package / folder / name).read_bytes(), media) for path, (folder, name, media) in
           STATIC_FILES.items()}
-
-
-def decode_image(data, max_pixels):
-  """Upload bytes -> a loaded ``PIL.Image``, upright as browsers show it.
-
-  ``data.images.load_user_image``, the reader of ``predict``,
-  ``extract_features`` and the Python API: the pixel count is checked from the
-  header before any pixel is decoded, and the EXIF orientation is applied so
-  that boxes line up with the image a browser displays (phone photos are
-  often stored sideways). The image keeps its decoded mode; the captioner
-  makes it RGB as for any user image.
-
-  Raises:
-    RequestError: 413 over ``max_pixels``; 400 not an image of
-      ``IMAGE_FORMATS``, truncated or corrupt.
-  """
-  try:
-    return images_lib.load_user_image(data, name="the upload", max_pixels=max_pixels,
-                                      formats=IMAGE_FORMATS)
-  except images_lib.ImageTooLargeError as e:
-    size = f"{e.size[0]}x{e.size[1]} = {e.pixels}" if e.size else e.pixels or "more"
-    raise RequestError(413, f"image of {size} pixels is over the limit of {e.limit} "
-                            f"pixels") from None
-  except images_lib.UnsupportedImageError:
-    raise RequestError(400, f"the upload is not an image of a supported format "
-                            f"({', '.join(IMAGE_FORMATS)})") from None
-  except ValueError as e:
-    message = str(e).removeprefix("cannot read image the upload: ")
-    raise RequestError(400, f"cannot decode the image: {message}") from None
-
-
-def parse_fields(fields, defaults, json_fields=()):
-  """Query / form fields -> ``(CaptionOptions, {JSON field: text})``; unknown fields are errors.
-
-  Args:
-    fields: ``(name, value)`` string pairs, later ones win.
-    defaults: ``CaptionOptions`` for fields not given.
-    json_fields: the other fields the route takes (``BOXES_FIELD``,
-      ``PHRASES_FIELD``), returned as given.
-
-  Raises:
-    RequestError: 400 naming the field and what it must be; options given
-      with ``boxes`` (they choose among detections).
-  """
-  known = OPTION_FIELDS + tuple(json_fields)
-  given = {}
-  for name, value in fields:
-    if name not in known:
-      raise RequestError(400, f"unknown field {files.quoted(name)}; expected 'image' and "
-                              f"optionally "
-                              f"{', '.join(repr(f) for f in known)}")
-    if not isinstance(value, str):
-      raise RequestError(400, f"field {name!r} must be a plain value, not a file")
-    given[name] = value.strip()
-  texts = {name: given.pop(name) for name in json_fields if name in given}
-  if BOXES_FIELD in texts and given:
-    raise RequestError(400, f"{', '.join(sorted(given))}: not with 'boxes' (these options "
-                            f"choose among the model's detections)")
-  values = {}
-  if "final_nms_thresh" in given:
-    thresh = _number(given, "final_nms_thresh", float)
-    try:
-      settings.check_settings(final_nms_thresh=thresh)
-    except ValueError as e:
-      raise RequestError(400, str(e)) from None
-    values["final_nms_thresh"] = thresh
-  if "max_boxes" in given:
-    max_boxes = _number(given, "max_boxes", int)
-    if max_boxes < 0:
-      raise RequestError(400, f"max_boxes must be non-negative, got {max_boxes}")
-    values["max_boxes"] = max_boxes
-  if "min_score" in given:
-    values["min_score"] = _number(given, "min_score", float)
-  return captioner_lib.CaptionOptions(**{
-      "final_nms_thresh": defaults.final_nms_thresh, "max_boxes": defaults.max_boxes,
-      "min_score": defaults.min_score, **values}), texts
-
-
-def _json_field(name, text, what):
-  """``text`` parsed as JSON nested at most ``MAX_JSON_DEPTH`` deep (``files.loads_json``:
-  integers beyond a float's range read as ``inf``, which the box checks refuse)."""
-  try:
-    return files.loads_json(text, MAX_JSON_DEPTH)
-  except ValueError as e:
-    raise RequestError(400, f"{name} must be {what} in JSON; cannot parse it: {e}") from None
-
-
-def _shown(value):
-  """A JSON value of a request for a message: its JSON text, cut by ``files.quoted``."""
-  text = json.dumps(value)
-  return text if len(text) <= files.MAX_QUOTED else files.quoted(text)
-
-
-def parse_boxes(text):
-  """The ``boxes`` field -> a ``(k, 4)`` float64 array of ``[x, y, w, h]`` (values unchecked).
-
-  Raises:
-    RequestError: 400 for text that is not a JSON list of lists of 4
-      numbers (naming the box index) or has more than ``MAX_GIVEN_BOXES``.
-  """
-  what = "a list of [x, y, w, h] boxes"
-  boxes = _json_field("boxes", text, what)
-  if not isinstance(boxes, list):
-    raise RequestError(400, f"boxes must be {what}, got {type(boxes).__name__}")
-  if len(boxes) > MAX_GIVEN_BOXES:
-    raise RequestError(400, f"boxes: {len(boxes)} boxes are more than the limit of "
-                            f"{MAX_GIVEN_BOXES}")
-  for i, box in enumerate(boxes):
-    if not boxes_lib.is_box_numbers(box):
-      raise RequestError(400, f"boxes: box {i} must be [x, y, w, h], 4 numbers, got "
-                              f"{_shown(box)}")
-  return np.asarray(boxes, np.float64).reshape(-1, 4)
-
-
-def parse_phrases(text):
-  """The ``phrases`` field -> a list of strings (tokenised later, ``regions.phrases``).
-
-  Raises:
-    RequestError: 400 for text that is not a non-empty JSON list of at most
-      ``MAX_PHRASES`` strings (naming the phrase index).
-  """
-  what = "a list of strings"
-  phrases = _json_field("phrases", text, what)
-  if not isinstance(phrases, list) or not phrases:
-    raise RequestError(400, f"phrases must be a non-empty list of strings, got "
-                            f"{_shown(phrases)}")
-  if len(phrases) > MAX_PHRASES:
-    raise RequestError(400, f"phrases: {len(phrases)} phrases are more than the limit of "
-                            f"{MAX_PHRASES}")
-  for i, phrase in enumerate(phrases):
-    if not isinstance(phrase, str):
-      raise RequestError(400, f"phrase {i} must be a string, got {_shown(phrase)}")
-  return phrases
-
-
-def _number(given, name, kind):
-  try:
-    value = kind(given[name])
-  except ValueError:
-    raise RequestError(400, f"{name} must be {'an integer' if kind is int else 'a number'}, "
-                            f"got {files.quoted(given[name])}") from None
-  if not math.isfinite(value):
-    raise RequestError(400, f"{name} must be finite, got {files.quoted(given[name])}")
-  return value
-
-
-async def read_body(request, limit):
-  """The request body, refusing (413) more than ``limit`` bytes before reading them all."""
-  declared = request.headers.get("content-length")
-  if declared and declared.isdigit() and int(declared) > limit:
-    raise RequestError(413, f"upload of {declared} bytes is over the limit of {limit} bytes")
-  chunks, size = [], 0
-  try:
-    async for chunk in request.stream():
-      size += len(chunk)
-      if size > limit:
-        raise RequestError(413, f"upload is over the limit of {limit} bytes")
-      chunks.append(chunk)
-  except requests.ClientDisconnect:
-    raise RequestError(400, "the client disconnected during the upload") from None
-  return b"".join(chunks)
-
-
-async def read_upload(request, limit):
-  """``(image bytes, image name, option fields)`` from a multipart or raw-image request.
-
-  Raises:
-    RequestError: 414 query string over ``MAX_QUERY_BYTES``; 413 body over
-      ``limit``; 415 neither multipart nor ``image/*``; 400 malformed
-      multipart, no ``image`` file field, empty body.
-  """
-  query = request.scope.get("query_string", b"")
-  if len(query) > MAX_QUERY_BYTES:
-    raise RequestError(414, f"query string of {len(query):,} bytes is over the limit of "
-                            f"{MAX_QUERY_BYTES:,} bytes; send long fields ('boxes', 'phrases') "
-                            f"as multipart/form-data fields")
-  content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-  if content_type != "multipart/form-data" and not content_type.startswith("image/"):
-    shown = files.quoted(content_type or "(none)")
-    raise RequestError(415, f"unsupported Content-Type {shown}: send "
-                            f"multipart/form-data with an 'image' file field, or the image "
-                            f"itself with Content-Type image/jpeg, image/png, ...")
-  body = await read_body(request, limit)
-  fields = list(request.query_params.multi_items())
-  if content_type.startswith("image/"):
-    data, name = body, "image"
-  else:
-    form = await _parse_multipart(request.headers, body, limit)
-    try:
-      uploads = form.getlist("image")
-      if len(uploads) != 1 or isinstance(uploads[0], str):
-        raise RequestError(400, "multipart upload needs exactly one file field named 'image'")
-      data = await uploads[0].read()
-      name = os.path.basename((uploads[0].filename or "image").replace("\\", "/")) or "image"
-      fields += [(k, v) for k, v in form.multi_items() if k != "image"]
-    finally:
-      await form.close()
-  if not data:
-    raise RequestError(400, "the image is empty (0 bytes)")
-  return data, name, fields
-
-
-async def _parse_multipart(headers, body, limit):
-  async def one_chunk():
-    yield body
-
-  parser = formparsers.MultiPartParser(headers, one_chunk(), max_files=1,
-                                       max_fields=len(OPTION_FIELDS) + 2,
-                                       max_part_size=MAX_FIELD_BYTES)
-  parser.spool_max_size = limit  # the body is in memory already; keep the file part there too
-  try:
-    return await parser.parse()
-  except formparsers.MultiPartException as e:
-    raise RequestError(400, f"malformed multipart upload: {e.message}") from None
 
 
 def create_app(captioner, *, model_name, max_upload_bytes, max_pixels, batch_wait_ms,
@@ -414,11 +169,11 @@ def create_app(captioner, *, model_name, max_upload_bytes, max_pixels, batch_wai
   programs = getattr(captioner, "programs", None)
 
   def prepare(data):
-    image = decode_image(data, max_pixels)
+    image = parsing.decode_image(data, max_pixels)
     try:
       return captioner.prepare(image)
     except ValueError as e:
-      raise RequestError(400, f"cannot use the image: {e}") from None
+      raise parsing.RequestError(400, f"cannot use the image: {e}") from None
 
   def prepare_with_boxes(data, boxes):
     """``(prepared, Captioner.check_boxes' tuple or None)``, the boxes checked against it."""
@@ -428,12 +183,12 @@ def create_app(captioner, *, model_name, max_upload_bytes, max_pixels, batch_wai
     try:
       return prepared, captioner.check_boxes(prepared, boxes)
     except ValueError as e:
-      raise RequestError(400, str(e)) from None
+      raise parsing.RequestError(400, str(e)) from None
 
   def check_ready():
     if not readiness.ready:
-      raise RequestError(503, STARTING_MESSAGE if readiness.status == "starting"
-                         else f"the model failed to start: {readiness.error}")
+      raise parsing.RequestError(503, STARTING_MESSAGE if readiness.status == "starting"
+                                 else f"the model failed to start: {readiness.error}")
 
   async def run_regions(fn, *args):
     """``fn(*args)`` in the region worker thread: serialised, the event loop stays free."""
@@ -442,10 +197,11 @@ def create_app(captioner, *, model_name, max_upload_bytes, max_pixels, batch_wai
 
   async def caption(request):
     check_ready()
-    data, name, fields = await read_upload(request, max_upload_bytes)
-    options, texts = parse_fields(fields, captioner.default_options(), (BOXES_FIELD,))
-    if BOXES_FIELD in texts:
-      boxes = parse_boxes(texts[BOXES_FIELD])
+    data, name, fields = await parsing.read_upload(request, max_upload_bytes)
+    options, texts = parsing.parse_fields(fields, captioner.default_options(),
+                                          (parsing.BOXES_FIELD,))
+    if parsing.BOXES_FIELD in texts:
+      boxes = parsing.parse_boxes(texts[parsing.BOXES_FIELD])
       prepared, given = await anyio.to_thread.run_sync(prepare_with_boxes, data, boxes,
                                                        limiter=decode_limiter)
       result = await run_regions(captioner.caption_boxes, prepared, given)
@@ -454,22 +210,23 @@ def create_app(captioner, *, model_name, max_upload_bytes, max_pixels, batch_wai
       try:
         result = await batcher.submit(captioner_lib.CaptionRequest(prepared, options))
       except batching.QueueFullError as e:
-        raise RequestError(503, f"server busy ({e}); try again") from None
+        raise parsing.RequestError(503, f"server busy ({e}); try again") from None
     return responses.JSONResponse(dict(result, img_name=name))
 
   async def score(request):
     check_ready()
-    data, name, fields = await read_upload(request, max_upload_bytes)
-    options, texts = parse_fields(fields, captioner.default_options(),
-                                  (BOXES_FIELD, PHRASES_FIELD))
-    if PHRASES_FIELD not in texts:
-      raise RequestError(400, "give the phrases to score: field 'phrases', a JSON list of "
-                              "strings")
+    data, name, fields = await parsing.read_upload(request, max_upload_bytes)
+    options, texts = parsing.parse_fields(fields, captioner.default_options(),
+                                          (parsing.BOXES_FIELD, parsing.PHRASES_FIELD))
+    if parsing.PHRASES_FIELD not in texts:
+      raise parsing.RequestError(400, "give the phrases to score: field 'phrases', a JSON "
+                                      "list of strings")
     try:
-      encoded = captioner.encode_phrases(parse_phrases(texts[PHRASES_FIELD]))
+      encoded = captioner.encode_phrases(parsing.parse_phrases(texts[parsing.PHRASES_FIELD]))
     except ValueError as e:
-      raise RequestError(400, str(e)) from None
-    boxes = parse_boxes(texts[BOXES_FIELD]) if BOXES_FIELD in texts else None
+      raise parsing.RequestError(400, str(e)) from None
+    boxes = (parsing.parse_boxes(texts[parsing.BOXES_FIELD]) if parsing.BOXES_FIELD in texts
+             else None)
     prepared, given = await anyio.to_thread.run_sync(prepare_with_boxes, data, boxes,
                                                      limiter=decode_limiter)
     result = await run_regions(captioner.score, prepared, encoded, given, options)
@@ -492,8 +249,9 @@ def create_app(captioner, *, model_name, max_upload_bytes, max_pixels, batch_wai
         "max_pixels": max_pixels,
         "batches": {"requests": batcher.stats.items, "batches": batcher.stats.batches,
                     "largest": batcher.stats.largest_batch},
-        "regions": {"requests": region_counts["requests"], "max_boxes": MAX_GIVEN_BOXES,
-                    "max_phrases": MAX_PHRASES,
+        "regions": {"requests": region_counts["requests"],
+                    "max_boxes": parsing.MAX_GIVEN_BOXES,
+                    "max_phrases": parsing.MAX_PHRASES,
                     "max_phrase_words": int(predictor.config.seq_length)},
         **({"programs": programs.status()} if programs is not None else {}),
     }, status_code=200 if readiness.ready else 503,
@@ -555,7 +313,7 @@ def create_app(captioner, *, model_name, max_upload_bytes, max_pixels, batch_wai
             routing.Route("/healthz", healthz, methods=["GET"])]
   routes += [routing.Route(path, page_file(path), methods=["GET"]) for path in static]
   app = applications.Starlette(routes=routes, lifespan=lifespan, exception_handlers={
-      RequestError: _request_error, exceptions.HTTPException: _http_error,
+      parsing.RequestError: _request_error, exceptions.HTTPException: _http_error,
       Exception: _server_error})
   app.add_middleware(_SecurityHeaders)
   app.state.readiness = readiness
