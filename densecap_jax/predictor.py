@@ -36,9 +36,10 @@ import os
 import jax
 import numpy as np
 
-from densecap_jax import model_dir as checkpoint
 from densecap_jax import configs
 from densecap_jax import engine
+from densecap_jax import model_dir
+from densecap_jax import pretrained
 from densecap_jax import runtime
 from densecap_jax import settings as settings_lib
 from densecap_jax.data import image_stream
@@ -55,8 +56,8 @@ DEFAULT_PREPROCESS = "device"
 
 
 def bundled_model_path():
-  """Directory of the small demo model shipped inside the package."""
-  return str(importlib.resources.files("densecap_jax") / "bundled" / "tiny_synthetic")
+  """Directory of the small demo model shipped inside the package (``tiny-synthetic``)."""
+  return pretrained.bundled_dir(pretrained.REGISTRY["tiny-synthetic"])
 
 
 def bundled_examples_path():
@@ -392,12 +393,38 @@ class DenseCapPredictor:
     return self.regions.score_codes(codes, phrases)
 
 
-def load_model(path=None, **settings):
-  """A :class:`DenseCapPredictor` for a model directory (default: the bundled demo model).
+def model_path(path=None, *, models_url=None):
+  """The model directory ``path`` names: itself, a fetched model of that name, or the bundled one.
+
+  A name of ``pretrained.NAMES`` is resolved (``pretrained.resolve``:
+  downloaded and converted on first use, then read from the cache); a path
+  that exists is returned as it is (``model_dir.load_model`` says what is
+  wrong with it, if anything); ``None`` or ``""`` is the bundled model.
+
+  Raises:
+    FileNotFoundError: neither a path nor a name (one line listing the names).
+  """
+  if not path:
+    return bundled_model_path()
+  if os.path.exists(path):
+    return path
+  if os.fspath(path) in pretrained.NAMES:
+    return pretrained.resolve(path, base_url=models_url)
+  raise FileNotFoundError(f"model directory not found: {os.path.abspath(path)} (model names: "
+                          f"{', '.join(pretrained.NAMES)})")
+
+
+def load_model(path=None, *, models_url=None, **settings):
+  """A :class:`DenseCapPredictor` for a model directory or name (default: the bundled demo model).
 
   Args:
-    path: a model directory (``checkpoint.save_model``, a training directory,
-      or a converted original checkpoint); ``None`` = the bundled model.
+    path: a model directory (``model_dir.save_model``, a training directory,
+      or a converted original checkpoint), a model name of
+      ``pretrained.NAMES`` (``"densecap-vgg16"``: downloaded, verified,
+      converted and cached on first use, ``pretrained.resolve``); ``None`` =
+      the bundled model.
+    models_url: a mirror of the models' files (``pretrained.resolve``'s
+      ``base_url``; default ``$DENSECAP_JAX_MODELS_URL``).
     **settings: ``image_size``, ``num_proposals``, ``rpn_nms_thresh``,
       ``final_nms_thresh``, ``batch_size``, ``devices``, ``precision``,
       ``preprocess``, ``compilation_cache`` (see :class:`DenseCapPredictor`;
@@ -405,5 +432,5 @@ def load_model(path=None, **settings):
       ``compilation_cache=False``).
   """
   runtime.use_compilation_cache(settings.get("compilation_cache", True))
-  params, config, vocab = checkpoint.load_model(path or bundled_model_path())
+  params, config, vocab = model_dir.load_model(model_path(path, models_url=models_url))
   return DenseCapPredictor(params, config, vocab, **settings)

@@ -17,11 +17,15 @@ import numpy as np
 import pytest
 
 import convert_fixtures as cf
+import densecap_jax
 import disk_faults
+import photos
 from densecap_jax import download
 from densecap_jax import model_dir
+from densecap_jax import predictor
 from densecap_jax import pretrained
 from densecap_jax.commands import fetch as fetch_command
+from densecap_jax.commands import predict
 from densecap_jax.convert import t7
 from file_server import FileServer, closed_port_url, one_line_naming
 
@@ -339,3 +343,40 @@ def test_corrupt_file_put_there_by_hand_is_kept_and_named(cache, released):
          f"and run again, or convert it yourself" in text
   assert (cache / "downloads" / ZIP).stat().st_size == 1000
   _no_model_left(cache)
+
+
+def test_load_model_by_name_captions_real_photos_then_works_offline(cache, server):
+  """densecap_jax.load_model("densecap-vgg16"): from nothing to captions, then from the cache."""
+
+  model = densecap_jax.load_model("densecap-vgg16", models_url=server.url, image_size=96,
+                                  num_proposals=20)
+  (result,) = model.predict([photos.photo_path("chelsea")], max_detections=5)
+  assert len(result["boxes"]) == len(result["captions"]) == len(result["scores"]) > 0
+  assert all(isinstance(c, str) for c in result["captions"])
+  assert server.requests == [(ZIP, None)]
+
+  server.stop()
+  again = densecap_jax.load_model("densecap-vgg16", image_size=96, num_proposals=20)
+  (same,) = again.predict([photos.photo_path("chelsea")], max_detections=5)
+  assert same["captions"] == result["captions"]
+  np.testing.assert_array_equal(same["boxes"], result["boxes"])
+  assert predictor.model_path("tiny-synthetic") == predictor.bundled_model_path()
+  assert predictor.model_path(None) == predictor.bundled_model_path()
+
+
+def test_commands_take_a_model_name_for_checkpoint(cache, server, tmp_path):
+
+  out = tmp_path / "out"
+  predict.main(["--checkpoint", "densecap-vgg16", "--models_url", server.url,
+                "--input_image", photos.photo_path("astronaut"), "--image_size", "96",
+                "--num_proposals", "20", "--output_vis_dir", str(out), "--max_detections", "3"])
+  results = json.loads((out / "results.json").read_text())
+  assert results["opt"]["checkpoint"] == "densecap-vgg16"
+  assert len(results["results"][0]["captions"]) == 3
+  assert (cache / "densecap-vgg16" / "config.json").exists()
+  with pytest.raises(SystemExit) as exit_info:
+    predict.main(["--checkpoint", "densecap-vgg17", "--input_image",
+                  photos.photo_path("astronaut")])
+  message = str(exit_info.value.code)
+  assert "model directory not found" in message and "densecap-vgg17" in message
+  assert "densecap-vgg16" in message and "\n" not in message

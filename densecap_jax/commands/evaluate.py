@@ -28,6 +28,8 @@ from densecap_jax import configs
 from densecap_jax import engine
 from densecap_jax import files
 from densecap_jax import model_dir
+from densecap_jax import predictor as inference
+from densecap_jax import pretrained
 from densecap_jax import runtime
 from densecap_jax import settings
 from densecap_jax.commands import flags as cli
@@ -54,7 +56,9 @@ def parse_args(argv=None):
                                    description=__doc__.split("\n\n")[0],
                                    formatter_class=_HelpFormatter)
   what = parser.add_argument_group("what to score (one of)")
-  what.add_argument("--checkpoint", default="", help="model or training directory to run")
+  what.add_argument("--checkpoint", default="",
+                    help="model or training directory to run, or a model name: "
+                         f"{', '.join(pretrained.NAMES)} (README: \"Models by name\")")
   what.add_argument("--predictions", default="",
                     help="predictions file to score without a model (results.json, COCO-style "
                          "list or JSON Lines)")
@@ -220,7 +224,7 @@ def _evaluate_model(args, meteor_fn):
   """``--checkpoint``: the model over the split (``split_eval.evaluate_split``)."""
   runtime.setup_from_args(args)
   try:
-    params, config, _ = model_dir.load_model(args.checkpoint)
+    params, config, _ = model_dir.load_model(inference.model_path(args.checkpoint))
     params, config = engine.inference_params(params, config, args.precision)
     data = loader.DenseCapH5(args.data_h5, args.data_json)
     if data.vocab_size != config.vocab_size:
@@ -230,6 +234,9 @@ def _evaluate_model(args, meteor_fn):
       meteor.check_available()  # Before the model runs, so that a missing Java stops here.
   except (OSError, ValueError, meteor.MeteorError) as e:
     sys.exit(f"error: {e}")
+  for name in ("num_proposals", "rpn_nms_thresh", "final_nms_thresh"):  # the model's unless given
+    if getattr(args, name) is None:
+      setattr(args, name, config[name])  # also recorded in --output's opt
   predict_fn = split_eval.make_predict_fn(config, args.num_proposals)
   num_buckets = len({tuple(b) for b in config.buckets})
   runtime.announce_compiles(num_buckets, key=("evaluate", config.to_json(), args.num_proposals,

@@ -13,6 +13,7 @@ import sys
 
 from densecap_jax import configs
 from densecap_jax import predictor as inference
+from densecap_jax import pretrained
 from densecap_jax import runtime
 from densecap_jax import settings
 
@@ -42,7 +43,12 @@ def add_model_flags(parser, *, final_nms_thresh=None, final_nms_help=None):
   """
   model = parser.add_argument_group("model")
   model.add_argument("--checkpoint", default="",
-                     help="model directory (trained or converted) (default: the bundled model)")
+                     help="model directory (trained or converted), or a model name: "
+                          f"{', '.join(pretrained.NAMES)} (downloaded and converted on first "
+                          "use, README: \"Models by name\") (default: the bundled model)")
+  model.add_argument("--models_url", default=None,
+                     help="a mirror folder of the named models' files (http(s):// or file://) "
+                          f"(default: ${pretrained.MODELS_URL_ENV}, else their published URLs)")
   model.add_argument("--image_size", type=int, default=None,
                      help=f"long side after resizing {model_default('image_size')}")
   model.add_argument("--rpn_nms_thresh", type=float, default=None,
@@ -99,7 +105,7 @@ def load_model_from_flags(args, *, announce=True, **settings):
     print(BUNDLED_NOTICE, file=sys.stderr)
   try:
     model = inference.load_model(
-        args.checkpoint or None, image_size=args.image_size or None,
+        args.checkpoint or None, models_url=args.models_url, image_size=args.image_size or None,
         num_proposals=args.num_proposals or None, rpn_nms_thresh=args.rpn_nms_thresh,
         final_nms_thresh=args.final_nms_thresh, precision=getattr(args, "precision", None),
         **settings)

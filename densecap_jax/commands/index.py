@@ -27,13 +27,12 @@ import sys
 import time
 import types
 
-from densecap_jax import configs
+from densecap_jax import engine
 from densecap_jax import model_dir as checkpoint
 from densecap_jax import predictor as inference
 from densecap_jax import runtime
 from densecap_jax.commands import flags as cli
 from densecap_jax.data import inputs
-from densecap_jax.models import precision as precision_lib
 from densecap_jax.search import builder as index_lib
 
 
@@ -87,8 +86,7 @@ def stored_model_fingerprint(path, precision=None):
   compiled. Raises ``OSError`` or ``ValueError`` for an unreadable directory.
   """
   params, config, vocab = checkpoint.load_model(path)
-  config = configs.with_precision(config, precision)
-  params = precision_lib.cast_for_inference(params, configs.precision_of(config))
+  params, _ = engine.inference_params(params, config, precision)
   loaded = types.SimpleNamespace(params=params, vocab=vocab)
   return index_lib.model_fingerprint(loaded)
 
@@ -114,7 +112,8 @@ def check_same_model(args, manifest, bundled_path):
   if built and os.path.realpath(built) == os.path.realpath(path):
     return
   try:
-    fingerprint = stored_model_fingerprint(path, args.precision)
+    fingerprint = stored_model_fingerprint(
+        inference.model_path(path, models_url=args.models_url), args.precision)
   except OSError as e:
     raise ValueError(str(e)) from None
   index_lib.check_model(manifest, fingerprint, f"index {args.output}")
