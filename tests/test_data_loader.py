@@ -228,7 +228,7 @@ def test_prefetch_gives_the_same_batches(dataset):
   a = _take(loader.make_batches(dataset["data"], "train", prefetch=0, **kwargs), 6)
   it = loader.make_batches(dataset["data"], "train", prefetch=3, **kwargs)
   b = _take(it, 6)
-  assert not it._source._thread.is_alive()
+  assert not any(t.is_alive() for t in it._source._pool._threads)
   for x, y in zip(a, b):
     for key in x:
       np.testing.assert_array_equal(x[key], y[key])

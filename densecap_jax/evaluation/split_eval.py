@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from densecap_jax import engine
 from densecap_jax import runtime
+from densecap_jax.data import device_pixels
 from densecap_jax.data import loader as loader_lib
 from densecap_jax.data import vocab as vocab_lib
 from densecap_jax.evaluation import metric
@@ -39,7 +40,8 @@ def make_predict_fn(config, num_proposals=None):
 
 
 def evaluate_split(params, data, split, predict_fn, *, config, max_images=-1, batch_size=1,
-                   rpn_nms_thresh=0.7, final_nms_thresh=0.3, meteor_fn=None, progress=True):
+                   num_workers=1, rpn_nms_thresh=0.7, final_nms_thresh=0.3, meteor_fn=None,
+                   progress=True):
   """Dense-captioning mAP of the model on one split of a preprocessed dataset.
 
   Every device of every process takes part: each process reads its own
@@ -58,6 +60,7 @@ def evaluate_split(params, data, split, predict_fn, *, config, max_images=-1, ba
     max_images: evaluate the split's first ``max_images`` images; −1 = all.
     batch_size: images per forward pass over the whole job, rounded up to a
       multiple of the number of devices.
+    num_workers: threads assembling the batches (``loader.make_batches``).
     rpn_nms_thresh, final_nms_thresh: test-time NMS thresholds.
     meteor_fn: METEOR scorer for the evaluator (default: the Java METEOR).
     progress: show a progress bar (on the first process); it reads
@@ -76,7 +79,8 @@ def evaluate_split(params, data, split, predict_fn, *, config, max_images=-1, ba
   batches = loader_lib.make_batches(
       data, split, batch_size=batch_size, max_boxes=max_boxes, buckets=config.buckets,
       num_devices=jax.local_device_count(), process_index=jax.process_index(),
-      process_count=jax.process_count(), num_epochs=1, max_images=num_images, overflow="error")
+      process_count=jax.process_count(), num_epochs=1, max_images=num_images, overflow="error",
+      pixels="uint8", num_workers=num_workers)
   run = _pmapped(predict_fn)
   replicated = engine.replicate(params)
   is_chief = jax.process_index() == 0
@@ -90,8 +94,8 @@ def evaluate_split(params, data, split, predict_fn, *, config, max_images=-1, ba
       if compiling:
         shapes.add(batch["image"].shape)
         bar.set_description(f"{desc} (compiling)")
-      outputs = run(replicated, batch["image"], batch["image_size"], rpn_nms_thresh,
-                    final_nms_thresh)
+      outputs = run(replicated, batch["image"], batch["image_size"], batch["example_mask"],
+                    rpn_nms_thresh, final_nms_thresh)
       local = dict(zip(("boxes", "scores", "tokens", "valid"), jax.device_get(outputs)))
       local.update((k, batch[k]) for k in ("gt_boxes", "gt_labels", "gt_mask", "example_mask",
                                              "image_index"))
@@ -120,6 +124,15 @@ def evaluate_split(params, data, split, predict_fn, *, config, max_images=-1, ba
 
 @functools.lru_cache(maxsize=None)
 def _pmapped(predict_fn):
-  """``predict_fn`` over the local devices: params replicated, batches split on a leading axis."""
-  return jax.pmap(predict_fn, axis_name=engine.BATCH_AXIS, in_axes=(0, 0, 0, None, None))
+  """``predict_fn`` over the local devices: params replicated, batches split on a leading axis.
+
+  It takes the loader's uint8 images and their example mask and converts them
+  on the devices first (``device_pixels.model_images``).
+  """
+
+  def predict(params, images, image_sizes, example_mask, rpn_nms_thresh, final_nms_thresh):
+    return predict_fn(params, device_pixels.model_images(images, image_sizes, example_mask),
+                      image_sizes, rpn_nms_thresh, final_nms_thresh)
+
+  return jax.pmap(predict, axis_name=engine.BATCH_AXIS, in_axes=(0, 0, 0, 0, None, None))
 

@@ -73,6 +73,10 @@ def check_config(config):
           f"names among {', '.join(TRAINABLE_MODULES)} (or () for all)")
   _at_least(config, "val_images_use", -1, "-1 (all), 0 (no validation) or a number of images")
   _at_least(config, "debug_max_train_images", -1, "-1 (all) or a positive number of images")
+  if "num_workers" in config:
+    _at_least(config, "num_workers", 0, "0 (the cores this process may use) or a number of threads")
+  if "prefetch_batches" in config:
+    _at_least(config, "prefetch_batches", 1, "a positive number of batches")
   if config.debug_max_train_images == 0:
     _fail("debug_max_train_images", 0, "-1 (all) or a positive number of images")
   if config.val_metric not in VAL_METRICS:

@@ -31,6 +31,7 @@ import numpy as np
 from densecap_jax import model_dir
 from densecap_jax import files
 from densecap_jax import runtime
+from densecap_jax.data import device_pixels
 from densecap_jax.data import loader as loader_lib
 from densecap_jax.evaluation import meteor as meteor_lib
 from densecap_jax.evaluation import split_eval
@@ -70,10 +71,20 @@ def cnn_finetune_start(config):
   return -1 if trained and "backbone" not in trained else config.finetune_cnn_after
 
 
+def loader_workers(config):
+  """Threads that assemble the batches: ``config.num_workers``, or the usable cores for 0."""
+  workers = config.get("num_workers", 0)
+  if workers > 0:
+    return workers
+  return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else
+             os.cpu_count() or 1)
+
+
 def make_loss_fn(model_config, finetune_cnn):
   """``(params, batch, rng) -> (total_loss, metrics)`` for ``loop.make_train_step``."""
 
   def loss_fn(params, batch, rng):
+    batch = device_pixels.model_batch(batch)  # the loader's uint8 pixels -> the float32 input
     total, losses, aux = training.train_forward(params, batch, rng, model_config,
                                                 finetune_cnn=finetune_cnn)
     return total, dict(losses, num_pos=jnp.mean(aux["num_pos"].astype(jnp.float32)))
@@ -167,7 +178,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume=True, progr
       buckets=config.model.buckets, num_devices=num_devices,
       process_index=jax.process_index(), process_count=jax.process_count(),
       shuffle=config.shuffle, seed=config.seed, start_step=int(state.step),
-      max_images=config.debug_max_train_images)
+      max_images=config.debug_max_train_images, pixels="uint8",
+      num_workers=loader_workers(config), prefetch=config.get("prefetch_batches", 2))
 
   def step_fn(finetune_cnn):
     return loop.pmap_train_step(
@@ -190,7 +202,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume=True, progr
       meteor = meteor_lib.Meteor()
     results = split_eval.evaluate_split(
         params, data, "val", predict_fn, config=config.model, max_images=config.val_images_use,
-        batch_size=global_batch, rpn_nms_thresh=config.test_rpn_nms_thresh,
+        batch_size=global_batch, num_workers=loader_workers(config),
+        rpn_nms_thresh=config.test_rpn_nms_thresh,
         final_nms_thresh=config.test_final_nms_thresh,
         meteor_fn=meteor if meteor is not None else _no_meteor, progress=progress)
     return validation_scalars(results, config.val_metric)
@@ -234,7 +247,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume=True, progr
         log_every=config.losses_log_every, eval_fn=evaluate if has_val else None,
         eval_every=config.save_checkpoint_every, on_eval=on_eval,
         max_nonfinite_steps=config.max_nonfinite_steps, explode_factor=config.explode_factor,
-        progress=progress, on_save=on_save)
+        progress=progress, on_save=on_save, prefetch=config.get("prefetch_batches", 2))
   finally:
     batches.close()
     checkpoints.close()

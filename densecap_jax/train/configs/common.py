@@ -57,6 +57,11 @@ def get_config(model_name):
   config.debug_max_train_images = -1
   config.per_device_batch_size = 1  # images per accelerator per step (the original: 1)
   config.shuffle = False  # the original reads training images in order
+  # Threads assembling the batches (the same batches for any number); 0 = the
+  # cores this process may use (os.sched_getaffinity).
+  config.num_workers = 0
+  # Batches assembled ahead of the step on the host, and placed on the devices ahead of it.
+  config.prefetch_batches = 2
 
   config.learning_rate = 1e-5
   config.lr_schedule = "constant"  # or "cosine" (decays to 0 at max_iters)
