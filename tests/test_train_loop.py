@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from tensorboardX.proto import event_pb2
 import tqdm
 
 from densecap_jax import engine
@@ -446,3 +447,45 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line(tmp_path):
                       r"\([0-9.]+ (bytes|KB|MB|GB) free\); free space on that disk and run again",
                       lines[0]), lines[0]
   assert os.listdir(directory) == []  # the partial step is removed
+
+
+def _tensorboard_scalars(folder):
+  """``{tag: [(step, value)]}`` of the TensorBoard event files in ``folder``."""
+  scalars = {}
+  for name in sorted(os.listdir(folder)):
+    with open(os.path.join(folder, name), "rb") as f:
+      data = f.read()
+    at = 0
+    while at < len(data):  # TFRecord: length (8), its crc (4), the record, its crc (4)
+      length = int.from_bytes(data[at:at + 8], "little")
+      event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
+      at += 16 + length
+      for value in event.summary.value:
+        scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return scalars
+
+
+def test_metrics_line_and_tensorboard_report_the_wait_for_data(tmp_path):
+  tx = optax.sgd(0.01)
+
+  def run(folder, delay):
+    writer = loop.MetricsWriter(str(folder))
+    loop.train_loop(
+        state=loop.init_train_state(toy.init_params(), tx),
+        step_fn=loop.pmap_train_step(loop.make_train_step(toy.loss_fn, tx)),
+        batches=toy.batches_from(0, jax.local_device_count(), delay=delay),
+        base_rng=jax.random.key(0), num_steps=6, checkpoints=loop.Checkpoints(folder / "ck"),
+        checkpoint_every=100, writer=writer, log_every=3, progress=False, prefetch=1)
+    writer.close()
+    with open(folder / "metrics.jsonl") as f:
+      return [json.loads(l) for l in f], _tensorboard_scalars(folder / "tensorboard")
+
+  slow, slow_tb = run(tmp_path / "slow", 0.25)  # a loader far slower than the step
+  fast, _ = run(tmp_path / "fast", 0.0)
+  assert [r["step"] for r in slow] == [3, 6]
+  # Steps 4-6: each waits about 0.25 s for its batch, most of the interval's time.
+  assert 0.2 <= slow[1]["data_wait"] <= 1.0 and slow[1]["data_wait_percent"] > 60
+  assert fast[1]["data_wait"] < 0.05 and fast[1]["data_wait_percent"] < slow[1]["data_wait_percent"]
+  assert [s for s, _ in slow_tb["data_wait"]] == [3, 6]
+  assert slow_tb["data_wait_percent"][1][1] == pytest.approx(slow[1]["data_wait_percent"],
+                                                             rel=1e-6)

@@ -282,7 +282,10 @@ def train_loop(*, state, step_fn: Callable, batches: Iterator, base_rng, num_ste
       job of several processes, a signal to any one of them stops all after
       the same step, a few steps later: :class:`distributed.StopAgreement`).
     checkpoint_every: steps between checkpoints.
-    writer: metrics sink; training scalars averaged over ``log_every`` steps.
+    writer: metrics sink; training scalars averaged over ``log_every`` steps,
+      with ``steps_per_sec``, ``data_wait`` (seconds per step the loop waited
+      for its next batch) and ``data_wait_percent`` (that wait's share of the
+      interval's time: above a few percent, the input is the limit).
     eval_fn: ``params -> dict of scalars`` run every ``eval_every`` steps and
       at the end, after that step's checkpoint is written;
       ``on_eval(step, params, results)`` sees each result. Anything raised in
@@ -370,8 +373,13 @@ def train_loop(*, state, step_fn: Callable, batches: Iterator, base_rng, num_ste
     step = start
     pending = []  # (step, metrics still on the devices) since the last sync
     device_batches = engine.prefetch_to_devices(batches, size=prefetch)
+    waited, steps_waited = 0.0, 0  # time spent in next(device_batches) since the last log
     while step < num_steps:
-      fn, batch = step_fn_at(step), next(device_batches)
+      fn = step_fn_at(step)
+      wait_start = time.perf_counter()
+      batch = next(device_batches)
+      waited += time.perf_counter() - wait_start
+      steps_waited += 1
       program = (id(fn), batch_shapes(batch))
       compiling = program not in programs
       if compiling:
@@ -399,9 +407,12 @@ def train_loop(*, state, step_fn: Callable, batches: Iterator, base_rng, num_ste
         scalars = {k: v / count for k, v in sums.items()}
         scalars["steps_per_sec"] = count / max(now - last_time, 1e-9)
         scalars["steps_averaged"] = count  # fewer than log_every after a resume mid-interval
+        scalars["data_wait"] = waited / max(steps_waited, 1)
+        scalars["data_wait_percent"] = 100 * waited / max(now - last_time, 1e-9)
         writer.write(step, scalars)
         bar.set_postfix(loss=f"{scalars['loss']:.4g}")
         sums, count, last_time = {}, 0, now
+        waited, steps_waited = 0.0, 0
       if save_due:
         save()  # before validation, so that a failing validation loses no step
       if eval_due:
