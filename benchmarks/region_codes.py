@@ -28,7 +28,7 @@ import argparse
 
 import numpy as np
 
-from densecap_jax import predictor as inference
+from densecap_jax import predictor
 from densecap_jax.data import synthetic_world as synthetic
 
 DATASET_IMAGES, DATASET_SEED = 3000, 0  # tools/make_bundled_model.py's defaults
@@ -87,7 +87,7 @@ def collect(model, num_images):
 
 def main(argv=None):
   args = parse_args(argv)
-  model = inference.load_model(args.model)
+  model = predictor.load_model(args.model)
   objects, codes, captions = collect(model, args.images)
   print(f"{len(objects)} objects of {args.images} test scenes, codes of size {codes.shape[1]}\n")
   print("| attribute | classes | probe accuracy | majority class | greedy captions naming it |")

@@ -33,7 +33,7 @@ import time
 import numpy as np
 
 from densecap_jax import files
-from densecap_jax import predictor as inference
+from densecap_jax import predictor
 from densecap_jax.data import synthetic_world as synthetic
 from densecap_jax.search import builder as index_lib
 from densecap_jax.search import ranking as search_lib
@@ -199,7 +199,7 @@ def speed(model, path, regions, candidates, num_queries, exhaustive_queries, see
 
 def main(argv=None):
   args = parse_args(argv)
-  model = inference.load_model(batch_size=4)
+  model = predictor.load_model(batch_size=4)
   with tempfile.TemporaryDirectory() as folder:
     photos, regions = quality_index(folder, args.images)
     start = time.perf_counter()

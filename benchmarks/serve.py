@@ -90,21 +90,21 @@ def jpeg(image, size=None):
 
 def model_dir(args, workdir):
   """``(path, description)`` of the model to serve."""
-  from densecap_jax import predictor as inference  # pylint: disable=g-import-not-at-top
+  from densecap_jax import predictor  # pylint: disable=g-import-not-at-top
   if args.checkpoint:
     return args.checkpoint, args.checkpoint
-  bundled = inference.bundled_model_path()
+  bundled = predictor.bundled_model_path()
   if os.path.isdir(bundled):
     return bundled, "the bundled model"
   import jax  # pylint: disable=g-import-not-at-top
   from densecap_jax import configs  # pylint: disable=g-import-not-at-top
-  from densecap_jax import model_dir as checkpoint  # pylint: disable=g-import-not-at-top
+  from densecap_jax import model_dir as model_dir_lib  # pylint: disable=g-import-not-at-top
   from densecap_jax.models import densecap  # pylint: disable=g-import-not-at-top
   vocab = [None] + [f"word{i}" for i in range(64)]
   config = configs.get_model_config("tiny")
   config.vocab_size = len(vocab) - 1
   path = os.path.join(workdir, "tiny_random")
-  checkpoint.save_model(path, densecap.init_params(config, jax.random.key(args.seed)), config,
+  model_dir_lib.save_model(path, densecap.init_params(config, jax.random.key(args.seed)), config,
                         vocab)
   return path, "a random tiny model (the bundled model is not built)"
 

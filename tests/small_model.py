@@ -2,7 +2,7 @@
 
 import jax
 
-from densecap_jax import model_dir as checkpoint
+from densecap_jax import model_dir
 from densecap_jax import configs
 from densecap_jax.configs import buckets as buckets_lib
 from densecap_jax.models import densecap
@@ -28,5 +28,5 @@ def save_random_tiny_model(path, vocab, *, image_size, buckets=None, num_proposa
   params = densecap.init_params(config, jax.random.key(0))
   if adjust_params is not None:
     params = adjust_params(params)
-  checkpoint.save_model(path, params, config, vocab)
+  model_dir.save_model(path, params, config, vocab)
   return str(path)

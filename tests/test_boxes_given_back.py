@@ -30,7 +30,7 @@ from test_serve import multipart
 import densecap_jax
 from densecap_jax.commands import flags as cli
 from densecap_jax.commands import extract_features
-from densecap_jax import predictor as inference
+from densecap_jax import predictor
 from densecap_jax import runtime
 from densecap_jax.commands import predict
 from densecap_jax.search import builder as index_lib
@@ -428,7 +428,7 @@ def test_index_of_another_model_is_refused_before_the_model_loads(tmp_path, caps
 
 @pytest.mark.parametrize("precision", [None, "bfloat16"])
 def test_stored_model_fingerprint_is_the_loaded_models(precision):
-  path = inference.bundled_model_path()
-  loaded = inference.load_model(path, precision=precision)
+  path = predictor.bundled_model_path()
+  loaded = predictor.load_model(path, precision=precision)
   assert (index_command.stored_model_fingerprint(path, precision)
           == index_lib.model_fingerprint(loaded))

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from densecap_jax import model_dir as checkpoint
+from densecap_jax import model_dir as model_dir_lib
 import disk_faults
 
 
@@ -29,8 +29,8 @@ def _config():
 
 def test_round_trip(tmp_path):
   params, config = _params(), _config()
-  checkpoint.save_model(tmp_path / "model", params, config, [None, "a", "red", "circle", "<UNK>", "b"])
-  got_params, got_config, vocab = checkpoint.load_model(tmp_path / "model")
+  model_dir_lib.save_model(tmp_path / "model", params, config, [None, "a", "red", "circle", "<UNK>", "b"])
+  got_params, got_config, vocab = model_dir_lib.load_model(tmp_path / "model")
   np.testing.assert_array_equal(got_params["conv1_1"]["kernel"], params["conv1_1"]["kernel"])
   np.testing.assert_array_equal(got_params["word_embed"]["embedding"],
                                 params["word_embed"]["embedding"])
@@ -44,28 +44,28 @@ def test_round_trip(tmp_path):
 
 
 def test_existing_directory_is_kept_unless_overwrite(tmp_path):
-  checkpoint.save_model(tmp_path / "m", _params(), _config(), [None, "x"])
+  model_dir_lib.save_model(tmp_path / "m", _params(), _config(), [None, "x"])
   with pytest.raises(FileExistsError, match="exists"):
-    checkpoint.save_model(tmp_path / "m", _params(), _config(), [None, "y"])
-  assert checkpoint.load_model(tmp_path / "m")[2] == [None, "x"]
-  checkpoint.save_model(tmp_path / "m", _params(), _config(), [None, "y"], overwrite=True)
-  assert checkpoint.load_model(tmp_path / "m")[2] == [None, "y"]
+    model_dir_lib.save_model(tmp_path / "m", _params(), _config(), [None, "y"])
+  assert model_dir_lib.load_model(tmp_path / "m")[2] == [None, "x"]
+  model_dir_lib.save_model(tmp_path / "m", _params(), _config(), [None, "y"], overwrite=True)
+  assert model_dir_lib.load_model(tmp_path / "m")[2] == [None, "y"]
   assert os.listdir(tmp_path) == ["m"]
 
 
 def test_failed_save_leaves_nothing(tmp_path):
   with pytest.raises(AttributeError):  # not a ConfigDict: fails after params were written
-    checkpoint.save_model(tmp_path / "m", _params(), object(), [None, "x"])
+    model_dir_lib.save_model(tmp_path / "m", _params(), object(), [None, "x"])
   assert os.listdir(tmp_path) == []
 
 
 def test_missing_pieces_give_clear_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="model directory not found"):
-    checkpoint.load_model(tmp_path / "nope")
-  checkpoint.save_model(tmp_path / "m", _params(), _config(), [None, "x"])
+    model_dir_lib.load_model(tmp_path / "nope")
+  model_dir_lib.save_model(tmp_path / "m", _params(), _config(), [None, "x"])
   os.remove(tmp_path / "m" / "vocab.json")
   with pytest.raises(FileNotFoundError, match="vocab.json is missing"):
-    checkpoint.load_model(tmp_path / "m")
+    model_dir_lib.load_model(tmp_path / "m")
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o755), (0o027, 0o750), (0o077, 0o700)],
@@ -73,9 +73,9 @@ def test_missing_pieces_give_clear_errors(tmp_path):
 def test_model_directory_gets_the_umask(tmp_path, umask, mode):
   old = os.umask(umask)
   try:
-    checkpoint.save_model(tmp_path / "run" / "best", _params(), _config(), [None, "x"])
-    checkpoint.save_model(tmp_path / "run" / "last", _params(), _config(), [None, "x"])
-    checkpoint.save_model(tmp_path / "run" / "last", _params(), _config(), [None, "y"],
+    model_dir_lib.save_model(tmp_path / "run" / "best", _params(), _config(), [None, "x"])
+    model_dir_lib.save_model(tmp_path / "run" / "last", _params(), _config(), [None, "x"])
+    model_dir_lib.save_model(tmp_path / "run" / "last", _params(), _config(), [None, "y"],
                           overwrite=True)
   finally:
     os.umask(old)
@@ -89,7 +89,7 @@ def test_model_directory_gets_the_umask(tmp_path, umask, mode):
 
 def _one_line_error(directory, match):
   with pytest.raises(ValueError, match=match) as info:
-    checkpoint.load_model(directory)
+    model_dir_lib.load_model(directory)
   assert type(info.value) is ValueError  # not a json.JSONDecodeError
   assert "\n" not in str(info.value)
   return str(info.value)
@@ -102,7 +102,7 @@ def _one_line_error(directory, match):
     (b'{"a": "\xff"}', "is not valid UTF-8"),
 ])
 def test_broken_config_json_names_the_file(tmp_path, text, problem):
-  checkpoint.save_model(tmp_path / "m", _params(), _config(), [None, "x"])
+  model_dir_lib.save_model(tmp_path / "m", _params(), _config(), [None, "x"])
   path = tmp_path / "m" / "config.json"
   (path.write_bytes if isinstance(text, bytes) else path.write_text)(text)
   _one_line_error(tmp_path / "m", f"^model config {path} {problem}")
@@ -114,7 +114,7 @@ def test_broken_config_json_names_the_file(tmp_path, text, problem):
     ('{"idx_to_token": {"1": "x", "3": "y"}}', "idx_to_token ids must be exactly 1..2"),
 ])
 def test_broken_vocab_json_names_the_file(tmp_path, text, problem):
-  checkpoint.save_model(tmp_path / "m", _params(), _config(), [None, "x"])
+  model_dir_lib.save_model(tmp_path / "m", _params(), _config(), [None, "x"])
   path = tmp_path / "m" / "vocab.json"
   path.write_text(text)
   _one_line_error(tmp_path / "m", f"^model vocabulary {path}:? {problem}")
@@ -122,7 +122,7 @@ def test_broken_vocab_json_names_the_file(tmp_path, text, problem):
 
 @pytest.mark.parametrize("damage", ["truncate", "remove", "no_metadata"])
 def test_corrupt_params_name_the_directory(tmp_path, capfd, damage):
-  checkpoint.save_model(tmp_path / "m", _params(), _config(), [None, "x"])
+  model_dir_lib.save_model(tmp_path / "m", _params(), _config(), [None, "x"])
   params_dir = tmp_path / "m" / "params"
   if damage == "no_metadata":
     os.remove(params_dir / "_METADATA")
@@ -144,10 +144,10 @@ def test_corrupt_params_name_the_directory(tmp_path, capfd, damage):
 
 
 def test_training_directory_resolves_to_best_then_last(tmp_path):
-  checkpoint.save_model(tmp_path / "run" / "last", _params(), _config(), [None, "last"])
-  assert checkpoint.load_model(tmp_path / "run")[2] == [None, "last"]
-  checkpoint.save_model(tmp_path / "run" / "best", _params(), _config(), [None, "best"])
-  assert checkpoint.load_model(tmp_path / "run")[2] == [None, "best"]
+  model_dir_lib.save_model(tmp_path / "run" / "last", _params(), _config(), [None, "last"])
+  assert model_dir_lib.load_model(tmp_path / "run")[2] == [None, "last"]
+  model_dir_lib.save_model(tmp_path / "run" / "best", _params(), _config(), [None, "best"])
+  assert model_dir_lib.load_model(tmp_path / "run")[2] == [None, "best"]
 
 
 def _large_params():
@@ -158,7 +158,7 @@ def _large_params():
 
 def test_checksums_are_sha256_of_dtype_shape_and_bytes():
   a = np.arange(6, dtype=np.float32).reshape(2, 3)
-  sums = checkpoint.tree_checksums({"x": {"k": jnp.asarray(a)}, "s": np.int32(7)})
+  sums = model_dir_lib.tree_checksums({"x": {"k": jnp.asarray(a)}, "s": np.int32(7)})
   assert sums["algorithm"] == "sha256"
   assert sums["arrays"] == {
       "x/k": hashlib.sha256(b"<f4(2, 3)" + a.tobytes()).hexdigest(),
@@ -167,7 +167,7 @@ def test_checksums_are_sha256_of_dtype_shape_and_bytes():
 
 def test_damaged_parameter_bytes_are_refused_naming_the_directory(tmp_path):
   params = _large_params()
-  checkpoint.save_model(tmp_path / "m", params, _config(), [None, "x"])
+  model_dir_lib.save_model(tmp_path / "m", params, _config(), [None, "x"])
   assert sorted(os.listdir(tmp_path / "m")) == ["checksums.json", "config.json", "params",
                                                 "vocab.json"]
   disk_faults.flip_bytes_of_largest_file(tmp_path / "m" / "params")
@@ -177,25 +177,25 @@ def test_damaged_parameter_bytes_are_refused_naming_the_directory(tmp_path):
   assert "fc/bias" not in message
   # A model saved before checksums were kept loads unchecked, damaged values and all.
   os.remove(tmp_path / "m" / "checksums.json")
-  loaded = checkpoint.load_model(tmp_path / "m")[0]["word_embed"]["embedding"]
+  loaded = model_dir_lib.load_model(tmp_path / "m")[0]["word_embed"]["embedding"]
   assert loaded.shape == (200, 100)
   assert not np.array_equal(loaded, params["word_embed"]["embedding"], equal_nan=True)
 
 
 def test_nonfinite_arrays_are_named():
   params = _large_params()
-  assert checkpoint.nonfinite_arrays(params) == []
+  assert model_dir_lib.nonfinite_arrays(params) == []
   params["word_embed"]["embedding"][3, 4] = np.nan
   params["fc"]["bias"][0] = -np.inf
-  assert checkpoint.nonfinite_arrays(params) == ["fc/bias", "word_embed/embedding"]
-  assert checkpoint.nonfinite_arrays({"step": np.int32(3)}) == []
+  assert model_dir_lib.nonfinite_arrays(params) == ["fc/bias", "word_embed/embedding"]
+  assert model_dir_lib.nonfinite_arrays({"step": np.int32(3)}) == []
 
 
 def test_a_full_disk_while_saving_a_model_is_one_line(tmp_path, monkeypatch, capfd):
-  checkpoint.save_model(tmp_path / "m", _params(), _config(), [None, "x"])
+  model_dir_lib.save_model(tmp_path / "m", _params(), _config(), [None, "x"])
   disk_faults.no_space_left(monkeypatch)
   with pytest.raises(OSError) as error:
-    checkpoint.save_model(tmp_path / "m", _large_params(), _config(), [None, "y"], overwrite=True)
+    model_dir_lib.save_model(tmp_path / "m", _large_params(), _config(), [None, "y"], overwrite=True)
   assert error.value.errno == errno.ENOSPC
   assert str(error.value).startswith(
       f"no space left on device writing model {tmp_path / 'm'} in {tmp_path} (")
@@ -205,4 +205,4 @@ def test_a_full_disk_while_saving_a_model_is_one_line(tmp_path, monkeypatch, cap
   assert "Traceback" not in err and "Event loop is closed" not in err, err
   assert os.listdir(tmp_path) == ["m"]  # the old model stays, nothing half-written beside it
   monkeypatch.undo()
-  assert checkpoint.load_model(tmp_path / "m")[2] == [None, "x"]
+  assert model_dir_lib.load_model(tmp_path / "m")[2] == [None, "x"]

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import convert_fixtures as cf
-from densecap_jax import model_dir as checkpoint
-from densecap_jax import predictor as inference
+from densecap_jax import model_dir
+from densecap_jax import predictor as predictor_lib
 from densecap_jax.models import densecap
 from densecap_jax.ops import roi_pool as roi_pool_lib
 from densecap_jax.commands import convert as cli
@@ -37,7 +37,7 @@ def converted(tmp_path_factory):
   t7.save(directory / "densecap.t7", tree)
   assert cli.main(["--input", str(directory / "densecap.t7"),
                    "--output", str(directory / "model")]) == 0
-  params, config, vocab = checkpoint.load_model(directory / "model")
+  params, config, vocab = model_dir.load_model(directory / "model")
   return weights, params, config, vocab, directory / "model"
 
 
@@ -182,7 +182,7 @@ def test_predict_on_the_converted_model_matches_torch(tmp_path):
   t7.save(tmp_path / "m.t7", tree)
   assert cli.main(["--input", str(tmp_path / "m.t7"), "--output", str(tmp_path / "m")]) == 0
 
-  predictor = inference.load_model(tmp_path / "m", image_size=64, num_proposals=8)
+  predictor = predictor_lib.load_model(tmp_path / "m", image_size=64, num_proposals=8)
   image = np.random.default_rng(5).integers(0, 256, (48, 64, 3), np.uint8)
   (result,) = predictor.predict([image])
   n = len(result["captions"])

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import convert_fixtures as cf
-from densecap_jax import model_dir as checkpoint
+from densecap_jax import model_dir
 from densecap_jax.data import images as images_lib
 from densecap_jax import convert as convert_lib
 from densecap_jax.commands import convert as cli
@@ -68,7 +68,7 @@ def _cli_convert(directory, name, data, vocab_json):
   with contextlib.redirect_stdout(report):
     assert cli.main(["--input", str(directory / name), "--output", str(directory / "model"),
                      "--vocab", str(vocab_json), "--seed", "3"]) == 0
-  return (*checkpoint.load_model(directory / "model"), report.getvalue())
+  return (*model_dir.load_model(directory / "model"), report.getvalue())
 
 
 @pytest.fixture(scope="module")

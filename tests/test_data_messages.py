@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from densecap_jax import predictor as inference
+from densecap_jax import predictor
 from densecap_jax.data import loader
 from densecap_jax.commands import preprocess
 from densecap_jax.commands import synthetic
@@ -49,7 +49,7 @@ def test_evaluation_with_a_wrong_data_h5_says_how_to_make_it(tmp_path):
   (tmp_path / "regions-dicts.json").write_text("{}")
   wrong = str(tmp_path / "typo.h5")
   with pytest.raises(SystemExit) as exit_info:
-    evaluation_main.main(["--checkpoint", inference.bundled_model_path(), "--data_h5", wrong,
+    evaluation_main.main(["--checkpoint", predictor.bundled_model_path(), "--data_h5", wrong,
                           "--data_json", str(tmp_path / "regions-dicts.json")])
   message = str(exit_info.value.code)
   assert f"dataset HDF5 {wrong} not found" in message

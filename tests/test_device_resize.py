@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 import small_model
 
-from densecap_jax import predictor as inference
+from densecap_jax import predictor
 from densecap_jax.commands import predict
 from densecap_jax.data import device_resize
 from densecap_jax.data import images as images_lib
@@ -113,7 +113,7 @@ def model_dir(tmp_path_factory):
 
 
 def test_new_photo_sizes_within_a_bucket_compile_nothing(model_dir, record_compiles):
-  model = inference.load_model(model_dir)
+  model = predictor.load_model(model_dir)
   assert model.preprocess == "device"
   rng = np.random.default_rng(2)
   # 90x120 -> 48x64: input bucket 128x128, 4 taps each way. (Its programs may already be
@@ -131,7 +131,7 @@ def test_predictions_and_displays_equal_the_host_path(model_dir):
   rng = np.random.default_rng(3)
   images = [rng.integers(0, 256, size, dtype=np.uint8)  # two buckets: 48x64 and 64x32
             for size in ((90, 120, 3), (120, 60, 3), (300, 150), (84, 118, 3))]
-  model = inference.load_model(model_dir, batch_size=2)
+  model = predictor.load_model(model_dir, batch_size=2)
   on_device = [model.prepare(image, on_device=True) for image in images]
   on_host = [model.prepare(image) for image in images]
   assert on_device[2].model_input is None and on_device[2].rgb.shape == (300, 150, 3)
@@ -146,7 +146,7 @@ def test_predictions_and_displays_equal_the_host_path(model_dir):
   for d, h in zip(model.predict(images, coords="resized"), device_results):
     np.testing.assert_array_equal(d["boxes"], h["boxes"])
   with pytest.raises(ValueError, match="preprocess must be one of device, host"):
-    inference.load_model(model_dir, preprocess="gpu")
+    predictor.load_model(model_dir, preprocess="gpu")
 
 
 @pytest.mark.slow

@@ -14,8 +14,8 @@ import zlib
 import numpy as np
 import pytest
 
-from densecap_jax import model_dir as checkpoint
-from densecap_jax import predictor as inference
+from densecap_jax import model_dir
+from densecap_jax import predictor
 from densecap_jax.data import loader
 from densecap_jax.data import visual_genome as preprocess
 from densecap_jax.data import synthetic_world as synthetic
@@ -49,7 +49,7 @@ def setup(tmp_path_factory):
                         image_size=SIZE, min_token_instances=1, num_workers=2, progress=False,
                         log=lambda *a: None)
   data = loader.DenseCapH5(h5, js)
-  params, config, vocab = checkpoint.load_model(inference.bundled_model_path())
+  params, config, vocab = model_dir.load_model(predictor.bundled_model_path())
   assert vocab == data.vocab
   config.buckets = ((SIZE, SIZE),)  # one compiled program for every image
   recorded = []
@@ -390,7 +390,7 @@ def test_without_java_both_modes_stop_before_any_work(setup, tmp_path, monkeypat
 
   monkeypatch.setattr(split_eval, "evaluate_split", must_not_run)
   monkeypatch.setattr(ground_truth, "from_h5", must_not_run)
-  for argv in (["--checkpoint", inference.bundled_model_path(), "--data_h5", setup["h5"],
+  for argv in (["--checkpoint", predictor.bundled_model_path(), "--data_h5", setup["h5"],
                 "--data_json", setup["json"]],
                ["--predictions", path, "--data_h5", setup["h5"], "--data_json", setup["json"]]):
     with pytest.raises(SystemExit) as exit_info:

@@ -14,9 +14,9 @@ from PIL import Image
 import small_model
 from test_data_images import write_orientation_6_jpeg
 
-from densecap_jax import model_dir as checkpoint
+from densecap_jax import model_dir as model_dir_lib
 from densecap_jax.commands import extract_features
-from densecap_jax import predictor as inference
+from densecap_jax import predictor
 from densecap_jax.configs import buckets as buckets_lib
 from densecap_jax.data import images as images_lib
 from densecap_jax.models import densecap
@@ -85,7 +85,7 @@ class HandModel:
   """The model's pieces run one by one on one image at a time, outside the command."""
 
   def __init__(self, model_dir):
-    self.params, config, _ = checkpoint.load_model(model_dir)
+    self.params, config, _ = model_dir_lib.load_model(model_dir)
     self.config = config
     model = densecap.build_model(config)
     self._features = jax.jit(lambda p, i, s: model.apply({"params": p}, i, s,
@@ -277,7 +277,7 @@ def test_nothing_readable_or_unwritable_output(model_dir, photos, tmp_path):
 
 
 def test_no_recompilation_for_new_images_or_thresholds(model_dir, photos, record_compiles):
-  model = inference.load_model(model_dir)
+  model = predictor.load_model(model_dir)
   extractor = features.FeatureExtractor(model, boxes_per_image=4)
   prepared = [model.prepare(str(photos / n)) for n in ("a.jpg", "c.jpg")]
   (first,) = extractor.detections(prepared[:1])

@@ -10,7 +10,7 @@ import os
 import jax
 import numpy as np
 
-from densecap_jax import predictor as inference
+from densecap_jax import predictor
 from densecap_jax.data import images as images_lib
 from densecap_jax import engine
 from densecap_jax import features
@@ -18,7 +18,7 @@ from densecap_jax import features
 
 def _examples():
   """A bundled example and its mirror image: two images of one shape bucket (one compile)."""
-  folder = inference.bundled_examples_path()
+  folder = predictor.bundled_examples_path()
   rgb = images_lib.load_rgb(os.path.join(folder, sorted(os.listdir(folder))[0]))
   return [rgb, np.ascontiguousarray(rgb[:, ::-1])]
 
@@ -26,8 +26,8 @@ def _examples():
 def test_predict_and_features_on_eight_devices_equal_one_device():
   assert jax.local_device_count() == 8
   assert engine.default_devices() == jax.local_devices()[:1]  # CPU: one device by default
-  one = inference.load_model(batch_size=1)
-  eight = inference.load_model(batch_size=1, devices=jax.local_devices())
+  one = predictor.load_model(batch_size=1)
+  eight = predictor.load_model(batch_size=1, devices=jax.local_devices())
   assert one.batch_size == 1 and eight.batch_size == 8  # a multiple of the devices
   paths = _examples()  # 2 images: one padded batch of 8, or two batches of one
   for a, b in zip(one.predict(paths), eight.predict(paths)):
@@ -42,7 +42,7 @@ def test_predict_and_features_on_eight_devices_equal_one_device():
 
 
 def test_a_copy_of_the_predictor_has_its_own_settings_and_the_same_programs():
-  model = inference.load_model(batch_size=1, devices=jax.local_devices())
+  model = predictor.load_model(batch_size=1, devices=jax.local_devices())
   copied = copy.copy(model)
   copied.batch_size, copied.final_nms_thresh = 1, 0.5  # as the server pads a batch of one
   assert (model.batch_size, model.final_nms_thresh) == (8, 0.3)

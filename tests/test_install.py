@@ -129,8 +129,8 @@ def test_installed_train_finds_its_config_and_names_the_missing_data(installed):
 def test_installed_predict_captions_a_bundled_example(installed):
   venv, env, user_dir = installed
   python = venv / "bin" / "python"
-  examples = run([str(python), "-c", "from densecap_jax import predictor as inference; "
-                  "print(inference.bundled_examples_path())"], cwd=user_dir, env=env
+  examples = run([str(python), "-c", "from densecap_jax import predictor; "
+                  "print(predictor.bundled_examples_path())"], cwd=user_dir, env=env
                  ).stdout.strip()
   image = os.path.join(examples, "synthetic_12.jpg")
   assert os.path.isfile(image) and not image.startswith(ROOT)

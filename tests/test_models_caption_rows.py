@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from densecap_jax import predictor as inference
+from densecap_jax import predictor
 from densecap_jax.model_dir import load_model
 from densecap_jax.configs import buckets as buckets_lib
 from densecap_jax.data import images as images_lib
@@ -63,11 +63,11 @@ def bundled():
   proposal order)`` from ``detection._detect``, for batches of 3 and 32 images (the examples
   and their mirror images padded to the largest shape bucket; at 32, 26 slots are empty
   images as ``predict`` pads a batch)."""
-  params, config, _ = load_model(inference.bundled_model_path())
+  params, config, _ = load_model(predictor.bundled_model_path())
   buckets = [tuple(b) for b in config.buckets]
   bucket = max(buckets, key=lambda b: b[0] * b[1])
   examples = [images_lib.prepare_test_image(images_lib.load_rgb(path), config.image_size)
-              for path in sorted(glob.glob(os.path.join(inference.bundled_examples_path(),
+              for path in sorted(glob.glob(os.path.join(predictor.bundled_examples_path(),
                                                         "*.jpg")))]
   examples += [x[:, ::-1] for x in examples]
 

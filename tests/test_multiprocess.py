@@ -37,7 +37,7 @@ import jax
 import numpy as np
 import pytest
 
-from densecap_jax import model_dir as checkpoint
+from densecap_jax import model_dir
 from densecap_jax.data import loader
 from densecap_jax.evaluation import split_eval
 import multiprocess_jobs as jobs
@@ -51,12 +51,12 @@ def dataset(tmp_path_factory):
 
 
 def _final_params(workdir):
-  return jax.tree.leaves(checkpoint.load_model(os.path.join(workdir, "last"))[0])
+  return jax.tree.leaves(model_dir.load_model(os.path.join(workdir, "last"))[0])
 
 
 def _params_at(workdir, step):
   """The parameters of the training state checkpointed at ``step``."""
-  state = checkpoint.local_checkpointer().restore(
+  state = model_dir.local_checkpointer().restore(
       os.path.join(workdir, "checkpoints", str(step), "state"))
   return jax.tree.leaves(state["params"])
 
@@ -84,7 +84,7 @@ def _assert_same_params(a, b):
 
 def _detmap_of(workdir, dataset):
   """The detection mAP of ``workdir/last`` on the job's validation images, in this process."""
-  params, config, _ = checkpoint.load_model(os.path.join(workdir, "last"))
+  params, config, _ = model_dir.load_model(os.path.join(workdir, "last"))
   data = loader.DenseCapH5(*dataset)
   results = split_eval.evaluate_split(
       params, data, "val", split_eval.make_predict_fn(config, 30), config=config, max_images=4,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from densecap_jax import configs
-from densecap_jax import predictor as inference
+from densecap_jax import predictor
 from densecap_jax.model_dir import load_model
 from densecap_jax.configs import buckets as buckets_lib
 from densecap_jax.data import images as images_lib
@@ -457,10 +457,10 @@ def _bundled_batches(batch_size=32):
   """Two batches of the bundled examples in the largest shape bucket (one compile): the
   example of that bucket as ``predict --batch_size 32`` batches it (unused slots zero),
   and all three examples and their mirror images, padded to the bucket."""
-  params, config, _ = load_model(inference.bundled_model_path())
+  params, config, _ = load_model(predictor.bundled_model_path())
   buckets = [tuple(b) for b in config.buckets]
   examples = [images_lib.prepare_test_image(images_lib.load_rgb(path), config.image_size)
-              for path in sorted(glob.glob(os.path.join(inference.bundled_examples_path(),
+              for path in sorted(glob.glob(os.path.join(predictor.bundled_examples_path(),
                                                         "*.jpg")))]
   assert len(examples) == 3
 

@@ -152,13 +152,13 @@ def test_search_page_quotes_names_in_its_links(tmp_path, capsys):
 
 def test_search_command_with_a_crafted_index_writes_only_into_output_vis_dir(
     tmp_path, monkeypatch, capsys):
-  from densecap_jax import predictor as inference  # pylint: disable=g-import-not-at-top
+  from densecap_jax import predictor  # pylint: disable=g-import-not-at-top
   from densecap_jax.search import builder as index_lib  # pylint: disable=g-import-not-at-top
   root = tmp_path / "x"
   photos = root / "data" / "photos"
   write_scenes(str(photos), square_scenes(3, seed=3))
   index_path = str(root / "data" / "photos.index")
-  index_lib.build_index(inference.load_model(batch_size=1), str(photos), index_path,
+  index_lib.build_index(predictor.load_model(batch_size=1), str(photos), index_path,
                         progress=False)
   # The crafted images.json names, as a reader of the index sees them; each leads to a real
   # image outside the indexed folder, so that the page has something to copy.

@@ -21,10 +21,10 @@ import optax
 import pytest
 
 import densecap_jax
-from densecap_jax import model_dir as checkpoint
+from densecap_jax import model_dir
 from densecap_jax.commands import flags as cli
 from densecap_jax import configs
-from densecap_jax import predictor as inference
+from densecap_jax import predictor as predictor_lib
 from densecap_jax.data import images as images_lib
 from densecap_jax.data import loader
 from densecap_jax.data import visual_genome as preprocess
@@ -314,9 +314,9 @@ def predictors():
   per precision, shared by the tests below (an image's detections do not
   depend on its bucket or batch).
   """
-  params, config, vocab = checkpoint.load_model(inference.bundled_model_path())
+  params, config, vocab = model_dir.load_model(predictor_lib.bundled_model_path())
   config.buckets = ((BUNDLED_SIZE, BUNDLED_SIZE),)
-  return {precision: inference.DenseCapPredictor(params, config, vocab, precision=precision,
+  return {precision: predictor_lib.DenseCapPredictor(params, config, vocab, precision=precision,
                                                  devices=jax.devices()[:1])
           for precision in ("float32", "bfloat16")}
 
@@ -338,7 +338,7 @@ def test_split(tmp_path_factory, predictors):
 
 def test_bfloat16_final_boxes_and_captions_match_float32(predictors, test_split, capsys):
   _, paths = test_split
-  examples = inference.bundled_examples_path()
+  examples = predictor_lib.bundled_examples_path()
   images = [f"{examples}/{name}" for name in ("synthetic_12.jpg", "synthetic_13.jpg",
                                                "synthetic_29.jpg")]
   images += [f"{paths['image_dir']}/{i}.jpg" for i in range(1, 22)]

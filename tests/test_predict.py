@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 import small_model
 
-from densecap_jax import predictor as inference
+from densecap_jax import predictor
 from densecap_jax.commands import flags as cli
 from densecap_jax.commands import predict
 from densecap_jax.configs import buckets as buckets_lib
@@ -39,7 +39,7 @@ def photos(tmp_path_factory):
 
 
 def test_predict_matches_infer_and_converts_boxes(model_dir, photos):
-  model = inference.load_model(model_dir, batch_size=2)
+  model = predictor.load_model(model_dir, batch_size=2)
   assert model.image_size == 64 and model.num_proposals == 20
   image = Image.open(photos / "a.jpg")
   (result,) = model.predict([image], coords="resized")
@@ -67,17 +67,17 @@ def test_predict_matches_infer_and_converts_boxes(model_dir, photos):
 
 def test_batched_equals_one_at_a_time_and_max_detections(model_dir, photos):
   images = [np.asarray(Image.open(photos / n).convert("RGB")) for n in ("a.jpg", "b.png", "c.jpg")]
-  batched = inference.load_model(model_dir, batch_size=2).predict(images)
-  single = inference.load_model(model_dir).predict(images)
+  batched = predictor.load_model(model_dir, batch_size=2).predict(images)
+  single = predictor.load_model(model_dir).predict(images)
   for b, s in zip(batched, single):
     np.testing.assert_allclose(b["boxes"], s["boxes"], rtol=1e-5, atol=1e-4)
     assert b["captions"] == s["captions"]
-  capped = inference.load_model(model_dir).predict(images[:1], max_detections=3)
+  capped = predictor.load_model(model_dir).predict(images[:1], max_detections=3)
   assert len(capped[0]["captions"]) == min(3, len(single[0]["captions"]))
 
 
 def test_prepare_display_is_the_resized_image(model_dir, photos):
-  model = inference.load_model(model_dir)
+  model = predictor.load_model(model_dir)
   prepared = model.prepare(str(photos / "b.png"))
   assert prepared.display.shape == (64, 32, 3) and prepared.display.dtype == np.uint8
   assert prepared.original_size == (120, 60)
@@ -258,7 +258,7 @@ def test_api_rejects_out_of_range_settings(model_dir):
   for settings, message in (({"num_proposals": 0}, "num_proposals must be a positive integer"),
                             ({"final_nms_thresh": 2.0}, r"final_nms_thresh must be in \[0, 1\]")):
     with pytest.raises(ValueError, match=message):
-      inference.load_model(model_dir, **settings)
+      predictor.load_model(model_dir, **settings)
 
 
 def _help(main, capsys, monkeypatch):
@@ -286,7 +286,7 @@ def test_every_flag_shows_its_default(capsys, monkeypatch):
 
 
 def test_predict_takes_one_image_and_grey_or_rgba_arrays(model_dir, photos):
-  model = inference.load_model(model_dir)
+  model = predictor.load_model(model_dir)
   path = str(photos / "a.jpg")
   (want,) = model.predict([path])
   for single in (path, photos / "a.jpg", Image.open(path)):
@@ -326,7 +326,7 @@ def test_cli_captions_given_boxes(model_dir, photos, tmp_path):
   with open(vis_dir / "results.json") as f:
     results = json.load(f)["results"]
   assert [r["img_name"] for r in results] == ["a.jpg", "b.png"]
-  model = inference.load_model(model_dir)
+  model = predictor.load_model(model_dir)
   paths = [str(photos / "a.jpg"), str(photos / "b.png")]
   want = model.caption_regions(paths, [boxes["a.jpg"], boxes[paths[1]]])
   for r, w, p in zip(results, want, paths):

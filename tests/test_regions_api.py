@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import convert_fixtures as cf
-from densecap_jax import predictor as inference
+from densecap_jax import predictor as predictor_lib
 from densecap_jax.commands import convert as convert_cli
 from densecap_jax.convert import t7
 from densecap_jax.data import synthetic_world as synthetic
@@ -34,12 +34,12 @@ def converted(tmp_path_factory):
   t7.save(directory / "m.t7", tree)
   assert convert_cli.main(["--input", str(directory / "m.t7"),
                            "--output", str(directory / "model")]) == 0
-  return weights, inference.load_model(directory / "model", image_size=64, num_proposals=16)
+  return weights, predictor_lib.load_model(directory / "model", image_size=64, num_proposals=16)
 
 
 @pytest.fixture(scope="module")
 def bundled():
-  return inference.load_model()
+  return predictor_lib.load_model()
 
 
 @pytest.fixture(scope="module")
@@ -161,8 +161,8 @@ def test_caption_regions_reproduce_the_detection_path_on_a_converted_model(conve
 
 
 def test_caption_regions_on_the_bundled_model_and_its_examples(bundled):
-  path = sorted(p for p in __import__("os").listdir(inference.bundled_examples_path()))[0]
-  path = f"{inference.bundled_examples_path()}/{path}"
+  path = sorted(p for p in __import__("os").listdir(predictor_lib.bundled_examples_path()))[0]
+  path = f"{predictor_lib.bundled_examples_path()}/{path}"
   proposals, detected, _ = _proposals(bundled, path)
   prepared = bundled.prepare(path)
   # Given in the image's own pixels, the same regions get the same captions.

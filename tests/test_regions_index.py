@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from densecap_jax import predictor as inference
+from densecap_jax import predictor
 from densecap_jax.data import synthetic_world as synthetic
 from densecap_jax.data import vocab as vocab_lib
 from densecap_jax.search import builder as index_lib
@@ -46,7 +46,7 @@ def write_scenes(folder, scenes):
 
 @pytest.fixture(scope="module")
 def model():
-  return inference.load_model(batch_size=1)
+  return predictor.load_model(batch_size=1)
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +246,7 @@ def test_command_indexes_a_folder_and_reports_unreadable_files(photos, tmp_path,
   assert "indexed 1 image, kept 0, dropped 0" in capsys.readouterr().out
   index = index_lib.open_index(output)
   assert index.image_names == [sorted(os.listdir(photos))[0]] and index.num_regions == 3
-  assert index.manifest["model"]["checkpoint"] == inference.bundled_model_path()
+  assert index.manifest["model"]["checkpoint"] == predictor.bundled_model_path()
 
 
 def _hold_lock(folder, seconds):

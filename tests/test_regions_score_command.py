@@ -6,17 +6,17 @@ import os
 import numpy as np
 import pytest
 
-from densecap_jax import predictor as inference
+from densecap_jax import predictor
 from densecap_jax import score
 from densecap_jax.data import inputs
 
-EXAMPLES = inference.bundled_examples_path()
+EXAMPLES = predictor.bundled_examples_path()
 PHOTOS = [os.path.join(EXAMPLES, n) for n in ("synthetic_12.jpg", "synthetic_13.jpg")]
 
 
 @pytest.fixture(scope="module")
 def bundled():
-  return inference.load_model()
+  return predictor.load_model()
 
 
 def _check_entry(entry, want, path):

@@ -9,7 +9,7 @@ import pytest
 from test_regions_index import square_scenes
 from test_regions_index import write_scenes
 
-from densecap_jax import predictor as inference
+from densecap_jax import predictor
 from densecap_jax.search import builder as index_lib
 from densecap_jax.search import ranking as search_lib
 from densecap_jax.commands import search as search_command
@@ -20,7 +20,7 @@ NUM_IMAGES = 12
 
 @pytest.fixture(scope="module")
 def model():
-  return inference.load_model(batch_size=1)
+  return predictor.load_model(batch_size=1)
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ import small_model
 from test_data_images import write_orientation_6_jpeg
 
 from densecap_jax.commands import flags as cli
-from densecap_jax import predictor as inference
+from densecap_jax import predictor as predictor_lib
 from densecap_jax.commands import predict
 from densecap_jax.commands import serve
 from densecap_jax.server import app as app_lib
@@ -237,7 +237,7 @@ def started_server(model_dir, tmp_path_factory):
 def predictor(model_dir, started_server):
   """The same model in this process, compiled while the server compiles its own."""
   del started_server
-  model = inference.load_model(model_dir)
+  model = predictor_lib.load_model(model_dir)
   model.predict([np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)])
   return model
 
@@ -1066,7 +1066,7 @@ def test_cli_refuses_a_port_in_use_and_defaults_to_the_bundled_model(tmp_path, m
     with pytest.raises(SystemExit, match=f"^error: cannot listen on 127.0.0.1:{port}"):
       serve.main(["--port", str(port)])
   missing = str(tmp_path / "bundled" / "tiny_synthetic")
-  monkeypatch.setattr(inference, "bundled_model_path", lambda: missing)
+  monkeypatch.setattr(predictor_lib, "bundled_model_path", lambda: missing)
   with pytest.raises(SystemExit, match=f"^error: .*{re.escape(missing)}"):
     serve.main(["--port", "0"])
   assert cli.BUNDLED_NOTICE in capsys.readouterr().err

@@ -14,7 +14,7 @@ from PIL import Image
 import small_model
 
 from densecap_jax.commands import extract_features
-from densecap_jax import predictor as inference
+from densecap_jax import predictor
 from densecap_jax import features
 from densecap_jax.data import image_stream
 
@@ -108,7 +108,7 @@ def test_extract_features_rows_stay_in_input_order_when_batches_finish_out_of_or
     feats = f["feats"][:]
     assert f["boxes"].shape == (5, 3, 4)
   assert paths == [p for p in listed if not p.endswith("bad.png")]
-  model = inference.load_model(model_dir, batch_size=2, final_nms_thresh=0.4)  # the command's
+  model = predictor.load_model(model_dir, batch_size=2, final_nms_thresh=0.4)  # the command's
   extractor = features.FeatureExtractor(model, 3)
   rows = extractor.detections([model.prepare(p) for p in paths])  # one call, on the host
   np.testing.assert_allclose(feats, np.stack([r["feats"] for r in rows]), rtol=1e-5, atol=1e-5)

@@ -27,7 +27,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from densecap_jax import model_dir as checkpoint  # pylint: disable=g-import-not-at-top
+from densecap_jax import model_dir  # pylint: disable=g-import-not-at-top
 from densecap_jax import files
 from densecap_jax.evaluation import split_eval
 from densecap_jax.data import loader
@@ -85,14 +85,14 @@ def main(argv=None):
   captioner_dir = os.path.join(args.workdir, "captioner")
   trainer.train(captioner_config(config, run_dir, args.captioner_iters), captioner_dir)
 
-  params, model_config, vocab = checkpoint.load_model(captioner_dir)
+  params, model_config, vocab = model_dir.load_model(captioner_dir)
   model_config.drop_prob = config.model.drop_prob  # what fine-tuning it would use
   data = loader.DenseCapH5(h5, js)
   results = split_eval.evaluate_split(
       params, data, "test", split_eval.make_predict_fn(model_config), config=model_config,
       batch_size=4)
   target = os.path.join(BUNDLED, "tiny_synthetic")
-  checkpoint.save_model(target, params, model_config, vocab, overwrite=True)
+  model_dir.save_model(target, params, model_config, vocab, overwrite=True)
   files.write_json(os.path.join(target, "metrics.json"), {
       "split": "test", "num_images": results["num_images"], "map": results["map"],
       "detmap": results["detmap"], "num_proposals": model_config.num_proposals,

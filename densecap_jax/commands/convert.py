@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 
-from densecap_jax import model_dir as checkpoint
+from densecap_jax import model_dir
 from densecap_jax import convert as convert_lib
 from densecap_jax import runtime
 from densecap_jax.convert import mapping
@@ -52,7 +52,7 @@ def main(argv=None):
     print(f"reading {args.input} ({convert_lib.describe(file_format)})")
     conversion = convert_lib.convert(args.input, file_format, args.vocab, args.seed)
     print("\n".join(report_lines(conversion)))
-    checkpoint.save_model(args.output, conversion.params, conversion.config, conversion.vocab)
+    model_dir.save_model(args.output, conversion.params, conversion.config, conversion.vocab)
   except (ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -28,7 +28,7 @@ from densecap_jax import configs
 from densecap_jax import engine
 from densecap_jax import files
 from densecap_jax import model_dir
-from densecap_jax import predictor as inference
+from densecap_jax import predictor
 from densecap_jax import pretrained
 from densecap_jax import runtime
 from densecap_jax import settings
@@ -224,7 +224,7 @@ def _evaluate_model(args, meteor_fn):
   """``--checkpoint``: the model over the split (``split_eval.evaluate_split``)."""
   runtime.setup_from_args(args)
   try:
-    params, config, _ = model_dir.load_model(inference.model_path(args.checkpoint))
+    params, config, _ = model_dir.load_model(predictor.model_path(args.checkpoint))
     params, config = engine.inference_params(params, config, args.precision)
     data = loader.DenseCapH5(args.data_h5, args.data_json)
     if data.vocab_size != config.vocab_size:

@@ -60,7 +60,7 @@ import time
 
 from densecap_jax.commands import flags as cli
 from densecap_jax import files
-from densecap_jax import predictor as inference
+from densecap_jax import predictor
 from densecap_jax import features
 from densecap_jax import runtime
 from densecap_jax.data import inputs
@@ -143,7 +143,7 @@ def main(argv=None):
   model = cli.load_model_from_flags(args, batch_size=args.batch_size, preprocess=args.preprocess)
   extractor = features.FeatureExtractor(model, args.boxes_per_image, bool(args.pool_final_boxes))
   attrs = {
-      "checkpoint": args.checkpoint or inference.bundled_model_path(),
+      "checkpoint": args.checkpoint or predictor.bundled_model_path(),
       "image_size": model.image_size,
       "rpn_nms_thresh": model.rpn_nms_thresh,
       "final_nms_thresh": model.final_nms_thresh,

@@ -12,7 +12,7 @@ import os
 import sys
 
 from densecap_jax import configs
-from densecap_jax import predictor as inference
+from densecap_jax import predictor
 from densecap_jax import pretrained
 from densecap_jax import runtime
 from densecap_jax import settings
@@ -84,12 +84,12 @@ def model_default(name):
 
 @functools.lru_cache(maxsize=None)
 def _bundled_config():
-  with open(os.path.join(inference.bundled_model_path(), "config.json")) as f:
+  with open(os.path.join(predictor.bundled_model_path(), "config.json")) as f:
     return json.load(f)
 
 
 def load_model_from_flags(args, *, announce=True, **settings):
-  """The ``inference.DenseCapPredictor`` the model flags name; exits with a one-line error.
+  """The ``predictor.DenseCapPredictor`` the model flags name; exits with a one-line error.
 
   Sets up the process first (``runtime.setup``: compilation cache, quiet
   logs). Prints :data:`BUNDLED_NOTICE` when no ``--checkpoint`` is given and,
@@ -104,7 +104,7 @@ def load_model_from_flags(args, *, announce=True, **settings):
   if not args.checkpoint:
     print(BUNDLED_NOTICE, file=sys.stderr)
   try:
-    model = inference.load_model(
+    model = predictor.load_model(
         args.checkpoint or None, models_url=args.models_url, image_size=args.image_size or None,
         num_proposals=args.num_proposals or None, rpn_nms_thresh=args.rpn_nms_thresh,
         final_nms_thresh=args.final_nms_thresh, precision=getattr(args, "precision", None),

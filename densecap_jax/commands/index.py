@@ -28,8 +28,8 @@ import time
 import types
 
 from densecap_jax import engine
-from densecap_jax import model_dir as checkpoint
-from densecap_jax import predictor as inference
+from densecap_jax import model_dir
+from densecap_jax import predictor as predictor_lib
 from densecap_jax import runtime
 from densecap_jax.commands import flags as cli
 from densecap_jax.data import inputs
@@ -80,12 +80,12 @@ def check_args(args):
 def stored_model_fingerprint(path, precision=None):
   """``index.model_fingerprint`` of the model directory ``path``, read without a predictor.
 
-  The parameters are cast as ``inference.DenseCapPredictor`` casts them for
+  The parameters are cast as ``predictor.DenseCapPredictor`` casts them for
   ``precision`` (default the model's), so this equals ``model_fingerprint(
   load_model(path, precision=precision))``; nothing is put on a device or
   compiled. Raises ``OSError`` or ``ValueError`` for an unreadable directory.
   """
-  params, config, vocab = checkpoint.load_model(path)
+  params, config, vocab = model_dir.load_model(path)
   params, _ = engine.inference_params(params, config, precision)
   loaded = types.SimpleNamespace(params=params, vocab=vocab)
   return index_lib.model_fingerprint(loaded)
@@ -113,7 +113,7 @@ def check_same_model(args, manifest, bundled_path):
     return
   try:
     fingerprint = stored_model_fingerprint(
-        inference.model_path(path, models_url=args.models_url), args.precision)
+        predictor_lib.model_path(path, models_url=args.models_url), args.precision)
   except OSError as e:
     raise ValueError(str(e)) from None
   index_lib.check_model(manifest, fingerprint, f"index {args.output}")
@@ -126,7 +126,7 @@ def main(argv=None):
   except ValueError as e:
     sys.exit(f"error: {e}")
   try:
-    check_same_model(args, manifest, inference.bundled_model_path())
+    check_same_model(args, manifest, predictor_lib.bundled_model_path())
   except ValueError as e:
     sys.exit(f"error: {e}")
   model = cli.load_model_from_flags(args, batch_size=args.batch_size)
@@ -134,7 +134,7 @@ def main(argv=None):
   try:
     stats = index_lib.build_index(
         model, args.input_dir, args.output,
-        checkpoint=args.checkpoint or inference.bundled_model_path(), max_boxes=args.max_boxes,
+        checkpoint=args.checkpoint or predictor_lib.bundled_model_path(), max_boxes=args.max_boxes,
         shard_size=args.shard_size, codes_dtype=args.codes_dtype, wait=args.wait)
   except ValueError as e:
     sys.exit(f"error: {e}")

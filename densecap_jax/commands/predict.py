@@ -63,7 +63,7 @@ import time
 from tqdm import tqdm
 
 from densecap_jax import files
-from densecap_jax import predictor as inference
+from densecap_jax import predictor
 from densecap_jax import runtime
 from densecap_jax import vis
 from densecap_jax.commands import flags as cli
@@ -220,7 +220,7 @@ def caption_images(model, paths, args, given=None):
   done, so memory holds a few batches of images whatever the count.
 
   Args:
-    model: an ``inference.DenseCapPredictor``.
+    model: an ``predictor.DenseCapPredictor``.
     paths: image paths.
     args: the parsed flags.
     given: ``None`` to caption detections, or per path ``(k, 4)`` xywh boxes in
@@ -300,7 +300,7 @@ def main(argv=None):
     sys.exit(f"error: no image could be read, nothing written: {', '.join(failed)}")
   opt = dict(vars(args), image_size=model.image_size, num_proposals=model.num_proposals,
              rpn_nms_thresh=model.rpn_nms_thresh, final_nms_thresh=model.final_nms_thresh,
-             checkpoint=args.checkpoint or inference.bundled_model_path())
+             checkpoint=args.checkpoint or predictor.bundled_model_path())
   if args.output_vis:
     page = vis.write_viewer(args.output_vis_dir, {"results": results, "opt": opt})
 

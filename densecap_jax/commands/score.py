@@ -36,7 +36,7 @@ import sys
 import numpy as np
 
 from densecap_jax import files
-from densecap_jax import predictor as inference
+from densecap_jax import predictor
 from densecap_jax import runtime
 from densecap_jax.commands import flags as cli
 from densecap_jax.data import inputs
@@ -99,7 +99,7 @@ def score_images(model, paths, encoded, given=None, boxes_json=""):
   """``RegionModel.score_prepared`` of each image, streamed in batches.
 
   Args:
-    model: an ``inference.DenseCapPredictor``.
+    model: an ``predictor.DenseCapPredictor``.
     paths: image paths.
     encoded: ``regions.phrases.EncodedPhrases``.
     given: ``None`` to score the detections, or per path ``(k, 4)`` xywh boxes
@@ -191,6 +191,6 @@ def main(argv=None):
         "source": "boxes_json" if given is not None else "detections",
         "box_format": "xywh",
         "box_coords": "image",
-        "checkpoint": args.checkpoint or inference.bundled_model_path(),
+        "checkpoint": args.checkpoint or predictor.bundled_model_path(),
     })
     print(f"scores: {args.output_json}")

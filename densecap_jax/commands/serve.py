@@ -55,7 +55,7 @@ import time
 _STARTED = time.perf_counter()
 
 # pylint: disable=wrong-import-position
-from densecap_jax import predictor as inference
+from densecap_jax import predictor as predictor_lib
 from densecap_jax import runtime
 from densecap_jax.commands import flags as cli
 from densecap_jax.server import app as app_lib
@@ -189,7 +189,7 @@ def serve(args, sock, busy=None):
   import uvicorn  # pylint: disable=g-import-not-at-top
 
   predictor = cli.load_model_from_flags(args, announce=False)
-  checkpoint = args.checkpoint or inference.bundled_model_path()
+  checkpoint = args.checkpoint or predictor_lib.bundled_model_path()
   captioner = captioner_lib.Captioner(predictor, args.max_batch,
                                       key=cli.program_key(predictor), busy=busy)
   programs = captioner.programs
