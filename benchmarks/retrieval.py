@@ -37,6 +37,7 @@ from densecap_jax import predictor
 from densecap_jax.data import synthetic_world as synthetic
 from densecap_jax.search import builder as index_lib
 from densecap_jax.search import ranking as search_lib
+from densecap_jax.search import reader
 
 QUERIES_PER_IMAGE = 4
 
@@ -138,7 +139,7 @@ def speed_index(source, output, num_images, seed):
   rng = np.random.default_rng(seed)
   manifest = copy.deepcopy(source.manifest)
   manifest.update(shards=[], next_shard=0, images=0, regions=0)
-  os.makedirs(os.path.join(output, index_lib.SHARDS))
+  os.makedirs(os.path.join(output, reader.SHARDS))
   per_image = [(s, i) for s in source.shards for i in range(s.num_images)]
   shards = []
   shard_size = 256
@@ -147,7 +148,7 @@ def speed_index(source, output, num_images, seed):
                                                                            num_images - start))]
     images = {k: [] for k in ("names", "file_sizes", "mtimes_ns", "widths", "heights")}
     images["region_start"] = [0]
-    captions, parts = [], {k: [] for k in index_lib.ARRAYS}
+    captions, parts = [], {k: [] for k in reader.ARRAYS}
     for j, (shard, i) in enumerate(chosen):
       columns = shard.images
       lo, hi = columns["region_start"][i], columns["region_start"][i + 1]
@@ -156,7 +157,7 @@ def speed_index(source, output, num_images, seed):
         images[key].append(columns[key][i])
       images["region_start"].append(images["region_start"][-1] + hi - lo)
       captions.extend(shard.captions[lo:hi])
-      for key in index_lib.ARRAYS:
+      for key in reader.ARRAYS:
         parts[key].append(np.asarray(shard.array(key)[lo:hi]))
     arrays = {k: np.concatenate(v) for k, v in parts.items()}
     codes = arrays["codes"].astype(np.float32)
@@ -173,7 +174,7 @@ def speed(model, path, regions, candidates, num_queries, exhaustive_queries, see
   queries = [phrases[i] for i in rng.choice(len(phrases), num_queries, replace=False)]
   fingerprint = index_lib.model_fingerprint(model)
   start = time.perf_counter()
-  index = index_lib.open_index(path)
+  index = reader.open_index(path)
   opened = time.perf_counter() - start
   start = time.perf_counter()
   search_lib.search(model, index, queries[0], candidates=candidates, fingerprint=fingerprint)
@@ -205,7 +206,7 @@ def main(argv=None):
     start = time.perf_counter()
     index_lib.build_index(model, photos, os.path.join(folder, "test.index"), progress=False)
     built = time.perf_counter() - start
-    index = index_lib.open_index(os.path.join(folder, "test.index"))
+    index = reader.open_index(os.path.join(folder, "test.index"))
     rows, num_queries = evaluate(model, index, regions, args.quality_candidates, args.seed)
     print(f"Quality: {index.num_images} test images ({index.num_regions} regions, indexed in "
           f"{built:.0f} s with compiling), {num_queries} queries ({QUERIES_PER_IMAGE} ground-truth "

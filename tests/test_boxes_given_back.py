@@ -41,6 +41,7 @@ from densecap_jax.search import page
 from densecap_jax.server import app as app_lib
 from densecap_jax.server import captioner as captioner_lib
 from densecap_jax.ops import boxes as boxes_lib
+from densecap_jax.search import reader
 
 # name -> (file name in the test folder, source): sizes 640x427, 451x300, 512x512 and a phone
 # portrait 427x640 stored sideways; three shape buckets of the bundled model.
@@ -418,7 +419,7 @@ def test_index_of_another_model_is_refused_before_the_model_loads(tmp_path, caps
 
   # One image, in the right number (index and search).
   assert "indexed 1 image, kept 0, dropped 0 (deleted or changed) in " in built
-  regions = index_lib.open_index(output).num_regions
+  regions = reader.open_index(output).num_regions
   assert f": 1 image, {runtime.count(regions, 'region')}" in built and regions > 1
   search_command.main(["--index", output, "--query", "a red", "--checkpoint", tiny,
                        "--output_vis_dir", str(tmp_path / "hits")])

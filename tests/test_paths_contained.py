@@ -21,6 +21,7 @@ from densecap_jax.commands import predict
 from densecap_jax.search import ranking as search_lib
 from densecap_jax.commands import search as search_command
 from densecap_jax.search import page
+from densecap_jax.search import reader
 
 
 def _tree(folder):
@@ -163,7 +164,7 @@ def test_search_command_with_a_crafted_index_writes_only_into_output_vis_dir(
   # The crafted images.json names, as a reader of the index sees them; each leads to a real
   # image outside the indexed folder, so that the page has something to copy.
   crafted = ["../../escape_test.jpg", "../../../x/e2.jpg", str(root / "elsewhere" / "abs.jpg")]
-  opened = index_lib.open_index
+  opened = reader.open_index
 
   def open_crafted(path):
     index = opened(path)
@@ -176,7 +177,7 @@ def test_search_command_with_a_crafted_index_writes_only_into_output_vis_dir(
         os.link(original, target)
     return index
 
-  monkeypatch.setattr(index_lib, "open_index", open_crafted)
+  monkeypatch.setattr(reader, "open_index", open_crafted)
   out = root / "out"
   out.mkdir()
   open_crafted(index_path)  # the targets exist before the listing

@@ -83,9 +83,9 @@ def _same_tree(a, b):
   files_b = sorted(os.path.relpath(os.path.join(d, f), b) for d, _, fs in os.walk(b) for f in fs)
   assert files_a == files_b
   for name in files_a:
-    if name != index_lib.MANIFEST:
+    if name != reader.MANIFEST:
       assert filecmp.cmp(os.path.join(a, name), os.path.join(b, name), shallow=False), name
-  ma, mb = (json.load(open(os.path.join(p, index_lib.MANIFEST))) for p in (a, b))
+  ma, mb = (json.load(open(os.path.join(p, reader.MANIFEST))) for p in (a, b))
   assert ma == mb
 
 
@@ -94,7 +94,7 @@ def test_index_stores_detections_in_image_pixels(model, photos, tmp_path):
   stats = index_lib.build_index(model, photos, output, max_boxes=7, shard_size=2, progress=False)
   names = sorted(os.listdir(photos))
   assert sorted(stats["indexed"]) == names and not stats["dropped"] and not stats["failed"]
-  index = index_lib.open_index(output)
+  index = reader.open_index(output)
   manifest = index.manifest
   assert manifest["format"] == "densecap_jax.index" and manifest["version"] == 1
   assert manifest["input_dir"] == os.path.abspath(photos)
@@ -127,7 +127,7 @@ def test_second_run_indexes_only_new_and_changed_files(model, photos, tmp_path, 
   folder = _copy_photos(photos, tmp_path / "photos", names[:4])
   output = str(tmp_path / "p.index")
   index_lib.build_index(model, folder, output, shard_size=2, progress=False)
-  before = index_lib.open_index(output)
+  before = reader.open_index(output)
   kept_rows = np.flatnonzero(before.image_of_region == before.image_names.index(names[1]))
   kept_codes = before.rows("codes", kept_rows)
   counted.clear()
@@ -141,7 +141,7 @@ def test_second_run_indexes_only_new_and_changed_files(model, photos, tmp_path, 
   assert sorted(stats["dropped"]) == sorted([names[2], names[3]])
   assert stats["kept"] == 2 and stats["images"] == 4
   assert sum(counted) == 2  # only those two went through the model
-  after = index_lib.open_index(output)
+  after = reader.open_index(output)
   assert sorted(after.image_names) == sorted([names[0], names[1], names[3], names[4]])
   rows = np.flatnonzero(after.image_of_region == after.image_names.index(names[1]))
   np.testing.assert_array_equal(after.rows("codes", rows), kept_codes)
@@ -172,7 +172,7 @@ def test_rerun_after_a_kill_gives_the_same_index(model, photos, tmp_path):
   with pytest.raises(_Killed):
     index_lib.build_index(model, photos, killed, shard_size=2, progress=False,
                           on_commit=kill_after_first)
-  assert [s["name"] for s in index_lib.read_manifest(killed)["shards"]] == ["000000"]
+  assert [s["name"] for s in reader.read_manifest(killed)["shards"]] == ["000000"]
   stats = index_lib.build_index(model, photos, killed, shard_size=2, progress=False)
   assert stats["kept"] == 2 and len(stats["indexed"]) == 3
   _same_tree(whole, killed)
@@ -186,7 +186,7 @@ def test_run_against_another_model_or_settings_is_refused(model, photos, tmp_pat
   with pytest.raises(ValueError, match="built with codes_dtype float32, not float16"):
     index_lib.build_index(model, photos, output, max_boxes=5, codes_dtype="float16",
                           progress=False)
-  manifest_path = os.path.join(output, index_lib.MANIFEST)
+  manifest_path = os.path.join(output, reader.MANIFEST)
   manifest = json.load(open(manifest_path))
   manifest["model"]["fingerprint"] = "sha256:0"
   json.dump(manifest, open(manifest_path, "w"))
@@ -203,7 +203,7 @@ def test_codes_stored_as_float16(model, photos, tmp_path):
   folder = _copy_photos(photos, tmp_path / "photos", sorted(os.listdir(photos))[:1])
   output = str(tmp_path / "half.index")
   index_lib.build_index(model, folder, output, codes_dtype="float16", progress=False)
-  index = index_lib.open_index(output)
+  index = reader.open_index(output)
   assert index.concatenated("codes").dtype == np.float16
   assert index.rows("codes", [0, 1]).dtype == np.float16
 
@@ -244,7 +244,7 @@ def test_command_indexes_a_folder_and_reports_unreadable_files(photos, tmp_path,
   message = _error(capsys, ["--input_dir", folder, "--output", output, "--max_boxes", "3"])
   assert "1 image could not be read" in message and "broken.jpg" in message
   assert "indexed 1 image, kept 0, dropped 0" in capsys.readouterr().out
-  index = index_lib.open_index(output)
+  index = reader.open_index(output)
   assert index.image_names == [sorted(os.listdir(photos))[0]] and index.num_regions == 3
   assert index.manifest["model"]["checkpoint"] == predictor.bundled_model_path()
 
@@ -267,7 +267,7 @@ def test_a_second_writer_is_refused_while_another_holds_the_index(model, photos,
   folder = _copy_photos(photos, tmp_path / "photos", sorted(os.listdir(photos))[:2])
   output = str(tmp_path / "p.index")
   index_lib.build_index(model, folder, output, max_boxes=3, progress=False)
-  before = open(os.path.join(output, index_lib.MANIFEST)).read()
+  before = open(os.path.join(output, reader.MANIFEST)).read()
   os.remove(os.path.join(folder, sorted(os.listdir(folder))[0]))  # work for a second run
   holder = _hold_lock(output, 60)
   try:
@@ -278,8 +278,8 @@ def test_a_second_writer_is_refused_while_another_holds_the_index(model, photos,
     message = _error(capsys, ["--input_dir", folder, "--output", output, "--max_boxes", "3"])
     assert f"is in use by PID {holder.pid}" in message
     # Nothing was changed, and readers still open the index.
-    assert open(os.path.join(output, index_lib.MANIFEST)).read() == before
-    assert index_lib.open_index(output).num_images == 2
+    assert open(os.path.join(output, reader.MANIFEST)).read() == before
+    assert reader.open_index(output).num_images == 2
   finally:
     holder.kill()
     holder.wait()
@@ -292,7 +292,7 @@ def test_a_second_writer_is_refused_while_another_holds_the_index(model, photos,
   finally:
     holder.kill()
     holder.wait()
-  assert len(stats["dropped"]) == 1 and index_lib.open_index(output).num_images == 1
+  assert len(stats["dropped"]) == 1 and reader.open_index(output).num_images == 1
 
 
 @pytest.fixture(scope="module")
@@ -345,7 +345,7 @@ def test_a_damaged_shard_is_refused_on_opening_and_repaired_by_indexing(
   file, damage, why = DAMAGE[case]
   damage(os.path.join(output, "shards", "000001", file))
   with pytest.raises(ValueError) as e:
-    index_lib.open_index(output)
+    reader.open_index(output)
   message = str(e.value)
   assert message.startswith(f"index {output} is damaged: shard 000001: {why}"), message
   assert message.endswith(f"; re-index it with densecap-index --input_dir "
@@ -356,7 +356,7 @@ def test_a_damaged_shard_is_refused_on_opening_and_repaired_by_indexing(
   assert stats["damaged"] == [f"shard 000001: {message.split('shard 000001: ')[1].split('; ')[0]}"
                               f"; indexing its 1 image again"]
   assert stats["indexed"] == [sorted(os.listdir(folder))[1]] and sum(counted) == 1
-  _assert_same_entries(index_lib.open_index(output), index_lib.open_index(whole))
+  _assert_same_entries(reader.open_index(output), reader.open_index(whole))
   assert not os.path.exists(os.path.join(output, "shards", "000001"))
 
 
@@ -366,7 +366,7 @@ def _assert_same_entries(index, reference):
   for name in reference.image_names:
     rows = np.flatnonzero(index.image_of_region == index.image_names.index(name))
     ref_rows = np.flatnonzero(reference.image_of_region == reference.image_names.index(name))
-    for array in index_lib.ARRAYS:
+    for array in reader.ARRAYS:
       np.testing.assert_array_equal(index.rows(array, rows), reference.rows(array, ref_rows))
     assert index.captions(rows) == reference.captions(ref_rows)
 
@@ -376,7 +376,7 @@ def test_checksums_find_changed_values_and_old_manifests_still_open(model, small
   folder, whole = small_index
   output = str(tmp_path / "p.index")
   shutil.copytree(whole, output)
-  entries = index_lib.read_manifest(output)["shards"]
+  entries = reader.read_manifest(output)["shards"]
   codes = os.path.join(output, "shards", "000002", "codes.npy")
   assert entries[2]["files"]["codes.npy"] == {"bytes": os.path.getsize(codes),
                                               "crc32": zlib.crc32(open(codes, "rb").read())}
@@ -384,21 +384,21 @@ def test_checksums_find_changed_values_and_old_manifests_still_open(model, small
   changed[0, 0] += 1.0  # same size and header, another value
   np.save(codes, changed)
   # Opening checks sizes and headers of the arrays (not their checksums); indexing checks all.
-  index_lib.open_index(output)
+  reader.open_index(output)
   stats = index_lib.build_index(model, folder, output, max_boxes=3, shard_size=1, progress=False)
   assert stats["damaged"] == ["shard 000002: codes.npy does not match its checksum in the "
                               "manifest; indexing its 1 image again"]
-  _assert_same_entries(index_lib.open_index(output), index_lib.open_index(whole))
+  _assert_same_entries(reader.open_index(output), reader.open_index(whole))
   # An index written before checksums were recorded opens, and is still checked otherwise.
-  manifest_path = os.path.join(output, index_lib.MANIFEST)
+  manifest_path = os.path.join(output, reader.MANIFEST)
   manifest = json.load(open(manifest_path))
   for entry in manifest["shards"]:
     del entry["files"]
   json.dump(manifest, open(manifest_path, "w"))
-  assert index_lib.open_index(output).num_regions == 9
+  assert reader.open_index(output).num_regions == 9
   _cut_rows(os.path.join(output, "shards", manifest["shards"][0]["name"], "scores.npy"))
   with pytest.raises(ValueError, match="scores.npy has 2 rows, the manifest records 3"):
-    index_lib.open_index(output)
+    reader.open_index(output)
 
 
 def test_an_index_opened_before_a_run_replaced_its_shard_says_to_open_it_again(
@@ -408,7 +408,7 @@ def test_an_index_opened_before_a_run_replaced_its_shard_says_to_open_it_again(
   shutil.copytree(folder, tmp_path / "photos")
   index_lib.build_index(model, str(tmp_path / "photos"), output, max_boxes=3, shard_size=1,
                         progress=False)
-  opened = index_lib.open_index(output)
+  opened = reader.open_index(output)
   os.remove(tmp_path / "photos" / sorted(os.listdir(folder))[0])  # shard 000000 goes
   index_lib.build_index(model, str(tmp_path / "photos"), output, max_boxes=3, shard_size=1,
                         progress=False)
@@ -417,7 +417,7 @@ def test_an_index_opened_before_a_run_replaced_its_shard_says_to_open_it_again(
   assert str(e.value) == (f"index {output} changed since it was opened (shard 000000 is no "
                           f"longer in it); open it again")
   np.testing.assert_array_equal(opened.rows("codes", [3]),  # shard 000001 is still there
-                                index_lib.open_index(output).rows("codes", [0]))
+                                reader.open_index(output).rows("codes", [0]))
 
 
 def test_a_new_index_that_failed_on_a_full_disk_can_be_made_again(model, photos, tmp_path,
@@ -432,11 +432,11 @@ def test_a_new_index_that_failed_on_a_full_disk_can_be_made_again(model, photos,
     patch.setattr(index_lib, "_write_json", full_disk)
     with pytest.raises(OSError):
       index_lib.build_index(model, folder, output, max_boxes=3, progress=False)
-  assert not os.path.exists(os.path.join(output, index_lib.MANIFEST))
+  assert not os.path.exists(os.path.join(output, reader.MANIFEST))
   assert index_command.check_args(index_command.parse_args(
       ["--input_dir", folder, "--output", output])) is None
   stats = index_lib.build_index(model, folder, output, max_boxes=3, progress=False)
-  assert stats["images"] == 1 and index_lib.open_index(output).num_regions == 3
+  assert stats["images"] == 1 and reader.open_index(output).num_regions == 3
   # A folder with other things in it is still refused.
   mine = tmp_path / "mine"
   (mine / "shards" / "000000").mkdir(parents=True)
@@ -471,17 +471,21 @@ def test_a_reader_opening_while_a_run_replaces_a_shard_opens_the_new_commit(
   photos = str(tmp_path / "photos")
   index_lib.build_index(model, photos, output, max_boxes=3, shard_size=1, progress=False)
   check = reader.check_shard
-  calls = []
+  calls, running = [], []
 
   def run_meanwhile(*args, **kwargs):
+    if running:  # the run's own checks
+      return check(*args, **kwargs)
     # The reader has read the manifest; a run drops shard 000000 and commits before it looks.
     if not calls:
+      running.append(True)
       os.remove(os.path.join(photos, sorted(os.listdir(photos))[0]))
       index_lib.build_index(model, photos, output, max_boxes=3, shard_size=1, progress=False)
+      running.pop()
     calls.append(args[1]["name"])
     return check(*args, **kwargs)
 
   monkeypatch.setattr(reader, "check_shard", run_meanwhile)
-  index = index_lib.open_index(output)
+  index = reader.open_index(output)
   assert calls == ["000000", "000001", "000002"]  # the first check failed; then the new manifest
   assert index.image_names == sorted(os.listdir(photos)) and index.num_regions == 6

@@ -14,6 +14,7 @@ from densecap_jax.search import builder as index_lib
 from densecap_jax.search import ranking as search_lib
 from densecap_jax.commands import search as search_command
 from densecap_jax.search import page
+from densecap_jax.search import reader
 
 NUM_IMAGES = 12
 
@@ -31,7 +32,7 @@ def collection(model, tmp_path_factory):
   write_scenes(str(folder / "photos"), scenes)
   output = str(folder / "photos.index")
   index_lib.build_index(model, str(folder / "photos"), output, shard_size=5, progress=False)
-  return index_lib.open_index(output), {f"{i}.jpg": s for i, s in scenes}
+  return reader.open_index(output), {f"{i}.jpg": s for i, s in scenes}
 
 
 def test_search_finds_the_image_a_caption_came_from(model, collection):
@@ -113,14 +114,14 @@ def test_query_errors_and_unknown_words(model, collection, tmp_path):
                                     'words ("a", "a")')
   other = _with_fingerprint(index, tmp_path, "sha256:0")
   with pytest.raises(ValueError, match="built with another model"):
-    search_lib.search(model, index_lib.open_index(other), "a red circle")
+    search_lib.search(model, reader.open_index(other), "a red circle")
 
 
 def _with_fingerprint(index, tmp_path, fingerprint):
   """A copy of the index whose manifest names another model."""
   copy = str(tmp_path / "other.index")
   shutil.copytree(index.path, copy)
-  path = os.path.join(copy, index_lib.MANIFEST)
+  path = os.path.join(copy, reader.MANIFEST)
   manifest = json.load(open(path))
   manifest["model"]["fingerprint"] = fingerprint
   json.dump(manifest, open(path, "w"))

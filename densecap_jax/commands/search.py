@@ -29,6 +29,7 @@ from densecap_jax import runtime
 from densecap_jax.search import builder as index_lib
 from densecap_jax.search import ranking as search_lib
 from densecap_jax.search import page
+from densecap_jax.search import reader
 
 
 def parse_args(argv=None):
@@ -59,7 +60,7 @@ def check_args(args):
   if args.candidates < 0:
     raise ValueError(f"--candidates must be non-negative (0 = all regions), got {args.candidates}")
   cli.check_model_flags(args)
-  manifest = index_lib.read_manifest(args.index)
+  manifest = reader.read_manifest(args.index)
   if args.output_vis_dir and (os.path.realpath(args.output_vis_dir)
                               == os.path.realpath(manifest["input_dir"])):
     raise ValueError(f"--output_vis_dir {args.output_vis_dir} is the indexed folder; choose "
@@ -95,7 +96,7 @@ def main(argv=None):
   args = parse_args(argv)
   try:
     check_args(args)
-    index = index_lib.open_index(args.index)
+    index = reader.open_index(args.index)
   except ValueError as e:
     sys.exit(f"error: {e}")
   model = cli.load_model_from_flags(args, announce=False)

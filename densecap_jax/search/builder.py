@@ -2,7 +2,7 @@
 
   model = densecap_jax.load_model()
   stats = build_index(model, "photos/", "photos.index")   # again later: only what changed
-  index = open_index("photos.index")
+  index = reader.open_index("photos.index")
   index.num_images, index.num_regions, index.image_names[:3]
 
 ``build_index`` runs the model's detection (``RegionModel.detections``) on
@@ -99,21 +99,10 @@ from densecap_jax.search import storage
 from densecap_jax.search import reader
 from densecap_jax.ops import boxes as boxes_lib
 
-FORMAT = reader.FORMAT
-VERSION = reader.VERSION
-MANIFEST = reader.MANIFEST
-SHARDS = reader.SHARDS
 CODES_DTYPES = ("float32", "float16")
-ARRAYS = reader.ARRAYS
 _SHARD_NAME = re.compile(r"^\d{6}$")
 _LEFTOVER = re.compile(r"^(\d{6}|\.tmp-.*)$")
-_SHARD_FILES = ("images.json", "captions.json") + tuple(f"{a}.npy" for a in ARRAYS)
-read_manifest = reader.read_manifest
-check_shard = reader.check_shard
-repair_command = reader.repair_command
-Shard = reader.Shard
-Index = reader.Index
-open_index = reader.open_index
+_SHARD_FILES = ("images.json", "captions.json") + tuple(f"{a}.npy" for a in reader.ARRAYS)
 
 
 def model_fingerprint(model):
@@ -175,10 +164,10 @@ def _only_leftovers(output):
   but temporary shard folders in it.
   """
   for name in os.listdir(output):
-    if name == SHARDS and os.path.isdir(os.path.join(output, name)):
+    if name == reader.SHARDS and os.path.isdir(os.path.join(output, name)):
       if any(not n.startswith(".tmp-") for n in os.listdir(os.path.join(output, name))):
         return False
-    elif name != storage.LOCK and not (name.startswith(f".{MANIFEST}.")
+    elif name != storage.LOCK and not (name.startswith(f".{reader.MANIFEST}.")
                                            and name.endswith(".tmp")):
       return False
   return True
@@ -203,10 +192,10 @@ def check_output(output, probe_lock=True):
     raise ValueError(f"--output {output} exists and is not an index folder")
   if probe_lock and os.path.isdir(output):
     storage.check_not_locked(output)
-  if os.path.isfile(os.path.join(output, MANIFEST)):
-    return read_manifest(output)
+  if os.path.isfile(os.path.join(output, reader.MANIFEST)):
+    return reader.read_manifest(output)
   if os.path.isdir(output) and not _only_leftovers(output):
-    raise ValueError(f"--output {output} is a folder that is not an index (no {MANIFEST}); "
+    raise ValueError(f"--output {output} is a folder that is not an index (no {reader.MANIFEST}); "
                      f"choose a new one")
   return None
 
@@ -224,11 +213,11 @@ def _start_manifest(output, input_dir, model_entry, settings):
       raise ValueError(f"index {output} is of the folder {manifest['input_dir']}, not "
                        f"{input_dir}; choose a new --output")
     return manifest
-  manifest = {"format": FORMAT, "version": VERSION, "input_dir": os.path.abspath(input_dir),
-              "model": model_entry, "settings": settings, "shards": [], "next_shard": 0,
-              "images": 0, "regions": 0}
-  os.makedirs(os.path.join(output, SHARDS), exist_ok=True)
-  _write_json(os.path.join(output, MANIFEST), manifest)
+  manifest = {"format": reader.FORMAT, "version": reader.VERSION,
+              "input_dir": os.path.abspath(input_dir), "model": model_entry,
+              "settings": settings, "shards": [], "next_shard": 0, "images": 0, "regions": 0}
+  os.makedirs(os.path.join(output, reader.SHARDS), exist_ok=True)
+  _write_json(os.path.join(output, reader.MANIFEST), manifest)
   return manifest
 
 
@@ -238,13 +227,13 @@ def commit(output, manifest, shards):
                              **({"files": s.files} if s.files else {})) for s in shards]
   manifest["images"] = sum(s.num_images for s in shards)
   manifest["regions"] = sum(s.num_regions for s in shards)
-  _write_json(os.path.join(output, MANIFEST), manifest)
+  _write_json(os.path.join(output, reader.MANIFEST), manifest)
 
 
 def _remove_leftovers(output, manifest):
   """Removes shard folders the manifest does not list (from a run killed before its commit)."""
   listed = {s["name"] for s in manifest["shards"]}
-  folder = os.path.join(output, SHARDS)
+  folder = os.path.join(output, reader.SHARDS)
   os.makedirs(folder, exist_ok=True)
   for name in os.listdir(folder):
     if _LEFTOVER.match(name) and name not in listed:
@@ -261,14 +250,14 @@ def write_shard(output, manifest, images, captions, arrays):
   """
   name = f"{manifest['next_shard']:06d}"
   manifest["next_shard"] += 1
-  shards = os.path.join(output, SHARDS)
+  shards = os.path.join(output, reader.SHARDS)
   tmp = files.mkdtemp(shards, ".tmp-")
   try:
     with open(os.path.join(tmp, "images.json"), "w", encoding="utf-8") as f:
       json.dump(images, f)
     with open(os.path.join(tmp, "captions.json"), "w", encoding="utf-8") as f:
       json.dump(captions, f)
-    for key in ARRAYS:
+    for key in reader.ARRAYS:
       path = os.path.join(tmp, f"{key}.npy")
       try:
         np.save(path, arrays[key])
@@ -281,7 +270,7 @@ def write_shard(output, manifest, images, captions, arrays):
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
-  return Shard(os.path.join(shards, name), records)
+  return reader.Shard(os.path.join(shards, name), records)
 
 
 def _kept_part(shard, keep):
@@ -293,7 +282,7 @@ def _kept_part(shard, keep):
   images = {key: [columns[key][i] for i in keep] for key in columns if key != "region_start"}
   images["region_start"] = np.cumsum([0] + counts).tolist()
   captions = [shard.captions[r] for r in rows]
-  arrays = {key: np.asarray(shard.array(key)[rows]) for key in ARRAYS}
+  arrays = {key: np.asarray(shard.array(key)[rows]) for key in reader.ARRAYS}
   return images, captions, arrays
 
 
@@ -310,14 +299,14 @@ def _drop_stale(output, manifest, current):
   """
   shards, kept, dropped, replaced, damaged = [], set(), [], [], []
   for entry in manifest["shards"]:
-    folder = os.path.join(output, SHARDS, entry["name"])
+    folder = os.path.join(output, reader.SHARDS, entry["name"])
     try:
-      check_shard(folder, entry, manifest)
+      reader.check_shard(folder, entry, manifest)
     except storage.Damaged as e:
       damaged.append(f"{e}; indexing its {_count(entry['images'], 'image')} again")
       replaced.append(folder)
       continue
-    shard = Shard(folder, entry.get("files"))
+    shard = reader.Shard(folder, entry.get("files"))
     columns = shard.images
     keep = [i for i, name in enumerate(columns["names"])
             if current.get(name) == (columns["file_sizes"][i], columns["mtimes_ns"][i])]
