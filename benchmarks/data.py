@@ -1,21 +1,26 @@
-"""Speed of the data pipeline: preprocessing to HDF5 and the batch loader.
+"""Speed of the data pipeline: preprocessing to HDF5, the batch loader and the wait for data.
 
 A synthetic dataset of ``--images`` scenes (``densecap_jax.data.synthetic``,
 long side ``--scene_size`` pixels, JPEG, in a temporary folder) is converted by
 ``preprocess.preprocess`` at each of ``--sizes`` (the images pass dominates:
 JPEG decode, resize on ``--num_workers`` threads, HDF5 writes); then
 ``loader.make_batches`` reads the train split of each HDF5 file (shuffled,
-endless, the buckets of that size) at each of ``--batch_sizes``, with the
-prefetch thread off (0) and on (2 batches ahead). One batch is taken first
-(opens the file, starts the thread), then ``--batches`` batches are timed.
-``--step_ms`` stands for the training step: the consumer sleeps that long
-after each batch, as it waits for the device, which the prefetch thread can
-overlap; 0 measures the loader alone.
+endless, the buckets of that size, 2 batches prefetched) at each of
+``--batch_sizes``, with each of ``--workers`` batch workers, as float32
+batches (the model's input assembled on the host) and as uint8 batches (the
+stored pixels, converted on the device by ``device_pixels``). One batch is
+taken first (opens the file, starts the workers), then ``--batches`` batches
+are timed; "bytes/image" is what one image's share of a batch weighs (what
+crosses to the device). Last, ``--train_steps`` steps of the ``tiny`` training
+config on the smallest size's dataset (``trainer.train``, no validation)
+report the share of the step time spent waiting for data (the metrics
+line's ``data_wait_percent``, steps after the first, which compiles).
 
-  python benchmarks/data.py [--images 200] [--sizes 256,720] [--batch_sizes 1,8]
+  python benchmarks/data.py [--images 200] [--sizes 256,720] [--batch_sizes 1,8] [--workers 1,2]
 """
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -24,10 +29,12 @@ import numpy as np
 
 from densecap_jax.configs import buckets as buckets_lib
 from densecap_jax.data import loader
+from densecap_jax.train import trainer
+from densecap_jax.train.configs import tiny
 from densecap_jax.data import visual_genome as preprocess
 from densecap_jax.data import synthetic_world as synthetic
 
-PREFETCH = (0, 2)
+PIXELS = ("float32", "uint8")
 
 
 def bench_preprocess(paths, folder, size, num_workers):
@@ -41,19 +48,42 @@ def bench_preprocess(paths, folder, size, num_workers):
   return time.perf_counter() - start, h5_path, json_path
 
 
-def bench_loader(data, size, batch_size, prefetch, num_batches, step_ms, max_boxes, seed):
-  """Seconds for ``num_batches`` batches after the first one."""
+def bench_loader(data, size, batch_size, pixels, num_workers, num_batches, max_boxes, seed):
+  """``(seconds for num_batches batches after the first one, bytes per image, pixel bytes)``."""
   batches = loader.make_batches(data, "train", batch_size=batch_size, max_boxes=max_boxes,
                                 buckets=buckets_lib.make_buckets(size), shuffle=True, seed=seed,
-                                prefetch=prefetch)
+                                pixels=pixels, num_workers=num_workers, prefetch=2)
   with batches:
     next(batches)
+    nbytes = pixel_bytes = 0
     start = time.perf_counter()
     for _ in range(num_batches):
-      next(batches)
-      if step_ms:
-        time.sleep(step_ms / 1e3)
-    return time.perf_counter() - start
+      batch = next(batches)
+      nbytes += sum(v.nbytes for v in batch.values())
+      pixel_bytes += batch["image"].nbytes
+    seconds = time.perf_counter() - start
+  images = num_batches * batch_size
+  return seconds, nbytes / images, pixel_bytes / images
+
+
+def bench_training_wait(h5_path, json_path, size, num_steps, folder):
+  """``(data_wait_percent, steps_per_sec)`` of the ``tiny`` config's steps after the first."""
+  config = tiny.get_config()
+  config.data_h5, config.data_json = h5_path, json_path
+  config.model.image_size = size
+  config.model.buckets = ((size, size),)  # one program: every step after the first is timed
+  config.max_iters = num_steps + 1
+  config.losses_log_every = 1
+  config.save_checkpoint_every = num_steps + 1
+  config.val_images_use = 0
+  config.warmup_steps = 0
+  workdir = os.path.join(folder, f"train-{size}")
+  trainer.train(config, workdir, resume=False, progress=False)
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(l) for l in f if "data_wait" in l][1:]  # the first step compiles
+  step_s = sum(1 / r["steps_per_sec"] for r in rows)
+  waited = sum(r["data_wait"] for r in rows)
+  return 100 * waited / step_s, len(rows) / step_s
 
 
 def parse_ints(text, flag, minimum=1):
@@ -76,8 +106,9 @@ def parse_args(argv=None):
                       help="preprocessing threads (the preprocess default)")
   parser.add_argument("--batch_sizes", default="1,8", help="loader batch sizes")
   parser.add_argument("--batches", type=int, default=50, help="timed batches per loader case")
-  parser.add_argument("--step_ms", default="0,50",
-                      help="simulated training step after each batch, ms, comma-separated")
+  parser.add_argument("--workers", default="1,2", help="loader batch workers, comma-separated")
+  parser.add_argument("--train_steps", type=int, default=40,
+                      help="tiny training steps for the data-wait share (0 = skip)")
   parser.add_argument("--max_boxes", type=int, default=256, help="regions per image in a batch")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--workdir", default=None,
@@ -86,7 +117,9 @@ def parse_args(argv=None):
   try:
     args.sizes = parse_ints(args.sizes, "--sizes", minimum=32)
     args.batch_sizes = parse_ints(args.batch_sizes, "--batch_sizes")
-    args.step_ms = parse_ints(args.step_ms, "--step_ms", minimum=0)
+    args.workers = parse_ints(args.workers, "--workers")
+    if args.train_steps < 0:
+      raise ValueError(f"--train_steps must be >= 0, got {args.train_steps}")
     for flag in ("images", "num_workers", "batches", "max_boxes"):
       if getattr(args, flag) < 1:
         raise ValueError(f"--{flag} must be positive, got {getattr(args, flag)}")
@@ -105,32 +138,47 @@ def run(args, folder):
   paths = synthetic.generate_dataset(os.path.join(folder, "scenes"), args.images, args.seed,
                                      image_size=args.scene_size, progress=False)
   generate_s = time.perf_counter() - start
-  preprocess_rows, loader_rows = [], []
+  preprocess_rows, loader_rows, datasets = [], [], {}
   for size in args.sizes:
     seconds, h5_path, json_path = bench_preprocess(paths, folder, size, args.num_workers)
     preprocess_rows.append((size, seconds, os.path.getsize(h5_path)))
+    datasets[size] = (h5_path, json_path)
     data = loader.DenseCapH5(h5_path, json_path)
     for batch_size in args.batch_sizes:
-      for step_ms in args.step_ms:
-        for prefetch in PREFETCH:
-          seconds = bench_loader(data, size, batch_size, prefetch, args.batches, step_ms,
-                                 args.max_boxes, args.seed)
-          loader_rows.append((size, batch_size, step_ms, prefetch, seconds))
+      for pixels in PIXELS:
+        for workers in args.workers:
+          loader_rows.append((size, batch_size, pixels, workers) + bench_loader(
+              data, size, batch_size, pixels, workers, args.batches, args.max_boxes, args.seed))
     print(f"  done: {size} px", flush=True)
+  wait = None
+  if args.train_steps:
+    size = min(args.sizes)
+    wait = (size,) + bench_training_wait(*datasets[size], size, args.train_steps, folder)
 
-  print(f"host: {os.cpu_count()} cores; NumPy {np.__version__}; {args.images} synthetic scenes "
-        f"of long side {args.scene_size} (generated in {generate_s:.1f} s)")
+  print(f"host: {len(os.sched_getaffinity(0))} usable cores; NumPy {np.__version__}; "
+        f"{args.images} synthetic scenes of long side {args.scene_size} "
+        f"(generated in {generate_s:.1f} s); load average {os.getloadavg()[0]:.2f}")
   print(f"preprocess ({args.num_workers} threads)")
   print(f"{'size':>5} {'seconds':>8} {'images/s':>9} {'HDF5 MB':>8}")
   for size, seconds, nbytes in preprocess_rows:
     print(f"{size:>5} {seconds:8.2f} {args.images / seconds:9.1f} {nbytes / 2**20:8.1f}")
-  print(f"loader (train split, shuffled, max_boxes {args.max_boxes}, {args.batches} batches)")
-  print(f"{'size':>5} {'batch':>5} {'step ms':>7} {'prefetch':>8} {'batches/s':>10} "
-        f"{'images/s':>9} {'ms/batch':>9}")
-  for size, batch_size, step_ms, prefetch, seconds in loader_rows:
-    rate = args.batches / seconds
-    print(f"{size:>5} {batch_size:>5} {step_ms:>7} {prefetch:>8} {rate:10.1f} "
-          f"{rate * batch_size:9.1f} {1e3 / rate:9.1f}")
+  print(f"loader (train split, shuffled, max_boxes {args.max_boxes}, prefetch 2, "
+        f"{args.batches} batches)")
+  print(f"{'size':>5} {'batch':>5} {'pixels':>7} {'workers':>7} {'images/s':>9} "
+        f"{'ms/batch':>9} {'bytes/image':>11} {'of pixels':>10} {'vs 1 worker':>11}")
+  one_worker = {}
+  for size, batch_size, pixels, workers, seconds, per_image, pixel_bytes in loader_rows:
+    rate = args.batches * batch_size / seconds
+    key = (size, batch_size, pixels)
+    if workers == 1:
+      one_worker[key] = rate
+    speedup = f"{rate / one_worker[key]:.2f}x" if key in one_worker else "-"
+    print(f"{size:>5} {batch_size:>5} {pixels:>7} {workers:>7} {rate:9.1f} "
+          f"{1e3 * seconds / args.batches:9.2f} {per_image:11,.0f} {pixel_bytes:10,.0f} "
+          f"{speedup:>11}")
+  if wait is not None:
+    print(f"training (tiny config, {wait[0]} px, {args.train_steps} steps after the first): "
+          f"{wait[2]:.1f} steps/s, {wait[1]:.2f} % of the step time waiting for data")
 
 
 def main(argv=None):
