@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tqdm
 
-from densecap_jax import model_dir as checkpoint
+from densecap_jax import model_dir
 from densecap_jax.commands import evaluate
 from densecap_jax.configs import buckets as buckets_lib
 from densecap_jax.data import images
@@ -35,7 +35,7 @@ def model_and_data(tmp_path_factory):
       folder, 24, seed=5, image_size=SIZE, val_fraction=0.5))
   path = small_model.save_random_tiny_model(folder / "model", data.vocab, image_size=SIZE,
                                             num_proposals=30)
-  params, config, _ = checkpoint.load_model(path)
+  params, config, _ = model_dir.load_model(path)
   return params, config, data
 
 
