@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -91,17 +92,49 @@ def cannot_start(base=BASE_IMAGE):
   return None
 
 
+# pip settings that reach the package index, copied from the host's (its
+# files and PIP_* variables) into the build; paths of the host (find-links,
+# constraints) stay out.
+PIP_KEYS = ("index-url", "extra-index-url", "trusted-host", "cert", "client-cert", "proxy",
+            "timeout", "default-timeout", "retries")
+
+
+def host_pip_conf():
+  """The host's pip settings for reaching the index, as a pip.conf text; the files they name."""
+  listed = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True,
+                          text=True).stdout
+  settings = {}
+  for line in listed.splitlines():
+    name, _, value = line.partition("=")
+    key = name.rsplit(".", 1)[-1]
+    if key in PIP_KEYS and value:
+      settings[key] = value.strip("'\"")
+  files = [v for k, v in settings.items() if k in ("cert", "client-cert") and os.path.exists(v)]
+  if "extra-index-url" in settings:  # local file:// indexes of the host are not in the build
+    urls = [u for u in settings["extra-index-url"].split() if not u.startswith("file:")]
+    settings["extra-index-url"] = " ".join(urls)
+  text = "[global]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items() if v)
+  return text, files
+
+
 def build_image(tag, *, base=BASE_IMAGE, extra=()):
   """``buildah bud`` of the repository's Dockerfile on ``base``. Seconds taken."""
-  mounts = []
-  for path in ("/etc/pip.conf", "/etc/ssl/certs"):
-    if os.path.exists(path):
+  text, files = host_pip_conf()
+  with tempfile.TemporaryDirectory() as tmp:
+    conf = os.path.join(tmp, "pip.conf")
+    with open(conf, "w") as f:
+      f.write(text)
+    mounts = ["-v", f"{conf}:/etc/pip.conf:ro"]
+    certs = "/etc/ssl/certs"  # the host's CA store, where the index's certificate chains
+    paths = ([certs] if os.path.isdir(certs) else []) + [
+        f for f in files if not f.startswith(certs + os.sep)]
+    for path in paths:
       mounts += ["-v", f"{path}:{path}:ro"]
-  start = time.monotonic()
-  run(["buildah", "bud", "--format", "docker", "--isolation", "chroot", "--network", "host",
-       "--layers", "--build-arg", f"BASE_IMAGE={base}", *mounts, *extra, "-t", tag, ROOT],
-      timeout=1800)
-  return time.monotonic() - start
+    start = time.monotonic()
+    run(["buildah", "bud", "--format", "docker", "--isolation", "chroot", "--network", "host",
+         "--layers", "--build-arg", f"BASE_IMAGE={base}", *mounts, *extra, "-t", tag, ROOT],
+        timeout=1800)
+    return time.monotonic() - start
 
 
 def image_size(tag):
