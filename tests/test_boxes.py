@@ -343,3 +343,10 @@ def test_box_faults_empty_and_x1y1x2y2():
   boxes = np.array([[5, 5, 4, 9], [5, 5, 3, 9], [5, 5, 5, 5], [5, 5, np.nan, 9]])
   assert B.box_faults(boxes, "x1y1x2y2", empty=True) == [(1, "size"), (3, "x2")]
   assert B.box_faults(boxes, "x1y1x2y2") == [(0, "size"), (1, "size"), (3, "x2")]
+
+
+def test_json_numbers_too_large_for_a_float_are_infinite():
+  assert B.json_number(10 ** 400) == np.inf and B.json_number(-(10 ** 400)) == -np.inf
+  assert B.json_number(3) == 3.0 and B.json_number(2.5) == 2.5
+  assert B.box_faults([[1, 1, 5, 5], [1, 10 ** 400, 5, 5], [1, 1, 5, -(10 ** 309)]]) == [
+      (1, "y"), (2, "h")]

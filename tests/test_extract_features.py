@@ -228,6 +228,9 @@ def test_given_boxes_are_scaled_and_pooled(hand, model_dir, photos, tmp_path):
     ({"a.jpg": {"x": 1}}, r"'a.jpg': expected a list of \[x, y, w, h\], got dict"),
     ({"a.jpg": [[1, 1, 2, 2]] * 3}, r"'a.jpg' has 3 boxes, more than --boxes_per_image 2"),
     ([[1, 1, 2, 2]], r"must hold an object"),
+    # JSON integers have no limit: one too large for a float is infinite, not a traceback
+    ({"a.jpg": [[1, 1, 2, 2], [10 ** 400, 1, 2, 2]]}, r"'a.jpg' box 1: x is inf$"),
+    ({"a.jpg": [[1, 1, 2, -10 ** 400]]}, r"'a.jpg' box 0: h is -inf$"),
 ])
 def test_bad_boxes_json(model_dir, photos, tmp_path, entry, message):
   boxes_json = tmp_path / "boxes.json"

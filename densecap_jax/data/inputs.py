@@ -70,7 +70,7 @@ def _check_boxes(entry, where):
       raise ValueError(f"{where}: expected [x, y, w, h] (4 numbers), got {box!r}")
     if fault == "size":
       raise ValueError(f"{where}: w and h must be positive, got w={box[2]}, h={box[3]}")
-    raise ValueError(f"{where}: {fault} is {box['xywh'.index(fault)]}")
+    raise ValueError(f"{where}: {fault} is {boxes_lib.json_number(box['xywh'.index(fault)])}")
   return np.asarray([[float(v) for v in box] for box in entry], np.float32).reshape(-1, 4)
 
 

@@ -52,6 +52,7 @@ box, so callers may want to leave it out). NaN, infinite or non-positive
 sizes are one-line errors naming the box index.
 """
 
+import math
 from typing import Literal
 
 import jax.numpy as jnp
@@ -325,6 +326,14 @@ def is_box_numbers(value):
       isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
 
 
+def json_number(value):
+  """A JSON number as a float; an integer too large for a float is +-inf (JSON has no limit)."""
+  try:
+    return float(value)
+  except OverflowError:
+    return math.inf if value > 0 else -math.inf
+
+
 def box_faults(boxes, box_format="xywh", *, empty=False):
   """The unusable boxes among ``boxes`` and what is wrong with each.
 
@@ -353,7 +362,8 @@ def box_faults(boxes, box_format="xywh", *, empty=False):
     boxes = list(boxes)
     numbers = [i for i, box in enumerate(boxes) if is_box_numbers(box)]
     faults = [(i, "numbers") for i, box in enumerate(boxes) if not is_box_numbers(box)]
-    array = np.asarray([boxes[i] for i in numbers], np.float64).reshape(-1, 4)
+    array = np.asarray([[json_number(v) for v in boxes[i]] for i in numbers],
+                       np.float64).reshape(-1, 4)
   finite = np.isfinite(array)
   sizes = x1y1x2y2_to_xywh_np(array, np.float64)[:, 2:] if box_format == "x1y1x2y2" else (
       array[:, 2:])
