@@ -1,4 +1,7 @@
-"""Batches assembled by a pool of worker threads, handed out in the order of their tasks.
+"""Work done ahead by a pool of threads, handed out in the order of its tasks.
+
+The loader's batches are assembled this way, and the image stream decodes
+images this way (``image_stream.read_ahead``).
 
 ``OrderedWorkers(tasks, assemble, num_workers, depth)`` runs
 ``assemble(task)`` for the tasks of an iterator on ``num_workers`` threads,

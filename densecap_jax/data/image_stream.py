@@ -7,16 +7,14 @@ an unreadable image, advance a progress bar, group into batches
 (``group_batches``). Memory holds a few batches of images whatever the count.
 """
 
-import collections
-import concurrent.futures
 import dataclasses
-import itertools
 import os
 
 import numpy as np
 from tqdm import tqdm
 
 from densecap_jax.configs import buckets as buckets_lib
+from densecap_jax.data import batch_workers
 
 
 # Streaming runs (``group_batches``) hold at most this many batches of images waiting.
@@ -93,37 +91,32 @@ def read_ahead(fn, items, depth, workers=None):
 
   Decoding images this way overlaps the device's work on earlier ones
   (Pillow and NumPy release the GIL while they decode and resize), and holds
-  at most ``depth`` results besides the one being used, whatever the count.
+  at most ``max(depth, workers)`` results besides the one being used, whatever
+  the count (``batch_workers.OrderedWorkers``, the loader's workers too).
 
   Args:
     fn: ``item -> result``; a ``ValueError`` it raises is given in place of
       the result (an unreadable image); other exceptions propagate.
     items: an iterable.
-    depth: results computed ahead, at least 1.
+    depth: results computed ahead, at least 1 (and at least ``workers``).
     workers: threads (default: ``min(4, CPUs)``).
 
   Yields:
     ``(item, result or ValueError)``.
   """
-  depth = max(int(depth), 1)
   workers = workers or min(4, os.cpu_count() or 1)
-  pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="read_ahead")
-  pending = collections.deque()
-  source = iter(items)
+
+  def item_and_result(item):
+    try:
+      return item, fn(item)
+    except ValueError as e:
+      return item, e
+
+  ahead = batch_workers.OrderedWorkers(items, item_and_result, workers, max(int(depth), 1))
   try:
-    for item in itertools.islice(source, depth):
-      pending.append((item, pool.submit(fn, item)))
-    while pending:
-      item, future = pending.popleft()
-      for following in itertools.islice(source, 1):
-        pending.append((following, pool.submit(fn, following)))
-      try:
-        result = future.result()
-      except ValueError as e:
-        result = e
-      yield item, result
+    yield from ahead
   finally:
-    pool.shutdown(wait=True, cancel_futures=True)
+    ahead.close()
 
 
 def group_batches(pairs, buckets, batch_size, max_pending=None):
