@@ -214,6 +214,11 @@ def download_file(name, *, base_url=None, source=None, progress=True):
     ValueError: an unknown name or source, or a bundled model.
     download.DownloadError: see :func:`download.download`.
   """
+  return _verified_file(name, base_url, source, progress)[0]
+
+
+def _verified_file(name, base_url, source, progress):
+  """:func:`download_file`'s ``(path, sha256)``: the file is hashed once, as it is checked."""
   model = _model(name)
   if model.bundled:
     raise ValueError(f"{name} is bundled with the package; there is nothing to download")
@@ -232,10 +237,10 @@ def download_file(name, *, base_url=None, source=None, progress=True):
       raise download.ChecksumError(
           f"{path} differs from {url} (sha256 {actual}, expected {sha256 or prefix + '...'}); "
           f"delete it and run again to download it anew", url)
-    return path
-  download.download(url, path, size=size, sha256=sha256, sha256_prefix=prefix,
-                    progress=progress, hint=hint, desc=name)
-  return path
+    return path, actual
+  actual = download.download(url, path, size=size, sha256=sha256, sha256_prefix=prefix,
+                             progress=progress, hint=hint, desc=name)
+  return path, actual
 
 
 def _extract_member(archive, work):
@@ -292,7 +297,7 @@ def fetch(name, *, base_url=None, keep_download=False, progress=True, vocab_json
   downloads = os.path.join(models_dir(), DOWNLOADS)
   path = os.path.join(downloads, chosen.filename)
   was_there = os.path.exists(path)  # kept, or put there by hand
-  path = download_file(name, base_url=base_url, source=source, progress=progress)
+  path, sha256 = _verified_file(name, base_url, source, progress)
   work = files.mkdtemp(models_dir(), f".{os.path.basename(target)}.")
   try:
     if progress:
@@ -309,7 +314,6 @@ def fetch(name, *, base_url=None, keep_download=False, progress=True, vocab_json
                        f"{convert}") from None
     staged = os.path.join(work, "model")
     model_dir.save_model(staged, conversion.params, conversion.config, conversion.vocab)
-    sha256 = download.sha256_of(path)
     files.write_json(os.path.join(staged, SOURCE),
                      {"name": name, "url": url, "file": chosen.filename, "sha256": sha256})
     _record_checksum(chosen, sha256, os.path.getsize(path), url)
