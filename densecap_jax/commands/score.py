@@ -112,23 +112,16 @@ def score_images(model, paths, encoded, given=None, boxes_json=""):
 
   Raises:
     ValueError: one line naming an unreadable image, or a bad given box
-      (``given_lib.check_given_boxes``).
+      (``given_lib.mixed_batch``).
   """
   results = [None] * len(paths)
   for group in model.stream_groups(paths):
-    detected = [(j, p) for j, p in group if given is None or given[j] is None]
-    boxed = [(j, p) for j, p in group if given is not None and given[j] is not None]
-    if detected:
-      scored = model.regions.score_prepared([p for _, p in detected], encoded)
-      for (j, _), result in zip(detected, scored):
-        results[j] = result
-    if boxed:
-      checked = given_lib.check_given_boxes(model, [p for _, p in boxed],
-                                          [paths[j] for j, _ in boxed],
-                                          [given[j] for j, _ in boxed], boxes_json)
-      scored = model.regions.score_prepared([p for _, p in boxed], encoded, checked)
-      for (j, _), result in zip(boxed, scored):
-        results[j] = result
+    scored = given_lib.mixed_batch(
+        model, [p for _, p in group], [j for j, _ in group], paths, given, boxes_json,
+        lambda subset: model.regions.score_prepared(subset, encoded),
+        lambda subset, checked: model.regions.score_prepared(subset, encoded, checked))
+    for (j, _), result in zip(group, scored):
+      results[j] = result
   return results
 
 
