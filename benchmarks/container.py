@@ -25,7 +25,6 @@ column.
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
@@ -37,16 +36,12 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from densecap_jax import predictor as predictor_lib  # pylint: disable=g-import-not-at-top
+from multiprocess_jobs import free_port  # pylint: disable=g-import-not-at-top
 from test_serve import multipart  # pylint: disable=g-import-not-at-top
 from tools import container  # pylint: disable=g-import-not-at-top
 
 TAG = "localhost/densecap-jax:bench"
 
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def _caption_seconds(port, path, repeats=3):
@@ -81,7 +76,7 @@ def main():
   rows = []
   try:
     for kind in ("cold", "warm"):
-      name, port = f"densecap-bench-{uuid.uuid4().hex[:8]}", _free_port()
+      name, port = f"densecap-bench-{uuid.uuid4().hex[:8]}", free_port()
       start = time.monotonic()
       container.start(TAG, name, port, volume=volume)
       container.wait_healthy(port)
@@ -94,7 +89,7 @@ def main():
       container.remove(name)
   finally:
     container.run(["podman", "volume", "rm", "-f", volume], check=False)
-  port = _free_port()
+  port = free_port()
   server = subprocess.Popen([sys.executable, "-m", "densecap_jax.serve", "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   try:

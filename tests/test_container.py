@@ -11,7 +11,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from multiprocess_jobs import free_port
 import small_model
 from test_serve import assert_same_answer
 from test_serve import expected_answer
@@ -42,11 +42,6 @@ EXAMPLE = os.path.join(predictor_lib.bundled_examples_path(),
                        sorted(os.listdir(predictor_lib.bundled_examples_path()))[0])
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def image():
@@ -64,7 +59,7 @@ def served(image):
 
   def start(**kwargs):
     name = f"densecap-test-{uuid.uuid4().hex[:8]}"
-    port = _free_port()
+    port = free_port()
     names.append(name)
     container.start(image, name, port, **kwargs)
     return name, port
