@@ -29,7 +29,6 @@ import numpy as np
 from densecap_jax import configs
 from densecap_jax.evaluation import split_eval
 from densecap_jax.models import densecap
-from densecap_jax.models import detection
 import model_flags
 
 DEFAULT_BUCKETS = {"tiny": "192x256,256x256", "vgg16": "544x720"}

@@ -26,7 +26,6 @@ import sys
 
 from densecap_jax.commands import flags as cli
 from densecap_jax import runtime
-from densecap_jax.search import builder as index_lib
 from densecap_jax.search import ranking as search_lib
 from densecap_jax.search import page
 from densecap_jax.search import reader

@@ -100,7 +100,6 @@ from densecap_jax.search import reader
 from densecap_jax.ops import boxes as boxes_lib
 
 CODES_DTYPES = ("float32", "float16")
-_SHARD_NAME = re.compile(r"^\d{6}$")
 _LEFTOVER = re.compile(r"^(\d{6}|\.tmp-.*)$")
 _SHARD_FILES = ("images.json", "captions.json") + tuple(f"{a}.npy" for a in reader.ARRAYS)
 
