@@ -14,6 +14,7 @@ which machines with a hybrid cgroup layout need; ``buildah --isolation
 chroot`` needs none of it.
 """
 
+import functools
 import json
 import os
 import shutil
@@ -37,12 +38,18 @@ events_logger = "file"
 """
 
 
-def environment():
-  """``os.environ`` with ``CONTAINERS_CONF`` pointing at this module's podman settings."""
+@functools.lru_cache(maxsize=None)
+def _containers_conf():
+  """This module's podman settings, written once per process; the file's path."""
   path = os.path.join(tempfile.gettempdir(), "densecap_jax-containers.conf")
   with open(path, "w") as f:
     f.write(CONTAINERS_CONF)
-  return dict(os.environ, CONTAINERS_CONF=path)
+  return path
+
+
+def environment():
+  """``os.environ`` with ``CONTAINERS_CONF`` pointing at this module's podman settings."""
+  return dict(os.environ, CONTAINERS_CONF=_containers_conf())
 
 
 def missing_tools():
