@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast test-container bench clean predict serve bundled-model
+.PHONY: install test test-fast test-container bench clean predict serve bundled-model readme-pictures
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,3 +53,8 @@ serve: $(STAMP)
 
 bundled-model: $(STAMP)
 	$(PY) tools/make_bundled_model.py
+
+# docs/drawn_example.jpg and docs/example.png (the results viewer, by headless chromium)
+# from the bundled model.
+readme-pictures: $(STAMP)
+	$(PY) tools/make_readme_pictures.py
