@@ -85,6 +85,11 @@ def test_training_lowers_loss_then_eval_driver_scores_the_model(dataset, tmp_pat
   # of the first 5 steps' (the captioning loss dominates and falls fastest).
   assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:5]), losses
   assert [r["step"] for r in rows if "val_map" in r] == [30, 60]
+  attribute_keys = ["val_colour_shape_accuracy", "val_colour_accuracy", "val_shape_accuracy",
+                    "val_texture_accuracy", "val_size_accuracy", "val_attribute_matched"]
+  for row in (r for r in rows if "val_map" in r):  # the tiny config logs the attribute accuracy
+    for key in attribute_keys:
+      assert 0.0 <= row[key] <= 100.0, (key, row)
   params, model_config, vocab = checkpoint.load_model(workdir)  # best/
   assert model_config.vocab_size == len(vocab) - 1
   last = checkpoint.load_model(workdir / "last")[0]
@@ -131,6 +136,30 @@ def test_validation_is_logged_and_printed_in_percent(tmp_path, capsys):
   assert rows == [{"step": 7, "val_map": pytest.approx(100 / 3), "val_detmap": 100.0,
                    "unit": "percent"},
                   {"step": 8, "val_detmap": 100.0, "unit": "percent"}]
+
+
+def test_attribute_scalars_of_validation_predictions():
+  config = tiny.get_config()
+  measure = trainer.attribute_measure(config)
+  assert measure.required == ("colour", "shape")
+  box = np.array([[50.0, 50.0, 21.0, 21.0]])  # xcycwh
+  far = np.array([[150.0, 150.0, 21.0, 21.0]])
+  predictions = [
+      # a red circle, captioned with the right colour and the wrong shape
+      (np.array([1.0]), box, ["a small red square"], box, ["a small red circle"]),
+      # a blue star captioned right, and a green cross no detection overlaps
+      (np.array([2.0, 1.0]), np.concatenate([box, box]), ["a blue star", "a red star"],
+       np.concatenate([box, far]), ["the star is blue", "a large green cross"]),
+  ]
+  scalars = trainer.attribute_scalars(measure, predictions)
+  assert scalars == {"val_colour_shape_accuracy": 50.0, "val_colour_accuracy": 100.0,
+                     "val_shape_accuracy": 50.0, "val_texture_accuracy": 0.0,
+                     "val_size_accuracy": 100.0, "val_attribute_matched": pytest.approx(200 / 3)}
+  config.val_attribute_words = {}
+  assert trainer.attribute_measure(config) is None
+  config.val_attribute_words = {"colour": ("red",)}
+  with pytest.raises(ValueError, match="val_attribute_joint.*required attributes"):
+    trainer.attribute_measure(config)
 
 
 def test_a_best_score_stored_as_a_fraction_is_read_in_percent(tmp_path):

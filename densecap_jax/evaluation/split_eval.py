@@ -41,7 +41,7 @@ def make_predict_fn(config, num_proposals=None):
 
 def evaluate_split(params, data, split, predict_fn, *, config, max_images=-1, batch_size=1,
                    num_workers=1, rpn_nms_thresh=0.7, final_nms_thresh=0.3, meteor_fn=None,
-                   progress=True):
+                   progress=True, return_predictions=False):
   """Dense-captioning mAP of the model on one split of a preprocessed dataset.
 
   Every device of every process takes part: each process reads its own
@@ -66,9 +66,14 @@ def evaluate_split(params, data, split, predict_fn, *, config, max_images=-1, ba
     progress: show a progress bar (on the first process); it reads
       ``compiling`` during the first batch of each shape and its rate and
       remaining time leave those batches out.
+    return_predictions: also return what the evaluator was given.
 
   Returns:
-    The ``DenseCaptioningEvaluator.evaluate()`` dict, on every process.
+    The ``DenseCaptioningEvaluator.evaluate()`` dict, on every process; with
+    ``return_predictions``, ``(that dict, predictions)``: per image in the
+    split's order, the evaluator's ``add_result`` arguments ``(scores (B,),
+    boxes (B, 4) xcycwh, B captions, gt_boxes (M, 4) xcycwh, M captions)``,
+    boxes in the resized image's pixels (on every process).
   """
   runtime.use_compilation_cache()
   indices = data.split_indices(split)
@@ -119,7 +124,10 @@ def evaluate_split(params, data, split, predict_fn, *, config, max_images=-1, ba
     for index in sorted(per_image):
       evaluator.add_result(*per_image[index])
     results = evaluator.evaluate()
-  return engine.share_from_chief(results)
+  results = engine.share_from_chief(results)
+  if return_predictions:
+    return results, [per_image[index] for index in sorted(per_image)]
+  return results
 
 
 @functools.lru_cache(maxsize=None)

@@ -10,7 +10,9 @@ Work directory layout::
     last/              model directory of the newest checkpoint
                        (neither is ever written from parameters holding NaN or infinity)
     metrics.jsonl      training and validation scalars, one JSON object a line
-                       (val_map and val_detmap in percent, as the evaluation prints them)
+                       (val_map and val_detmap in percent, as the evaluation prints them;
+                       with val_attribute_words also val_<attribute>_accuracy in percent,
+                       see attribute_scalars)
     tensorboard/       the same as TensorBoard event files
 
 A run started again in the same directory resumes from its newest checkpoint
@@ -33,6 +35,7 @@ from densecap_jax import files
 from densecap_jax import runtime
 from densecap_jax.data import device_pixels
 from densecap_jax.data import loader as loader_lib
+from densecap_jax.evaluation import attribute_accuracy
 from densecap_jax.evaluation import meteor as meteor_lib
 from densecap_jax.evaluation import split_eval
 from densecap_jax.models import densecap
@@ -59,6 +62,47 @@ def validation_scalars(results, val_metric):
   scalars = {"val_map": 100 * results["map"], "val_detmap": 100 * results["detmap"]}
   if val_metric == "detmap":
     del scalars["val_map"]
+  return scalars
+
+
+def attribute_measure(config):
+  """The ``AttributeAccuracy`` of ``config.val_attribute_words``, or None when it is empty.
+
+  Raises:
+    ValueError: the words or ``val_attribute_joint`` are not accepted (one line).
+  """
+  words = config.get("val_attribute_words", None)
+  if not words:
+    return None
+  try:
+    return attribute_accuracy.AttributeAccuracy(
+        {name: tuple(w) for name, w in dict(words).items()},
+        required=tuple(config.get("val_attribute_joint", ())))
+  except ValueError as e:
+    raise ValueError(f"config fields val_attribute_words / val_attribute_joint: {e}") from None
+
+
+def attribute_scalars(measure, predictions):
+  """The logged attribute scalars of validation predictions, in percent.
+
+  Args:
+    measure: a fresh ``attribute_accuracy.AttributeAccuracy`` (:func:`attribute_measure`).
+    predictions: ``evaluate_split(..., return_predictions=True)``'s per-image tuples.
+
+  Returns:
+    ``val_<joint>_accuracy`` (e.g. ``val_colour_shape_accuracy``: matched
+    objects whose caption names every joint attribute right), then
+    ``val_<attribute>_accuracy`` for each attribute, and
+    ``val_attribute_matched``: the share of eligible objects a detection
+    matched.
+  """
+  for prediction in predictions:
+    measure.add_result(*prediction)
+  results = measure.evaluate()
+  joint = attribute_accuracy.joint_name(measure.required)
+  scalars = {f"val_{joint}_accuracy": 100 * results[joint]}
+  scalars.update((f"val_{name}_accuracy", 100 * results[name]) for name in measure.words)
+  scalars["val_attribute_matched"] = 100 * results["matched_share"]
   return scalars
 
 
@@ -157,6 +201,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume=True, progr
     print("note: validating with detection mAP only (val_metric=detmap); best/ keeps the model "
           "of the best val_detmap")
 
+  attribute_measure(config)  # a bad word list stops the run before its first step
+
   tx = optim.from_config(config)
   state = loop.init_train_state(_initial_params(config, data), tx)
   writer = loop.MetricsWriter(workdir, percent_keys=VALIDATION_KEYS) if is_chief else (
@@ -200,13 +246,19 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume=True, progr
     nonlocal meteor
     if meteor is None and config.val_metric == "map":
       meteor = meteor_lib.Meteor()
+    measure = attribute_measure(config)
     results = split_eval.evaluate_split(
         params, data, "val", predict_fn, config=config.model, max_images=config.val_images_use,
         batch_size=global_batch, num_workers=loader_workers(config),
         rpn_nms_thresh=config.test_rpn_nms_thresh,
         final_nms_thresh=config.test_final_nms_thresh,
-        meteor_fn=meteor if meteor is not None else _no_meteor, progress=progress)
-    return validation_scalars(results, config.val_metric)
+        meteor_fn=meteor if meteor is not None else _no_meteor, progress=progress,
+        return_predictions=measure is not None)
+    if measure is None:
+      return validation_scalars(results, config.val_metric)
+    results, predictions = results
+    return {**validation_scalars(results, config.val_metric),
+            **attribute_scalars(measure, predictions)}
 
   def on_eval(step, params, results):
     nonlocal best

@@ -87,6 +87,13 @@ def get_config(model_name):
   config.val_images_use = 1000
   config.val_metric = "map"  # "map" (METEOR, needs Java) or "detmap" (boxes only); picks best/
   config.eval_first_iteration = False
+  # Not options of the original: {attribute: words} (e.g. {"colour": (...), "shape":
+  # (...)}) makes each validation also log, in percent, how often the caption of a
+  # matched single object names its attributes right (``evaluation.attribute_accuracy``);
+  # {} = off. The joint attributes are those a scored region names exactly once and
+  # whose all-right share is logged (() = all).
+  config.val_attribute_words = {}
+  config.val_attribute_joint = ()
   # The model config's test-time settings under the original's names: one value
   # each (``densecap_jax.settings``); setting either name sets both.
   config.test_rpn_nms_thresh = config.model.get_ref("rpn_nms_thresh")

@@ -5,6 +5,7 @@ densecap_jax.data.preprocess`` (see the README). With no ImageNet weights every
 conv layer is trained from the start.
 """
 
+from densecap_jax.data import synthetic_world
 from densecap_jax.train.configs import common
 
 
@@ -28,4 +29,8 @@ def get_config():
   config.save_checkpoint_every = 500
   config.losses_log_every = 10
   config.val_images_use = 300
+  config.val_attribute_words = {
+      "colour": tuple(synthetic_world.COLORS), "shape": synthetic_world.SHAPES,
+      "texture": synthetic_world.TEXTURES, "size": tuple(synthetic_world.SIZES)}
+  config.val_attribute_joint = ("colour", "shape")
   return config
