@@ -116,15 +116,17 @@ def plot_run(run_dirs, out_png, *, title=None, smooth=None):
 
   figure = Figure(figsize=(10, 8), dpi=100, layout="constrained")
   loss_ax, val_ax = figure.subplots(2, 1, sharex=True)
-  colours = {}
+  colours = {}  # per panel: a curve keeps its colour across the stages
 
-  def colour(key):
-    if key not in colours:
-      colours[key] = f"C{len(colours) % 10}"
-    return colours[key]
+  def colour(ax, key):
+    panel = colours.setdefault(id(ax), {})
+    if key not in panel:
+      panel[key] = f"C{len(panel) % 10}"
+    return panel[key]
 
   offset = 0
   positive = True
+  loss_range = [math.inf, 0.0]
   labelled = set()
   for name, (_, training, validation) in zip(names, stages):
     for key in loss_keys(training):
@@ -133,11 +135,12 @@ def plot_run(run_dirs, out_png, *, title=None, smooth=None):
         continue
       steps, values = zip(*points)
       positive &= min(values) > 0
+      loss_range = [min(loss_range[0], min(values)), max(loss_range[1], max(values))]
       label = None if key in labelled else key
       labelled.add(key)
-      loss_ax.plot(steps, values, color=colour(key), alpha=0.25, linewidth=0.7)
-      loss_ax.plot(steps, moving_mean(values, smooth), color=colour(key), linewidth=1.6,
-                   label=label)
+      loss_ax.plot(steps, values, color=colour(loss_ax, key), alpha=0.25, linewidth=0.7)
+      loss_ax.plot(steps, moving_mean(values, smooth), color=colour(loss_ax, key),
+                   linewidth=2.2 if key == "loss" else 1.4, label=label)
     for key in validation_keys(validation):
       points = [(offset + s, r[key]) for s, r in validation if _finite(r.get(key))]
       if not points:
@@ -145,7 +148,7 @@ def plot_run(run_dirs, out_png, *, title=None, smooth=None):
       steps, values = zip(*points)
       label = None if key in labelled else key
       labelled.add(key)
-      val_ax.plot(steps, values, color=colour(key), marker="o", markersize=3, linewidth=1.4,
+      val_ax.plot(steps, values, color=colour(val_ax, key), marker="o", markersize=3, linewidth=1.4,
                   label=label)
     if len(stages) > 1:
       for ax in (loss_ax, val_ax):
@@ -156,7 +159,8 @@ def plot_run(run_dirs, out_png, *, title=None, smooth=None):
     offset += max(last, default=0)
 
   if positive and loss_ax.lines:
-    loss_ax.set_yscale("log")
+    loss_ax.set_yscale("log")  # a term that starts near 0 (the box decay) does not squash the rest
+    loss_ax.set_ylim(max(loss_range[0], 1e-5 * loss_range[1]) / 1.5, 1.5 * loss_range[1])
   loss_ax.set_title(f"training losses (moving mean of {smooth} logged points)")
   loss_ax.set_ylabel("loss" + (" (log scale)" if positive and loss_ax.lines else ""))
   val_ax.set_title("validation")
@@ -164,9 +168,11 @@ def plot_run(run_dirs, out_png, *, title=None, smooth=None):
   val_ax.set_xlabel("step" + (" (stages one after another)" if len(stages) > 1 else ""))
   for ax in (loss_ax, val_ax):
     ax.grid(True, alpha=0.3)
-    if ax.lines and any(line.get_label()[:1] != "_" for line in ax.lines):
-      ax.legend(fontsize=8, loc="upper right" if ax is loss_ax else "lower right")
-  if not val_ax.lines:
+    if any(line.get_label()[:1] != "_" for line in ax.lines):
+      ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+  if val_ax.lines:
+    val_ax.set_ylim(bottom=0)
+  else:
     val_ax.text(0.5, 0.5, "no validation logged", transform=val_ax.transAxes, ha="center")
   figure.suptitle(title or "training run: " + " then ".join(names))
   with files.atomic_output(out_png) as tmp:
