@@ -18,12 +18,12 @@ def add_images(measure, box_format="x1y1x2y2"):
                                            np.asarray(b)[:, 2] - np.asarray(b)[:, 0] + 1,
                                            np.asarray(b)[:, 3] - np.asarray(b)[:, 1] + 1], 1)}
   to = convert[box_format]
-  # Image 1. Regions: a red circle (eligible, matched), a pair (two colours:
-  # not eligible), a green star (eligible, unmatched), a group ("stars" names
-  # no shape word: not eligible).
-  gt = [[1, 1, 10, 10], [21, 1, 30, 10], [1, 21, 10, 30], [21, 21, 30, 30]]
+  # Image 1. Regions: a red circle (eligible, matched), two pairs (two colours,
+  # or one colour and shape named twice: not eligible), a green star
+  # (eligible, unmatched), a group ("stars" names no shape word: not eligible).
+  gt = [[1, 1, 10, 10], [21, 1, 30, 10], [1, 21, 10, 30], [21, 21, 30, 30], [1, 41, 30, 50]]
   refs = ["a red circle", "a blue square above a red circle", "a green star",
-          "three yellow stars"]
+          "three yellow stars", "a red circle left of a red circle"]
   # The red circle: overlapped by a wrong caption at IoU 1 (score 2) and a
   # right one at IoU 100/110 (score 3): the higher score is taken. The star's
   # only detection overlaps it by 100/210 < 0.5.
@@ -91,8 +91,13 @@ def test_no_regions_give_zero_shares():
 
 def test_tokens_are_whole_words():
   assert attribute_accuracy.caption_tokens("Three stars, red.") == {"three", "stars", "red"}
-  assert attribute_accuracy.named_words(["three stars", "a star"], frozenset({"star"})) == {"star"}
-  assert attribute_accuracy.named_words(["three stars"], frozenset({"star"})) == set()
+  assert attribute_accuracy.true_word(["three stars", "a star"], frozenset({"star"})) == "star"
+  assert attribute_accuracy.true_word(["three stars"], frozenset({"star"})) is None
+  words = frozenset({"red", "blue"})
+  assert attribute_accuracy.true_word(["a red star", "the star is red"], words) == "red"
+  assert attribute_accuracy.true_word(["a red star", "a blue star"], words) is None
+  assert attribute_accuracy.true_word(["a red star above a red star"], words) is None
+  assert attribute_accuracy.true_word(["a star"], words) is None
 
 
 @pytest.mark.parametrize("kwargs, message", [

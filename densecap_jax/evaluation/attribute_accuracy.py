@@ -10,17 +10,19 @@ Then, for each region:
 
 * the words of an attribute that its references name (a caption names a word
   when the word is one of its whitespace-separated, lower-cased tokens: "stars"
-  does not name "star") are collected over all its references;
-* the region is **eligible** when its references name exactly one word of
-  every ``required`` attribute (by default all of them: e.g. one colour and
-  one shape, a single object; a pair "a red square above a blue circle" or a
-  group "three yellow stars" is not);
+  does not name "star") are collected over all its references; the
+  attribute has a *true word* when they name exactly one word and no
+  reference names a word of it twice;
+* the region is **eligible** when every ``required`` attribute (by default
+  all of them) has a true word: e.g. one colour and one shape, a single
+  object; a pair "a red square above a blue circle" or "a red square above a
+  red square", or a group "three yellow stars", is not;
 * an eligible region is **matched** by the highest-scoring detection whose
   IoU with it (inclusive pixels, ``ops.boxes.box_iou_x1y1x2y2_np`` in
   float64) is >= ``iou_threshold`` (first in input order on tied scores). A
   detection may match several regions;
-* for each attribute whose references name exactly one word (the region's
-  *true* word; always so for a required attribute), the matched detection's
+* for each attribute with a true word (always so for a required attribute), the
+  matched detection's
   caption *names the attribute* when it names any word of its list, and
   *names it right* when the true word is the only word of the list it names.
 
@@ -49,12 +51,15 @@ def caption_tokens(caption: str) -> set:
   return set(_TOKEN.findall(caption.lower()))
 
 
-def named_words(captions: Sequence[str], words: frozenset) -> set:
-  """The words of ``words`` that any of ``captions`` names."""
+def true_word(references: Sequence[str], words: frozenset) -> str | None:
+  """The one word of ``words`` the references name, none naming one twice; else None."""
   found = set()
-  for caption in captions:
-    found |= caption_tokens(caption) & words
-  return found
+  for reference in references:
+    named = [t for t in _TOKEN.findall(reference.lower()) if t in words]
+    if len(named) > 1:
+      return None
+    found.update(named)
+  return found.pop() if len(found) == 1 else None
 
 
 def joint_name(required: Sequence[str]) -> str:
@@ -149,8 +154,8 @@ class AttributeAccuracy:
     overlaps = boxes_lib.box_iou_x1y1x2y2_np(boxes[order], np.asarray(regions, np.float64),
                                              np.float64)  # (B, G) in score order
     for g, refs in enumerate(references):
-      truth = {name: named_words(refs, words) for name, words in self.words.items()}
-      if any(len(truth[name]) != 1 for name in self.required):
+      truth = {name: true_word(refs, words) for name, words in self.words.items()}
+      if any(truth[name] is None for name in self.required):
         continue
       self.eligible += 1
       hits = np.flatnonzero(overlaps[:, g] >= self.iou_threshold)
@@ -160,12 +165,12 @@ class AttributeAccuracy:
       said = caption_tokens(captions[order[hits[0]]])
       all_right = True
       for name, words in self.words.items():
-        if len(truth[name]) != 1:
+        if truth[name] is None:
           continue
         self.known[name] += 1
         named = said & words
         self.named[name] += bool(named)
-        right = named == truth[name]
+        right = named == {truth[name]}
         self.right[name] += right
         all_right &= right or name not in self.required
       self.all_right += all_right
