@@ -2,15 +2,21 @@
 
 1. renders the synthetic dataset (``densecap_jax.data.synthetic``, fixed seed),
 2. preprocesses it like Visual Genome (``densecap_jax.data.preprocess``),
-3. trains the ``tiny`` config on it (``train/configs/tiny.py``),
-4. fits the captioner to the trained detector: from the best model of step
-   3, only the language model trains (``trained_modules``), without dropout,
+3. pretrains the backbone and fc6 / fc7 to classify the colour, shape,
+   texture and size of the training split's objects from their regions
+   (``train/region_pretraining.py``), as the original starts from VGG-16
+   trained on ImageNet,
+4. trains the ``tiny`` config on it from the pretrained model
+   (``train/configs/tiny.py``); like the original, the CNN waits
+   ``--finetune_cnn_after`` steps before it is fine-tuned, so the new heads
+   settle on the pretrained features first,
+5. fits the captioner to the trained detector: from the best model of step
+   4, only the language model trains (``trained_modules``), without dropout,
    for ``--captioner_iters`` steps. Trained jointly, the LM follows codes
    that are still changing; fitted to the fixed codes it tells the regions
-   apart more sharply (``benchmarks/region_codes.py``: median rank of an
-   object's caption 112.5 of 762 after step 3, 105 after step 4),
-5. evaluates the best validation checkpoint on the test split,
-6. writes the model to ``densecap_jax/bundled/tiny_synthetic`` (with its
+   apart more sharply (``benchmarks/region_codes.py``),
+6. evaluates the best validation checkpoint on the test split,
+7. writes the model to ``densecap_jax/bundled/tiny_synthetic`` (with its
    test-split numbers in ``metrics.json``) and a few test images to
    ``densecap_jax/bundled/examples``.
 
@@ -24,6 +30,8 @@ import os
 import shutil
 import sys
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -33,12 +41,19 @@ from densecap_jax.evaluation import split_eval
 from densecap_jax.data import loader
 from densecap_jax.data import visual_genome as preprocess
 from densecap_jax.data import synthetic_world as synthetic
+from densecap_jax.train import region_pretraining
 from densecap_jax.train import trainer
 from densecap_jax.train.configs import tiny
 
 BUNDLED = os.path.join(ROOT, "densecap_jax", "bundled")
 NUM_EXAMPLES = 3
-CAPTIONER_ITERS = 2000
+RENDER_SIZE = 320  # long side of the rendered scenes (before preprocessing)
+PRETRAIN_ITERS = 2000
+PRETRAIN_BATCH = 8
+JOINT_ITERS = 20000
+FINETUNE_CNN_AFTER = 2000
+CAPTIONER_ITERS = 4000
+VALIDATE_EVERY = 2000
 
 
 def parse_args(argv=None):
@@ -46,11 +61,38 @@ def parse_args(argv=None):
   parser.add_argument("--workdir", default=os.path.join(ROOT, "out", "bundled"))
   parser.add_argument("--num_images", type=int, default=3000)
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--max_iters", type=int, default=0,
-                      help="joint training steps (default: the tiny config's)")
+  parser.add_argument("--pretrain_iters", type=int, default=PRETRAIN_ITERS,
+                      help="steps of the region-attribute pretraining (0: none, from scratch)")
+  parser.add_argument("--max_iters", type=int, default=JOINT_ITERS, help="joint training steps")
+  parser.add_argument("--finetune_cnn_after", type=int, default=FINETUNE_CNN_AFTER,
+                      help="joint step from which the pretrained CNN trains")
   parser.add_argument("--captioner_iters", type=int, default=CAPTIONER_ITERS,
                       help="steps of the language model alone on the trained detector")
+  parser.add_argument("--no_pictures", action="store_true",
+                      help="do not redraw the README pictures (needs chromium)")
   return parser.parse_args(argv)
+
+
+def synthetic_region_labels(data, seed, image_size, render_size=RENDER_SIZE):
+  """``index -> (boxes, classes)`` of a synthetic dataset's images, for ``region_pretraining``.
+
+  The objects of scene ``i`` (``synthetic.make_scene(seed, i, render_size)``, the image
+  ``i.jpg``), their boxes resized as ``preprocess`` resizes them (float32
+  xcycwh) and their ``synthetic.ATTRIBUTES`` classes ``(n, 4)``.
+  """
+  cache = {}
+
+  def region_labels(index):
+    if index not in cache:
+      image_id = int(os.path.splitext(os.path.basename(data.filenames[index]))[0])
+      boxes, classes = synthetic.object_attributes(
+          synthetic.make_scene(seed, image_id, render_size))
+      boxes, _ = preprocess.encode_boxes(boxes, np.tile(data.original_sizes[index], (len(boxes), 1)),
+                                         image_size)
+      cache[index] = (boxes.astype(np.float32), classes)
+    return cache[index]
+
+  return region_labels
 
 
 def captioner_config(config, start_from, max_iters):
@@ -58,6 +100,7 @@ def captioner_config(config, start_from, max_iters):
   config = config.copy_and_resolve_references()
   config.checkpoint_start_from = start_from
   config.trained_modules = ("language_model",)
+  config.finetune_cnn_after = -1
   config.max_iters = max_iters
   config.model.drop_prob = 0.0  # fc6 / fc7 are fixed: dropout would only blur the LM's input
   config.warmup_steps = min(config.warmup_steps, max_iters // 10)
@@ -71,23 +114,35 @@ def main(argv=None):
   h5, js = os.path.join(args.workdir, "regions.h5"), os.path.join(args.workdir, "regions-dicts.json")
   config = tiny.get_config()
   if not os.path.exists(os.path.join(vg_dir, "densecap_splits.json")):
-    synthetic.generate_dataset(vg_dir, args.num_images, args.seed)
+    synthetic.generate_dataset(vg_dir, args.num_images, args.seed, image_size=RENDER_SIZE)
   if not os.path.exists(js):
     preprocess.preprocess(os.path.join(vg_dir, "region_descriptions.json"),
                           os.path.join(vg_dir, "images"),
                           os.path.join(vg_dir, "densecap_splits.json"), h5, js,
                           image_size=config.model.image_size)
   config.data_h5, config.data_json = h5, js
-  if args.max_iters:
-    config.max_iters = args.max_iters
+  config.max_iters = args.max_iters
+  config.save_checkpoint_every = VALIDATE_EVERY
+  data = loader.DenseCapH5(h5, js)
+  stages = []
+  if args.pretrain_iters:
+    model_config = config.model.copy_and_resolve_references()
+    model_config.vocab_size = data.vocab_size
+    pretrain_dir = os.path.join(args.workdir, "pretrain")
+    config.checkpoint_start_from = region_pretraining.pretrain(
+        model_config, data, synthetic_region_labels(data, args.seed, model_config.image_size),
+        {name: len(values) for name, values in synthetic.ATTRIBUTES.items()}, pretrain_dir,
+        steps=args.pretrain_iters, batch_size=PRETRAIN_BATCH, seed=config.seed)
+    config.finetune_cnn_after = args.finetune_cnn_after
+    stages.append(pretrain_dir)
   run_dir = os.path.join(args.workdir, "run")
   trainer.train(config, run_dir)
   captioner_dir = os.path.join(args.workdir, "captioner")
   trainer.train(captioner_config(config, run_dir, args.captioner_iters), captioner_dir)
+  stages += [run_dir, captioner_dir]
 
   params, model_config, vocab = model_dir.load_model(captioner_dir)
   model_config.drop_prob = config.model.drop_prob  # what fine-tuning it would use
-  data = loader.DenseCapH5(h5, js)
   results = split_eval.evaluate_split(
       params, data, "test", split_eval.make_predict_fn(model_config), config=model_config,
       batch_size=4)
@@ -96,7 +151,8 @@ def main(argv=None):
   files.write_json(os.path.join(target, "metrics.json"), {
       "split": "test", "num_images": results["num_images"], "map": results["map"],
       "detmap": results["detmap"], "num_proposals": model_config.num_proposals,
-      "training_steps": config.max_iters, "captioner_steps": args.captioner_iters,
+      "pretraining_steps": args.pretrain_iters, "training_steps": config.max_iters,
+      "captioner_steps": args.captioner_iters,
       "dataset": {"num_images": args.num_images, "seed": args.seed}})
   examples = os.path.join(BUNDLED, "examples")
   os.makedirs(examples, exist_ok=True)

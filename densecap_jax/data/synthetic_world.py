@@ -52,6 +52,8 @@ NUMBERS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
 BACKGROUND_KINDS = ("plain", "gradient", "noise")
 TONES = ("light", "dark")
 ASPECTS = (1.0, 0.75, 2 / 3, 0.5625)
+# What an object is, attribute by attribute (``object_attributes`` numbers the values in this order).
+ATTRIBUTES = {"colour": tuple(COLORS), "shape": SHAPES, "texture": TEXTURES, "size": tuple(SIZES)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +160,21 @@ def render_scene(scene):
     rgb[mask & second] = secondary
     masks.append(mask)
   return rgb, masks
+
+
+def object_attributes(scene):
+  """The objects of ``scene`` as boxes and attribute classes.
+
+  Returns:
+    ``(boxes, classes)``: ``(n, 4)`` float64 xywh boxes (1-based, tight) and
+    ``(n, 4)`` int32 positions in ``ATTRIBUTES``' colour, shape, texture and
+    size tuples.
+  """
+  boxes = np.asarray([obj.box for obj in scene.objects], np.float64).reshape(-1, 4)
+  classes = np.asarray([[values.index(getattr(obj, field)) for field, values in zip(
+      ("color", "shape", "texture", "size"), ATTRIBUTES.values())] for obj in scene.objects],
+                       np.int32).reshape(-1, len(ATTRIBUTES))
+  return boxes, classes
 
 
 def _tight_box(mask):
