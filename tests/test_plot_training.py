@@ -51,9 +51,21 @@ def test_plots_consecutive_stages_into_one_png(tmp_path):
   assert plot_training.plot_run([str(first), str(second)], str(out)) == str(out)
   from PIL import Image  # pylint: disable=g-import-not-at-top
   with Image.open(out) as image:
-    assert image.format == "PNG" and image.size == (1000, 800)
+    assert image.format == "PNG" and image.size == (1000, 800)  # losses and mAP
     pixels = np.asarray(image.convert("L"))
   assert pixels.min() < 100 and pixels.max() > 200  # drawn, not blank
+  with open(second / "metrics.jsonl", "a") as f:
+    f.write(json.dumps({"step": 50, "val_colour_shape_accuracy": 20.0}) + "\n")
+  plot_training.plot_run([str(first), str(second)], str(out))
+  with Image.open(out) as image:
+    assert image.size == (1000, 1100)  # and a panel of the attribute accuracy
+
+
+def test_attribute_keys_have_their_own_panel():
+  assert plot_training.is_attribute_key("val_colour_shape_accuracy")
+  assert plot_training.is_attribute_key("val_attribute_matched")
+  assert not plot_training.is_attribute_key("val_map")
+  assert not plot_training.is_attribute_key("val_detmap")
 
 
 def test_the_stages_are_drawn_one_after_another(tmp_path, monkeypatch):

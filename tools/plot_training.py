@@ -5,9 +5,10 @@
 Top panel: the training loss terms against the step (the total ``loss`` and
 every ``*_loss`` the trainer logs: the weighted objectness, box regression,
 captioning and word losses and the box decay), each a thin line of the logged
-values under a moving mean, on a log scale when all are positive. Bottom
-panel: the validation curves in percent (``val_map``, ``val_detmap`` and the
-caption-attribute accuracies ``val_*_accuracy``, ``val_attribute_matched``).
+values under a moving mean, on a log scale when all are positive. Below it,
+the validation curves in percent: ``val_map``, ``val_detmap`` (and any other
+validation scalar), and, when logged, a third panel of the caption-attribute
+scalars (``val_*_accuracy``, ``val_attribute_matched``; ``train.trainer``).
 
 Several work directories are consecutive stages of one recipe (e.g. a joint
 run, then a captioner fitted from its best model): they are drawn one after
@@ -76,6 +77,11 @@ def validation_keys(rows):
   return [k for k in VALIDATION_ORDER if k in present] + sorted(present - set(VALIDATION_ORDER))
 
 
+def is_attribute_key(key):
+  """Whether a validation key is a caption-attribute scalar (its own panel)."""
+  return key.endswith("_accuracy") or key.startswith("val_attribute_")
+
+
 def moving_mean(values, window):
   """Trailing mean over up to ``window`` values (fewer at the start)."""
   out, total = [], 0.0
@@ -114,8 +120,12 @@ def plot_run(run_dirs, out_png, *, title=None, smooth=None):
     smooth = max(1, max(len(training) for _, training, _ in stages) // 25)
   names = [os.path.basename(os.path.normpath(d)) for d in run_dirs]
 
-  figure = Figure(figsize=(10, 8), dpi=100, layout="constrained")
-  loss_ax, val_ax = figure.subplots(2, 1, sharex=True)
+  with_attributes = any(is_attribute_key(k) for _, _, validation in stages
+                        for k in validation_keys(validation))
+  figure = Figure(figsize=(10, 11 if with_attributes else 8), dpi=100, layout="constrained")
+  axes = figure.subplots(3 if with_attributes else 2, 1, sharex=True)
+  loss_ax, val_ax = axes[:2]
+  attribute_ax = axes[2] if with_attributes else val_ax
   colours = {}  # per panel: a curve keeps its colour across the stages
 
   def colour(ax, key):
@@ -148,10 +158,11 @@ def plot_run(run_dirs, out_png, *, title=None, smooth=None):
       steps, values = zip(*points)
       label = None if key in labelled else key
       labelled.add(key)
-      val_ax.plot(steps, values, color=colour(val_ax, key), marker="o", markersize=3, linewidth=1.4,
-                  label=label)
+      ax = attribute_ax if is_attribute_key(key) else val_ax
+      ax.plot(steps, values, color=colour(ax, key), marker="o", markersize=3, linewidth=1.4,
+              label=label)
     if len(stages) > 1:
-      for ax in (loss_ax, val_ax):
+      for ax in axes:
         ax.axvline(offset, color="0.5", linestyle="--", linewidth=0.8)
       loss_ax.annotate(name, (offset, 1), xycoords=("data", "axes fraction"),
                        xytext=(3, -3), textcoords="offset points", va="top", fontsize=8)
@@ -163,17 +174,20 @@ def plot_run(run_dirs, out_png, *, title=None, smooth=None):
     loss_ax.set_ylim(max(loss_range[0], 1e-5 * loss_range[1]) / 1.5, 1.5 * loss_range[1])
   loss_ax.set_title(f"training losses (moving mean of {smooth} logged points)")
   loss_ax.set_ylabel("loss" + (" (log scale)" if positive and loss_ax.lines else ""))
-  val_ax.set_title("validation")
-  val_ax.set_ylabel("percent")
-  val_ax.set_xlabel("step" + (" (stages one after another)" if len(stages) > 1 else ""))
-  for ax in (loss_ax, val_ax):
+  val_ax.set_title("validation: dense-captioning and detection mAP")
+  if with_attributes:
+    attribute_ax.set_title("validation: captions of matched objects naming their attributes right")
+  axes[-1].set_xlabel("step" + (" (stages one after another)" if len(stages) > 1 else ""))
+  for ax in axes:
     ax.grid(True, alpha=0.3)
     if any(line.get_label()[:1] != "_" for line in ax.lines):
       ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
-  if val_ax.lines:
-    val_ax.set_ylim(bottom=0)
-  else:
-    val_ax.text(0.5, 0.5, "no validation logged", transform=val_ax.transAxes, ha="center")
+  for ax in axes[1:]:
+    ax.set_ylabel("percent")
+    if ax.lines:
+      ax.set_ylim(bottom=0)
+    else:
+      ax.text(0.5, 0.5, "no validation logged", transform=ax.transAxes, ha="center")
   figure.suptitle(title or "training run: " + " then ".join(names))
   with files.atomic_output(out_png) as tmp:
     figure.savefig(tmp, format="png")
