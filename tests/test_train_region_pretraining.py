@@ -103,7 +103,7 @@ def test_pretraining_trains_backbone_and_fc_layers_only_and_writes_a_model(datas
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
   assert [r["step"] for r in rows] == [20, 40]
-  assert rows[1]["pretrain_loss"] < rows[0]["pretrain_loss"]
+  assert rows[1]["loss"] < rows[0]["loss"]
   for name in heads:
     assert 0 <= rows[1][f"pretrain_{name}_accuracy"] <= 100
   # A second call finds the model and does not train again.

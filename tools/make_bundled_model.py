@@ -16,9 +16,16 @@
    that are still changing; fitted to the fixed codes it tells the regions
    apart more sharply (``benchmarks/region_codes.py``),
 6. evaluates the best validation checkpoint on the test split,
-7. writes the model to ``densecap_jax/bundled/tiny_synthetic`` (with its
-   test-split numbers in ``metrics.json``) and a few test images to
-   ``densecap_jax/bundled/examples``.
+7. writes the model to ``densecap_jax/bundled/tiny_synthetic`` and a few
+   test images to ``densecap_jax/bundled/examples``,
+8. measures it on the test split into ``metrics.json`` beside it: the mAPs,
+   the caption attributes of the detected objects
+   (``benchmarks/caption_attributes.py``) and phrase search
+   (``benchmarks/retrieval.py``'s quality protocol, the LM ranking over all
+   regions); plots the stages' loss and validation curves to
+   ``training.png`` beside it (``tools/plot_training.py``),
+9. redraws the README's pictures (``tools/make_readme_pictures.py``, needs
+   chromium).
 
 Every step's output lives under ``--workdir``; a step whose output is already
 there is skipped, and training resumes where it stopped.
@@ -34,9 +41,16 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-from densecap_jax import model_dir  # pylint: disable=g-import-not-at-top
+# pylint: disable=g-import-not-at-top,g-bad-import-order
+import caption_attributes
+import retrieval
+from densecap_jax import model_dir
 from densecap_jax import files
+from densecap_jax import predictor
+from densecap_jax.search import builder as index_builder
+from densecap_jax.search import reader as index_reader
 from densecap_jax.evaluation import split_eval
 from densecap_jax.data import loader
 from densecap_jax.data import visual_genome as preprocess
@@ -44,6 +58,8 @@ from densecap_jax.data import synthetic_world as synthetic
 from densecap_jax.train import region_pretraining
 from densecap_jax.train import trainer
 from densecap_jax.train.configs import tiny
+from tools import make_readme_pictures
+from tools import plot_training
 
 BUNDLED = os.path.join(ROOT, "densecap_jax", "bundled")
 NUM_EXAMPLES = 3
@@ -54,6 +70,8 @@ JOINT_ITERS = 20000
 FINETUNE_CNN_AFTER = 2000
 CAPTIONER_ITERS = 4000
 VALIDATE_EVERY = 2000
+SEARCH_IMAGES = 100  # benchmarks/retrieval.py's defaults
+SEARCH_CANDIDATES = 500
 
 
 def parse_args(argv=None):
@@ -93,6 +111,29 @@ def synthetic_region_labels(data, seed, image_size, render_size=RENDER_SIZE):
     return cache[index]
 
   return region_labels
+
+
+def caption_attribute_scores(target, test_ids, seed, num_proposals):
+  """``benchmarks/caption_attributes.py``'s results of the model ``target`` on scenes ``test_ids``."""
+  model = predictor.load_model(target, num_proposals=num_proposals)
+  scenes = [synthetic.make_scene(seed, i, RENDER_SIZE) for i in test_ids]
+  return caption_attributes.score_scenes(
+      scenes, model.predict([synthetic.render_scene(scene)[0] for scene in scenes]))
+
+
+def phrase_search_scores(target, workdir, seed):
+  """Recall@1/5/10 and median rank of the LM ranking, ``benchmarks/retrieval.py``'s quality protocol."""
+  model = predictor.load_model(target, batch_size=4)
+  folder = os.path.join(workdir, "search")
+  shutil.rmtree(folder, ignore_errors=True)
+  photos, regions = retrieval.quality_index(folder, SEARCH_IMAGES)
+  path = os.path.join(folder, "test.index")
+  index_builder.build_index(model, photos, path, progress=False)
+  rows, num_queries = retrieval.evaluate(model, index_reader.open_index(path), regions,
+                                         SEARCH_CANDIDATES, seed)
+  _, r1, r5, r10, median, _ = rows[0]  # "LM, all regions"
+  return {"images": SEARCH_IMAGES, "queries": num_queries, "recall_at_1": float(r1),
+          "recall_at_5": float(r5), "recall_at_10": float(r10), "median_rank": float(median)}
 
 
 def captioner_config(config, start_from, max_iters):
@@ -148,21 +189,31 @@ def main(argv=None):
       batch_size=4)
   target = os.path.join(BUNDLED, "tiny_synthetic")
   model_dir.save_model(target, params, model_config, vocab, overwrite=True)
-  files.write_json(os.path.join(target, "metrics.json"), {
-      "split": "test", "num_images": results["num_images"], "map": results["map"],
-      "detmap": results["detmap"], "num_proposals": model_config.num_proposals,
-      "pretraining_steps": args.pretrain_iters, "training_steps": config.max_iters,
-      "captioner_steps": args.captioner_iters,
-      "dataset": {"num_images": args.num_images, "seed": args.seed}})
   examples = os.path.join(BUNDLED, "examples")
   os.makedirs(examples, exist_ok=True)
   with open(os.path.join(vg_dir, "densecap_splits.json")) as f:
-    test_ids = json.load(f)["test"][:NUM_EXAMPLES]
-  for i in test_ids:
+    test_ids = json.load(f)["test"]
+  for i in test_ids[:NUM_EXAMPLES]:
     shutil.copyfile(os.path.join(vg_dir, "images", f"{i}.jpg"),
                     os.path.join(examples, f"synthetic_{i}.jpg"))
+  attributes = caption_attribute_scores(target, test_ids, args.seed, model_config.num_proposals)
+  search = phrase_search_scores(target, args.workdir, args.seed)
+  files.write_json(os.path.join(target, "metrics.json"), {
+      "split": "test", "num_images": results["num_images"], "map": results["map"],
+      "detmap": results["detmap"], "num_proposals": model_config.num_proposals,
+      "caption_attributes": {k: v for k, v in attributes.items() if not isinstance(v, dict)},
+      "phrase_search": search,
+      "pretraining_steps": args.pretrain_iters, "training_steps": config.max_iters,
+      "captioner_steps": args.captioner_iters,
+      "dataset": {"num_images": args.num_images, "seed": args.seed}})
+  plot_training.plot_run(stages, os.path.join(target, "training.png"),
+                         title="tiny model on the synthetic scenes")
+  if not args.no_pictures:
+    make_readme_pictures.make_pictures(target, os.path.join(ROOT, "docs"))
   print(f"bundled model: {target}\n  test mAP {results['map']:.4f}, detection mAP "
-        f"{results['detmap']:.4f} over {results['num_images']} images")
+        f"{results['detmap']:.4f} over {results['num_images']} images; colour and shape right "
+        f"in {100 * attributes['colour_shape']:.1f} % of the matched objects' captions; phrase "
+        f"search R@5 {search['recall_at_5']:.3f}, median rank {search['median_rank']:g}")
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ the language model as initialised) written as a model directory that
 
 Work directory::
 
-  WORKDIR/metrics.jsonl, tensorboard/   pretrain_loss, pretrain_<head>_accuracy (percent,
-                                        over the logged steps' batches)
+  WORKDIR/metrics.jsonl, tensorboard/   loss, pretrain_<head>_accuracy (percent), both
+                                        over the batches since the last logged step
   WORKDIR/model/                        the pretrained model directory (the stage is done)
 """
 
@@ -189,7 +189,7 @@ def pretrain(model_config, data, region_labels, heads, workdir, *, steps, batch_
     logged += 1
     sums += np.asarray([[float(c), float(n)] for c, n in counts])
     if step % log_every == 0 or step == steps:
-      scalars = {"pretrain_loss": loss_sum / logged}
+      scalars = {"loss": loss_sum / logged}
       scalars.update({f"pretrain_{n}_accuracy": 100 * c / max(t, 1)
                       for n, (c, t) in zip(names, sums)})
       writer.write(step, scalars)
