@@ -33,13 +33,43 @@ def test_dataset_deterministic_by_seed(tmp_path):
     synthetic.generate_dataset(str(tmp_path / name), 6, seed, image_size=64, progress=False)
   a, b, c = (_files(tmp_path / n) for n in "abc")
   assert sorted(a) == ["densecap_splits.json", "image_data.json"] + [
-      f"images/{i}.jpg" for i in sorted(range(1, 7), key=str)] + ["region_descriptions.json"]
+      f"images/{i}.jpg" for i in sorted(range(1, 7), key=str)] + [
+          "objects.json", "region_descriptions.json"]
   assert a == b
   assert a["region_descriptions.json"] != c["region_descriptions.json"]
   # Scene i depends only on (seed, i), not on how many images are made.
   assert synthetic.make_scene(3, 2, 64) == synthetic.make_scene(3, 2, 64)
   synthetic.generate_dataset(str(tmp_path / "d"), 3, 3, image_size=64, progress=False)
   assert _files(tmp_path / "d")["images/2.jpg"] == a["images/2.jpg"]
+
+
+def test_objects_json_lists_each_scenes_objects(tmp_path):
+  paths = synthetic.generate_dataset(str(tmp_path), 4, 5, image_size=64, progress=False)
+  assert paths["objects"] == str(tmp_path / "objects.json")
+  with open(paths["objects"]) as f:
+    objects = json.load(f)
+  assert list(objects["attributes"]) == ["colour", "shape", "texture", "size"]
+  assert objects["attributes"]["colour"] == ["red", "green", "blue", "yellow", "purple",
+                                             "orange", "pink", "cyan"]
+  assert objects["attributes"]["size"] == ["small", "medium", "large"]
+  assert sorted(objects["images"]) == ["1", "2", "3", "4"]
+  with open(paths["region_data"]) as f:
+    regions = {entry["id"]: entry["regions"] for entry in json.load(f)}
+  for image_id in range(1, 5):
+    scene = synthetic.make_scene(5, image_id, 64)
+    listed = objects["images"][str(image_id)]
+    assert listed == [{"x": o.box[0], "y": o.box[1], "width": o.box[2], "height": o.box[3],
+                       "colour": o.color, "shape": o.shape, "texture": o.texture,
+                       "size": o.size} for o in scene.objects]
+    # every object's box is a captioned region's box, and its caption names its colour
+    for obj in listed:
+      captions = [r["phrase"] for r in regions[image_id] if (r["x"], r["y"], r["width"],
+                  r["height"]) == (obj["x"], obj["y"], obj["width"], obj["height"])]
+      assert captions and all(obj["colour"] in c for c in captions), (obj, captions)
+  # written again from the seed alone, the file is the same
+  synthetic.write_objects_json(str(tmp_path / "again"), 4, 5, image_size=64)
+  assert (tmp_path / "again" / "objects.json").read_bytes() == (
+      tmp_path / "objects.json").read_bytes()
 
 
 def _tight_box(mask):

@@ -21,7 +21,16 @@ tight box of the drawn pixels (1-based upper-left corner ``x, y``, ``width``,
 
 Output folder: ``images/<id>.jpg``, ``region_descriptions.json``,
 ``image_data.json`` and ``densecap_splits.json`` (ids 1..N), ready for
-``python -m densecap_jax.data.preprocess``.
+``python -m densecap_jax.data.preprocess``, and ``objects.json``, what each
+object is (``python -m densecap_jax.train.pretrain --labels`` reads it)::
+
+  {"attributes": {"colour": [8 words], "shape": [7], "texture": [4], "size": [3]},
+   "images": {"<id>": [{"x": .., "y": .., "width": .., "height": ..,
+                        "colour": "red", "shape": "circle", "texture": "solid",
+                        "size": "small"}, ...]}}
+
+with the objects in drawing order and their tight boxes as in
+``region_descriptions.json``.
 """
 
 import dataclasses
@@ -54,6 +63,8 @@ TONES = ("light", "dark")
 ASPECTS = (1.0, 0.75, 2 / 3, 0.5625)
 # What an object is, attribute by attribute (``object_attributes`` numbers the values in this order).
 ATTRIBUTES = {"colour": tuple(COLORS), "shape": SHAPES, "texture": TEXTURES, "size": tuple(SIZES)}
+# The ``SceneObject`` field of each attribute.
+ATTRIBUTE_FIELDS = {"colour": "color", "shape": "shape", "texture": "texture", "size": "size"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,8 +182,8 @@ def object_attributes(scene):
     size tuples.
   """
   boxes = np.asarray([obj.box for obj in scene.objects], np.float64).reshape(-1, 4)
-  classes = np.asarray([[values.index(getattr(obj, field)) for field, values in zip(
-      ("color", "shape", "texture", "size"), ATTRIBUTES.values())] for obj in scene.objects],
+  classes = np.asarray([[values.index(getattr(obj, ATTRIBUTE_FIELDS[name]))
+                         for name, values in ATTRIBUTES.items()] for obj in scene.objects],
                        np.int32).reshape(-1, len(ATTRIBUTES))
   return boxes, classes
 
@@ -331,6 +342,26 @@ def split_ids(num_images, seed, val_fraction=0.1, test_fraction=0.1):
           "test": sorted(int(i) for i in order[n_val:n_val + n_test])}
 
 
+def write_objects_json(out_dir, num_images, seed, image_size=320, scenes=None):
+  """Writes ``out_dir/objects.json`` (module docstring) for images ``1..num_images``.
+
+  ``scenes``: the scenes of those ids, in order, when already made (else
+  ``make_scene(seed, id, image_size)`` makes them). Returns the file's path.
+  """
+  if scenes is None:
+    scenes = [make_scene(seed, image_id, image_size) for image_id in range(1, num_images + 1)]
+  images = {}
+  for image_id, scene in zip(range(1, num_images + 1), scenes):
+    images[str(image_id)] = [
+        dict(zip(("x", "y", "width", "height"), obj.box),
+             **{name: getattr(obj, field) for name, field in ATTRIBUTE_FIELDS.items()})
+        for obj in scene.objects]
+  path = os.path.join(out_dir, "objects.json")
+  files.write_json(path, {"attributes": {k: list(v) for k, v in ATTRIBUTES.items()},
+                          "images": images})
+  return path
+
+
 def _save_jpeg(rgb, path, quality):
   with files.atomic_output(path) as tmp_path:
     Image.fromarray(rgb).save(tmp_path, format="JPEG", quality=quality)
@@ -342,7 +373,7 @@ def generate_dataset(out_dir, num_images, seed, *, image_size=320, val_fraction=
 
   Returns:
     Dict of the written paths: ``image_dir``, ``region_data``, ``image_data``,
-    ``split_json``.
+    ``split_json``, ``objects``.
   """
   if num_images < 1:
     raise ValueError(f"--num_images must be positive, got {num_images}")
@@ -350,9 +381,10 @@ def generate_dataset(out_dir, num_images, seed, *, image_size=320, val_fraction=
     raise ValueError(f"--image_size must be at least 32, got {image_size}")
   image_dir = os.path.join(out_dir, "images")
   os.makedirs(image_dir, exist_ok=True)
-  region_data, image_data = [], []
+  region_data, image_data, scenes = [], [], []
   for image_id in tqdm.trange(1, num_images + 1, desc="scenes", disable=not progress):
     scene = make_scene(seed, image_id, image_size)
+    scenes.append(scene)
     rgb, _ = render_scene(scene)
     _save_jpeg(rgb, os.path.join(image_dir, f"{image_id}.jpg"), jpeg_quality)
     region_data.append({"id": image_id, "regions": [
@@ -371,4 +403,5 @@ def generate_dataset(out_dir, num_images, seed, *, image_size=320, val_fraction=
   files.write_json(paths["region_data"], region_data)
   files.write_json(paths["image_data"], image_data)
   files.write_json(paths["split_json"], split_ids(num_images, seed, val_fraction, test_fraction))
+  paths["objects"] = write_objects_json(out_dir, num_images, seed, image_size, scenes)
   return paths
