@@ -1,4 +1,4 @@
-"""Tests for densecap_jax.train.config_checks and the train command's --config checks."""
+"""Tests for densecap_jax.train.config_checks and the commands' --config checks (commands.flags)."""
 
 import types
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from densecap_jax.models import densecap
-from densecap_jax.commands import train as train_main
+from densecap_jax.commands import flags as command_flags
 from densecap_jax.train import config_checks
 from densecap_jax.train.configs import tiny
 from densecap_jax.train.configs import vgg16
@@ -80,23 +80,23 @@ def test_sizes_that_do_not_fit_the_data():
 
 
 def test_typo_in_a_config_field_names_it_and_suggests_the_right_one():
-  problem = train_main.check_config_flags(
-      ["train", "--config=tiny".replace("tiny", train_main._config_path("tiny")),
+  problem = command_flags.check_config_flags(
+      ["train", "--config=tiny".replace("tiny", command_flags._config_path("tiny")),
        "--config.learnin_rate=1"])
   assert problem.startswith("--config.learnin_rate: the config has no field 'learnin_rate'; "
                             "did you mean 'learning_rate'?")
-  problem = train_main.check_config_flags(
-      ["train", "--config", train_main._config_path("tiny"), "--config.model.fc_dimm", "3"])
+  problem = command_flags.check_config_flags(
+      ["train", "--config", command_flags._config_path("tiny"), "--config.model.fc_dimm", "3"])
   assert "model has no field 'fc_dimm'; did you mean 'model.fc_dim'?" in problem
-  assert train_main.check_config_flags(
-      ["train", "--config", train_main._config_path("tiny"), "--config.model.fc_dim=3"]) is None
+  assert command_flags.check_config_flags(
+      ["train", "--config", command_flags._config_path("tiny"), "--config.model.fc_dim=3"]) is None
 
 
 def test_unknown_config_name_lists_the_shipped_ones():
-  problem = train_main.check_config_flags(["train", "--config=nosuch"])
+  problem = command_flags.check_config_flags(["train", "--config=nosuch"])
   assert problem == ("--config nosuch: no such config file; expected a path to one or a name of "
                      "tiny, vgg16")
-  assert train_main.resolve_config_names(["t", "--config", "tiny"])[2].endswith(
+  assert command_flags.resolve_config_names(["t", "--config", "tiny"])[2].endswith(
       "densecap_jax/train/configs/tiny.py")
 
 

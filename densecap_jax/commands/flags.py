@@ -1,21 +1,33 @@
-"""Command-line pieces shared by predict, extract_features and serve: model flags and loading.
+"""Command-line pieces shared by commands.
 
+Model flags and loading (predict, extract_features, serve):
 ``add_model_flags`` also adds the runtime flags (``--verbose``,
 ``--no_compilation_cache``; see ``densecap_jax.runtime``), which
 ``load_model_from_flags`` applies before loading.
+
+Training config flags (train, pretrain): ``--config`` (a config file or the
+name of one in ``densecap_jax/train/configs``) with ``--config.field``
+overrides, read by absl's ``config_flags``; ``resolve_config_names`` and
+``parse_config_flags`` turn names into paths and report a wrong one in one line.
 """
 
 import argparse
+import difflib
 import functools
+import importlib.util
 import json
 import os
 import sys
+
+from absl import flags as absl_flags
+import ml_collections
 
 from densecap_jax import configs
 from densecap_jax import predictor
 from densecap_jax import pretrained
 from densecap_jax import runtime
 from densecap_jax import settings
+from densecap_jax.train import configs as train_configs
 
 BUNDLED_NOTICE = (
     "note: using the bundled demo model (tiny config, trained on synthetic shapes; it only knows "
@@ -136,3 +148,77 @@ def program_key(model, **extra):
               buckets=model.buckets, **extra)
 
 
+CONFIGS_DIR = os.path.dirname(os.path.abspath(train_configs.__file__))
+
+
+def resolve_config_names(argv):
+  """``argv`` with ``--config NAME`` (a config shipped in the package) turned into its file path."""
+  argv = list(argv)
+  for i, arg in enumerate(argv):
+    for prefix in ("--config=", "-config="):
+      if arg.startswith(prefix):
+        argv[i] = prefix + _config_path(arg[len(prefix):])
+    if arg in ("--config", "-config") and i + 1 < len(argv):
+      argv[i + 1] = _config_path(argv[i + 1])
+  return argv
+
+
+def _config_path(value):
+  path, _, override = value.partition(":")
+  packaged = os.path.join(CONFIGS_DIR, f"{path}.py")
+  if not os.path.exists(path) and os.sep not in path and os.path.exists(packaged):
+    path = packaged
+  return path + (":" + override if override else "")
+
+
+def parse_config_flags(argv):
+  """absl's flag parsing (``app.run``'s ``flags_parser``), with a wrong ``--config`` or
+  ``--config.field`` reported in one line."""
+  problem = check_config_flags(argv)
+  if problem:
+    sys.exit(f"error: {problem}")
+  try:
+    return absl_flags.FLAGS(argv)
+  except absl_flags.Error as e:
+    sys.exit(f"error: {e}")
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    sys.exit(f"error: cannot apply the --config overrides: {' '.join(str(e).split())}")
+
+
+def check_config_flags(argv):
+  """What is wrong with ``--config`` and the ``--config.field`` names in ``argv``, or None."""
+  path, overrides = None, []
+  for i, arg in enumerate(argv[1:], 1):
+    name, has_value, value = arg.partition("=")
+    if name in ("--config", "-config"):
+      path = value if has_value else (argv[i + 1] if i + 1 < len(argv) else None)
+    elif name.startswith("--config."):
+      overrides.append(name[len("--config."):])
+  if path is None:
+    return None
+  file_path, _, arg = path.partition(":")
+  names = sorted(n[:-3] for n in os.listdir(CONFIGS_DIR) if n.endswith(".py") and n not in (
+      "__init__.py", "common.py"))
+  if not os.path.isfile(file_path):
+    return (f"--config {file_path}: no such config file; expected a path to one or a name of "
+            f"{', '.join(names)}")
+  spec = importlib.util.spec_from_file_location("_densecap_config", file_path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+    config = module.get_config(arg) if arg else module.get_config()
+  except Exception as e:  # pylint: disable=broad-except
+    return f"--config {file_path}: cannot build the config ({type(e).__name__}: {e})"
+  for override in overrides:
+    node, walked = config, []
+    for key in override.split("."):
+      if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+        fields = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        close = difflib.get_close_matches(key, fields, n=1)
+        where = ".".join(walked) or "the config"
+        hint = f"did you mean {'.'.join(walked + close)!r}? " if close else ""
+        return (f"--config.{override}: {where} has no field {key!r}; {hint}"
+                f"fields: {', '.join(fields)}")
+      node = node[key]
+      walked.append(key)
+  return None

@@ -28,23 +28,20 @@ status 0.
 """
 
 import contextlib
-import difflib
-import importlib.util
 import os
 import sys
 
 from absl import app
 from absl import flags
 import jax
-import ml_collections
 from ml_collections import config_flags
 
 from densecap_jax import runtime
+from densecap_jax.commands import flags as command_flags
 from densecap_jax.train import distributed
 from densecap_jax.train import loop
 from densecap_jax.train import supervisor
 from densecap_jax.train import trainer
-from densecap_jax.train import configs as train_configs
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "training config file",
                                           lock_config=True)
@@ -146,85 +143,11 @@ def main(argv):
         f"{_WORKDIR.value}/last")
 
 
-CONFIGS_DIR = os.path.dirname(os.path.abspath(train_configs.__file__))
-
-
-def resolve_config_names(argv):
-  """``argv`` with ``--config NAME`` (a config shipped in the package) turned into its file path."""
-  argv = list(argv)
-  for i, arg in enumerate(argv):
-    for prefix in ("--config=", "-config="):
-      if arg.startswith(prefix):
-        argv[i] = prefix + _config_path(arg[len(prefix):])
-    if arg in ("--config", "-config") and i + 1 < len(argv):
-      argv[i + 1] = _config_path(argv[i + 1])
-  return argv
-
-
-def _config_path(value):
-  path, _, override = value.partition(":")
-  packaged = os.path.join(CONFIGS_DIR, f"{path}.py")
-  if not os.path.exists(path) and os.sep not in path and os.path.exists(packaged):
-    path = packaged
-  return path + (":" + override if override else "")
-
-
-def parse_flags(argv):
-  """absl's flag parsing, with a wrong ``--config`` or ``--config.field`` reported in one line."""
-  problem = check_config_flags(argv)
-  if problem:
-    sys.exit(f"error: {problem}")
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    sys.exit(f"error: {e}")
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    sys.exit(f"error: cannot apply the --config overrides: {' '.join(str(e).split())}")
-
-
-def check_config_flags(argv):
-  """What is wrong with ``--config`` and the ``--config.field`` names in ``argv``, or None."""
-  path, overrides = None, []
-  for i, arg in enumerate(argv[1:], 1):
-    name, has_value, value = arg.partition("=")
-    if name in ("--config", "-config"):
-      path = value if has_value else (argv[i + 1] if i + 1 < len(argv) else None)
-    elif name.startswith("--config."):
-      overrides.append(name[len("--config."):])
-  if path is None:
-    return None
-  file_path, _, arg = path.partition(":")
-  names = sorted(n[:-3] for n in os.listdir(CONFIGS_DIR) if n.endswith(".py") and n not in (
-      "__init__.py", "common.py"))
-  if not os.path.isfile(file_path):
-    return (f"--config {file_path}: no such config file; expected a path to one or a name of "
-            f"{', '.join(names)}")
-  spec = importlib.util.spec_from_file_location("_densecap_config", file_path)
-  module = importlib.util.module_from_spec(spec)
-  try:
-    spec.loader.exec_module(module)
-    config = module.get_config(arg) if arg else module.get_config()
-  except Exception as e:  # pylint: disable=broad-except
-    return f"--config {file_path}: cannot build the config ({type(e).__name__}: {e})"
-  for override in overrides:
-    node, walked = config, []
-    for key in override.split("."):
-      if not isinstance(node, ml_collections.ConfigDict) or key not in node:
-        fields = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-        close = difflib.get_close_matches(key, fields, n=1)
-        where = ".".join(walked) or "the config"
-        hint = f"did you mean {'.'.join(walked + close)!r}? " if close else ""
-        return (f"--config.{override}: {where} has no field {key!r}; {hint}"
-                f"fields: {', '.join(fields)}")
-      node = node[key]
-      walked.append(key)
-  return None
-
-
 def run():
   """The train command. Its flags are made key flags of the script that starts it
   (``densecap-train``, ``train/train.py``, ``python -m densecap_jax.train``), so
   absl's ``--help`` lists them whichever it is."""
   for flag in flags.FLAGS.get_flags_for_module(__name__):
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-  app.run(main, argv=resolve_config_names(sys.argv), flags_parser=parse_flags)
+  app.run(main, argv=command_flags.resolve_config_names(sys.argv),
+          flags_parser=command_flags.parse_config_flags)
