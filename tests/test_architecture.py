@@ -24,6 +24,7 @@ ALIASES = {
     "densecap_jax.score": "densecap_jax.commands.score",
     "densecap_jax.evaluation.__main__": "densecap_jax.commands.evaluate",
     "densecap_jax.train.__main__": "densecap_jax.commands.train",
+    "densecap_jax.train.pretrain": "densecap_jax.commands.pretrain",
     "densecap_jax.convert.__main__": "densecap_jax.commands.convert",
     "densecap_jax.data.preprocess": "densecap_jax.commands.preprocess",
     "densecap_jax.data.synthetic": "densecap_jax.commands.synthetic",

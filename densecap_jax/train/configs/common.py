@@ -99,4 +99,16 @@ def get_config(model_name):
   config.test_rpn_nms_thresh = config.model.get_ref("rpn_nms_thresh")
   config.test_final_nms_thresh = config.model.get_ref("final_nms_thresh")
   config.test_num_proposals = config.model.get_ref("num_proposals")
+
+  # Not options of the original: the region-attribute pretraining that gives a
+  # model trained from scratch its start (``python -m densecap_jax.train.pretrain``,
+  # ``train/region_pretraining.py``): Adam with a linear warm-up and a cosine
+  # decay to 0 at ``steps``, ``batch_size`` images a step, their first
+  # ``max_regions`` labelled regions each.
+  config.pretrain = ml_collections.ConfigDict()
+  config.pretrain.steps = 2000
+  config.pretrain.batch_size = 8
+  config.pretrain.learning_rate = 1e-3
+  config.pretrain.warmup_steps = 100
+  config.pretrain.max_regions = 8
   return config
