@@ -1,4 +1,4 @@
-"""Tests for densecap_jax.train.region_pretraining and the bundled model's synthetic labels."""
+"""Tests for densecap_jax.train.region_pretraining."""
 
 import json
 import os
@@ -9,11 +9,11 @@ import pytest
 
 from densecap_jax import model_dir
 from densecap_jax.data import loader
+from densecap_jax.data import region_labels
 from densecap_jax.data import synthetic_world as synthetic
 from densecap_jax.train import region_pretraining
 from densecap_jax.train.configs import tiny
 from tests import small_dataset
-from tools import make_bundled_model
 
 SIZE = 64
 SEED = 5
@@ -23,8 +23,9 @@ RENDER = 96  # small_dataset's render size
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
   folder = tmp_path_factory.mktemp("synthetic")
-  return small_dataset.make_small_dataset(folder, 12, seed=SEED, image_size=SIZE,
-                                          render_size=RENDER)
+  h5, js = small_dataset.make_small_dataset(folder, 12, seed=SEED, image_size=SIZE,
+                                            render_size=RENDER)
+  return h5, js, str(folder / "vg" / "objects.json")
 
 
 def test_object_attributes_number_each_object_in_attribute_order():
@@ -39,27 +40,8 @@ def test_object_attributes_number_each_object_in_attribute_order():
                 obj.color, obj.shape, obj.texture, obj.size)
 
 
-def test_synthetic_labels_are_the_preprocessed_object_boxes(dataset):
-  data = loader.DenseCapH5(*dataset)
-  labels = make_bundled_model.synthetic_region_labels(data, SEED, SIZE, RENDER)
-  words = {i: w for i, w in enumerate(data.vocab) if w}
-  checked = 0
-  for index in range(data.num_images):
-    boxes, classes = labels(index)
-    gt_boxes, gt_labels = data.regions(index)
-    captions = [" ".join(words[t] for t in row if t) for row in gt_labels]
-    for box, (colour, shape, _, _) in zip(boxes, classes):
-      # Every object has captions at its own box (as preprocess stored it) naming its colour and shape.
-      same = [c for b, c in zip(gt_boxes, captions) if tuple(b) == tuple(box)]
-      assert same, (index, box)
-      assert any(synthetic.ATTRIBUTES["colour"][colour] in c.split() and
-                 synthetic.SHAPES[shape] in c.split() for c in same)
-      checked += 1
-  assert checked >= 2 * data.num_images
-
-
 def test_assemble_pads_images_regions_and_examples(dataset):
-  data = loader.DenseCapH5(*dataset)
+  data = loader.DenseCapH5(*dataset[:2])
 
   def region_labels(index):
     return np.asarray([[10, 12, 8, 6], [20, 20, 4, 4], [5, 5, 3, 3]], np.float32)[:index + 1], \
@@ -80,13 +62,13 @@ def test_assemble_pads_images_regions_and_examples(dataset):
 
 
 def test_pretraining_trains_backbone_and_fc_layers_only_and_writes_a_model(dataset, tmp_path):
-  data = loader.DenseCapH5(*dataset)
+  data = loader.DenseCapH5(*dataset[:2])
   config = tiny.get_config().model
   config.image_size, config.buckets, config.vocab_size = SIZE, ((SIZE, SIZE),), data.vocab_size
-  heads = {name: len(values) for name, values in synthetic.ATTRIBUTES.items()}
+  heads, labels = region_labels.load_region_labels(dataset[2], data, SIZE)
   workdir = str(tmp_path / "pretrain")
   out = region_pretraining.pretrain(
-      config, data, make_bundled_model.synthetic_region_labels(data, SEED, SIZE, RENDER), heads, workdir,
+      config, data, labels, heads, workdir,
       steps=40, batch_size=4, learning_rate=3e-3, warmup_steps=5, log_every=20, progress=False)
   assert out == region_pretraining.model_path(workdir)
   params, saved_config, vocab = model_dir.load_model(out)

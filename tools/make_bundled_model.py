@@ -4,8 +4,9 @@
 2. preprocesses it like Visual Genome (``densecap_jax.data.preprocess``),
 3. pretrains the backbone and fc6 / fc7 to classify the colour, shape,
    texture and size of the training split's objects from their regions
-   (``train/region_pretraining.py``), as the original starts from VGG-16
-   trained on ImageNet,
+   (``python -m densecap_jax.train.pretrain`` on the dataset's
+   ``objects.json``, settings ``config.pretrain``), as the original starts
+   from VGG-16 trained on ImageNet,
 4. trains the ``tiny`` config on it from the pretrained model
    (``train/configs/tiny.py``); like the original, the CNN waits
    ``--finetune_cnn_after`` steps before it is fine-tuned, so the new heads
@@ -37,7 +38,6 @@ import os
 import shutil
 import sys
 
-import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -53,6 +53,7 @@ from densecap_jax.search import builder as index_builder
 from densecap_jax.search import reader as index_reader
 from densecap_jax.evaluation import split_eval
 from densecap_jax.data import loader
+from densecap_jax.data import region_labels
 from densecap_jax.data import visual_genome as preprocess
 from densecap_jax.data import synthetic_world as synthetic
 from densecap_jax.train import region_pretraining
@@ -64,9 +65,6 @@ from tools import plot_training
 BUNDLED = os.path.join(ROOT, "densecap_jax", "bundled")
 NUM_EXAMPLES = 3
 RENDER_SIZE = 320  # long side of the rendered scenes (before preprocessing)
-PRETRAIN_ITERS = 2000
-PRETRAIN_BATCH = 8
-JOINT_ITERS = 20000
 FINETUNE_CNN_AFTER = 2000
 CAPTIONER_ITERS = 4000
 VALIDATE_EVERY = 2000
@@ -75,13 +73,15 @@ SEARCH_CANDIDATES = 500
 
 
 def parse_args(argv=None):
+  config = tiny.get_config()
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--workdir", default=os.path.join(ROOT, "out", "bundled"))
   parser.add_argument("--num_images", type=int, default=3000)
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--pretrain_iters", type=int, default=PRETRAIN_ITERS,
+  parser.add_argument("--pretrain_iters", type=int, default=config.pretrain.steps,
                       help="steps of the region-attribute pretraining (0: none, from scratch)")
-  parser.add_argument("--max_iters", type=int, default=JOINT_ITERS, help="joint training steps")
+  parser.add_argument("--max_iters", type=int, default=config.max_iters,
+                      help="joint training steps")
   parser.add_argument("--finetune_cnn_after", type=int, default=FINETUNE_CNN_AFTER,
                       help="joint step from which the pretrained CNN trains")
   parser.add_argument("--captioner_iters", type=int, default=CAPTIONER_ITERS,
@@ -89,28 +89,6 @@ def parse_args(argv=None):
   parser.add_argument("--no_pictures", action="store_true",
                       help="do not redraw the README pictures (needs chromium)")
   return parser.parse_args(argv)
-
-
-def synthetic_region_labels(data, seed, image_size, render_size=RENDER_SIZE):
-  """``index -> (boxes, classes)`` of a synthetic dataset's images, for ``region_pretraining``.
-
-  The objects of scene ``i`` (``synthetic.make_scene(seed, i, render_size)``, the image
-  ``i.jpg``), their boxes resized as ``preprocess`` resizes them (float32
-  xcycwh) and their ``synthetic.ATTRIBUTES`` classes ``(n, 4)``.
-  """
-  cache = {}
-
-  def region_labels(index):
-    if index not in cache:
-      image_id = int(os.path.splitext(os.path.basename(data.filenames[index]))[0])
-      boxes, classes = synthetic.object_attributes(
-          synthetic.make_scene(seed, image_id, render_size))
-      boxes, _ = preprocess.encode_boxes(boxes, np.tile(data.original_sizes[index], (len(boxes), 1)),
-                                         image_size)
-      cache[index] = (boxes.astype(np.float32), classes)
-    return cache[index]
-
-  return region_labels
 
 
 def caption_attribute_scores(target, test_ids, seed, num_proposals):
@@ -156,6 +134,9 @@ def main(argv=None):
   config = tiny.get_config()
   if not os.path.exists(os.path.join(vg_dir, "densecap_splits.json")):
     synthetic.generate_dataset(vg_dir, args.num_images, args.seed, image_size=RENDER_SIZE)
+  objects = os.path.join(vg_dir, "objects.json")
+  if not os.path.exists(objects):  # a dataset generated before the file was part of it
+    synthetic.write_objects_json(vg_dir, args.num_images, args.seed, RENDER_SIZE)
   if not os.path.exists(js):
     preprocess.preprocess(os.path.join(vg_dir, "region_descriptions.json"),
                           os.path.join(vg_dir, "images"),
@@ -170,10 +151,12 @@ def main(argv=None):
     model_config = config.model.copy_and_resolve_references()
     model_config.vocab_size = data.vocab_size
     pretrain_dir = os.path.join(args.workdir, "pretrain")
+    heads, labels = region_labels.load_region_labels(objects, data, model_config.image_size)
+    settings = config.pretrain
     config.checkpoint_start_from = region_pretraining.pretrain(
-        model_config, data, synthetic_region_labels(data, args.seed, model_config.image_size),
-        {name: len(values) for name, values in synthetic.ATTRIBUTES.items()}, pretrain_dir,
-        steps=args.pretrain_iters, batch_size=PRETRAIN_BATCH, seed=config.seed)
+        model_config, data, labels, heads, pretrain_dir, steps=args.pretrain_iters,
+        batch_size=settings.batch_size, learning_rate=settings.learning_rate,
+        warmup_steps=settings.warmup_steps, max_regions=settings.max_regions, seed=config.seed)
     config.finetune_cnn_after = args.finetune_cnn_after
     stages.append(pretrain_dir)
   run_dir = os.path.join(args.workdir, "run")

@@ -25,7 +25,7 @@ def get_config():
   config.learning_rate = 1e-3
   config.lr_schedule = "cosine"
   config.warmup_steps = 200
-  config.max_iters = 8000
+  config.max_iters = 20000
   config.save_checkpoint_every = 500
   config.losses_log_every = 10
   config.val_images_use = 300
