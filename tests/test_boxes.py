@@ -350,3 +350,18 @@ def test_json_numbers_too_large_for_a_float_are_infinite():
   assert B.json_number(3) == 3.0 and B.json_number(2.5) == 2.5
   assert B.box_faults([[1, 1, 5, 5], [1, 10 ** 400, 5, 5], [1, 1, 5, -(10 ** 309)]]) == [
       (1, "y"), (2, "h")]
+
+
+def test_check_boxes_clipping_is_idempotent_in_float32():
+  # 640 - 417.25378 + 1 rounds in float32 to a width whose far corner lies past
+  # x = 640 by a fraction of a pixel; the clipped box must come back inside.
+  boxes = np.asarray([[417.25378, 168.28835, 226.93605, 261.21756],
+                      [10.5, 399.1, 20.0, 40.123456]], np.float32)
+  clipped, was_clipped, outside = B.check_boxes(boxes, (427, 640))
+  assert was_clipped.tolist() == [True, True] and not outside.any()
+  x, y, w, h = clipped.astype(np.float64).T
+  assert np.all(x + w - 1 <= 640) and np.all(y + h - 1 <= 427)
+  np.testing.assert_allclose(x + w - 1, [640, 29.5], rtol=0, atol=1e-4)
+  again, clipped_again, _ = B.check_boxes(clipped, (427, 640))
+  assert not clipped_again.any()
+  np.testing.assert_array_equal(again, clipped)

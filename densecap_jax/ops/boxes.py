@@ -453,5 +453,10 @@ def check_boxes(boxes, image_size, name="boxes"):
   x1c, x2c = np.clip(x1, 1, width), np.clip(x2, 1, width)
   y1c, y2c = np.clip(y1, 1, height), np.clip(y2, 1, height)
   out = np.where(clipped[:, None], np.stack([x1c, y1c, x2c - x1c + 1, y2c - y1c + 1], axis=1),
-                 array)
-  return out.astype(np.float32), clipped, outside
+                 array).astype(np.float32)
+  # Rounded to float32, a clipped w or h can put the far corner a hair past the border:
+  # step it down one float32 so that a clipped box, given again, is inside.
+  for start, size, limit in ((0, 2, width), (1, 3, height)):
+    over = clipped & (out[:, start].astype(np.float64) + out[:, size] - 1 > limit)
+    out[over, size] = np.nextafter(out[over, size], np.float32(0))
+  return out, clipped, outside
