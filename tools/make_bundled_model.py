@@ -2,30 +2,31 @@
 
 1. renders the synthetic dataset (``densecap_jax.data.synthetic``, fixed seed),
 2. preprocesses it like Visual Genome (``densecap_jax.data.preprocess``),
-3. pretrains the backbone and fc6 / fc7 to classify the colour, shape,
+3. trains the ``tiny`` config on it from scratch (``train/configs/tiny.py``,
+   16,000 steps). With ``--pretrain_iters N`` it first pretrains the
+   backbone and fc6 / fc7 for N steps to classify the colour, shape,
    texture and size of the training split's objects from their regions
    (``python -m densecap_jax.train.pretrain`` on the dataset's
-   ``objects.json``, settings ``config.pretrain``), as the original starts
-   from VGG-16 trained on ImageNet,
-4. trains the ``tiny`` config on it from the pretrained model
-   (``train/configs/tiny.py``); like the original, the CNN waits
-   ``--finetune_cnn_after`` steps before it is fine-tuned, so the new heads
-   settle on the pretrained features first,
-5. fits the captioner to the trained detector: from the best model of step
-   4, only the language model trains (``trained_modules``), without dropout,
+   ``objects.json``), as the original starts from VGG-16 trained on
+   ImageNet, and trains from that model (the CNN fine-tuned from
+   ``--finetune_cnn_after``); in the runs of ``benchmarks/README.md`` this
+   gave codes that carry colour and shape but a far weaker detector, so the
+   bundled recipe does not,
+4. fits the captioner to the trained detector: from the best model of step
+   3, only the language model trains (``trained_modules``), without dropout,
    for ``--captioner_iters`` steps. Trained jointly, the LM follows codes
    that are still changing; fitted to the fixed codes it tells the regions
    apart more sharply (``benchmarks/region_codes.py``),
-6. evaluates the best validation checkpoint on the test split,
-7. writes the model to ``densecap_jax/bundled/tiny_synthetic`` and a few
+5. evaluates the best validation checkpoint on the test split,
+6. writes the model to ``densecap_jax/bundled/tiny_synthetic`` and a few
    test images to ``densecap_jax/bundled/examples``,
-8. measures it on the test split into ``metrics.json`` beside it: the mAPs,
+7. measures it on the test split into ``metrics.json`` beside it: the mAPs,
    the caption attributes of the detected objects
    (``benchmarks/caption_attributes.py``) and phrase search
    (``benchmarks/retrieval.py``'s quality protocol, the LM ranking over all
    regions); plots the stages' loss and validation curves to
    ``training.png`` beside it (``tools/plot_training.py``),
-9. redraws the README's pictures (``tools/make_readme_pictures.py``, needs
+8. redraws the README's pictures (``tools/make_readme_pictures.py``, needs
    chromium).
 
 Every step's output lives under ``--workdir``; a step whose output is already
@@ -67,7 +68,6 @@ NUM_EXAMPLES = 3
 RENDER_SIZE = 320  # long side of the rendered scenes (before preprocessing)
 FINETUNE_CNN_AFTER = 2000
 CAPTIONER_ITERS = 4000
-VALIDATE_EVERY = 2000
 SEARCH_IMAGES = 100  # benchmarks/retrieval.py's defaults
 SEARCH_CANDIDATES = 500
 
@@ -78,8 +78,10 @@ def parse_args(argv=None):
   parser.add_argument("--workdir", default=os.path.join(ROOT, "out", "bundled"))
   parser.add_argument("--num_images", type=int, default=3000)
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--pretrain_iters", type=int, default=config.pretrain.steps,
-                      help="steps of the region-attribute pretraining (0: none, from scratch)")
+  parser.add_argument("--pretrain_iters", type=int, default=0,
+                      help="steps of region-attribute pretraining before training (0: none, "
+                           f"the bundled recipe; the pretrain command's default: "
+                           f"{config.pretrain.steps})")
   parser.add_argument("--max_iters", type=int, default=config.max_iters,
                       help="joint training steps")
   parser.add_argument("--finetune_cnn_after", type=int, default=FINETUNE_CNN_AFTER,
@@ -144,7 +146,6 @@ def main(argv=None):
                           image_size=config.model.image_size)
   config.data_h5, config.data_json = h5, js
   config.max_iters = args.max_iters
-  config.save_checkpoint_every = VALIDATE_EVERY
   data = loader.DenseCapH5(h5, js)
   stages = []
   if args.pretrain_iters:

@@ -18,6 +18,11 @@ def get_config():
   # name in the region codes (``configs/vgg16_model.py``).
   config.model.input_scale = 1 / 64
   config.model.word_loss_weight = 0.1
+  # The synthetic boxes are tight around crisp shapes, and the evaluation
+  # asks for IoU up to 0.7: ten times the original's box-regression weights
+  # (0.05, 0.1). benchmarks/README.md ("The bundled model's recipe") has the runs.
+  config.model.mid_box_reg_weight = 0.5
+  config.model.end_box_reg_weight = 1.0
   config.data_h5 = "data/synthetic/regions.h5"
   config.data_json = "data/synthetic/regions-dicts.json"
   config.per_device_batch_size = 2
@@ -25,8 +30,8 @@ def get_config():
   config.learning_rate = 1e-3
   config.lr_schedule = "cosine"
   config.warmup_steps = 200
-  config.max_iters = 20000
-  config.save_checkpoint_every = 500
+  config.max_iters = 16000
+  config.save_checkpoint_every = 2000
   config.losses_log_every = 10
   config.val_images_use = 300
   config.val_attribute_words = {
