@@ -13,17 +13,14 @@ from densecap_jax.data import synthetic_world as synthetic
 from densecap_jax.data import visual_genome
 from tests import small_dataset
 
-SIZE = 64
-SEED = 5
-RENDER = 96  # small_dataset's render size
+SIZE = small_dataset.LABELLED_SIZE
+SEED = small_dataset.LABELLED_SEED
+RENDER = small_dataset.LABELLED_RENDER
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-  folder = tmp_path_factory.mktemp("synthetic")
-  h5, js = small_dataset.make_small_dataset(folder, 12, seed=SEED, image_size=SIZE,
-                                            render_size=RENDER)
-  return h5, js, str(folder / "vg" / "objects.json")
+  return small_dataset.make_labelled_dataset(tmp_path_factory.mktemp("synthetic"))
 
 
 def scene_labels(data, index):
