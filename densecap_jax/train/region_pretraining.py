@@ -178,22 +178,21 @@ def pretrain(model_config, data, region_labels, heads, workdir, *, steps, batch_
   schedule_iter = loader_lib.bucketed_schedule(
       data.bucket_ids(train_indices, buckets), batch_size, shuffle=True, seed=seed)
   writer = metrics_log.MetricsWriter(workdir)
-  sums = np.zeros((len(names), 2))
-  loss_sum, logged = 0.0, 0
+  pending = []  # the device's (loss, counts) of the steps since the last logged one
   for step in tqdm.trange(1, steps + 1, desc="pretraining", disable=not progress):
     bucket_id, positions = next(schedule_iter)
     indices = np.where(positions >= 0, train_indices[np.maximum(positions, 0)], -1)
     batch = assemble(data, indices, buckets[bucket_id], region_labels, max_regions, len(names))
     trained, opt_state, loss, counts = step_fn(trained, opt_state, batch)
-    loss_sum += float(loss)
-    logged += 1
-    sums += np.asarray([[float(c), float(n)] for c, n in counts])
+    pending.append((loss, counts))
     if step % log_every == 0 or step == steps:
-      scalars = {"loss": loss_sum / logged}
+      losses, counts = zip(*jax.device_get(pending))  # fetched once a log, not once a step
+      sums = np.sum(np.asarray(counts, np.float64), axis=0)  # (heads, 2): correct, labelled
+      scalars = {"loss": sum(float(l) for l in losses) / len(losses)}
       scalars.update({f"pretrain_{n}_accuracy": 100 * c / max(t, 1)
                       for n, (c, t) in zip(names, sums)})
       writer.write(step, scalars)
-      sums[:], loss_sum, logged = 0, 0.0, 0
+      pending = []
   writer.close()
   params = jax.tree.map(np.asarray, trained["params"])
   model_dir.save_model(out, params, model_config, data.vocab)
