@@ -68,6 +68,12 @@ def score_scenes(scenes, detections):
   return measure.evaluate()
 
 
+def score_test_scenes(model, test_ids, seed=region_codes.DATASET_SEED):
+  """:func:`score_scenes` of ``model``'s detections on the synthetic scenes ``test_ids``."""
+  scenes = [synthetic.make_scene(seed, image_id) for image_id in test_ids]
+  return score_scenes(scenes, model.predict([synthetic.render_scene(scene)[0] for scene in scenes]))
+
+
 def table(results):
   """The markdown table of :func:`score_scenes`' results."""
   lines = ["| objects | matched at IoU >= 0.5 | colour + shape right |", "|---:|---:|---:|",
@@ -86,10 +92,9 @@ def main(argv=None):
   model = predictor.load_model(args.model, num_proposals=args.num_proposals)
   test_ids = synthetic.split_ids(region_codes.DATASET_IMAGES,
                                  region_codes.DATASET_SEED)["test"][:args.images]
-  scenes = [synthetic.make_scene(region_codes.DATASET_SEED, image_id) for image_id in test_ids]
-  detections = model.predict([synthetic.render_scene(scene)[0] for scene in scenes])
-  print(f"{len(scenes)} test scenes, {args.num_proposals} proposals\n")
-  print(table(score_scenes(scenes, detections)))
+  results = score_test_scenes(model, test_ids)
+  print(f"{len(test_ids)} test scenes, {args.num_proposals} proposals\n")
+  print(table(results))
 
 
 if __name__ == "__main__":

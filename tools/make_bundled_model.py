@@ -93,17 +93,8 @@ def parse_args(argv=None):
   return parser.parse_args(argv)
 
 
-def caption_attribute_scores(target, test_ids, seed, num_proposals):
-  """``benchmarks/caption_attributes.py``'s results of the model ``target`` on scenes ``test_ids``."""
-  model = predictor.load_model(target, num_proposals=num_proposals)
-  scenes = [synthetic.make_scene(seed, i, RENDER_SIZE) for i in test_ids]
-  return caption_attributes.score_scenes(
-      scenes, model.predict([synthetic.render_scene(scene)[0] for scene in scenes]))
-
-
-def phrase_search_scores(target, workdir, seed):
+def phrase_search_scores(model, workdir, seed):
   """Recall@1/5/10 and median rank of the LM ranking, ``benchmarks/retrieval.py``'s quality protocol."""
-  model = predictor.load_model(target, batch_size=4)
   folder = os.path.join(workdir, "search")
   shutil.rmtree(folder, ignore_errors=True)
   photos, regions = retrieval.quality_index(folder, SEARCH_IMAGES)
@@ -180,8 +171,9 @@ def main(argv=None):
   for i in test_ids[:NUM_EXAMPLES]:
     shutil.copyfile(os.path.join(vg_dir, "images", f"{i}.jpg"),
                     os.path.join(examples, f"synthetic_{i}.jpg"))
-  attributes = caption_attribute_scores(target, test_ids, args.seed, model_config.num_proposals)
-  search = phrase_search_scores(target, args.workdir, args.seed)
+  model = predictor.load_model(target, num_proposals=model_config.num_proposals, batch_size=4)
+  attributes = caption_attributes.score_test_scenes(model, test_ids, args.seed)
+  search = phrase_search_scores(model, args.workdir, args.seed)
   files.write_json(os.path.join(target, "metrics.json"), {
       "split": "test", "num_images": results["num_images"], "map": results["map"],
       "detmap": results["detmap"], "num_proposals": model_config.num_proposals,
