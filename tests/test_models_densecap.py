@@ -162,6 +162,27 @@ def test_word_head_only_when_its_loss_has_a_weight(config, params, batch):
   assert not any(np.any(g) for g in jax.tree.leaves(grads["language_model"]))
 
 
+def test_cnn_skip_block_feeds_the_rpn_and_fc6_and_trains_through_them(batch):
+  """``cnn_skip_block=1`` widens rpn_conv and fc6 by conv1's channels; conv1 gets gradient
+  through them when the CNN is fine-tuned, and none when it is not."""
+  cfg = micro_config()
+  cfg.frozen_blocks = 0
+  cfg.cnn_skip_block = 1
+  skipped = dc.init_params(cfg, jax.random.key(0))
+  channels = cfg.cnn_widths[-1][-1] + cfg.cnn_widths[0][-1]
+  assert skipped["recognition"]["fc6"]["kernel"].shape == (7 * 7 * channels, cfg.fc_dim)
+  assert skipped["localization"]["rpn_conv"]["kernel"].shape[2] == channels
+  grads = jax.jit(jax.grad(lambda q: training.train_forward(
+      q, batch, jax.random.key(1), cfg, finetune_cnn=False)[0]))(skipped)
+  assert not np.any(grads["backbone"]["conv1_1"]["kernel"])  # finetune_cnn=False: none
+  grads = jax.jit(jax.grad(lambda q: training.train_forward(
+      q, batch, jax.random.key(1), cfg, finetune_cnn=True)[0]))(skipped)
+  assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+  assert np.any(grads["backbone"]["conv1_1"]["kernel"])
+  out = detection.infer(skipped, batch["image"], batch["image_size"], cfg)
+  assert out[0].shape == (2, cfg.num_proposals, 4)
+
+
 def _group_max(grads, params, config):
   labels = optim.param_groups(params, config.frozen_blocks)
   out = {}

@@ -105,3 +105,71 @@ def test_frozen_blocks_get_no_gradient(finetune, trained):
     assert not np.any(grads[name]["kernel"]), name
   for name in ("conv3_1", "conv5_3"):
     assert np.any(grads[name]["kernel"]) == (name in trained), name
+
+
+def _numpy_window_mean(x, height, width, factor):
+  """Reference: mean of each factor x factor window's pixels inside (height, width), 0 if none."""
+  rows, cols = -(-x.shape[0] // factor), -(-x.shape[1] // factor)
+  out = np.zeros((rows, cols, x.shape[2]), np.float64)
+  for i in range(rows):
+    for j in range(cols):
+      window = x[i * factor:min((i + 1) * factor, height), j * factor:min((j + 1) * factor, width)]
+      if window.size:
+        out[i, j] = window.reshape(-1, x.shape[2]).mean(0)
+  return out
+
+
+@pytest.mark.parametrize("factor", [2, 4, 8])
+def test_window_mean_averages_the_valid_pixels_of_each_ceil_mode_window(factor):
+  x = np.random.default_rng(5).normal(size=(2, 19, 13, 3)).astype(np.float32)
+  sizes = np.array([[19, 13], [10, 6]])
+  out = vgg16.window_mean(jnp.asarray(x), jnp.asarray(sizes), factor)
+  for k, (h, w) in enumerate(sizes):
+    np.testing.assert_allclose(out[k], _numpy_window_mean(x[k], h, w, factor), rtol=1e-5,
+                               atol=1e-6)
+  whole = vgg16.window_mean(jnp.asarray(x), None, factor)
+  np.testing.assert_allclose(whole[0], _numpy_window_mean(x[0], 19, 13, factor), rtol=1e-5,
+                             atol=1e-6)
+
+
+@pytest.mark.parametrize("skip_block", [1, 2, 4])
+def test_skip_block_appends_its_cell_means_to_relu5_3(skip_block):
+  """relu5_3's channels are unchanged; the appended ones are the block's output averaged
+  over each stride-16 cell (taken with ``capture_intermediates``)."""
+  image = jnp.asarray(np.random.default_rng(6).normal(size=(1, 40, 56, 3)).astype(np.float32))
+  model, params = _init(NARROW, (1, 40, 56, 3))
+  plain = model.apply(params, image)
+  skipped = vgg16.VGG16(NARROW, skip_block=skip_block)
+  out, state = skipped.apply(params, image, capture_intermediates=True)
+  assert out.shape == plain.shape[:3] + (4 + NARROW[skip_block - 1][-1],)
+  np.testing.assert_array_equal(out[..., :4], plain)
+  last = f"conv{skip_block}_{len(NARROW[skip_block - 1])}"
+  block_out = np.maximum(np.asarray(state["intermediates"][last]["__call__"][0]), 0)[0]
+  expected = _numpy_window_mean(block_out, 40, 56, 2 ** (5 - skip_block))
+  np.testing.assert_allclose(out[0, ..., 4:], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_skip_block_keeps_padded_images_exact():
+  rng = np.random.default_rng(7)
+  image = rng.normal(size=(37, 53, 3)).astype(np.float32) * 50
+  model = vgg16.VGG16(NARROW, skip_block=2)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 37, 53, 3)))
+  plain = model.apply(params, jnp.asarray(image)[None])
+  padded_image = np.zeros((64, 80, 3), np.float32)
+  padded_image[:37, :53] = image
+  padded = model.apply(params, jnp.asarray(padded_image)[None], jnp.array([[37, 53]]))
+  np.testing.assert_allclose(padded[:, :3, :4], plain, rtol=1e-5, atol=1e-4)
+  np.testing.assert_array_equal(padded[:, :, 4:], 0.0)
+
+
+def test_skip_of_a_frozen_block_gets_no_gradient():
+  image = jnp.asarray(np.random.default_rng(8).normal(size=(1, 32, 32, 3)).astype(np.float32))
+  frozen = vgg16.VGG16(NARROW, frozen_blocks=2, skip_block=2)
+  trained = vgg16.VGG16(NARROW, frozen_blocks=1, skip_block=2)
+  params = frozen.init(jax.random.key(1), image)
+
+  def grads(model):
+    return jax.grad(lambda p: jnp.sum(model.apply(p, image, finetune=True) ** 2))(params)
+
+  assert not np.any(grads(frozen)["params"]["conv2_2"]["kernel"])
+  assert np.any(grads(trained)["params"]["conv2_2"]["kernel"])

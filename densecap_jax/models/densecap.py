@@ -58,11 +58,12 @@ class DenseCap(nn.Module):
   std: float = 0.01
   precision: str = "float32"
   input_scale: float = 1.0
+  skip_block: int = 0
   word_head: bool = False
 
   def setup(self):
     self.backbone = vgg_lib.VGG16(self.cnn_widths, self.frozen_blocks, self.precision,
-                                  self.input_scale)
+                                  self.input_scale, self.skip_block)
     self.localization = loc_lib.LocalizationLayer(self.num_anchors, self.rpn_num_filters,
                                                   self.std, self.precision)
     self.recognition = recog_lib.RecognitionNetwork(self.fc_dim, self.drop_prob, self.std,
@@ -140,6 +141,7 @@ def build_model(config):
       std=config.std,
       precision=configs_lib.precision_of(config),
       input_scale=config.get("input_scale", 1.0),
+      skip_block=config.get("cnn_skip_block", 0),
       word_head=config.get("word_loss_weight", 0.0) > 0)
 
 

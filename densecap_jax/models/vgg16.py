@@ -52,6 +52,28 @@ def valid_region_mask(sizes, height, width):
   return (rows & cols).astype(jnp.float32)[..., None]
 
 
+def window_mean(x, sizes, factor):
+  """Mean of ``(B, H, W, C)`` over ``factor x factor`` windows, in ceil mode, valid pixels only.
+
+  Returns ``(B, ceil(H/f), ceil(W/f), C)``: each cell is the mean of the pixels
+  of its window inside the true size ``sizes`` (``(B, 2)`` int, or None for
+  the whole array); a window with none gives 0. The cells line up with those
+  of ``factor`` = 2^n ceil-mode pools, and a padded image gives the cells of
+  the unpadded one.
+  """
+  b, h, w, c = x.shape
+  rows, cols = -(-h // factor), -(-w // factor)
+  if sizes is None:
+    mask = jnp.ones((b, h, w, 1), x.dtype)
+  else:
+    mask = valid_region_mask(sizes, h, w).astype(x.dtype)
+  pad = ((0, 0), (0, rows * factor - h), (0, cols * factor - w), (0, 0))
+  def window_sum(v):
+    v = jnp.pad(v, pad).astype(jnp.float32)
+    return v.reshape(b, rows, factor, cols, factor, v.shape[-1]).sum(axis=(2, 4))
+  return window_sum(x * mask) / jnp.maximum(window_sum(mask), 1.0)
+
+
 def max_pool_ceil(x):
   """2x2 / stride-2 max-pool of ``(B, H, W, C)`` in ceil mode (``:ceil()`` of loadcaffe).
 
@@ -75,11 +97,18 @@ class VGG16(nn.Module):
       at all, as the original). A network trained from scratch on the 0-255
       scale starts with region codes of rms ~35 under He init; 1/64 starts
       them near unit scale, as ImageNet weights give.
+    skip_block: when not 0, the output of this block (before its pool) is
+      averaged over the pixels of each stride-16 cell (``window_mean``) and
+      its channels are appended to relu5_3's: the features keep what the
+      early layers see (colour, texture energy) next to what the deep ones
+      make of it, as multi-layer RoI features do (ION, HyperNet). 0: relu5_3
+      alone, the original.
   """
   widths: Sequence[Sequence[int]]
   frozen_blocks: int = 2
   precision: str = "float32"
   input_scale: float = 1.0
+  skip_block: int = 0
 
   @nn.compact
   def __call__(self, images, image_sizes=None, finetune=False):
@@ -96,7 +125,8 @@ class VGG16(nn.Module):
 
     Returns:
       ``(B, Hf, Wf, C)`` float32 relu5_3 features, ``Hf = ceil(H / 16)``
-      (bf16 values under ``"bfloat16"``).
+      (bf16 values under ``"bfloat16"``); with ``skip_block`` the block's
+      cell means follow relu5_3's channels.
     """
     conv_kwargs = precision_lib.conv_kwargs(self.precision)
     exact_kwargs = precision_lib.exact_kwargs()
@@ -106,6 +136,7 @@ class VGG16(nn.Module):
     if sizes is not None:
       x = x * valid_region_mask(sizes, x.shape[1], x.shape[2])
     num_blocks = len(self.widths)
+    skip = None
     for block, block_widths in enumerate(self.widths, start=1):
       for index, width in enumerate(block_widths, start=1):
         x = nn.Conv(width, (3, 3), padding=1, kernel_init=nn.initializers.he_normal(),
@@ -114,12 +145,18 @@ class VGG16(nn.Module):
         x = nn.relu(x).astype(dtype)
         if sizes is not None:
           x = x * valid_region_mask(sizes, x.shape[1], x.shape[2]).astype(dtype)
+      if block == self.skip_block:
+        skip = window_mean(x, sizes, 2 ** (num_blocks - block)).astype(dtype)
+        if block <= self.frozen_blocks:
+          skip = jax.lax.stop_gradient(skip)
       if block < num_blocks:
         x = max_pool_ceil(x)
         if sizes is not None:
           sizes = pooled_size(sizes)
       if block == self.frozen_blocks:
         x = jax.lax.stop_gradient(x)
+    if skip is not None:
+      x = jnp.concatenate([x, skip], axis=-1)
     if not finetune:
       x = jax.lax.stop_gradient(x)
     return x.astype(jnp.float32)
