@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import convert_fixtures as cf
+from densecap_jax import configs
 from densecap_jax import model_dir
 from densecap_jax.data import images as images_lib
 from densecap_jax import convert as convert_lib
@@ -22,6 +23,7 @@ from densecap_jax.convert import caffemodel
 from densecap_jax.convert import imagenet
 from densecap_jax.convert import mapping
 from densecap_jax.convert import pth
+from densecap_jax.models import densecap
 
 VOCAB = ["a", "cat", "on", "mat", "<UNK>"]
 TORCHVISION_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
@@ -260,3 +262,18 @@ def test_detect_format(tmp_path, vgg):
   (tmp_path / "empty").write_bytes(b"")
   with pytest.raises(ValueError, match="empty file"):
     convert_lib.detect_format(tmp_path / "empty")
+
+
+def test_heads_take_the_features_of_a_skip_block():
+  """``init_heads`` gives the heads ``densecap.init_params`` gives, with a skip block too."""
+  config = configs.get_model_config("tiny")
+  config.vocab_size = 7
+  config.cnn_widths = ((2,), (3,), (3,), (4,), (4,))
+  config.rpn_num_filters, config.fc_dim, config.rnn_size, config.rnn_encoding_size = 4, 8, 8, 8
+  config.cnn_skip_block = 2
+  heads = imagenet.init_heads(config, seed=5)
+  full = densecap.init_params(config, jax.random.key(5))
+  assert heads["localization"]["rpn_conv"]["kernel"].shape[2] == 4 + 3
+  for part in ("localization", "recognition", "language_model"):
+    for name, value in mapping.flatten(heads[part]).items():
+      np.testing.assert_array_equal(value, mapping.flatten(full[part])[name], err_msg=name)

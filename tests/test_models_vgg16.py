@@ -173,3 +173,9 @@ def test_skip_of_a_frozen_block_gets_no_gradient():
 
   assert not np.any(grads(frozen)["params"]["conv2_2"]["kernel"])
   assert np.any(grads(trained)["params"]["conv2_2"]["kernel"])
+
+
+def test_feature_channels_counts_the_appended_block():
+  assert vgg16.feature_channels(NARROW) == 4
+  assert vgg16.feature_channels(NARROW, skip_block=2) == 6
+  assert vgg16.feature_channels(NARROW, skip_block=3) == 7

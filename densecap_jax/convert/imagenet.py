@@ -23,6 +23,7 @@ import numpy as np
 
 from densecap_jax.data import images as images_lib
 from densecap_jax.models import densecap
+from densecap_jax.models import vgg16
 from densecap_jax.convert import mapping
 
 TORCHVISION_MEAN_RGB = np.array([0.485, 0.456, 0.406])
@@ -240,7 +241,7 @@ def init_heads(config, seed):
     NumPy arrays.
   """
   model = densecap.build_model(config)
-  channels = config.cnn_widths[-1][-1]
+  channels = vgg16.feature_channels(config.cnn_widths, config.get("cnn_skip_block", 0))
   features = jnp.zeros((1, 2, 2, channels), jnp.float32)
   pooled = jnp.zeros((1,) + tuple(config.roi_output_size) + (channels,), jnp.float32)
   labels = jnp.zeros((1, config.seq_length), jnp.int32)

@@ -52,6 +52,11 @@ def valid_region_mask(sizes, height, width):
   return (rows & cols).astype(jnp.float32)[..., None]
 
 
+def feature_channels(widths, skip_block=0):
+  """Channels of ``VGG16``'s features: relu5_3's, plus block ``skip_block``'s when not 0."""
+  return widths[-1][-1] + (widths[skip_block - 1][-1] if skip_block else 0)
+
+
 def window_mean(x, sizes, factor):
   """Mean of ``(B, H, W, C)`` over ``factor x factor`` windows, in ceil mode, valid pixels only.
 
