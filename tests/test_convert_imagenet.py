@@ -273,7 +273,8 @@ def test_heads_take_the_features_of_a_skip_block():
   config.cnn_skip_block = 2
   heads = imagenet.init_heads(config, seed=5)
   full = densecap.init_params(config, jax.random.key(5))
-  assert heads["localization"]["rpn_conv"]["kernel"].shape[2] == 4 + 3
+  assert heads["localization"]["rpn_conv"]["kernel"].shape[2] == 4  # relu5_3's channels
+  assert heads["recognition"]["fc6"]["kernel"].shape[0] == 7 * 7 * (4 + 3)
   for part in ("localization", "recognition", "language_model"):
     for name, value in mapping.flatten(heads[part]).items():
       np.testing.assert_array_equal(value, mapping.flatten(full[part])[name], err_msg=name)

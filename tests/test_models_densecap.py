@@ -162,16 +162,16 @@ def test_word_head_only_when_its_loss_has_a_weight(config, params, batch):
   assert not any(np.any(g) for g in jax.tree.leaves(grads["language_model"]))
 
 
-def test_cnn_skip_block_feeds_the_rpn_and_fc6_and_trains_through_them(batch):
-  """``cnn_skip_block=1`` widens rpn_conv and fc6 by conv1's channels; conv1 gets gradient
-  through them when the CNN is fine-tuned, and none when it is not."""
+def test_cnn_skip_block_feeds_fc6_and_trains_through_it(batch):
+  """``cnn_skip_block=1`` widens fc6 by conv1's channels and leaves rpn_conv on relu5_3's;
+  conv1 gets gradient through them when the CNN is fine-tuned, and none when it is not."""
   cfg = micro_config()
   cfg.frozen_blocks = 0
   cfg.cnn_skip_block = 1
   skipped = dc.init_params(cfg, jax.random.key(0))
   channels = cfg.cnn_widths[-1][-1] + cfg.cnn_widths[0][-1]
   assert skipped["recognition"]["fc6"]["kernel"].shape == (7 * 7 * channels, cfg.fc_dim)
-  assert skipped["localization"]["rpn_conv"]["kernel"].shape[2] == channels
+  assert skipped["localization"]["rpn_conv"]["kernel"].shape[2] == cfg.cnn_widths[-1][-1]
   grads = jax.jit(jax.grad(lambda q: training.train_forward(
       q, batch, jax.random.key(1), cfg, finetune_cnn=False)[0]))(skipped)
   assert not np.any(grads["backbone"]["conv1_1"]["kernel"])  # finetune_cnn=False: none

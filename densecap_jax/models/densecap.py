@@ -79,8 +79,12 @@ class DenseCap(nn.Module):
     return self.backbone(images, image_sizes, finetune_cnn)
 
   def rpn(self, features):
-    """``(B, Hf, Wf, C)`` -> raw ``(B, Hf, Wf, 4k)`` transforms, ``(B, Hf, Wf, 2k)`` scores."""
-    return self.localization(features)
+    """``(B, Hf, Wf, C)`` -> raw ``(B, Hf, Wf, 4k)`` transforms, ``(B, Hf, Wf, 2k)`` scores.
+
+    The RPN sees relu5_3's channels only; a ``skip_block``'s appended
+    channels go to the RoI codes alone.
+    """
+    return self.localization(features[..., :self.cnn_widths[-1][-1]])
 
   def recognize(self, roi_features, train=False):
     """``(..., 7, 7, C)`` -> codes ``(..., fc_dim)``, logits ``(...)``, transforms ``(..., 4)``."""

@@ -104,10 +104,10 @@ class VGG16(nn.Module):
       them near unit scale, as ImageNet weights give.
     skip_block: when not 0, the output of this block (before its pool) is
       averaged over the pixels of each stride-16 cell (``window_mean``) and
-      its channels are appended to relu5_3's: the features keep what the
-      early layers see (colour, texture energy) next to what the deep ones
-      make of it, as multi-layer RoI features do (ION, HyperNet). 0: relu5_3
-      alone, the original.
+      its channels are appended to relu5_3's: the RoI codes pooled from them
+      keep what the early layers see (colour, texture energy) next to what
+      the deep ones make of it, as multi-layer RoI features do (ION,
+      HyperNet). 0: relu5_3 alone, the original.
   """
   widths: Sequence[Sequence[int]]
   frozen_blocks: int = 2
