@@ -111,7 +111,7 @@ def layer_descriptors(model_path, scenes):
   params, config, _ = model_dir.load_model(model_path)
   model = densecap.build_model(config)
   backbone = vgg16.VGG16(model.cnn_widths, model.frozen_blocks, model.precision,
-                         model.input_scale, model.skip_block)
+                         model.input_scale, model.skip_blocks)
   apply = jax.jit(lambda p, x: backbone.apply({"params": p}, x, capture_intermediates=True,
                                               mutable=["intermediates"])[1]["intermediates"])
   names = [f"conv{b}_{i}" for b, block in enumerate(config.cnn_widths, 1)

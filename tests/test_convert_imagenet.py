@@ -270,7 +270,7 @@ def test_heads_take_the_features_of_a_skip_block():
   config.vocab_size = 7
   config.cnn_widths = ((2,), (3,), (3,), (4,), (4,))
   config.rpn_num_filters, config.fc_dim, config.rnn_size, config.rnn_encoding_size = 4, 8, 8, 8
-  config.cnn_skip_block = 2
+  config.cnn_skip_blocks = (2,)
   heads = imagenet.init_heads(config, seed=5)
   full = densecap.init_params(config, jax.random.key(5))
   assert heads["localization"]["rpn_conv"]["kernel"].shape[2] == 4  # relu5_3's channels

@@ -163,11 +163,11 @@ def test_word_head_only_when_its_loss_has_a_weight(config, params, batch):
 
 
 def test_cnn_skip_block_feeds_fc6_and_trains_through_it(batch):
-  """``cnn_skip_block=1`` widens fc6 by conv1's channels and leaves rpn_conv on relu5_3's;
+  """``cnn_skip_blocks=(1,)`` widens fc6 by conv1's channels and leaves rpn_conv on relu5_3's;
   conv1 gets gradient through them when the CNN is fine-tuned, and none when it is not."""
   cfg = micro_config()
   cfg.frozen_blocks = 0
-  cfg.cnn_skip_block = 1
+  cfg.cnn_skip_blocks = (1,)
   skipped = dc.init_params(cfg, jax.random.key(0))
   channels = cfg.cnn_widths[-1][-1] + cfg.cnn_widths[0][-1]
   assert skipped["recognition"]["fc6"]["kernel"].shape == (7 * 7 * channels, cfg.fc_dim)

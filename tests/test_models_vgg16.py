@@ -132,27 +132,33 @@ def test_window_mean_averages_the_valid_pixels_of_each_ceil_mode_window(factor):
                              atol=1e-6)
 
 
-@pytest.mark.parametrize("skip_block", [1, 2, 4])
-def test_skip_block_appends_its_cell_means_to_relu5_3(skip_block):
-  """relu5_3's channels are unchanged; the appended ones are the block's output averaged
-  over each stride-16 cell (taken with ``capture_intermediates``)."""
+@pytest.mark.parametrize("skip_blocks", [(1,), (2,), (4,), (2, 4)])
+def test_skip_blocks_append_their_cell_means_to_relu5_3(skip_blocks):
+  """relu5_3's channels are unchanged; the appended ones are each block's output averaged
+  over each stride-16 cell (taken with ``capture_intermediates``), in block order."""
   image = jnp.asarray(np.random.default_rng(6).normal(size=(1, 40, 56, 3)).astype(np.float32))
   model, params = _init(NARROW, (1, 40, 56, 3))
   plain = model.apply(params, image)
-  skipped = vgg16.VGG16(NARROW, skip_block=skip_block)
+  skipped = vgg16.VGG16(NARROW, skip_blocks=skip_blocks)
   out, state = skipped.apply(params, image, capture_intermediates=True)
-  assert out.shape == plain.shape[:3] + (4 + NARROW[skip_block - 1][-1],)
+  assert out.shape[-1] == vgg16.feature_channels(NARROW, skip_blocks)
   np.testing.assert_array_equal(out[..., :4], plain)
-  last = f"conv{skip_block}_{len(NARROW[skip_block - 1])}"
-  block_out = np.maximum(np.asarray(state["intermediates"][last]["__call__"][0]), 0)[0]
-  expected = _numpy_window_mean(block_out, 40, 56, 2 ** (5 - skip_block))
-  np.testing.assert_allclose(out[0, ..., 4:], expected, rtol=1e-5, atol=1e-6)
+  start = 4
+  for block in skip_blocks:
+    last = f"conv{block}_{len(NARROW[block - 1])}"
+    block_out = np.maximum(np.asarray(state["intermediates"][last]["__call__"][0]), 0)[0]
+    expected = _numpy_window_mean(block_out, 40, 56, 2 ** (5 - block))
+    width = NARROW[block - 1][-1]
+    np.testing.assert_allclose(out[0, ..., start:start + width], expected, rtol=1e-5,
+                               atol=1e-6)
+    start += width
+  assert start == out.shape[-1]
 
 
 def test_skip_block_keeps_padded_images_exact():
   rng = np.random.default_rng(7)
   image = rng.normal(size=(37, 53, 3)).astype(np.float32) * 50
-  model = vgg16.VGG16(NARROW, skip_block=2)
+  model = vgg16.VGG16(NARROW, skip_blocks=(2, 4))
   params = model.init(jax.random.key(0), jnp.zeros((1, 37, 53, 3)))
   plain = model.apply(params, jnp.asarray(image)[None])
   padded_image = np.zeros((64, 80, 3), np.float32)
@@ -164,8 +170,8 @@ def test_skip_block_keeps_padded_images_exact():
 
 def test_skip_of_a_frozen_block_gets_no_gradient():
   image = jnp.asarray(np.random.default_rng(8).normal(size=(1, 32, 32, 3)).astype(np.float32))
-  frozen = vgg16.VGG16(NARROW, frozen_blocks=2, skip_block=2)
-  trained = vgg16.VGG16(NARROW, frozen_blocks=1, skip_block=2)
+  frozen = vgg16.VGG16(NARROW, frozen_blocks=2, skip_blocks=(2,))
+  trained = vgg16.VGG16(NARROW, frozen_blocks=1, skip_blocks=(2,))
   params = frozen.init(jax.random.key(1), image)
 
   def grads(model):
@@ -177,5 +183,5 @@ def test_skip_of_a_frozen_block_gets_no_gradient():
 
 def test_feature_channels_counts_the_appended_block():
   assert vgg16.feature_channels(NARROW) == 4
-  assert vgg16.feature_channels(NARROW, skip_block=2) == 6
-  assert vgg16.feature_channels(NARROW, skip_block=3) == 7
+  assert vgg16.feature_channels(NARROW, (2,)) == 6
+  assert vgg16.feature_channels(NARROW, (2, 3)) == 9

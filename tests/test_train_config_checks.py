@@ -52,8 +52,9 @@ def test_trainable_modules_are_the_models_top_level_modules():
     ({"test_num_proposals": 0}, "test_num_proposals=0 .* a positive integer"),
     ({"model.frozen_blocks": 7}, "model.frozen_blocks=7 .* 0 .. 5"),
     ({"model.input_scale": 0.0}, "model.input_scale=0.0 .* positive number"),
-    ({"model.cnn_skip_block": 5}, r"model.cnn_skip_block=5 .* 0 \.\. 4"),
-    ({"model.cnn_skip_block": -1}, r"model.cnn_skip_block=-1 .* relu5_3 alone"),
+    ({"model.cnn_skip_blocks": (5,)}, r"model.cnn_skip_blocks=\(5,\) .* 1 \.\. 4"),
+    ({"model.cnn_skip_blocks": (3, 2)}, r"model.cnn_skip_blocks=\(3, 2\) .* increasing"),
+    ({"model.cnn_skip_blocks": (0, 2)}, r"model.cnn_skip_blocks=\(0, 2\) .* relu5_3 alone"),
     ({"model.word_loss_weight": -0.1}, "model.word_loss_weight=-0.1 .* >= 0"),
     ({"trained_modules": ("lm",)}, r"trained_modules=\('lm',\) .* language_model"),
 ])

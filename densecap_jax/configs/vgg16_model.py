@@ -41,11 +41,11 @@ def get_config():
   # change for ImageNet weights; for a network trained from scratch it sets
   # the scale its codes start at (``VGG16.input_scale``).
   config.input_scale = 1.0
-  # 0: the RoI codes are pooled from relu5_3 alone (the original). A block
-  # number appends that block's output, averaged per stride-16 cell, to
+  # Empty: the RoI codes are pooled from relu5_3 alone (the original). Block
+  # numbers append those blocks' outputs, averaged per stride-16 cell, to
   # relu5_3's channels for the RoI codes; the RPN keeps relu5_3 alone
-  # (``VGG16.skip_block``, ``DenseCap.rpn``).
-  config.cnn_skip_block = 0
+  # (``VGG16.skip_blocks``, ``DenseCap.rpn``).
+  config.cnn_skip_blocks = ()
 
   # Localization layer (§3).
   config.rpn_num_filters = 256

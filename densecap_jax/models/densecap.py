@@ -58,12 +58,12 @@ class DenseCap(nn.Module):
   std: float = 0.01
   precision: str = "float32"
   input_scale: float = 1.0
-  skip_block: int = 0
+  skip_blocks: tuple = ()
   word_head: bool = False
 
   def setup(self):
     self.backbone = vgg_lib.VGG16(self.cnn_widths, self.frozen_blocks, self.precision,
-                                  self.input_scale, self.skip_block)
+                                  self.input_scale, self.skip_blocks)
     self.localization = loc_lib.LocalizationLayer(self.num_anchors, self.rpn_num_filters,
                                                   self.std, self.precision)
     self.recognition = recog_lib.RecognitionNetwork(self.fc_dim, self.drop_prob, self.std,
@@ -81,7 +81,7 @@ class DenseCap(nn.Module):
   def rpn(self, features):
     """``(B, Hf, Wf, C)`` -> raw ``(B, Hf, Wf, 4k)`` transforms, ``(B, Hf, Wf, 2k)`` scores.
 
-    The RPN sees relu5_3's channels only; a ``skip_block``'s appended
+    The RPN sees relu5_3's channels only; the ``skip_blocks``' appended
     channels go to the RoI codes alone.
     """
     return self.localization(features[..., :self.cnn_widths[-1][-1]])
@@ -145,7 +145,7 @@ def build_model(config):
       std=config.std,
       precision=configs_lib.precision_of(config),
       input_scale=config.get("input_scale", 1.0),
-      skip_block=config.get("cnn_skip_block", 0),
+      skip_blocks=tuple(config.get("cnn_skip_blocks", ())),
       word_head=config.get("word_loss_weight", 0.0) > 0)
 
 

@@ -52,9 +52,9 @@ def valid_region_mask(sizes, height, width):
   return (rows & cols).astype(jnp.float32)[..., None]
 
 
-def feature_channels(widths, skip_block=0):
-  """Channels of ``VGG16``'s features: relu5_3's, plus block ``skip_block``'s when not 0."""
-  return widths[-1][-1] + (widths[skip_block - 1][-1] if skip_block else 0)
+def feature_channels(widths, skip_blocks=()):
+  """Channels of ``VGG16``'s features: relu5_3's, plus those of the ``skip_blocks``."""
+  return widths[-1][-1] + sum(widths[block - 1][-1] for block in skip_blocks)
 
 
 def window_mean(x, sizes, factor):
@@ -102,18 +102,18 @@ class VGG16(nn.Module):
       at all, as the original). A network trained from scratch on the 0-255
       scale starts with region codes of rms ~35 under He init; 1/64 starts
       them near unit scale, as ImageNet weights give.
-    skip_block: when not 0, the output of this block (before its pool) is
+    skip_blocks: the output of each of these blocks (before its pool) is
       averaged over the pixels of each stride-16 cell (``window_mean``) and
-      its channels are appended to relu5_3's: the RoI codes pooled from them
-      keep what the early layers see (colour, texture energy) next to what
-      the deep ones make of it, as multi-layer RoI features do (ION,
-      HyperNet). 0: relu5_3 alone, the original.
+      its channels are appended to relu5_3's, in block order: the RoI codes
+      pooled from them keep what the earlier layers see (colour, texture
+      energy, shape) next to what the deep ones make of it, as multi-layer
+      RoI features do (ION, HyperNet). Empty: relu5_3 alone, the original.
   """
   widths: Sequence[Sequence[int]]
   frozen_blocks: int = 2
   precision: str = "float32"
   input_scale: float = 1.0
-  skip_block: int = 0
+  skip_blocks: Sequence[int] = ()
 
   @nn.compact
   def __call__(self, images, image_sizes=None, finetune=False):
@@ -130,7 +130,7 @@ class VGG16(nn.Module):
 
     Returns:
       ``(B, Hf, Wf, C)`` float32 relu5_3 features, ``Hf = ceil(H / 16)``
-      (bf16 values under ``"bfloat16"``); with ``skip_block`` the block's
+      (bf16 values under ``"bfloat16"``); with ``skip_blocks`` the blocks'
       cell means follow relu5_3's channels.
     """
     conv_kwargs = precision_lib.conv_kwargs(self.precision)
@@ -141,7 +141,7 @@ class VGG16(nn.Module):
     if sizes is not None:
       x = x * valid_region_mask(sizes, x.shape[1], x.shape[2])
     num_blocks = len(self.widths)
-    skip = None
+    skips = []
     for block, block_widths in enumerate(self.widths, start=1):
       for index, width in enumerate(block_widths, start=1):
         x = nn.Conv(width, (3, 3), padding=1, kernel_init=nn.initializers.he_normal(),
@@ -150,18 +150,17 @@ class VGG16(nn.Module):
         x = nn.relu(x).astype(dtype)
         if sizes is not None:
           x = x * valid_region_mask(sizes, x.shape[1], x.shape[2]).astype(dtype)
-      if block == self.skip_block:
+      if block in self.skip_blocks:
         skip = window_mean(x, sizes, 2 ** (num_blocks - block)).astype(dtype)
-        if block <= self.frozen_blocks:
-          skip = jax.lax.stop_gradient(skip)
+        skips.append(jax.lax.stop_gradient(skip) if block <= self.frozen_blocks else skip)
       if block < num_blocks:
         x = max_pool_ceil(x)
         if sizes is not None:
           sizes = pooled_size(sizes)
       if block == self.frozen_blocks:
         x = jax.lax.stop_gradient(x)
-    if skip is not None:
-      x = jnp.concatenate([x, skip], axis=-1)
+    if skips:
+      x = jnp.concatenate([x] + skips, axis=-1)
     if not finetune:
       x = jax.lax.stop_gradient(x)
     return x.astype(jnp.float32)

@@ -100,10 +100,13 @@ def check_config(config):
   scale = model.get("input_scale", 1.0)
   if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
     _fail("model.input_scale", scale, "a positive number (1.0: the original)")
-  skip = model.get("cnn_skip_block", 0)
-  if not isinstance(skip, int) or not 0 <= skip < len(model.cnn_widths):
-    _fail("model.cnn_skip_block", skip,
-          f"0 .. {len(model.cnn_widths) - 1} (0: relu5_3 alone, the original)")
+  skips = model.get("cnn_skip_blocks", ())
+  last = len(model.cnn_widths) - 1
+  if (not isinstance(skips, (tuple, list)) or
+      not all(isinstance(b, int) and 1 <= b <= last for b in skips) or
+      list(skips) != sorted(set(skips))):
+    _fail("model.cnn_skip_blocks", skips,
+          f"increasing block numbers in 1 .. {last} (empty: relu5_3 alone, the original)")
   weight = model.get("word_loss_weight", 0.0)
   if not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
     _fail("model.word_loss_weight", weight, "a number >= 0 (0: no bag-of-words head)")
