@@ -164,7 +164,7 @@ def test_word_head_only_when_its_loss_has_a_weight(config, params, batch):
 
 def test_cnn_skip_block_feeds_fc6_and_trains_through_it(batch):
   """``cnn_skip_blocks=(1,)`` widens fc6 by conv1's channels and leaves rpn_conv on relu5_3's;
-  conv1 gets gradient through them when the CNN is fine-tuned, and none when it is not."""
+  the losses train through it, the CNN only when it is fine-tuned."""
   cfg = micro_config()
   cfg.frozen_blocks = 0
   cfg.cnn_skip_blocks = (1,)
@@ -179,6 +179,8 @@ def test_cnn_skip_block_feeds_fc6_and_trains_through_it(batch):
       q, batch, jax.random.key(1), cfg, finetune_cnn=True)[0]))(skipped)
   assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
   assert np.any(grads["backbone"]["conv1_1"]["kernel"])
+  fc6 = np.asarray(grads["recognition"]["fc6"]["kernel"]).reshape(7, 7, channels, -1)
+  assert np.any(fc6[:, :, cfg.cnn_widths[-1][-1]:])  # the codes learn to read the skip
   out = detection.infer(skipped, batch["image"], batch["image_size"], cfg)
   assert out[0].shape == (2, cfg.num_proposals, 4)
 

@@ -168,17 +168,23 @@ def test_skip_block_keeps_padded_images_exact():
   np.testing.assert_array_equal(padded[:, :, 4:], 0.0)
 
 
-def test_skip_of_a_frozen_block_gets_no_gradient():
+def test_skip_channels_pass_no_gradient_back():
+  """The CNN's gradient is the same with the appended channels as without them."""
   image = jnp.asarray(np.random.default_rng(8).normal(size=(1, 32, 32, 3)).astype(np.float32))
-  frozen = vgg16.VGG16(NARROW, frozen_blocks=2, skip_blocks=(2,))
-  trained = vgg16.VGG16(NARROW, frozen_blocks=1, skip_blocks=(2,))
-  params = frozen.init(jax.random.key(1), image)
+  plain = vgg16.VGG16(NARROW, frozen_blocks=0)
+  skipped = vgg16.VGG16(NARROW, frozen_blocks=0, skip_blocks=(1, 2))
+  params = plain.init(jax.random.key(1), image)
+  weights = jnp.asarray(np.random.default_rng(9).normal(size=(4 + 2 + 2,)), jnp.float32)
 
-  def grads(model):
-    return jax.grad(lambda p: jnp.sum(model.apply(p, image, finetune=True) ** 2))(params)
+  def grads(model, channels):
+    return jax.grad(lambda p: jnp.sum(model.apply(p, image, finetune=True)
+                                      * weights[:channels]))(params)
 
-  assert not np.any(grads(frozen)["params"]["conv2_2"]["kernel"])
-  assert np.any(grads(trained)["params"]["conv2_2"]["kernel"])
+  with_skip, without = grads(skipped, 8), grads(plain, 4)
+  for name in ("conv1_1", "conv2_2", "conv5_3"):
+    np.testing.assert_array_equal(with_skip["params"][name]["kernel"],
+                                  without["params"][name]["kernel"])
+  assert np.any(without["params"]["conv1_1"]["kernel"])
 
 
 def test_feature_channels_counts_the_appended_block():

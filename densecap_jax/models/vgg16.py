@@ -106,8 +106,12 @@ class VGG16(nn.Module):
       averaged over the pixels of each stride-16 cell (``window_mean``) and
       its channels are appended to relu5_3's, in block order: the RoI codes
       pooled from them keep what the earlier layers see (colour, texture
-      energy, shape) next to what the deep ones make of it, as multi-layer
-      RoI features do (ION, HyperNet). Empty: relu5_3 alone, the original.
+      energy) next to what the deep ones make of it, as multi-layer RoI
+      features do (ION, HyperNet). They pass no gradient back: the CNN
+      trains as it would without them (trained through them, the early
+      layers follow the captioning loss and the RPN that reads relu5_3
+      loses its boxes; ``benchmarks/README.md``). Empty: relu5_3 alone, the
+      original.
   """
   widths: Sequence[Sequence[int]]
   frozen_blocks: int = 2
@@ -152,7 +156,7 @@ class VGG16(nn.Module):
           x = x * valid_region_mask(sizes, x.shape[1], x.shape[2]).astype(dtype)
       if block in self.skip_blocks:
         skip = window_mean(x, sizes, 2 ** (num_blocks - block)).astype(dtype)
-        skips.append(jax.lax.stop_gradient(skip) if block <= self.frozen_blocks else skip)
+        skips.append(jax.lax.stop_gradient(skip))
       if block < num_blocks:
         x = max_pool_ceil(x)
         if sizes is not None:
