@@ -18,10 +18,6 @@ def get_config():
   # name in the region codes (``configs/vgg16_model.py``).
   config.model.input_scale = 1 / 64
   config.model.word_loss_weight = 0.1
-  # Trained for detection, the deep layers drop the objects' colour and
-  # texture (``benchmarks/region_codes.py --layers``); the RoI codes also
-  # read conv1 and conv2, averaged per stride-16 cell (``VGG16.skip_blocks``).
-  config.model.cnn_skip_blocks = (1, 2)
   # The synthetic boxes are tight around crisp shapes, and the evaluation
   # asks for IoU up to 0.7: ten times the original's box-regression weights
   # (0.05, 0.1). benchmarks/README.md ("The bundled model's recipe") has the runs.
