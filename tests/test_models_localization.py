@@ -175,3 +175,27 @@ def test_recognition_dropout_only_in_training():
   np.testing.assert_array_equal(test_codes, net.apply(params, x)[0])
   train_codes = net.apply(params, x, True, rngs={"dropout": jax.random.key(1)})[0]
   assert np.any(np.asarray(train_codes) == 0) and not np.allclose(train_codes, test_codes)
+
+
+def test_sample_rois_on_anchors_matches_the_anchors_and_pools_the_predicted_boxes():
+  """A transform that moved anchor 0 off its object: on the predicted boxes it is no longer a
+  positive; on the anchors it still is, with its predicted box gathered for pooling."""
+  anchors, transforms, scores, gt_boxes, gt_labels, gt_mask = _sample_inputs()
+  moved = transforms.at[0].set(jnp.array([1.0, 0.0, 0.0, 0.0]))  # shifted one width right
+  boxes = anchors.at[0].set(jnp.array([24.5, 8.5, 16.0, 16.0]))
+  cell_valid = jnp.ones((anchors.shape[0],), bool)
+
+  def positives(on_anchors):
+    sample = loc.sample_rois(jax.random.key(0), boxes, anchors, moved, scores, cell_valid,
+                             jnp.array([32, 32]), gt_boxes, gt_labels, gt_mask, num_samples=6,
+                             on_anchors=on_anchors)
+    pos = np.asarray(sample.is_pos)
+    return ({tuple(np.asarray(a)) for a in sample.anchors[pos]},
+            {tuple(np.asarray(b)) for b in sample.boxes[pos]})
+
+  on_boxes_anchors, _ = positives(False)
+  on_anchors_anchors, on_anchors_boxes = positives(True)
+  assert (8.5, 8.5, 16.0, 16.0) in on_anchors_anchors
+  assert (24.5, 8.5, 16.0, 16.0) in on_anchors_boxes  # pooled where the RPN put it
+  assert on_anchors_anchors == {(8.5, 8.5, 16.0, 16.0), (24.5, 24.5, 24.0, 24.0)}
+  assert (8.5, 8.5, 16.0, 16.0) not in on_boxes_anchors

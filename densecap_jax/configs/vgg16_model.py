@@ -57,6 +57,9 @@ def get_config():
   config.sampler_high_thresh = 0.7
   config.sampler_low_thresh = 0.3
   config.train_remove_outbounds_boxes = True
+  # False: the sampler matches the predicted boxes to the ground truth (the
+  # original, §3.5); True: the anchors (``localization.sample_rois``).
+  config.sample_on_anchors = False
   config.box_reg_decay = 5e-5
   config.std = 0.01  # init std of the new layers (RPN convs, objectness)
 

@@ -158,10 +158,13 @@ class RoiSample(NamedTuple):
 
 def sample_rois(rng, boxes, anchors, transforms, scores, cell_valid, image_size, gt_boxes,
                 gt_labels, gt_mask, num_samples, low_thresh=0.3, high_thresh=0.7,
-                remove_outbounds_boxes=True):
+                remove_outbounds_boxes=True, on_anchors=False):
   """Samples and gathers the training RoIs of one image (§3.5 items 2–5).
 
-  The sampler sees the *predicted* boxes (anchors + current transforms);
+  The sampler sees the *predicted* boxes (anchors + current transforms), or
+  with ``on_anchors`` the anchors (as Faster R-CNN's RPN does: a box whose
+  transform has run off stays a positive of its object, and its regression
+  pulls it back); the RoIs pooled are the predicted boxes either way;
   with ``remove_outbounds_boxes`` (``train_remove_outbounds_boxes``) boxes
   reaching outside ``x in [1, W], y in [1, H]`` are neither positive nor
   negative unless forced positive. Boxes of padding cells (``~cell_valid``)
@@ -181,6 +184,8 @@ def sample_rois(rng, boxes, anchors, transforms, scores, cell_valid, image_size,
     num_samples: static S.
     low_thresh, high_thresh: sampler IoU thresholds.
     remove_outbounds_boxes: static bool.
+    on_anchors: static bool, match the anchors instead of the predicted
+      boxes (False: the original).
 
   Returns:
     ``RoiSample``.
@@ -189,7 +194,8 @@ def sample_rois(rng, boxes, anchors, transforms, scores, cell_valid, image_size,
   width = image_size[1].astype(jnp.float32)
   bounds = (1.0, 1.0, width, height) if remove_outbounds_boxes else (-_FAR / 2, -_FAR / 2,
                                                                      _FAR, _FAR)
-  samples = sampler_lib.sample_boxes(rng, jax.lax.stop_gradient(boxes), gt_boxes, num_samples,
+  matched = anchors if on_anchors else boxes
+  samples = sampler_lib.sample_boxes(rng, jax.lax.stop_gradient(matched), gt_boxes, num_samples,
                                      low_thresh, high_thresh, target_mask=gt_mask, bounds=bounds,
                                      valid=cell_valid)
   index = samples.roi_idx

@@ -87,7 +87,8 @@ def train_forward(params, batch, rng, config, finetune_cnn=False):
   sample_fn = functools.partial(
       loc_lib.sample_rois, num_samples=config.sampler_batch_size,
       low_thresh=config.sampler_low_thresh, high_thresh=config.sampler_high_thresh,
-      remove_outbounds_boxes=config.train_remove_outbounds_boxes)
+      remove_outbounds_boxes=config.train_remove_outbounds_boxes,
+      on_anchors=config.get("sample_on_anchors", False))
   samples = jax.vmap(sample_fn, in_axes=(0, 0, None, 0, 0, 0, 0, 0, 0, 0))(
       jax.random.split(sample_rng, num_images), rpn["boxes"], rpn["anchors"],
       rpn["transforms"], rpn["scores"], rpn["cell_valid"], image_sizes, batch["gt_boxes"],
