@@ -120,6 +120,18 @@ def captioner_config(config, start_from, max_iters):
   return config
 
 
+def train_stage(config, workdir):
+  """Trains one stage in ``workdir``; stops the tool when training ended before ``max_iters``.
+
+  A stopped stage (a signal, an exploded loss) leaves its checkpoint to
+  resume from and writes nothing into the package.
+  """
+  _, reason = trainer.train(config, workdir)
+  if reason != "done":
+    raise SystemExit(f"make_bundled_model: training in {workdir} ended early ({reason}); "
+                     f"the bundled model is unchanged; run it again to resume")
+
+
 def main(argv=None):
   args = parse_args(argv)
   vg_dir = os.path.join(args.workdir, "vg")
@@ -152,9 +164,9 @@ def main(argv=None):
     config.finetune_cnn_after = args.finetune_cnn_after
     stages.append(pretrain_dir)
   run_dir = os.path.join(args.workdir, "run")
-  trainer.train(config, run_dir)
+  train_stage(config, run_dir)
   captioner_dir = os.path.join(args.workdir, "captioner")
-  trainer.train(captioner_config(config, run_dir, args.captioner_iters), captioner_dir)
+  train_stage(captioner_config(config, run_dir, args.captioner_iters), captioner_dir)
   stages += [run_dir, captioner_dir]
 
   params, model_config, vocab = model_dir.load_model(captioner_dir)
