@@ -41,7 +41,6 @@ from densecap_jax import predictor
 from densecap_jax.data import images as images_lib
 from densecap_jax.data import synthetic_world as synthetic
 from densecap_jax.models import densecap
-from densecap_jax.models import vgg16
 
 DATASET_IMAGES, DATASET_SEED = 3000, 0  # tools/make_bundled_model.py's defaults
 ATTRIBUTES = {
@@ -110,10 +109,9 @@ def layer_descriptors(model_path, scenes):
   """
   params, config, _ = model_dir.load_model(model_path)
   model = densecap.build_model(config)
-  backbone = vgg16.VGG16(model.cnn_widths, model.frozen_blocks, model.precision,
-                         model.input_scale, model.skip_blocks)
-  apply = jax.jit(lambda p, x: backbone.apply({"params": p}, x, capture_intermediates=True,
-                                              mutable=["intermediates"])[1]["intermediates"])
+  apply = jax.jit(lambda p, x: model.apply(
+      {"params": p}, x, None, method=densecap.DenseCap.features, capture_intermediates=True,
+      mutable=["intermediates"])[1]["intermediates"]["backbone"])
   names = [f"conv{b}_{i}" for b, block in enumerate(config.cnn_widths, 1)
            for i in range(1, len(block) + 1)]
   out, objects = {name: [] for name in names}, []
@@ -121,7 +119,7 @@ def layer_descriptors(model_path, scenes):
     rgb = synthetic.render_scene(scene)[0]
     image = images_lib.prepare_test_image(rgb, config.image_size)
     scale = image.shape[0] / rgb.shape[0]
-    layers = apply(params["backbone"], jnp.asarray(image)[None])
+    layers = apply(params, jnp.asarray(image)[None])
     for name in names:
       feature = np.maximum(np.asarray(layers[name]["__call__"][0][0]), 0)
       stride = image.shape[0] / feature.shape[0]

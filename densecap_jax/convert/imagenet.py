@@ -241,7 +241,7 @@ def init_heads(config, seed):
     NumPy arrays.
   """
   model = densecap.build_model(config)
-  channels = vgg16.feature_channels(config.cnn_widths, config.get("cnn_skip_blocks", ()))
+  channels = vgg16.feature_channels(model.cnn_widths, model.skip_blocks)
   features = jnp.zeros((1, 2, 2, channels), jnp.float32)
   pooled = jnp.zeros((1,) + tuple(config.roi_output_size) + (channels,), jnp.float32)
   labels = jnp.zeros((1, config.seq_length), jnp.int32)

@@ -108,10 +108,9 @@ class VGG16(nn.Module):
       pooled from them keep what the earlier layers see (colour, texture
       energy) next to what the deep ones make of it, as multi-layer RoI
       features do (ION, HyperNet). They pass no gradient back: the CNN
-      trains as it would without them (trained through them, the early
-      layers follow the captioning loss and the RPN that reads relu5_3
-      loses its boxes; ``benchmarks/README.md``). Empty: relu5_3 alone, the
-      original.
+      trains as it would without them (``benchmarks/README.md``, "The
+      bundled model's recipe", has the runs with and without). Empty:
+      relu5_3 alone, the original.
   """
   widths: Sequence[Sequence[int]]
   frozen_blocks: int = 2
