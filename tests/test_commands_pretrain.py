@@ -115,6 +115,7 @@ def test_a_bad_labels_file_is_one_error_line(dataset, tmp_path):
     ("warmup_steps", 2000, "pretrain.warmup_steps=2000 is not accepted: expected an integer in "
                            "[0, pretrain.steps=2000)"),
     ("learning_rate", 0.0, "pretrain.learning_rate=0.0 is not accepted: expected a positive"),
+    ("feature_rms", -0.1, "pretrain.feature_rms=-0.1 is not accepted: expected a number >= 0"),
 ])
 def test_pretrain_settings_are_checked(field, value, message):
   settings = tiny.get_config().pretrain

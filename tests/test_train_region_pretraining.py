@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 
 from densecap_jax import model_dir
+from densecap_jax.data import device_pixels
 from densecap_jax.data import loader
 from densecap_jax.data import region_labels
 from densecap_jax.data import synthetic_world as synthetic
+from densecap_jax.models import densecap
+from densecap_jax.models import vgg16 as vgg_lib
 from densecap_jax.train import region_pretraining
 from densecap_jax.train.configs import tiny
 from tests import small_dataset
@@ -89,3 +92,82 @@ def test_pretraining_trains_backbone_and_fc_layers_only_and_writes_a_model(datas
   mtime = os.path.getmtime(os.path.join(workdir, "metrics.jsonl"))
   assert region_pretraining.pretrain(config, data, None, heads, workdir, steps=40) == out
   assert os.path.getmtime(os.path.join(workdir, "metrics.jsonl")) == mtime
+
+
+def _skip_config(vocab_size):
+  config = tiny.get_config().model
+  config.image_size, config.buckets, config.vocab_size = SIZE, ((SIZE, SIZE),), vocab_size
+  config.cnn_skip_blocks = (1, 2)  # the fc6 rows past relu5_3's stay as they are
+  return config
+
+
+def test_rescale_conv5_scales_relu5_3_and_keeps_the_codes():
+  config = _skip_config(10)
+  model = densecap.build_model(config)
+  params = region_pretraining.initial_params(config, seed=3)
+  images = jax.random.normal(jax.random.key(1), (2, SIZE, SIZE, 3)) * 60
+  sizes = np.asarray([[SIZE, SIZE], [40, 56]], np.int32)
+  boxes = np.asarray([[[20, 24, 30, 20], [40, 40, 16, 30]]] * 2, np.float32)
+
+  def run(p):
+    features = model.apply({"params": p}, images, sizes, method=densecap.DenseCap.features)
+    pooled = densecap.pool_regions(features, boxes, sizes, vgg_lib.feature_size(sizes),
+                                   config.roi_output_size)
+    codes, _, _ = model.apply({"params": p}, pooled, method=densecap.DenseCap.recognize)
+    return np.asarray(features), np.asarray(codes)
+
+  before, codes_before = run(params)
+  after, codes_after = run(region_pretraining.rescale_conv5(params, config, 0.25))
+  channels = config.cnn_widths[-1][-1]
+  assert before[..., :channels].std() > 0 and codes_before.std() > 0
+  np.testing.assert_allclose(after[..., :channels], 0.25 * before[..., :channels],
+                             rtol=1e-5, atol=1e-7)
+  np.testing.assert_array_equal(after[..., channels:], before[..., channels:])
+  np.testing.assert_allclose(codes_after, codes_before, rtol=1e-4, atol=1e-6)
+  # The input tree is left as it was.
+  np.testing.assert_array_equal(params["backbone"]["conv5_3"]["bias"],
+                                region_pretraining.initial_params(config, 3)["backbone"]["conv5_3"]["bias"])
+
+
+def test_relu5_3_rms_is_the_rms_over_the_valid_cells(dataset):
+  data = loader.DenseCapH5(*dataset[:2])
+  config = _skip_config(data.vocab_size)
+  params = region_pretraining.initial_params(config, seed=0)
+  bucket = (SIZE + 32, SIZE + 32)  # every image padded
+  none = lambda index: (np.zeros((0, 4), np.float32), np.zeros((0, 4), np.int32))
+  batches = [region_pretraining.assemble(data, np.asarray(i), bucket, none, 1, 4)
+             for i in ([0, 1, 2], [3, -1, 5])]
+  model = densecap.build_model(config)
+  squares, cells = 0.0, 0
+  for batch in batches:
+    for image, size in zip(batch["image"], batch["image_size"]):  # one at a time, unpadded
+      h, w = size
+      pixels = device_pixels.model_images(image[None, :, :h, :w], size[None])
+      features = np.asarray(model.apply({"params": params}, pixels, size[None],
+                                        method=densecap.DenseCap.features))
+      relu5_3 = features[..., :config.cnn_widths[-1][-1]].astype(np.float64)
+      squares, cells = squares + np.sum(relu5_3 ** 2), cells + relu5_3.size
+  expected = np.sqrt(squares / cells)
+  assert expected > 0
+  np.testing.assert_allclose(region_pretraining.relu5_3_rms(params, config, batches), expected,
+                             rtol=1e-5)
+
+
+def test_pretraining_with_feature_rms_scales_relu5_3_of_the_same_run(dataset, tmp_path):
+  data = loader.DenseCapH5(*dataset[:2])
+  config = _skip_config(data.vocab_size)
+  heads, labels = region_labels.load_region_labels(dataset[2], data, SIZE)
+  models = {}
+  for rms in (0.0, 0.05):
+    out = region_pretraining.pretrain(
+        config, data, labels, heads, str(tmp_path / str(rms)), steps=4, batch_size=4,
+        warmup_steps=1, log_every=2, feature_rms=rms, progress=False)
+    models[rms] = model_dir.load_model(out)[0]
+  with open(tmp_path / "0.05" / "metrics.jsonl") as f:
+    scale = [json.loads(line) for line in f][-1]["conv5_scale"]
+  assert 0 < scale
+  expected = region_pretraining.rescale_conv5(models[0.0], config, scale)
+  for module, layer in (("backbone", "conv5_3"), ("recognition", "fc6"), ("backbone", "conv4_1")):
+    for name in ("kernel", "bias"):
+      np.testing.assert_allclose(models[0.05][module][layer][name],
+                                 expected[module][layer][name], rtol=1e-6, atol=1e-9)

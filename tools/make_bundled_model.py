@@ -160,7 +160,8 @@ def main(argv=None):
     config.checkpoint_start_from = region_pretraining.pretrain(
         model_config, data, labels, heads, pretrain_dir, steps=args.pretrain_iters,
         batch_size=settings.batch_size, learning_rate=settings.learning_rate,
-        warmup_steps=settings.warmup_steps, max_regions=settings.max_regions, seed=config.seed)
+        warmup_steps=settings.warmup_steps, max_regions=settings.max_regions, seed=config.seed,
+        feature_rms=settings.feature_rms)
     config.finetune_cnn_after = args.finetune_cnn_after
     stages.append(pretrain_dir)
   run_dir = os.path.join(args.workdir, "run")

@@ -13,7 +13,7 @@ pretrained model to ``WORKDIR/model``; training then starts from it with
 (``python -m densecap_jax.train``); the stage reads ``config.model``,
 ``config.seed``, the data files and its own settings ``config.pretrain``
 (``steps``, ``batch_size``, ``learning_rate``, ``warmup_steps``,
-``max_regions``, see ``train/configs/common.py``), e.g.
+``max_regions``, ``feature_rms``, see ``train/configs/common.py``), e.g.
 ``--config.pretrain.steps=500``. A ``--workdir`` that already holds the model
 is left as it is.
 """
@@ -51,6 +51,10 @@ def check_pretrain_config(settings):
   if isinstance(warmup, bool) or not isinstance(warmup, int) or not 0 <= warmup < settings.steps:
     raise ValueError(f"config field pretrain.warmup_steps={warmup!r} is not accepted: expected an "
                      f"integer in [0, pretrain.steps={settings.steps})")
+  rms = settings.feature_rms
+  if isinstance(rms, bool) or not isinstance(rms, (int, float)) or not rms >= 0:
+    raise ValueError(f"config field pretrain.feature_rms={rms!r} is not accepted: expected a "
+                     f"number >= 0 (0: relu5_3 as trained)")
   rate = settings.learning_rate
   if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
     raise ValueError(f"config field pretrain.learning_rate={rate!r} is not accepted: expected a "
@@ -71,7 +75,7 @@ def pretrain(config, labels_path, workdir, progress=True):
       config.model, data, labels, heads, workdir, steps=settings.steps,
       batch_size=settings.batch_size, learning_rate=settings.learning_rate,
       warmup_steps=settings.warmup_steps, max_regions=settings.max_regions, seed=config.seed,
-      progress=progress)
+      feature_rms=float(settings.feature_rms), progress=progress)
 
 
 def main(argv):

@@ -24,6 +24,12 @@ Work directory::
   WORKDIR/metrics.jsonl, tensorboard/   loss, pretrain_<head>_accuracy (percent), both
                                         over the batches since the last logged step
   WORKDIR/model/                        the pretrained model directory (the stage is done)
+
+Classifying regions makes relu5_3 far larger than training DenseCap does
+(RMS ~1.3 against ~0.09 for the tiny model on the synthetic scenes), and the
+RPN, initialised for small inputs, then trains poorly on it. With
+``feature_rms`` the stage ends by scaling relu5_3 to that RMS without changing
+the codes (:func:`rescale_conv5`).
 """
 
 import os
@@ -132,9 +138,47 @@ def make_loss_fn(model_config):
   return loss_fn
 
 
+def relu5_3_rms(params, model_config, batches):
+  """RMS of relu5_3 over the valid cells of ``batches`` (:func:`assemble`'s dicts)."""
+  model = densecap.build_model(model_config)
+  channels = model_config.cnn_widths[-1][-1]
+
+  @jax.jit
+  def sums(batch):
+    images = device_pixels.model_images(batch["image"], batch["image_size"])
+    features = model.apply({"params": params}, images, batch["image_size"],
+                           method=densecap.DenseCap.features)[..., :channels]
+    cells = vgg_lib.feature_size(batch["image_size"])
+    return jnp.sum(jnp.square(features)), jnp.sum(cells[:, 0] * cells[:, 1]) * channels
+
+  totals = np.sum([np.asarray(jax.device_get(sums(b)), np.float64) for b in batches], axis=0)
+  return float(np.sqrt(totals[0] / totals[1]))
+
+
+def rescale_conv5(params, model_config, scale):
+  """``params`` with relu5_3 ``scale`` times larger and the same fc6 output.
+
+  conv5_3's kernel and bias are multiplied by ``scale > 0`` (ReLU commutes
+  with a positive factor, so relu5_3 is ``scale`` times itself); bilinear RoI
+  pooling is linear, so dividing the fc6 rows that read relu5_3's channels
+  (input index ``c * 49 + i * 7 + j`` for ``c`` below relu5_3's width,
+  ``models/recognition.py``) by ``scale`` leaves fc6, the codes and
+  everything after them as they were, up to float32 rounding.
+  """
+  block = len(model_config.cnn_widths)
+  last = f"conv{block}_{len(model_config.cnn_widths[-1])}"
+  rows = model_config.cnn_widths[-1][-1] * int(np.prod(model_config.roi_output_size))
+  params = jax.tree.map(np.array, params)  # a copy
+  for name in ("kernel", "bias"):
+    params["backbone"][last][name] = params["backbone"][last][name] * np.float32(scale)
+  fc6 = params["recognition"]["fc6"]["kernel"]
+  fc6[:rows] = fc6[:rows] / np.float32(scale)
+  return params
+
+
 def pretrain(model_config, data, region_labels, heads, workdir, *, steps, batch_size=8,
              learning_rate=1e-3, warmup_steps=100, max_regions=8, seed=0, log_every=50,
-             progress=True):
+             feature_rms=0.0, progress=True):
   """Runs the stage in ``workdir`` (skipped when its model directory is there).
 
   Args:
@@ -148,6 +192,9 @@ def pretrain(model_config, data, region_labels, heads, workdir, *, steps, batch_
     max_regions: labelled regions kept per image.
     seed: initialisation and shuffling.
     log_every: steps between logged scalars.
+    feature_rms: when > 0, relu5_3 is scaled to this RMS over the stage's
+      last 8 batches (:func:`rescale_conv5`; the factor is logged as
+      ``conv5_scale``); 0 leaves it as trained.
 
   Returns:
     The pretrained model directory.
@@ -179,11 +226,13 @@ def pretrain(model_config, data, region_labels, heads, workdir, *, steps, batch_
       data.bucket_ids(train_indices, buckets), batch_size, shuffle=True, seed=seed)
   writer = metrics_log.MetricsWriter(workdir)
   pending = []  # the device's (loss, counts) of the steps since the last logged one
+  last_batches = []
   for step in tqdm.trange(1, steps + 1, desc="pretraining", disable=not progress):
     bucket_id, positions = next(schedule_iter)
     indices = np.where(positions >= 0, train_indices[np.maximum(positions, 0)], -1)
     batch = assemble(data, indices, buckets[bucket_id], region_labels, max_regions, len(names))
     trained, opt_state, loss, counts = step_fn(trained, opt_state, batch)
+    last_batches = (last_batches + [batch])[-8:]
     pending.append((loss, counts))
     if step % log_every == 0 or step == steps:
       losses, counts = zip(*jax.device_get(pending))  # fetched once a log, not once a step
@@ -193,7 +242,11 @@ def pretrain(model_config, data, region_labels, heads, workdir, *, steps, batch_
                       for n, (c, t) in zip(names, sums)})
       writer.write(step, scalars)
       pending = []
-  writer.close()
   params = jax.tree.map(np.asarray, trained["params"])
+  if feature_rms > 0:
+    scale = feature_rms / relu5_3_rms(params, model_config, last_batches)
+    params = rescale_conv5(params, model_config, scale)
+    writer.write(steps, {"conv5_scale": scale})
+  writer.close()
   model_dir.save_model(out, params, model_config, data.vocab)
   return out

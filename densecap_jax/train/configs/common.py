@@ -104,11 +104,13 @@ def get_config(model_name):
   # model trained from scratch its start (``python -m densecap_jax.train.pretrain``,
   # ``train/region_pretraining.py``): Adam with a linear warm-up and a cosine
   # decay to 0 at ``steps``, ``batch_size`` images a step, their first
-  # ``max_regions`` labelled regions each.
+  # ``max_regions`` labelled regions each; ``feature_rms`` > 0 scales relu5_3
+  # to that RMS at the end without changing the codes (0: as trained).
   config.pretrain = ml_collections.ConfigDict()
   config.pretrain.steps = 2000
   config.pretrain.batch_size = 8
   config.pretrain.learning_rate = 1e-3
   config.pretrain.warmup_steps = 100
   config.pretrain.max_regions = 8
+  config.pretrain.feature_rms = 0.0
   return config
