@@ -198,16 +198,29 @@ def speed(model, path, regions, candidates, num_queries, exhaustive_queries, see
   ]
 
 
+def quality(model, folder, num_images, candidates, seed):
+  """The quality protocol in ``folder``: index ``num_images`` test scenes, rank the queries.
+
+  Returns:
+    ``(index, {name: [(phrase, box), ...]}, rows of evaluate, number of queries, seconds to
+    build the index)``.
+  """
+  photos, regions = quality_index(folder, num_images)
+  path = os.path.join(folder, "test.index")
+  start = time.perf_counter()
+  index_lib.build_index(model, photos, path, progress=False)
+  built = time.perf_counter() - start
+  index = reader.open_index(path)
+  rows, num_queries = evaluate(model, index, regions, candidates, seed)
+  return index, regions, rows, num_queries, built
+
+
 def main(argv=None):
   args = parse_args(argv)
   model = predictor.load_model(batch_size=4)
   with tempfile.TemporaryDirectory() as folder:
-    photos, regions = quality_index(folder, args.images)
-    start = time.perf_counter()
-    index_lib.build_index(model, photos, os.path.join(folder, "test.index"), progress=False)
-    built = time.perf_counter() - start
-    index = reader.open_index(os.path.join(folder, "test.index"))
-    rows, num_queries = evaluate(model, index, regions, args.quality_candidates, args.seed)
+    index, regions, rows, num_queries, built = quality(model, folder, args.images,
+                                                      args.quality_candidates, args.seed)
     print(f"Quality: {index.num_images} test images ({index.num_regions} regions, indexed in "
           f"{built:.0f} s with compiling), {num_queries} queries ({QUERIES_PER_IMAGE} ground-truth "
           f"captions per image)\n")

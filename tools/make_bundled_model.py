@@ -50,8 +50,6 @@ import retrieval
 from densecap_jax import model_dir
 from densecap_jax import files
 from densecap_jax import predictor
-from densecap_jax.search import builder as index_builder
-from densecap_jax.search import reader as index_reader
 from densecap_jax.evaluation import split_eval
 from densecap_jax.data import loader
 from densecap_jax.data import region_labels
@@ -97,11 +95,8 @@ def phrase_search_scores(model, workdir, seed):
   """Recall@1/5/10 and median rank of the LM ranking, ``benchmarks/retrieval.py``'s quality protocol."""
   folder = os.path.join(workdir, "search")
   shutil.rmtree(folder, ignore_errors=True)
-  photos, regions = retrieval.quality_index(folder, SEARCH_IMAGES)
-  path = os.path.join(folder, "test.index")
-  index_builder.build_index(model, photos, path, progress=False)
-  rows, num_queries = retrieval.evaluate(model, index_reader.open_index(path), regions,
-                                         SEARCH_CANDIDATES, seed)
+  _, _, rows, num_queries, _ = retrieval.quality(model, folder, SEARCH_IMAGES, SEARCH_CANDIDATES,
+                                                 seed)
   _, r1, r5, r10, median, _ = rows[0]  # "LM, all regions"
   return {"images": SEARCH_IMAGES, "queries": num_queries, "recall_at_1": float(r1),
           "recall_at_5": float(r5), "recall_at_10": float(r10), "median_rank": float(median)}
