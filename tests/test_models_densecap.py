@@ -342,3 +342,23 @@ def test_loss_falls_when_overfitting_one_image(config, params):
     history.append(float(loss))
   assert np.all(np.isfinite(history))
   assert np.mean(history[-10:]) < 0.4 * np.mean(history[:5])
+
+
+def test_rpn_sample_on_anchors_takes_the_rpn_losses_of_the_anchor_sample(config, params, batch):
+  moved = dict(params)  # the RPN's boxes moved off their anchors, so the two matchings differ
+  moved["localization"] = jax.tree.map(
+      lambda x: x + 0.05 * jax.random.normal(jax.random.key(4), x.shape), params["localization"])
+
+  def losses(**options):
+    cfg = micro_config()
+    cfg.update(options)
+    return jax.device_get(jax.jit(
+        lambda q: training.train_forward(q, batch, jax.random.key(1), cfg)[1])(moved))
+
+  boxes = losses()
+  anchors = losses(sample_on_anchors=True)
+  both = losses(rpn_sample_on_anchors=True)
+  mid = ("mid_objectness_loss", "mid_box_reg_loss")
+  assert any(boxes[name] != anchors[name] for name in mid)
+  for name in losses_lib.LOSS_NAMES:
+    np.testing.assert_array_equal(both[name], (anchors if name in mid else boxes)[name], name)

@@ -60,6 +60,9 @@ def get_config():
   # False: the sampler matches the predicted boxes to the ground truth (the
   # original, §3.5); True: the anchors (``localization.sample_rois``).
   config.sample_on_anchors = False
+  # True: the RPN's losses come from a second minibatch matched on the anchors,
+  # the recognition network's from the one above (``models/training.py``).
+  config.rpn_sample_on_anchors = False
   config.box_reg_decay = 5e-5
   config.std = 0.01  # init std of the new layers (RPN convs, objectness)
 

@@ -20,14 +20,15 @@ from densecap_jax.models.densecap import pool_regions
 from densecap_jax.models.densecap import rpn_boxes
 
 
-def _image_losses(sample, logits, final_transforms, lm_scores):
-  """The five unweighted losses of one image (§4.1)."""
+def _image_losses(sample, rpn_sample, logits, final_transforms, lm_scores):
+  """The five unweighted losses of one image (§4.1); the RPN's two come from ``rpn_sample``."""
   num_lm = lm_scores.shape[0]
   return {
-      "mid_objectness_loss": losses_lib.rpn_objectness_loss(sample.scores, sample.is_pos,
-                                                            ~sample.is_pos),
-      "mid_box_reg_loss": losses_lib.rpn_box_reg_loss(sample.transforms, sample.anchors,
-                                                      sample.target_boxes, sample.is_pos),
+      "mid_objectness_loss": losses_lib.rpn_objectness_loss(rpn_sample.scores, rpn_sample.is_pos,
+                                                            ~rpn_sample.is_pos),
+      "mid_box_reg_loss": losses_lib.rpn_box_reg_loss(rpn_sample.transforms, rpn_sample.anchors,
+                                                      rpn_sample.target_boxes,
+                                                      rpn_sample.is_pos),
       "end_objectness_loss": losses_lib.end_objectness_loss(logits, sample.is_pos),
       "end_box_reg_loss": losses_lib.end_box_reg_loss(sample.boxes, final_transforms,
                                                       sample.target_boxes, sample.is_pos),
@@ -56,7 +57,11 @@ def train_forward(params, batch, rng, config, finetune_cnn=False):
   slots (positives first), bilinear pooling of the predicted boxes, fc6 / fc7
   with dropout, objectness of every RoI, box regression and teacher-forced
   captions of the positives (only the first ``S // 2`` slots can be
-  positive). Differentiating ``total_loss`` gives the original's gradients,
+  positive). With ``config.rpn_sample_on_anchors`` the RPN's two losses come
+  from a second minibatch of the same size matched on the anchors (Faster
+  R-CNN's RPN; ``localization.sample_rois``, same key), the recognition
+  network's from the first: the RPN's losses are those of
+  ``sample_on_anchors``, the others those of the original. Differentiating ``total_loss`` gives the original's gradients,
   including the box-decay term on the RPN box conv (``losses.box_decay``),
   which is not part of ``total_loss``.
 
@@ -84,15 +89,21 @@ def train_forward(params, batch, rng, config, finetune_cnn=False):
   rpn = rpn_boxes(model, params, features, image_sizes, config, config.box_reg_decay)
 
   num_images = features.shape[0]
-  sample_fn = functools.partial(
-      loc_lib.sample_rois, num_samples=config.sampler_batch_size,
-      low_thresh=config.sampler_low_thresh, high_thresh=config.sampler_high_thresh,
-      remove_outbounds_boxes=config.train_remove_outbounds_boxes,
-      on_anchors=config.get("sample_on_anchors", False))
-  samples = jax.vmap(sample_fn, in_axes=(0, 0, None, 0, 0, 0, 0, 0, 0, 0))(
-      jax.random.split(sample_rng, num_images), rpn["boxes"], rpn["anchors"],
-      rpn["transforms"], rpn["scores"], rpn["cell_valid"], image_sizes, batch["gt_boxes"],
-      batch["gt_labels"], batch["gt_mask"])
+
+  def sample(rng, on_anchors):
+    sample_fn = functools.partial(
+        loc_lib.sample_rois, num_samples=config.sampler_batch_size,
+        low_thresh=config.sampler_low_thresh, high_thresh=config.sampler_high_thresh,
+        remove_outbounds_boxes=config.train_remove_outbounds_boxes, on_anchors=on_anchors)
+    return jax.vmap(sample_fn, in_axes=(0, 0, None, 0, 0, 0, 0, 0, 0, 0))(
+        jax.random.split(rng, num_images), rpn["boxes"], rpn["anchors"],
+        rpn["transforms"], rpn["scores"], rpn["cell_valid"], image_sizes, batch["gt_boxes"],
+        batch["gt_labels"], batch["gt_mask"])
+
+  samples = sample(sample_rng, config.get("sample_on_anchors", False))
+  rpn_samples = samples
+  if config.get("rpn_sample_on_anchors", False):
+    rpn_samples = sample(sample_rng, True)
 
   pooled = pool_regions(features, samples.boxes, image_sizes, rpn["feature_sizes"],
                  config.roi_output_size)
@@ -106,7 +117,7 @@ def train_forward(params, batch, rng, config, finetune_cnn=False):
                           method=DenseCap.caption_scores)
   lm_scores = lm_scores.reshape((num_images, num_lm) + lm_scores.shape[1:])
 
-  per_image = jax.vmap(_image_losses)(samples, logits, final_transforms, lm_scores)
+  per_image = jax.vmap(_image_losses)(samples, rpn_samples, logits, final_transforms, lm_scores)
   losses = losses_lib.weighted_losses(jax.tree.map(jnp.mean, per_image), config)
   if model.word_head:
     word_scores = model.apply({"params": params}, lm_codes, method=DenseCap.word_scores)
