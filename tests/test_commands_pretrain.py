@@ -52,7 +52,8 @@ def test_command_pretrains_from_the_labels_file_with_the_config_settings(dataset
   assert "--config.checkpoint_start_from=run/model" in done.stdout
   with open(tmp_path / "run" / "metrics.jsonl") as f:
     rows = [json.loads(line) for line in f]
-  assert [r["step"] for r in rows] == [3]  # config.pretrain.steps
+  assert [r["step"] for r in rows] == [3, 3]  # config.pretrain.steps; then relu5_3's scale
+  assert sorted(rows[1]) == ["conv5_scale", "step"]  # the tiny config sets pretrain.feature_rms
   assert sorted(k for k in rows[0] if k.endswith("_accuracy")) == [
       "pretrain_colour_accuracy", "pretrain_shape_accuracy", "pretrain_size_accuracy",
       "pretrain_texture_accuracy"]
@@ -75,10 +76,11 @@ def test_command_pretrains_from_the_labels_file_with_the_config_settings(dataset
   want = region_pretraining.pretrain(
       config, data, scene_labels, heads, str(tmp_path / "here"), steps=3, batch_size=2,
       learning_rate=1e-3, warmup_steps=1, max_regions=4, seed=tiny.get_config().seed,
-      progress=False)
+      feature_rms=tiny.get_config().pretrain.feature_rms, progress=False)
   want_params, want_config, want_vocab = model_dir.load_model(want)
   assert vocab == want_vocab and saved_config.to_dict() == want_config.to_dict()
-  for path in (("backbone", "conv1_1", "kernel"), ("recognition", "fc7", "kernel")):
+  for path in (("backbone", "conv1_1", "kernel"), ("backbone", "conv5_3", "kernel"),
+               ("recognition", "fc6", "kernel"), ("recognition", "fc7", "kernel")):
     got, expected = params, want_params
     for key in path:
       got, expected = got[key], expected[key]
@@ -129,4 +131,4 @@ def test_pretrain_settings_are_checked(field, value, message):
 def test_shipped_pretrain_settings():
   settings = tiny.get_config().pretrain
   assert (settings.steps, settings.batch_size, settings.learning_rate, settings.warmup_steps,
-          settings.max_regions) == (2000, 8, 1e-3, 100, 8)
+          settings.max_regions, settings.feature_rms) == (2000, 8, 1e-3, 100, 8, 0.086)

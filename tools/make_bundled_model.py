@@ -2,16 +2,16 @@
 
 1. renders the synthetic dataset (``densecap_jax.data.synthetic``, fixed seed),
 2. preprocesses it like Visual Genome (``densecap_jax.data.preprocess``),
-3. trains the ``tiny`` config on it from scratch (``train/configs/tiny.py``,
-   16,000 steps). With ``--pretrain_iters N`` it first pretrains the
-   backbone and fc6 / fc7 for N steps to classify the colour, shape,
+3. pretrains the backbone and fc6 / fc7 for ``--pretrain_iters`` steps
+   (``config.pretrain.steps``; 0 skips it) to classify the colour, shape,
    texture and size of the training split's objects from their regions
    (``python -m densecap_jax.train.pretrain`` on the dataset's
    ``objects.json``), as the original starts from VGG-16 trained on
-   ImageNet, and trains from that model (the CNN fine-tuned from
-   ``--finetune_cnn_after``); in the runs of ``benchmarks/README.md`` this
-   gave codes that carry colour and shape but a far weaker detector, so the
-   bundled recipe does not,
+   ImageNet, with relu5_3 scaled down to a trained detector's size
+   (``config.pretrain.feature_rms``); then trains the ``tiny`` config from
+   it (``train/configs/tiny.py``, 16,000 steps, the CNN trained from
+   ``--finetune_cnn_after``). ``benchmarks/README.md`` ("The bundled
+   model's recipe") has the runs that chose it,
 4. fits the captioner to the trained detector: from the best model of step
    3, only the language model trains (``trained_modules``), without dropout,
    for ``--captioner_iters`` steps. Trained jointly, the LM follows codes
@@ -64,7 +64,6 @@ from tools import plot_training
 BUNDLED = os.path.join(ROOT, "densecap_jax", "bundled")
 NUM_EXAMPLES = 3
 RENDER_SIZE = 320  # long side of the rendered scenes (before preprocessing)
-FINETUNE_CNN_AFTER = 2000
 CAPTIONER_ITERS = 4000
 SEARCH_IMAGES = 100  # benchmarks/retrieval.py's defaults
 SEARCH_CANDIDATES = 500
@@ -76,13 +75,12 @@ def parse_args(argv=None):
   parser.add_argument("--workdir", default=os.path.join(ROOT, "out", "bundled"))
   parser.add_argument("--num_images", type=int, default=3000)
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--pretrain_iters", type=int, default=0,
+  parser.add_argument("--pretrain_iters", type=int, default=config.pretrain.steps,
                       help="steps of region-attribute pretraining before training (0: none, "
-                           f"the bundled recipe; the pretrain command's default: "
-                           f"{config.pretrain.steps})")
+                           "training starts from scratch)")
   parser.add_argument("--max_iters", type=int, default=config.max_iters,
                       help="joint training steps")
-  parser.add_argument("--finetune_cnn_after", type=int, default=FINETUNE_CNN_AFTER,
+  parser.add_argument("--finetune_cnn_after", type=int, default=config.finetune_cnn_after,
                       help="joint step from which the pretrained CNN trains")
   parser.add_argument("--captioner_iters", type=int, default=CAPTIONER_ITERS,
                       help="steps of the language model alone on the trained detector")

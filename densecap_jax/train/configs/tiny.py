@@ -23,6 +23,14 @@ def get_config():
   # (0.05, 0.1). benchmarks/README.md ("The bundled model's recipe") has the runs.
   config.model.mid_box_reg_weight = 0.5
   config.model.end_box_reg_weight = 1.0
+  # Trained for detection, the deep layers drop the colour the captions name:
+  # the region codes also pool conv1, conv2 (colour) and conv4 (shape), and
+  # the sampler matches the anchors, which keeps the RPN stable with them.
+  config.model.cnn_skip_blocks = (1, 2, 4)
+  config.model.sample_on_anchors = True
+  # The bundled recipe starts from region-attribute pretraining, its relu5_3
+  # scaled to the RMS a trained detector's has (``make bundled-model``).
+  config.pretrain.feature_rms = 0.086
   config.data_h5 = "data/synthetic/regions.h5"
   config.data_json = "data/synthetic/regions-dicts.json"
   config.per_device_batch_size = 2
