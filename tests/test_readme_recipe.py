@@ -8,6 +8,8 @@ match, so the test fails when the README's commands change under it):
 
 * ``.venv/bin/python`` -> this interpreter (the project's environment);
 * ``--num_images 3000`` -> ``--num_images 40`` (32 train, 4 val, 4 test images);
+* the pretrain command gets ``--config.pretrain.steps=4`` (warm-up 1, batch 2)
+  and the single bucket below;
 * both train commands get ``--config.max_iters=6 --config.warmup_steps=2
   --config.save_checkpoint_every=6`` appended (one checkpoint and one
   validation, at the end; the last occurrence of a flag wins),
@@ -36,11 +38,14 @@ from densecap_jax.evaluation import meteor
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARKER = "<!-- readme-recipe"
 EXPECTED_MODULES = ["densecap_jax.data.synthetic", "densecap_jax.data.preprocess",
-                    "densecap_jax.train", "densecap_jax.train", "densecap_jax.evaluation",
-                    "densecap_jax.predict"]
+                    "densecap_jax.train.pretrain", "densecap_jax.train", "densecap_jax.train",
+                    "densecap_jax.evaluation", "densecap_jax.predict"]
 # appended to both train commands (the last occurrence of a flag wins)
 TRAIN_FLAGS = (" --config.max_iters=6 --config.warmup_steps=2 --config.save_checkpoint_every=6 "
                "--config.finetune_cnn_after=-1 '--config.model.buckets=((256,256),)'")
+# appended to the pretrain command: a few steps of small batches, one bucket
+PRETRAIN_FLAGS = (" --config.pretrain.steps=4 --config.pretrain.warmup_steps=1 "
+                  "--config.pretrain.batch_size=2 '--config.model.buckets=((256,256),)'")
 SUBSTITUTIONS = [  # (module, README text, replacement)
     (None, ".venv/bin/python", sys.executable),
     ("densecap_jax.data.synthetic", "--num_images 3000", "--num_images 40"),
@@ -81,6 +86,8 @@ def shrink(command):
       command = command.replace(old, new)
   if module_of(command) == "densecap_jax.train":
     command += TRAIN_FLAGS
+  if module_of(command) == "densecap_jax.train.pretrain":
+    command += PRETRAIN_FLAGS
   return command
 
 
@@ -90,6 +97,9 @@ def test_recipe_block_is_the_documented_commands():
   assert all(c.startswith(".venv/bin/python -m ") for c in commands), commands
   first, captioner = (c for c in commands if module_of(c) == "densecap_jax.train")
   assert "--config tiny --workdir runs/tiny" in first
+  assert "--config.checkpoint_start_from=runs/pretrain/model" in first
+  pretrain = commands[EXPECTED_MODULES.index("densecap_jax.train.pretrain")]
+  assert "--labels data/synthetic/vg/objects.json --workdir runs/pretrain" in pretrain
   assert "--config.checkpoint_start_from=runs/tiny " in captioner
   preprocess = commands[EXPECTED_MODULES.index("densecap_jax.data.preprocess")]
   for flag in ("--image_size 256", "--h5_output data/synthetic/regions.h5",
