@@ -362,3 +362,7 @@ def test_rpn_sample_on_anchors_takes_the_rpn_losses_of_the_anchor_sample(config,
   assert any(boxes[name] != anchors[name] for name in mid)
   for name in losses_lib.LOSS_NAMES:
     np.testing.assert_array_equal(both[name], (anchors if name in mid else boxes)[name], name)
+  # With the sampler already on the anchors the second minibatch would be the first.
+  anchors_twice = losses(sample_on_anchors=True, rpn_sample_on_anchors=True)
+  for name in losses_lib.LOSS_NAMES:
+    np.testing.assert_array_equal(anchors_twice[name], anchors[name], name)

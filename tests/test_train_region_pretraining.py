@@ -125,8 +125,9 @@ def test_rescale_conv5_scales_relu5_3_and_keeps_the_codes():
   np.testing.assert_array_equal(after[..., channels:], before[..., channels:])
   np.testing.assert_allclose(codes_after, codes_before, rtol=1e-4, atol=1e-6)
   # The input tree is left as it was.
+  initial = region_pretraining.initial_params(config, 3)
   np.testing.assert_array_equal(params["backbone"]["conv5_3"]["bias"],
-                                region_pretraining.initial_params(config, 3)["backbone"]["conv5_3"]["bias"])
+                                initial["backbone"]["conv5_3"]["bias"])
 
 
 def test_relu5_3_rms_is_the_rms_over_the_valid_cells(dataset):

@@ -149,12 +149,9 @@ def main(argv=None):
     model_config.vocab_size = data.vocab_size
     pretrain_dir = os.path.join(args.workdir, "pretrain")
     heads, labels = region_labels.load_region_labels(objects, data, model_config.image_size)
-    settings = config.pretrain
+    settings = dict(region_pretraining.settings_kwargs(config.pretrain), steps=args.pretrain_iters)
     config.checkpoint_start_from = region_pretraining.pretrain(
-        model_config, data, labels, heads, pretrain_dir, steps=args.pretrain_iters,
-        batch_size=settings.batch_size, learning_rate=settings.learning_rate,
-        warmup_steps=settings.warmup_steps, max_regions=settings.max_regions, seed=config.seed,
-        feature_rms=settings.feature_rms)
+        model_config, data, labels, heads, pretrain_dir, seed=config.seed, **settings)
     config.finetune_cnn_after = args.finetune_cnn_after
     stages.append(pretrain_dir)
   run_dir = os.path.join(args.workdir, "run")

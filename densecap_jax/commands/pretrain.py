@@ -70,12 +70,9 @@ def pretrain(config, labels_path, workdir, progress=True):
   config_checks.check_config(config)
   config_checks.check_fits_data(config, data, 1)
   heads, labels = region_labels_lib.load_region_labels(labels_path, data, data.slot_size)
-  settings = config.pretrain
   return region_pretraining.pretrain(
-      config.model, data, labels, heads, workdir, steps=settings.steps,
-      batch_size=settings.batch_size, learning_rate=settings.learning_rate,
-      warmup_steps=settings.warmup_steps, max_regions=settings.max_regions, seed=config.seed,
-      feature_rms=float(settings.feature_rms), progress=progress)
+      config.model, data, labels, heads, workdir, seed=config.seed, progress=progress,
+      **region_pretraining.settings_kwargs(config.pretrain))
 
 
 def main(argv):

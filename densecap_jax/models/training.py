@@ -61,9 +61,10 @@ def train_forward(params, batch, rng, config, finetune_cnn=False):
   from a second minibatch of the same size matched on the anchors (Faster
   R-CNN's RPN; ``localization.sample_rois``, same key), the recognition
   network's from the first: the RPN's losses are those of
-  ``sample_on_anchors``, the others those of the original. Differentiating ``total_loss`` gives the original's gradients,
-  including the box-decay term on the RPN box conv (``losses.box_decay``),
-  which is not part of ``total_loss``.
+  ``sample_on_anchors``, the others those of the original.
+  Differentiating ``total_loss`` gives the original's gradients, including
+  the box-decay term on the RPN box conv (``losses.box_decay``), which is
+  not part of ``total_loss``.
 
   Args:
     params: the ``'params'`` collection (``init_params``).
@@ -100,9 +101,10 @@ def train_forward(params, batch, rng, config, finetune_cnn=False):
         rpn["transforms"], rpn["scores"], rpn["cell_valid"], image_sizes, batch["gt_boxes"],
         batch["gt_labels"], batch["gt_mask"])
 
-  samples = sample(sample_rng, config.get("sample_on_anchors", False))
-  rpn_samples = samples
-  if config.get("rpn_sample_on_anchors", False):
+  on_anchors = config.get("sample_on_anchors", False)
+  samples = sample(sample_rng, on_anchors)
+  rpn_samples = samples  # already the anchors' minibatch when on_anchors
+  if config.get("rpn_sample_on_anchors", False) and not on_anchors:
     rpn_samples = sample(sample_rng, True)
 
   pooled = pool_regions(features, samples.boxes, image_sizes, rpn["feature_sizes"],

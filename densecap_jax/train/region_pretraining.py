@@ -176,6 +176,14 @@ def rescale_conv5(params, model_config, scale):
   return params
 
 
+SETTINGS = ("steps", "batch_size", "learning_rate", "warmup_steps", "max_regions", "feature_rms")
+
+
+def settings_kwargs(settings):
+  """The keyword arguments of :func:`pretrain` that ``config.pretrain`` holds (``SETTINGS``)."""
+  return {name: settings[name] for name in SETTINGS}
+
+
 def pretrain(model_config, data, region_labels, heads, workdir, *, steps, batch_size=8,
              learning_rate=1e-3, warmup_steps=100, max_regions=8, seed=0, log_every=50,
              feature_rms=0.0, progress=True):
