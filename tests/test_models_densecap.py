@@ -366,3 +366,32 @@ def test_rpn_sample_on_anchors_takes_the_rpn_losses_of_the_anchor_sample(config,
   anchors_twice = losses(sample_on_anchors=True, rpn_sample_on_anchors=True)
   for name in losses_lib.LOSS_NAMES:
     np.testing.assert_array_equal(anchors_twice[name], anchors[name], name)
+
+
+@pytest.mark.parametrize("on_anchors", [False, True])
+def test_fixed_proposals_stop_the_recognition_gradient_at_the_rpn_boxes(params, batch, on_anchors):
+  recognition = ("end_objectness_loss", "end_box_reg_loss", "captioning_loss")
+
+  def run(fixed):
+    cfg = micro_config()
+    cfg.sample_on_anchors = on_anchors
+    cfg.fixed_proposals = fixed
+
+    def recognition_loss(p):
+      _, losses, _ = training.train_forward(p, batch, jax.random.key(1), cfg)
+      return sum(losses[name] for name in recognition), losses
+
+    return jax.device_get(jax.jit(jax.grad(recognition_loss, has_aux=True))(params))
+
+  free_grads, free_losses = run(False)
+  fixed_grads, fixed_losses = run(True)
+  for name in losses_lib.LOSS_NAMES:  # the forward pass is unchanged
+    np.testing.assert_array_equal(fixed_losses[name], free_losses[name], name)
+  # The recognition losses reach the RPN's layers only through the RoI boxes.
+  free_rpn = jax.tree.leaves(free_grads["localization"])
+  assert max(float(np.abs(g).max()) for g in free_rpn) > 0
+  assert all(not np.any(g) for g in jax.tree.leaves(fixed_grads["localization"]))
+  # Everything else still learns from them, as before.
+  for key in ("recognition", "language_model"):
+    for free, fixed in zip(jax.tree.leaves(free_grads[key]), jax.tree.leaves(fixed_grads[key])):
+      np.testing.assert_allclose(fixed, free, rtol=1e-5, atol=1e-7)

@@ -63,6 +63,10 @@ def get_config():
   # True: the RPN's losses come from a second minibatch matched on the anchors,
   # the recognition network's from the one above (``models/training.py``).
   config.rpn_sample_on_anchors = False
+  # True: no gradient from pooling or the final box regression reaches the
+  # RoI boxes (Faster R-CNN's proposals); False: the original, where the RPN
+  # boxes receive it through the bilinear sampler (§4).
+  config.fixed_proposals = False
   config.box_reg_decay = 5e-5
   config.std = 0.01  # init std of the new layers (RPN convs, objectness)
 

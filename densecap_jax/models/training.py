@@ -61,7 +61,10 @@ def train_forward(params, batch, rng, config, finetune_cnn=False):
   from a second minibatch of the same size matched on the anchors (Faster
   R-CNN's RPN; ``localization.sample_rois``, same key), the recognition
   network's from the first: the RPN's losses are those of
-  ``sample_on_anchors``, the others those of the original.
+  ``sample_on_anchors``, the others those of the original. With
+  ``config.fixed_proposals`` the RoI boxes are constants to the recognition
+  network (pooling and final box-regression targets), as Faster R-CNN
+  treats its proposals: the RPN learns from its own two losses alone.
   Differentiating ``total_loss`` gives the original's gradients, including
   the box-decay term on the RPN box conv (``losses.box_decay``), which is
   not part of ``total_loss``.
@@ -106,6 +109,8 @@ def train_forward(params, batch, rng, config, finetune_cnn=False):
   rpn_samples = samples  # already the anchors' minibatch when on_anchors
   if config.get("rpn_sample_on_anchors", False) and not on_anchors:
     rpn_samples = sample(sample_rng, True)
+  if config.get("fixed_proposals", False):
+    samples = samples._replace(boxes=jax.lax.stop_gradient(samples.boxes))
 
   pooled = pool_regions(features, samples.boxes, image_sizes, rpn["feature_sizes"],
                  config.roi_output_size)
