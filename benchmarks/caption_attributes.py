@@ -41,8 +41,8 @@ def parse_args(argv=None):
 
 
 def attribute_words():
-  """``{attribute: words}`` of the synthetic world (``region_codes.ATTRIBUTES``)."""
-  return {name: values for name, (_, values) in region_codes.ATTRIBUTES.items()}
+  """``{attribute: {word: value}}`` of the synthetic world (``synthetic_world.ATTRIBUTE_WORDS``)."""
+  return synthetic.ATTRIBUTE_WORDS
 
 
 def object_reference(obj):

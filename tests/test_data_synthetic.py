@@ -132,6 +132,10 @@ def _check_region(scene, phrase, box):
     assert named in ([], [obj.size if attribute is synthetic.SIZES else obj.texture]), phrase
   noun = [w for w in words if w in synthetic.TEXTURE_NOUNS.values()]
   assert noun in ([], [synthetic.TEXTURE_NOUNS.get(obj.texture)]), phrase
+  for name, field in synthetic.ATTRIBUTE_FIELDS.items():  # the measure reads what it names
+    values = synthetic.ATTRIBUTE_WORDS[name]
+    named = {values[w] for w in words if w in values}
+    assert named in (set(), {getattr(obj, field)}), phrase
   cx, cy = _centre(box)
   if "left" in words:
     assert cx < scene.width / 2

@@ -91,13 +91,39 @@ def test_no_regions_give_zero_shares():
 
 def test_tokens_are_whole_words():
   assert attribute_accuracy.caption_tokens("Three stars, red.") == {"three", "stars", "red"}
-  assert attribute_accuracy.true_word(["three stars", "a star"], frozenset({"star"})) == "star"
-  assert attribute_accuracy.true_word(["three stars"], frozenset({"star"})) is None
-  words = frozenset({"red", "blue"})
+  assert attribute_accuracy.true_word(["three stars", "a star"], {"star": "star"}) == "star"
+  assert attribute_accuracy.true_word(["three stars"], {"star": "star"}) is None
+  words = {"red": "red", "blue": "blue"}
   assert attribute_accuracy.true_word(["a red star", "the star is red"], words) == "red"
   assert attribute_accuracy.true_word(["a red star", "a blue star"], words) is None
   assert attribute_accuracy.true_word(["a red star above a red star"], words) is None
   assert attribute_accuracy.true_word(["a star"], words) is None
+
+
+TEXTURE = {"solid": "solid", "dotted": "dotted", "dots": "dotted", "striped": "striped",
+           "stripes": "striped"}
+
+
+def test_synonyms_name_the_same_value():
+  assert attribute_accuracy.true_word(["a red circle with dots", "a dotted red circle"],
+                                      TEXTURE) == "dotted"
+  assert attribute_accuracy.true_word(["a dotted circle with stripes"], TEXTURE) is None
+  assert attribute_accuracy.named_values("a red circle with dots", TEXTURE) == {"dotted"}
+  measure = attribute_accuracy.AttributeAccuracy(
+      {"colour": ("red", "blue"), "shape": ("circle", "square"), "texture": TEXTURE},
+      required=("colour", "shape"), merge_thresh=None)
+  boxes = np.array([[1, 1, 10, 10], [21, 1, 30, 10], [1, 21, 10, 30]], float)
+  # Three dotted or striped objects; the captions say "with dots" (right),
+  # "striped" for a dotted one (wrong), and "with dots" and "dotted" together
+  # for a dotted one (one value, right).
+  measure.add_result(np.ones(3), boxes, ["a red circle with dots", "a striped blue square",
+                                         "a dotted red circle with dots"], boxes,
+                     ["a dotted red circle", "a blue square with dots",
+                      "a red circle with dots"])
+  results = measure.evaluate()
+  assert (results["texture"], results["texture_named"], results["texture_regions"]) == (
+      2 / 3, 1.0, 3)
+  assert results["colour_shape"] == 1.0
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -106,6 +132,9 @@ def test_tokens_are_whole_words():
     (dict(attribute_words={"colour": ("dark red",)}), "non-empty list of single words"),
     (dict(attribute_words={"colour": "red"}), "non-empty list of single words"),
     (dict(attribute_words={"a": ("red",), "b": ("red",)}), "share the words"),
+    (dict(attribute_words={"a": {"red": "red"}, "b": {"red": "rot"}}), "share the words"),
+    (dict(attribute_words={"colour": {"dark red": "red"}}), "mapping"),
+    (dict(attribute_words={"colour": {"red": ""}}), "mapping"),
     (dict(attribute_words=WORDS, required=("texture",)), "required attributes"),
     (dict(attribute_words=WORDS, iou_threshold=0), "iou_threshold"),
 ])

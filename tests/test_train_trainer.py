@@ -145,15 +145,17 @@ def test_attribute_scalars_of_validation_predictions():
   box = np.array([[50.0, 50.0, 21.0, 21.0]])  # xcycwh
   far = np.array([[150.0, 150.0, 21.0, 21.0]])
   predictions = [
-      # a red circle, captioned with the right colour and the wrong shape
-      (np.array([1.0]), box, ["a small red square"], box, ["a small red circle"]),
+      # a dotted red circle, captioned with the right colour and texture (a
+      # synonym of the reference's word) and the wrong shape
+      (np.array([1.0]), box, ["a small dotted red square"], box,
+       ["a small red circle with dots"]),
       # a blue star captioned right, and a green cross no detection overlaps
       (np.array([2.0, 1.0]), np.concatenate([box, box]), ["a blue star", "a red star"],
        np.concatenate([box, far]), ["the star is blue", "a large green cross"]),
   ]
   scalars = trainer.attribute_scalars(measure, predictions)
   assert scalars == {"val_colour_shape_accuracy": 50.0, "val_colour_accuracy": 100.0,
-                     "val_shape_accuracy": 50.0, "val_texture_accuracy": 0.0,
+                     "val_shape_accuracy": 50.0, "val_texture_accuracy": 100.0,
                      "val_size_accuracy": 100.0, "val_attribute_matched": pytest.approx(200 / 3)}
   config.val_attribute_words = {}
   assert trainer.attribute_measure(config) is None

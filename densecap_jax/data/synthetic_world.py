@@ -63,6 +63,12 @@ TONES = ("light", "dark")
 ASPECTS = (1.0, 0.75, 2 / 3, 0.5625)
 # What an object is, attribute by attribute (``object_attributes`` numbers the values in this order).
 ATTRIBUTES = {"colour": tuple(COLORS), "shape": SHAPES, "texture": TEXTURES, "size": tuple(SIZES)}
+# The words captions use for each attribute's values, ``{word: value}``: the
+# values themselves and the texture nouns ("a red circle with dots").
+ATTRIBUTE_WORDS = {name: {**dict(zip(values, values)),
+                          **({noun: t for t, noun in TEXTURE_NOUNS.items()}
+                             if name == "texture" else {})}
+                   for name, values in ATTRIBUTES.items()}
 # The ``SceneObject`` field of each attribute.
 ATTRIBUTE_FIELDS = {"colour": "color", "shape": "shape", "texture": "texture", "size": "size"}
 

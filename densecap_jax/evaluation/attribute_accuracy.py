@@ -10,9 +10,10 @@ Then, for each region:
 
 * the words of an attribute that its references name (a caption names a word
   when the word is one of its whitespace-separated, lower-cased tokens: "stars"
-  does not name "star") are collected over all its references; the
-  attribute has a *true word* when they name exactly one word and no
-  reference names a word of it twice;
+  does not name "star") are collected over all its references, each read
+  as the value it stands for (an attribute's words may include synonyms:
+  "dots" for "dotted"); the attribute has a *true word* when they name
+  exactly one value and no reference names a word of it twice;
 * the region is **eligible** when every ``required`` attribute (by default
   all of them) has a true word: e.g. one colour and one shape, a single
   object; a pair "a red square above a blue circle" or "a red square above a
@@ -51,11 +52,19 @@ def caption_tokens(caption: str) -> set:
   return set(_TOKEN.findall(caption.lower()))
 
 
-def true_word(references: Sequence[str], words: frozenset) -> str | None:
-  """The one word of ``words`` the references name, none naming one twice; else None."""
+def named_values(caption: str, words: Mapping[str, str]) -> set:
+  """The values (``words[token]``) of the words of ``words`` that ``caption`` names."""
+  return {words[t] for t in caption_tokens(caption) if t in words}
+
+
+def true_word(references: Sequence[str], words: Mapping[str, str]) -> str | None:
+  """The one value of ``words`` (``{word: value}``) the references name; else None.
+
+  None also when a reference names two words of ``words``.
+  """
   found = set()
   for reference in references:
-    named = [t for t in _TOKEN.findall(reference.lower()) if t in words]
+    named = [words[t] for t in _TOKEN.findall(reference.lower()) if t in words]
     if len(named) > 1:
       return None
     found.update(named)
@@ -74,15 +83,17 @@ def _check_words(attribute_words):
   for name, words in attribute_words.items():
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9]+", name):
       raise ValueError(f"attribute name {name!r} is not accepted: expected letters and digits")
-    if isinstance(words, str) or not words or not all(
-        isinstance(w, str) and caption_tokens(w) == {w.lower()} for w in words):
-      raise ValueError(f"attribute {name!r}: expected a non-empty list of single words, "
-                       f"got {words!r}")
-    checked[name] = frozenset(w.lower() for w in words)
+    pairs = (list(words.items()) if isinstance(words, Mapping)
+             else None if isinstance(words, str) else [(w, w) for w in words])
+    if not pairs or not all(isinstance(w, str) and caption_tokens(w) == {w.lower()}
+                            and isinstance(v, str) and v for w, v in pairs):
+      raise ValueError(f"attribute {name!r}: expected a non-empty list of single words "
+                       f"or a {{word: value}} mapping, got {words!r}")
+    checked[name] = {w.lower(): v.lower() for w, v in pairs}
   names = list(checked)
   for i, a in enumerate(names):
     for b in names[i + 1:]:
-      shared = checked[a] & checked[b]
+      shared = checked[a].keys() & checked[b].keys()
       if shared:
         raise ValueError(f"attributes {a!r} and {b!r} share the words {sorted(shared)}")
   return checked
@@ -93,8 +104,10 @@ class AttributeAccuracy:
 
   Args:
     attribute_words: ``{name: words}``, e.g. ``{"colour": ("red", ...),
-      "shape": ("circle", ...)}``; names are letters and digits, no word is in
-      two lists.
+      "shape": ("circle", ...)}``, where ``words`` may also be a mapping
+      ``{word: value}`` that names synonyms (``{"dotted": "dotted", "dots":
+      "dotted", ...}``); names are letters and digits, no word is in two
+      attributes.
     required: the attributes an eligible region names exactly once, and whose
       all-right share is reported (default: all, in ``attribute_words``' order).
     iou_threshold: a detection matches a region at IoU >= this.
@@ -162,13 +175,13 @@ class AttributeAccuracy:
       if not hits.size:
         continue
       self.matched += 1
-      said = caption_tokens(captions[order[hits[0]]])
+      caption = captions[order[hits[0]]]
       all_right = True
       for name, words in self.words.items():
         if truth[name] is None:
           continue
         self.known[name] += 1
-        named = said & words
+        named = named_values(caption, words)
         self.named[name] += bool(named)
         right = named == {truth[name]}
         self.right[name] += right

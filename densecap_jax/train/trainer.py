@@ -76,7 +76,7 @@ def attribute_measure(config):
     return None
   try:
     return attribute_accuracy.AttributeAccuracy(
-        {name: tuple(w) for name, w in dict(words).items()},
+        {name: dict(w) if hasattr(w, "keys") else tuple(w) for name, w in dict(words).items()},
         required=tuple(config.get("val_attribute_joint", ())))
   except ValueError as e:
     raise ValueError(f"config fields val_attribute_words / val_attribute_joint: {e}") from None

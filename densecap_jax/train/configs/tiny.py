@@ -42,8 +42,6 @@ def get_config():
   config.save_checkpoint_every = 2000
   config.losses_log_every = 10
   config.val_images_use = 300
-  config.val_attribute_words = {
-      "colour": tuple(synthetic_world.COLORS), "shape": synthetic_world.SHAPES,
-      "texture": synthetic_world.TEXTURES, "size": tuple(synthetic_world.SIZES)}
+  config.val_attribute_words = synthetic_world.ATTRIBUTE_WORDS
   config.val_attribute_joint = ("colour", "shape")
   return config
