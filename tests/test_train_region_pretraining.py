@@ -58,6 +58,7 @@ def test_assemble_pads_images_regions_and_examples(dataset):
   np.testing.assert_array_equal(batch["labels"][0], [[1, 2], [-1, -1]])
   np.testing.assert_array_equal(batch["labels"][1], [[1, 2], [0, -1]])  # the first 2 of 3
   np.testing.assert_array_equal(batch["labels"][2], -1)
+  np.testing.assert_array_equal(batch["valid"], [True, True, False])
   np.testing.assert_array_equal(batch["boxes"][1], [[10, 12, 8, 6], [20, 20, 4, 4]])
 
 
@@ -141,8 +142,10 @@ def test_relu5_3_rms_is_the_rms_over_the_valid_cells(dataset):
   model = densecap.build_model(config)
   squares, cells = 0.0, 0
   for batch in batches:
-    for image, size in zip(batch["image"], batch["image_size"]):  # one at a time, unpadded
-      h, w = size
+    for image, size, valid in zip(batch["image"], batch["image_size"], batch["valid"]):
+      if not valid:  # a padding example (a black image) is not counted
+        continue
+      h, w = size  # one at a time, unpadded
       pixels = device_pixels.model_images(image[None, :, :h, :w], size[None])
       features = np.asarray(model.apply({"params": params}, pixels, size[None],
                                         method=densecap.DenseCap.features))

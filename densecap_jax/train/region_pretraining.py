@@ -71,10 +71,12 @@ def assemble(data, indices, bucket, region_labels, max_regions, num_heads):
   Returns:
     dict: ``image`` ``(B, 3, Hb, Wb)`` uint8 BGR, ``image_size`` ``(B, 2)``
     int32, ``boxes`` ``(B, max_regions, 4)`` float32 xcycwh (unit boxes in
-    padding), ``labels`` ``(B, max_regions, num_heads)`` int32 (-1 in padding).
+    padding), ``labels`` ``(B, max_regions, num_heads)`` int32 (-1 in padding),
+    ``valid`` ``(B,)`` bool (False for padding examples).
   """
   size = len(indices)
   batch = {
+      "valid": np.asarray(indices) >= 0,
       "image": np.zeros((size, 3) + tuple(bucket), np.uint8),
       "image_size": np.tile(np.asarray(bucket, np.int32), (size, 1)),
       "boxes": np.tile(np.asarray([8, 8, 16, 16], np.float32), (size, max_regions, 1)),
@@ -139,7 +141,7 @@ def make_loss_fn(model_config):
 
 
 def relu5_3_rms(params, model_config, batches):
-  """RMS of relu5_3 over the valid cells of ``batches`` (:func:`assemble`'s dicts)."""
+  """RMS of relu5_3 over the valid cells of ``batches``' real examples (:func:`assemble`'s dicts)."""
   model = densecap.build_model(model_config)
   channels = model_config.cnn_widths[-1][-1]
 
@@ -149,7 +151,10 @@ def relu5_3_rms(params, model_config, batches):
     features = model.apply({"params": params}, images, batch["image_size"],
                            method=densecap.DenseCap.features)[..., :channels]
     cells = vgg_lib.feature_size(batch["image_size"])
-    return jnp.sum(jnp.square(features)), jnp.sum(cells[:, 0] * cells[:, 1]) * channels
+    valid = batch["valid"]
+    squares = jnp.sum(jnp.square(features), axis=(1, 2, 3))
+    return (jnp.sum(jnp.where(valid, squares, 0.0)),
+            jnp.sum(jnp.where(valid, cells[:, 0] * cells[:, 1], 0)) * channels)
 
   totals = np.sum([np.asarray(jax.device_get(sums(b)), np.float64) for b in batches], axis=0)
   return float(np.sqrt(totals[0] / totals[1]))
