@@ -194,6 +194,9 @@ def pretrain(model_config, data, region_labels, heads, workdir, *, steps, batch_
              feature_rms=0.0, progress=True):
   """Runs the stage in ``workdir`` (skipped when its model directory is there).
 
+  The stage keeps no checkpoint: one stopped before it saved its model
+  starts over, its earlier ``metrics.jsonl`` lines dropped.
+
   Args:
     model_config: the DenseCap model config (``vocab_size`` set).
     data: ``loader.DenseCapH5``; its training split is used, shuffled each epoch.
@@ -238,6 +241,7 @@ def pretrain(model_config, data, region_labels, heads, workdir, *, steps, batch_
   schedule_iter = loader_lib.bucketed_schedule(
       data.bucket_ids(train_indices, buckets), batch_size, shuffle=True, seed=seed)
   writer = metrics_log.MetricsWriter(workdir)
+  writer.truncate_after(0)  # a stopped attempt saved no model: the stage starts over
   pending = []  # the device's (loss, counts) of the steps since the last logged one
   last_batches = []
   for step in tqdm.trange(1, steps + 1, desc="pretraining", disable=not progress):
