@@ -395,3 +395,33 @@ def test_fixed_proposals_stop_the_recognition_gradient_at_the_rpn_boxes(params, 
   for key in ("recognition", "language_model"):
     for free, fixed in zip(jax.tree.leaves(free_grads[key]), jax.tree.leaves(fixed_grads[key])):
       np.testing.assert_allclose(fixed, free, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("frozen_blocks", [0, 1])
+def test_cnn_skip_gradient_trains_the_appended_block_through_its_channels(batch, frozen_blocks):
+  def grads(skip_gradient):
+    cfg = micro_config()
+    cfg.frozen_blocks = frozen_blocks
+    cfg.cnn_skip_blocks = (1,)
+    cfg.cnn_skip_gradient = skip_gradient
+    params = dc.init_params(cfg, jax.random.key(0))
+    return jax.device_get(jax.jit(jax.grad(lambda q: training.train_forward(
+        q, batch, jax.random.key(1), cfg, finetune_cnn=True)[0]))(params))
+
+  stopped, passed = grads(False), grads(True)
+  backbone = stopped["backbone"]
+  for name in backbone:  # blocks 2-5 and everything after them: the same gradient
+    if not name.startswith("conv1_"):
+      for a, b in zip(jax.tree.leaves(stopped["backbone"][name]),
+                      jax.tree.leaves(passed["backbone"][name])):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-8, err_msg=name)
+  for a, b in zip(jax.tree.leaves(stopped["recognition"]), jax.tree.leaves(passed["recognition"])):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-8)
+  conv1 = [np.abs(np.asarray(passed["backbone"][n]["kernel"]) -
+                  np.asarray(stopped["backbone"][n]["kernel"])).max()
+           for n in ("conv1_1", "conv1_2")]
+  if frozen_blocks:  # block 1 is frozen: no gradient either way
+    assert not np.any(passed["backbone"]["conv1_1"]["kernel"])
+    assert max(conv1) == 0
+  else:  # the codes' losses reach conv1 through its appended channels
+    assert min(conv1) > 0

@@ -46,6 +46,9 @@ def get_config():
   # relu5_3's channels for the RoI codes; the RPN keeps relu5_3 alone
   # (``VGG16.skip_blocks``, ``DenseCap.rpn``).
   config.cnn_skip_blocks = ()
+  # True: the RoI codes' losses also train those blocks through their
+  # appended channels (``VGG16.skip_gradient``); False: no gradient there.
+  config.cnn_skip_gradient = False
 
   # Localization layer (§3).
   config.rpn_num_filters = 256

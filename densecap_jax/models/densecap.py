@@ -59,11 +59,12 @@ class DenseCap(nn.Module):
   precision: str = "float32"
   input_scale: float = 1.0
   skip_blocks: tuple = ()
+  skip_gradient: bool = False
   word_head: bool = False
 
   def setup(self):
     self.backbone = vgg_lib.VGG16(self.cnn_widths, self.frozen_blocks, self.precision,
-                                  self.input_scale, self.skip_blocks)
+                                  self.input_scale, self.skip_blocks, self.skip_gradient)
     self.localization = loc_lib.LocalizationLayer(self.num_anchors, self.rpn_num_filters,
                                                   self.std, self.precision)
     self.recognition = recog_lib.RecognitionNetwork(self.fc_dim, self.drop_prob, self.std,
@@ -146,6 +147,7 @@ def build_model(config):
       precision=configs_lib.precision_of(config),
       input_scale=config.get("input_scale", 1.0),
       skip_blocks=tuple(config.get("cnn_skip_blocks", ())),
+      skip_gradient=config.get("cnn_skip_gradient", False),
       word_head=config.get("word_loss_weight", 0.0) > 0)
 
 

@@ -107,16 +107,19 @@ class VGG16(nn.Module):
       its channels are appended to relu5_3's, in block order: the RoI codes
       pooled from them keep what the earlier layers see (colour, texture
       energy) next to what the deep ones make of it, as multi-layer RoI
-      features do (ION, HyperNet). They pass no gradient back: the CNN
-      trains as it would without them (``benchmarks/README.md``, "The
-      bundled model's recipe", has the runs with and without). Empty:
-      relu5_3 alone, the original.
+      features do (ION, HyperNet). Empty: relu5_3 alone, the original.
+    skip_gradient: False: the appended channels pass no gradient back, and
+      the CNN trains as it would without them; True: the losses of the RoI
+      codes (captions, final box regression, objectness) also train the
+      appended blocks through them (never a block up to ``frozen_blocks``).
+      ``benchmarks/README.md``, "The bundled model's recipe", has the runs.
   """
   widths: Sequence[Sequence[int]]
   frozen_blocks: int = 2
   precision: str = "float32"
   input_scale: float = 1.0
   skip_blocks: Sequence[int] = ()
+  skip_gradient: bool = False
 
   @nn.compact
   def __call__(self, images, image_sizes=None, finetune=False):
@@ -155,7 +158,8 @@ class VGG16(nn.Module):
           x = x * valid_region_mask(sizes, x.shape[1], x.shape[2]).astype(dtype)
       if block in self.skip_blocks:
         skip = window_mean(x, sizes, 2 ** (num_blocks - block)).astype(dtype)
-        skips.append(jax.lax.stop_gradient(skip))
+        passes = self.skip_gradient and block > self.frozen_blocks
+        skips.append(skip if passes else jax.lax.stop_gradient(skip))
       if block < num_blocks:
         x = max_pool_ceil(x)
         if sizes is not None:
