@@ -11,6 +11,7 @@ import pytest
 from densecap_jax import model_dir as checkpoint
 from densecap_jax.evaluation import metric
 from densecap_jax.evaluation import split_eval
+from densecap_jax.models import densecap
 from densecap_jax.train import config_checks
 from densecap_jax.train import loop
 from densecap_jax.train import trainer
@@ -286,3 +287,18 @@ def test_a_damaged_checkpoint_is_passed_over_on_resume(dataset, tmp_path, capfd)
   assert checkpoint.nonfinite_arrays(params) == []
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_start_checkpoint_of_other_shapes_is_a_one_line_error():
+  config = tiny.get_config().model
+  config.vocab_size = 12
+  params = jax.device_get(densecap.init_params(config, jax.random.key(0)))
+  trainer.check_param_shapes(params, config, "start")  # its own shapes pass
+  other = config.copy_and_resolve_references()
+  other.cnn_skip_blocks = (1, 2, 3, 4)
+  with pytest.raises(ValueError, match=r"^start: parameter recognition/fc6/kernel has shape "
+                                       r"\(7448, 256\), the config's model expects \(9016, 256\)"):
+    trainer.check_param_shapes(params, other, "start")
+  del params["recognition"]["box_reg"]
+  with pytest.raises(ValueError, match=r"^start has no parameter recognition/box_reg/bias"):
+    trainer.check_param_shapes(params, config, "start")

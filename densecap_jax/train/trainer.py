@@ -145,8 +145,28 @@ def _initial_params(config, data):
     if model_config.name != config.model.name:
       raise ValueError(f"{config.checkpoint_start_from} is a {model_config.name!r} model, the "
                        f"config asks for {config.model.name!r}")
+    check_param_shapes(params, config.model, config.checkpoint_start_from)
     return params
   return densecap.init_params(config.model, jax.random.key(config.seed))
+
+
+def check_param_shapes(params, model_config, source):
+  """Checks that ``params`` (from ``source``) fit ``model_config``'s model.
+
+  Raises:
+    ValueError: (one line) a parameter of the model is missing or has
+      another shape, as in a model of other ``cnn_skip_blocks``.
+  """
+  want = jax.eval_shape(lambda: densecap.init_params(model_config, jax.random.key(0)))
+  got = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+  for path, spec in jax.tree_util.tree_flatten_with_path(want)[0]:
+    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    if path not in got:
+      raise ValueError(f"{source} has no parameter {name}, which the config's model has")
+    if tuple(np.shape(got[path])) != tuple(spec.shape):
+      raise ValueError(f"{source}: parameter {name} has shape {tuple(np.shape(got[path]))}, "
+                       f"the config's model expects {tuple(spec.shape)} (another "
+                       f"model.cnn_widths, cnn_skip_blocks, fc_dim or rnn_size?)")
 
 
 def _write_config(workdir, config):
