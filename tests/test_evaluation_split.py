@@ -111,6 +111,35 @@ def test_progress_rate_leaves_out_the_compiling_batches(model_and_data, monkeypa
   assert remaining and max(60 * int(m) + int(s) for m, s in remaining) <= 1, err
 
 
+def test_nms_thresholds_default_to_the_model_configs(model_and_data, monkeypatch):
+  params, config, data = model_and_data
+  config = config.copy_and_resolve_references()
+  config.rpn_nms_thresh, config.final_nms_thresh = 0.85, 0.25
+  seen = []
+
+  def recording(predict_fn):
+    del predict_fn
+
+    def call(params, images, image_sizes, example_mask, rpn_nms_thresh, final_nms_thresh):
+      del params, image_sizes, example_mask
+      seen.append((rpn_nms_thresh, final_nms_thresh))
+      lead = images.shape[:2]
+      return (np.zeros(lead + (1, 4), np.float32), np.zeros(lead + (1,), np.float32),
+              np.zeros(lead + (1, 3), np.int32), np.zeros(lead + (1,), bool))
+
+    return call
+
+  monkeypatch.setattr(split_eval, "_pmapped", recording)
+  run = lambda **kw: split_eval.evaluate_split(
+      params, data, "val", None, config=config, batch_size=16, meteor_fn=fake_meteor,
+      progress=False, **kw)
+  run()
+  assert set(seen) == {(0.85, 0.25)}
+  seen.clear()
+  run(rpn_nms_thresh=0.5, final_nms_thresh=0.4)
+  assert set(seen) == {(0.5, 0.4)}
+
+
 def test_command_runs_the_models_settings_unless_a_flag_overrides_them(capsys):
   flags = ["--checkpoint", "m", "--data_h5", "d.h5", "--data_json", "d.json"]
   args = evaluate.parse_args(flags)

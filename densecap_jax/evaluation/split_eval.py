@@ -40,7 +40,7 @@ def make_predict_fn(config, num_proposals=None):
 
 
 def evaluate_split(params, data, split, predict_fn, *, config, max_images=-1, batch_size=1,
-                   num_workers=1, rpn_nms_thresh=0.7, final_nms_thresh=0.3, meteor_fn=None,
+                   num_workers=1, rpn_nms_thresh=None, final_nms_thresh=None, meteor_fn=None,
                    progress=True, return_predictions=False):
   """Dense-captioning mAP of the model on one split of a preprocessed dataset.
 
@@ -56,12 +56,13 @@ def evaluate_split(params, data, split, predict_fn, *, config, max_images=-1, ba
     data: a ``loader.DenseCapH5``.
     split: ``'train' | 'val' | 'test'``.
     predict_fn: from :func:`make_predict_fn`.
-    config: the model config (shape buckets).
+    config: the model config (shape buckets, test-time NMS thresholds).
     max_images: evaluate the split's first ``max_images`` images; −1 = all.
     batch_size: images per forward pass over the whole job, rounded up to a
       multiple of the number of devices.
     num_workers: threads assembling the batches (``loader.make_batches``).
-    rpn_nms_thresh, final_nms_thresh: test-time NMS thresholds.
+    rpn_nms_thresh, final_nms_thresh: test-time NMS thresholds (None: the
+      model config's).
     meteor_fn: METEOR scorer for the evaluator (default: the Java METEOR).
     progress: show a progress bar (on the first process); it reads
       ``compiling`` during the first batch of each shape and its rate and
@@ -76,6 +77,8 @@ def evaluate_split(params, data, split, predict_fn, *, config, max_images=-1, ba
     boxes in the resized image's pixels (on every process).
   """
   runtime.use_compilation_cache()
+  rpn_nms_thresh = config.rpn_nms_thresh if rpn_nms_thresh is None else rpn_nms_thresh
+  final_nms_thresh = config.final_nms_thresh if final_nms_thresh is None else final_nms_thresh
   indices = data.split_indices(split)
   num_images = len(indices) if max_images < 0 else min(max_images, len(indices))
   max_boxes = max(1, int(data.num_boxes[indices[:num_images]].max(initial=0)))
