@@ -40,6 +40,7 @@ from densecap_jax import model_dir
 from densecap_jax import predictor
 from densecap_jax.data import images as images_lib
 from densecap_jax.data import synthetic_world as synthetic
+from densecap_jax.evaluation import attribute_accuracy
 from densecap_jax.models import densecap
 
 DATASET_IMAGES, DATASET_SEED = 3000, 0  # tools/make_bundled_model.py's defaults
@@ -174,7 +175,8 @@ def main(argv=None):
   for name, (field, values) in ATTRIBUTES.items():
     labels = np.array([values.index(getattr(obj, field)) for _, obj in objects])
     accuracy, majority = probe_accuracy(codes, labels, len(values))
-    named = np.mean([getattr(obj, field) in caption.split()
+    words = synthetic.ATTRIBUTE_WORDS[name]  # "with dots" names dotted
+    named = np.mean([getattr(obj, field) in attribute_accuracy.named_values(caption, words)
                      for (_, obj), caption in zip(objects, captions)])
     print(f"| {name} | {len(values)} | {accuracy:.3f} | {majority:.3f} | {named:.3f} |")
   rng = np.random.default_rng(args.seed)
