@@ -178,3 +178,23 @@ def test_pretraining_with_feature_rms_scales_relu5_3_of_the_same_run(dataset, tm
     for name in ("kernel", "bias"):
       np.testing.assert_allclose(models[0.05][module][layer][name],
                                  expected[module][layer][name], rtol=1e-6, atol=1e-9)
+
+
+def test_pretraining_passes_no_gradient_through_the_appended_blocks(dataset):
+  data = loader.DenseCapH5(*dataset[:2])
+  heads, labels = region_labels.load_region_labels(dataset[2], data, SIZE)
+  batch = region_pretraining.assemble(data, np.asarray([0, 1]), (SIZE, SIZE), labels, 4,
+                                      len(heads))
+  grads = {}
+  for skip_gradient in (False, True):
+    config = _skip_config(data.vocab_size)
+    config.cnn_skip_gradient = skip_gradient
+    trained = {"params": region_pretraining.initial_params(config, seed=0),
+               "heads": region_pretraining.init_heads(config.fc_dim, list(heads.values()),
+                                                      jax.random.key(2))}
+    loss_fn = region_pretraining.make_loss_fn(config)
+    grads[skip_gradient] = jax.device_get(jax.grad(lambda t: loss_fn(t, batch)[0])(trained))
+  conv1 = grads[True]["params"]["backbone"]["conv1_1"]["kernel"]
+  assert np.any(conv1)
+  for a, b in zip(jax.tree.leaves(grads[False]), jax.tree.leaves(grads[True])):
+    np.testing.assert_array_equal(b, a)

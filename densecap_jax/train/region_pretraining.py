@@ -8,7 +8,9 @@ region of an image is classified, for each attribute head (e.g. colour,
 shape, texture, size of a synthetic object), from the code DenseCap itself
 computes for it:
 
-  images -> ``DenseCap.features`` (every unfrozen block trains)
+  images -> ``DenseCap.features`` (every unfrozen block trains through
+            relu5_3; appended ``cnn_skip_blocks`` pass no gradient back here,
+            whatever ``cnn_skip_gradient`` says for DenseCap training)
          -> bilinear RoI pooling of the regions (``densecap.pool_regions``)
          -> fc6 / fc7 (``DenseCap.recognize``, without dropout)
          -> one linear softmax classifier per head.
@@ -107,13 +109,21 @@ def init_heads(fc_dim, num_classes, rng):
            "bias": jnp.zeros((c,), jnp.float32)} for k, c in zip(keys, num_classes)]
 
 
+def _pretraining_model_config(model_config):
+  """``model_config`` with the appended skip blocks' gradient cut (module doc)."""
+  config = model_config.copy_and_resolve_references()
+  config.cnn_skip_gradient = False
+  return config
+
+
 def make_loss_fn(model_config):
   """``loss_fn(trained, batch) -> (loss, per-head (correct, labelled) counts)``.
 
   ``trained = {'params': DenseCap params, 'heads': init_heads(...)}``; ``batch``
-  as :func:`assemble` gives it.
+  as :func:`assemble` gives it. No gradient passes back through the appended
+  ``cnn_skip_blocks`` (module doc), whatever ``cnn_skip_gradient`` says.
   """
-  model = densecap.build_model(model_config)
+  model = densecap.build_model(_pretraining_model_config(model_config))
 
   def loss_fn(trained, batch):
     params = trained["params"]
@@ -152,8 +162,8 @@ def relu5_3_rms(params, model_config, batches):
                            method=densecap.DenseCap.features)[..., :channels]
     cells = vgg_lib.feature_size(batch["image_size"])
     valid = batch["valid"]
-    squares = jnp.sum(jnp.square(features), axis=(1, 2, 3))
-    return (jnp.sum(jnp.where(valid, squares, 0.0)),
+    features = jnp.where(valid[:, None, None, None], features, 0.0)
+    return (jnp.sum(jnp.square(features)),
             jnp.sum(jnp.where(valid, cells[:, 0] * cells[:, 1], 0)) * channels)
 
   totals = np.sum([np.asarray(jax.device_get(sums(b)), np.float64) for b in batches], axis=0)
