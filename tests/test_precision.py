@@ -316,6 +316,7 @@ def predictors():
   """
   params, config, vocab = model_dir.load_model(predictor_lib.bundled_model_path())
   config.buckets = ((BUNDLED_SIZE, BUNDLED_SIZE),)
+  config.rpn_nms_thresh = 0.7  # the original's: more final boxes to compare than at 0.9
   return {precision: predictor_lib.DenseCapPredictor(params, config, vocab, precision=precision,
                                                  devices=jax.devices()[:1])
           for precision in ("float32", "bfloat16")}

@@ -280,7 +280,9 @@ def test_every_flag_shows_its_default(capsys, monkeypatch):
   # The test-time settings default to the model's own values, read from the bundled model's
   # config.json and the vgg16 config without loading a model.
   assert ("IoU threshold of the NMS on the region proposals, in [0, 1] (default: the model's "
-          "value, 0.7 for the bundled and converted VGG-16 models)") in text
+          "value, 0.9 for the bundled model, 0.7 for converted VGG-16 ones)") in text
+  assert ("IoU threshold of the final NMS, in [0, 1] (default: the model's value, 0.3 for the "
+          "bundled and converted VGG-16 models)") in text
   assert ("proposals after the RPN NMS (default: the model's value, 300 for the bundled model, "
           "1000 for converted VGG-16 ones)") in text
 
