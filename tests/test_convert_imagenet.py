@@ -278,3 +278,14 @@ def test_heads_take_the_features_of_a_skip_block():
   for part in ("localization", "recognition", "language_model"):
     for name, value in mapping.flatten(heads[part]).items():
       np.testing.assert_array_equal(value, mapping.flatten(full[part])[name], err_msg=name)
+
+
+def test_check_params_names_an_unexpected_tensor_unless_extras_are_allowed():
+  config = configs.get_model_config("tiny")
+  config.vocab_size = 5
+  params = jax.device_get(densecap.init_params(config, jax.random.key(0)))
+  mapping.check_params(params, config)
+  params["extra"] = {"kernel": np.zeros(3)}
+  with pytest.raises(ValueError, match=r"^extra/kernel is not a parameter of the model$"):
+    mapping.check_params(params, config)
+  mapping.check_params(params, config, allow_extra=True)

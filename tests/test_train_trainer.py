@@ -2,6 +2,7 @@
 
 import json
 import os
+import types
 
 import jax
 import ml_collections
@@ -289,16 +290,33 @@ def test_a_damaged_checkpoint_is_passed_over_on_resume(dataset, tmp_path, capfd)
     np.testing.assert_array_equal(a, b)
 
 
-def test_a_start_checkpoint_of_other_shapes_is_a_one_line_error():
-  config = tiny.get_config().model
-  config.vocab_size = 12
-  params = jax.device_get(densecap.init_params(config, jax.random.key(0)))
-  trainer.check_param_shapes(params, config, "start")  # its own shapes pass
-  other = config.copy_and_resolve_references()
+def test_a_start_checkpoint_of_other_shapes_is_a_one_line_error(tmp_path):
+  config = tiny.get_config()
+  vocab = [f"w{i}" for i in range(12)]
+  config.model.vocab_size = len(vocab)
+  params = jax.device_get(densecap.init_params(config.model, jax.random.key(0)))
+
+  def start_from(tree, model_config):
+    start = str(tmp_path / f"start{len(os.listdir(tmp_path))}")
+    checkpoint.save_model(start, tree, config.model, vocab)
+    data = types.SimpleNamespace(vocab=checkpoint.load_model(start)[2])  # the same vocabulary
+    run = config.copy_and_resolve_references()
+    run.model, run.checkpoint_start_from = model_config, start
+    return start, trainer._initial_params(run, data)  # pylint: disable=protected-access
+
+  _, loaded = start_from(params, config.model)  # its own shapes pass
+  for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
+  no_words = config.model.copy_and_resolve_references()
+  no_words.word_loss_weight = 0.0  # the start's word head is there but not read
+  assert "word_classifier" in start_from(params, no_words)[1]
+  other = config.model.copy_and_resolve_references()
   other.cnn_skip_blocks = (1, 2, 3, 4)
-  with pytest.raises(ValueError, match=r"^start: parameter recognition/fc6/kernel has shape "
-                                       r"\(7448, 256\), the config's model expects \(9016, 256\)"):
-    trainer.check_param_shapes(params, other, "start")
+  with pytest.raises(ValueError, match=r"^\S+/start2 does not fit the config's model: shape "
+                                       r"mismatch for recognition/fc6/kernel: the model needs "
+                                       r"\(9016, 256\), the file gives \(7448, 256\)$"):
+    start_from(params, other)
   del params["recognition"]["box_reg"]
-  with pytest.raises(ValueError, match=r"^start has no parameter recognition/box_reg/bias"):
-    trainer.check_param_shapes(params, config, "start")
+  with pytest.raises(ValueError, match=r"^\S+/start3 does not fit the config's model: no value "
+                                       r"for the model parameter recognition/box_reg/bias"):
+    start_from(params, config.model)

@@ -104,8 +104,11 @@ def _plain(value):
   return float(value) if isinstance(value, (int, float)) else value
 
 
-def check_params(params, config):
+def check_params(params, config, *, allow_extra=False):
   """Checks that ``params`` has exactly the tree and shapes ``densecap.init_params`` gives.
+
+  With ``allow_extra``, tensors the model does not have are accepted (it
+  does not read them).
 
   Raises:
     ValueError: naming the first missing, unexpected or mis-shaped tensor.
@@ -120,7 +123,7 @@ def check_params(params, config):
       raise ValueError(f"shape mismatch for {name}: the model needs {want[name]}, the file "
                        f"gives {got[name]}")
   extra = sorted(set(got) - set(want))
-  if extra:
+  if extra and not allow_extra:
     raise ValueError(f"{extra[0]} is not a parameter of the model")
 
 

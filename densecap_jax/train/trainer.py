@@ -33,6 +33,7 @@ import numpy as np
 from densecap_jax import model_dir
 from densecap_jax import files
 from densecap_jax import runtime
+from densecap_jax.convert import mapping as convert_mapping
 from densecap_jax.data import device_pixels
 from densecap_jax.data import loader as loader_lib
 from densecap_jax.evaluation import attribute_accuracy
@@ -145,28 +146,13 @@ def _initial_params(config, data):
     if model_config.name != config.model.name:
       raise ValueError(f"{config.checkpoint_start_from} is a {model_config.name!r} model, the "
                        f"config asks for {config.model.name!r}")
-    check_param_shapes(params, config.model, config.checkpoint_start_from)
+    try:
+      convert_mapping.check_params(params, config.model, allow_extra=True)
+    except ValueError as e:
+      raise ValueError(f"{config.checkpoint_start_from} does not fit the config's model: {e}") \
+          from None
     return params
   return densecap.init_params(config.model, jax.random.key(config.seed))
-
-
-def check_param_shapes(params, model_config, source):
-  """Checks that ``params`` (from ``source``) fit ``model_config``'s model.
-
-  Raises:
-    ValueError: (one line) a parameter of the model is missing or has
-      another shape, as in a model of other ``cnn_skip_blocks``.
-  """
-  want = jax.eval_shape(lambda: densecap.init_params(model_config, jax.random.key(0)))
-  got = dict(jax.tree_util.tree_flatten_with_path(params)[0])
-  for path, spec in jax.tree_util.tree_flatten_with_path(want)[0]:
-    name = "/".join(str(getattr(k, "key", k)) for k in path)
-    if path not in got:
-      raise ValueError(f"{source} has no parameter {name}, which the config's model has")
-    if tuple(np.shape(got[path])) != tuple(spec.shape):
-      raise ValueError(f"{source}: parameter {name} has shape {tuple(np.shape(got[path]))}, "
-                       f"the config's model expects {tuple(spec.shape)} (another "
-                       f"model.cnn_widths, cnn_skip_blocks, fc_dim or rnn_size?)")
 
 
 def _write_config(workdir, config):
