@@ -40,11 +40,6 @@ def parse_args(argv=None):
   return parser.parse_args(argv)
 
 
-def attribute_words():
-  """``{attribute: {word: value}}`` of the synthetic world (``synthetic_world.ATTRIBUTE_WORDS``)."""
-  return synthetic.ATTRIBUTE_WORDS
-
-
 def object_reference(obj):
   """One reference naming every attribute of a ``SceneObject``, e.g. ``"small dotted red star"``."""
   return " ".join(getattr(obj, field) for field in ("size", "texture", "color", "shape"))
@@ -59,7 +54,7 @@ def score_scenes(scenes, detections):
       ``(N, 4)`` xywh in the scene's pixels and ``captions`` (as
       ``predictor.predict`` returns).
   """
-  measure = attribute_accuracy.AttributeAccuracy(attribute_words(), required=JOINT,
+  measure = attribute_accuracy.AttributeAccuracy(synthetic.ATTRIBUTE_WORDS, required=JOINT,
                                                  merge_thresh=None)
   for scene, found in zip(scenes, detections):
     gt_boxes = np.array([obj.box for obj in scene.objects], np.float64).reshape(-1, 4)

@@ -44,12 +44,8 @@ from densecap_jax.evaluation import attribute_accuracy
 from densecap_jax.models import densecap
 
 DATASET_IMAGES, DATASET_SEED = 3000, 0  # tools/make_bundled_model.py's defaults
-ATTRIBUTES = {
-    "colour": ("color", tuple(synthetic.COLORS)),
-    "shape": ("shape", synthetic.SHAPES),
-    "texture": ("texture", synthetic.TEXTURES),
-    "size": ("size", tuple(synthetic.SIZES)),
-}
+ATTRIBUTES = {name: (synthetic.ATTRIBUTE_FIELDS[name], values)  # {name: (field, values)}
+              for name, values in synthetic.ATTRIBUTES.items()}
 FIT_SHARE = 0.7
 RIDGE = 10.0  # on codes standardised over the fitted objects
 
