@@ -8,7 +8,7 @@ in plain bf16 (bf16 result):
 * fc6: ``(1000, 25088) @ (25088, 4096)`` (1,000 RoIs through fc6, 205.5 GFLOP);
 * conv: a 3 x 3 convolution 512 -> 512 on a 34 x 45 map, batch 1, NHWC / HWIO
   (conv5-sized, 7.2 GFLOP), also as the nine shifted bf16 -> float32 dots
-  that the policy runs on AMX CPUs (``precision.conv3x3_as_dots``);
+  that the policy runs on CPUs with native bf16 products (``precision.conv3x3_as_dots``);
 * fc6-bwd, conv-bwd: the input and weight gradients of fc6 on 256 RoIs (a
   training image's sampled regions, 105 GFLOP) and of the conv, in float32
   and as bf16 training computes them (float32 values rounded to bf16 inside
@@ -316,7 +316,7 @@ def main(argv=None):
   variants.insert(0, "default")  # the reference runs first
 
   from densecap_jax.models import precision  # pylint: disable=g-import-not-at-top
-  model, amx = cpu_model(), precision.host_has_amx()
+  model, bf16_dots = cpu_model(), precision.host_has_bf16_dots()
   summaries, errors = {}, {}
   with tempfile.TemporaryDirectory() as out_dir:
     for variant in variants:
@@ -345,7 +345,8 @@ def main(argv=None):
 
   jax_version = summaries["default"]["jax"]
   print(f"\nJAX {jax_version} on CPU: {model}, {os.cpu_count()} logical CPUs, "
-        f"amx_bf16 {'yes' if amx else 'no'}; median of {args.repeats} calls after one warm-up")
+        f"native bf16 products (amx_bf16 / avx512_bf16) {'yes' if bf16_dots else 'no'}; "
+        f"median of {args.repeats} calls after one warm-up")
   print("| variant | op | dtype | library | ms | GFLOP/s | default f32 / this | "
         "same variant's f32 / this | rel. error vs default f32 |")
   print("|---|---|---|---|---:|---:|---:|---:|---|")

@@ -254,9 +254,14 @@ def test_bfloat16_products_accumulate_in_float32_and_heads_stay_float32(train):
     outputs[out] += 1
     if out == jnp.float32:  # forward: accumulated and returned in float32
       assert eqn.params["preferred_element_type"] == jnp.float32, eqn
-  # Training: the backward products of the bf16 layers take bf16 operands too.
+  # Training: the backward products of the bf16 layers take bf16 operands too;
+  # the matmuls' accumulate and return float32 (_bf16_matmul), the convs' bf16.
   assert set(outputs) == ({jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)} if train
                           else {jnp.dtype(jnp.float32)}), outputs
+  if train:
+    forward, _ = _traced_products("bfloat16", False)
+    forward_f32 = sum(e.invars[0].aval.dtype == jnp.bfloat16 for e in forward)
+    assert outputs[jnp.dtype(jnp.float32)] > forward_f32, (outputs, forward_f32)
   # The float32 products are conv1_1 and the four heads (and, in training, their transposes).
   for eqn in f32:
     assert eqn.outvars[0].aval.dtype == jnp.float32
@@ -264,6 +269,47 @@ def test_bfloat16_products_accumulate_in_float32_and_heads_stay_float32(train):
   # Every output is float32: boxes, logits, and (training) the gradients of float32 params.
   for out in closed.out_avals:
     assert out.dtype in (jnp.float32, jnp.int32, jnp.bool_), out
+
+
+def _round_bf16(x):
+  return np.asarray(jnp.asarray(x, jnp.float32).astype(jnp.bfloat16).astype(jnp.float32),
+                    np.float64)
+
+
+@pytest.mark.parametrize("weight_dtype", [jnp.float32, jnp.bfloat16])
+def test_bfloat16_matmul_gradients_are_float32_products_of_bf16_values(weight_dtype):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((3, 5, 40)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((40, 24)), jnp.float32).astype(weight_dtype)
+  cotangent = jnp.asarray(rng.standard_normal((3, 5, 24)), jnp.float32)
+  out, vjp = jax.vjp(lambda x, w: precision_lib.matmul(x, w, "bfloat16"), x, w)
+  dx, dw = vjp(cotangent)
+  x64, w64, ct64 = _round_bf16(x), _round_bf16(w), _round_bf16(cotangent)
+  assert out.dtype == jnp.float32
+  np.testing.assert_allclose(out, x64 @ w64, rtol=1e-5, atol=1e-5)
+  # Each gradient in its operand's dtype: float32 weights get float32 sums,
+  # not sums rounded to bf16.
+  assert dx.dtype == jnp.float32 and dw.dtype == weight_dtype
+  np.testing.assert_allclose(dx, ct64 @ w64.T, rtol=1e-5, atol=1e-5)
+  want_dw = np.einsum("bik,bin->kn", x64, ct64)
+  if weight_dtype == jnp.float32:
+    np.testing.assert_allclose(dw, want_dw, rtol=1e-5, atol=1e-5)
+    assert np.any(_round_bf16(dw) != np.asarray(dw, np.float64))
+  else:
+    np.testing.assert_allclose(np.asarray(dw, np.float32), want_dw, rtol=1e-2, atol=1e-2)
+  # nn.Dense under the policy takes the same product.
+  dense = nn.Dense(24, **precision_lib.dense_kwargs("bfloat16"))
+  params = {"params": {"kernel": w, "bias": jnp.zeros(24)}}
+  dense_out, dense_vjp = jax.vjp(lambda x: dense.apply(params, x), x)
+  np.testing.assert_array_equal(dense_out, out)
+  np.testing.assert_array_equal(dense_vjp(cotangent)[0], dx)
+
+
+def test_cpus_with_bf16_dots_are_named_by_their_flags():
+  assert precision_lib.cpu_has_bf16_dots(["fpu", "avx512f", "avx512_bf16"])  # AMD Zen 4
+  assert precision_lib.cpu_has_bf16_dots(["avx512_bf16", "amx_tile", "amx_bf16"])
+  assert not precision_lib.cpu_has_bf16_dots(["fpu", "avx2", "avx512f", "avx512_vnni"])
+  assert isinstance(precision_lib.host_has_bf16_dots(), bool)
 
 
 def test_bfloat16_modules_keep_float32_params_and_outputs():
@@ -509,8 +555,8 @@ def _hlo_ops(fn, *args, platform):
   return {op: text.count(f"stablehlo.{op}") for op in ("convolution", "dot_general")}
 
 
-def test_bfloat16_wide_convs_run_as_dots_on_amx_cpus_only(monkeypatch):
-  monkeypatch.setattr(precision_lib, "host_has_amx", lambda: True)
+def test_bfloat16_wide_convs_run_as_dots_on_bf16_dot_cpus_only(monkeypatch):
+  monkeypatch.setattr(precision_lib, "host_has_bf16_dots", lambda: True)
   layer, params, inputs = _conv_layer(channels=precision_lib.DOT_CONV_MIN_CHANNELS)
   apply = lambda p, x: layer.apply(p, x)
   assert _hlo_ops(apply, params, inputs, platform="cpu") == {"convolution": 0, "dot_general": 9}
@@ -519,7 +565,7 @@ def test_bfloat16_wide_convs_run_as_dots_on_amx_cpus_only(monkeypatch):
   assert _hlo_ops(lambda p, x: narrow.apply(p, x), narrow_params, narrow_inputs,
                   platform="cpu") == {"convolution": 1, "dot_general": 0}
   with monkeypatch.context() as patch:
-    patch.setattr(precision_lib, "host_has_amx", lambda: False)
+    patch.setattr(precision_lib, "host_has_bf16_dots", lambda: False)
     assert _hlo_ops(lambda p, x: layer.apply(p, x), params, inputs,  # traced anew
                     platform="cpu") == {"convolution": 1, "dot_general": 0}
 

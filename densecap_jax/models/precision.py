@@ -13,10 +13,12 @@ module of the model:
 * ``"bfloat16"``: operands (activations and kernels) rounded to bfloat16,
   products accumulated and returned in float32
   (``preferred_element_type``), biases added in float32; in training the
-  backward products take bf16 operands too (``_bf16_product``). The
+  backward products take bf16 operands too (the cotangent rounded to bf16),
+  accumulated in float32 (``_bf16_matmul``, ``_bf16_product``). The
   parameters stay float32 (master weights, and what is saved). The backbone keeps its
   activations in bfloat16 between convs (half the memory traffic) and returns
-  float32 features. On a CPU with AMX (:func:`host_has_amx`) the 3x3 convs
+  float32 features. On a CPU that multiplies bf16 natively
+  (:func:`host_has_bf16_dots`: AMX or AVX512-BF16) the 3x3 convs
   with at least ``DOT_CONV_MIN_CHANNELS`` input channels run as nine shifted
   matrix products (:func:`conv3x3_as_dots`): XLA:CPU computes bf16
   convolutions on operands converted to float32 but bf16 x bf16 -> float32
@@ -74,6 +76,12 @@ def _bf16_operands(inputs, kernel, bias=None, *, dtype=None, inexact=True):
   return [inputs.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), bias]
 
 
+def _keep_operands(*operands, dtype=None, inexact=True):
+  """Flax ``promote_dtype`` that leaves the operands' dtypes to the product (:func:`_bf16_matmul`)."""
+  del dtype, inexact
+  return list(operands)
+
+
 def _bf16_product(product, forward_product=None):
   """``product`` (a ``lax`` conv or dot) of bf16 operands: float32 forward, bf16 backward.
 
@@ -108,10 +116,63 @@ def _bf16_product(product, forward_product=None):
   return wrapped
 
 
-# On an AMX CPU under "bfloat16", 3x3 convs with at least this many input
-# channels run as dots: in VGG-16 conv3_2 ... conv5_3 and the RPN conv, the
-# threshold with which the backbone ran fastest (the CPU bfloat16 section of
-# benchmarks/README.md); on the larger, shallower maps of blocks 1-2 slicing
+def _bf16_matmul(x, w):
+  """``x @ w`` on bf16 operands, accumulated and returned in float32.
+
+  ``x``: ``[..., K]``, ``w``: ``[K, N]``, of any float dtype (rounded to bf16
+  here); returns ``[..., N]`` float32. The backward pass rounds the cotangent
+  to bf16 and computes both gradients as bf16 x bf16 -> float32 products in
+  the layouts XLA:CPU runs natively (``dx = ct @ w.T``, ``dw = x.T @ ct``;
+  the CPU bfloat16 section of ``benchmarks/README.md``), returned in the
+  dtypes of ``x`` and ``w``: float32 master weights get a float32 gradient.
+  """
+  return _bf16_matmul_for(jnp.dtype(x.dtype), jnp.dtype(w.dtype))(x, w)
+
+
+@functools.cache
+def _bf16_matmul_for(x_dtype, w_dtype):
+  """:func:`_bf16_matmul` for operands of these dtypes (its gradients' dtypes)."""
+
+  def forward(x, w):
+    x16, w16 = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+    out = lax.dot_general(x16, w16, (((x.ndim - 1,), (0,)), ((), ())),
+                          preferred_element_type=jnp.float32)
+    return out, (x16, w16)
+
+  def backward(residuals, cotangent):
+    x16, w16 = residuals
+    ct16 = cotangent.astype(jnp.bfloat16)
+    dx = lax.dot_general(ct16, w16, (((ct16.ndim - 1,), (1,)), ((), ())),
+                         preferred_element_type=jnp.float32)
+    dw = lax.dot_general(x16.reshape(-1, x16.shape[-1]), ct16.reshape(-1, ct16.shape[-1]),
+                         (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    return dx.astype(x_dtype), dw.astype(w_dtype)
+
+  run = jax.custom_vjp(lambda x, w: forward(x, w)[0])
+  run.defvjp(forward, backward)
+  return run
+
+
+def _dot_general_f32(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None,
+                     **kwargs):
+  """``lax.dot_general`` under ``"bfloat16"``: bf16 products, float32 results.
+
+  The contraction of ``nn.Dense`` and :func:`matmul` (``lhs``'s last axis with
+  a 2-D ``rhs``'s first) is :func:`_bf16_matmul`; any other goes through
+  ``_bf16_product``.
+  """
+  del precision, preferred_element_type
+  (lhs_contract, rhs_contract), batch = dimension_numbers
+  if (tuple(lhs_contract), tuple(rhs_contract)) == ((lhs.ndim - 1,), (0,)) and rhs.ndim == 2 \
+      and not any(batch) and not kwargs:
+    return _bf16_matmul(lhs, rhs)
+  return _dot_general_any(lhs, rhs, dimension_numbers, **kwargs)
+
+
+# On a CPU with native bf16 products under "bfloat16", 3x3 convs with at
+# least this many input channels run as dots: in VGG-16 conv3_2 ... conv5_3
+# and the RPN conv, the threshold with which the backbone ran fastest on AMX
+# and on AVX512-BF16 (the CPU bfloat16 section of benchmarks/README.md); on the larger, shallower maps of blocks 1-2 slicing
 # and summing the nine shifted taps costs more than the bf16 products save.
 DOT_CONV_MIN_CHANNELS = 256
 
@@ -148,12 +209,22 @@ def conv3x3_as_dots(inputs, kernel, preferred_element_type=None):
   return out
 
 
+# /proc/cpuinfo flags of CPUs that multiply bf16 natively: AMX tiles (Intel
+# since Sapphire Rapids) or AVX512-BF16 dot products (Intel Cooper Lake, AMD Zen 4).
+BF16_DOT_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_has_bf16_dots(cpu_flags):
+  """Whether a CPU with these ``/proc/cpuinfo`` flags (an iterable of names) multiplies bf16 natively."""
+  return bool(set(cpu_flags) & set(BF16_DOT_CPU_FLAGS))
+
+
 @functools.cache
-def host_has_amx():
-  """Whether this machine's CPU has AMX bf16 units (``amx_bf16`` in /proc/cpuinfo's flags)."""
+def host_has_bf16_dots():
+  """Whether this machine's CPU multiplies bf16 natively (:data:`BF16_DOT_CPU_FLAGS`)."""
   try:
     with open("/proc/cpuinfo", encoding="utf-8") as f:
-      return any(line.startswith("flags") and "amx_bf16" in line.split() for line in f)
+      return any(line.startswith("flags") and cpu_has_bf16_dots(line.split()) for line in f)
   except OSError:
     return False
 
@@ -181,7 +252,7 @@ def _conv_forward(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dila
       lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
       dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
       precision=precision, preferred_element_type=preferred_element_type)
-  if not host_has_amx() or not _runs_as_dots(
+  if not host_has_bf16_dots() or not _runs_as_dots(
       lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
       feature_group_count):
     return conv(lhs, rhs)
@@ -190,14 +261,14 @@ def _conv_forward(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dila
 
 
 # Products of bf16 operands accumulated and returned in float32 (``_bf16_product``).
-_dot_general_f32 = _bf16_product(lax.dot_general)
+_dot_general_any = _bf16_product(lax.dot_general)
 _conv_f32 = _bf16_product(lax.conv_general_dilated, _conv_forward)
 
 
 def dense_kwargs(precision):
   """Keyword arguments of ``nn.Dense`` under ``precision``; the result is float32 for every policy."""
   if configs.check_precision(precision) == "bfloat16":
-    return dict(promote_dtype=_bf16_operands, dot_general=_dot_general_f32)
+    return dict(promote_dtype=_keep_operands, dot_general=_dot_general_f32)
   return dict(precision=lax_precision(precision))
 
 
@@ -216,7 +287,7 @@ def exact_kwargs():
 def matmul(x, w, precision):
   """``x @ w`` under ``precision``: ``(..., K) @ (K, N)`` -> ``(..., N)`` float32."""
   if configs.check_precision(precision) == "bfloat16":
-    return _dot_general_f32(x, w, (((x.ndim - 1,), (0,)), ((), ())))
+    return _bf16_matmul(x, w)
   return jnp.matmul(x, w, precision=lax_precision(precision))
 
 
