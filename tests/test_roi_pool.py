@@ -9,6 +9,7 @@ import pytest
 from jax.test_util import check_grads
 
 from densecap_jax.ops.roi_pool import bilinear_roi_pool, box_to_affine
+from densecap_jax.ops import roi_pool
 
 
 def _reference_taps(box, image_size, feature_size, output_size):
@@ -217,6 +218,22 @@ def test_box_gradient_matches_reference_finite_differences():
     expected[:, k] = np.sum((plus - minus) * out_grad, axis=(1, 2, 3)) / (2 * eps)
   assert np.all(np.abs(expected) > 1e-3)
   np.testing.assert_allclose(got, expected, rtol=2e-3, atol=1e-4)
+
+
+def test_weighted_corner_gradients_equal_those_of_the_elementwise_product():
+  rng = np.random.default_rng(3)
+  weight = jnp.asarray(rng.random((6, 7, 7)), jnp.float32)
+  values = jnp.asarray(rng.normal(size=(6, 7, 7, 64)), jnp.float32)
+  cotangent = jnp.asarray(rng.normal(size=(6, 7, 7, 64)), jnp.float32)
+  out, vjp = jax.vjp(roi_pool._weighted, weight, values)
+  d_weight, d_values = jax.jit(vjp)(cotangent)
+  plain_out, plain_vjp = jax.vjp(lambda w, v: w[..., None] * v, weight, values)
+  np.testing.assert_array_equal(out, plain_out)
+  np.testing.assert_array_equal(d_values, plain_vjp(cotangent)[1])
+  want = np.einsum("...c,...c->...", np.asarray(cotangent, np.float64),
+                   np.asarray(values, np.float64))
+  np.testing.assert_allclose(d_weight, want, rtol=1e-5, atol=1e-5)
+  assert d_weight.dtype == jnp.float32
 
 
 def test_feature_gradient_sums_over_boxes():

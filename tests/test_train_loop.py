@@ -57,6 +57,17 @@ def test_pmap_step_equals_single_device_step_on_global_batch():
   np.testing.assert_allclose(one.params["w"], -0.1 * grad_w, rtol=1e-5)
 
 
+def test_the_step_averages_over_devices_only_when_there_are_several():
+  tx = optax.sgd(0.1)
+  state = loop.init_train_state(toy.init_params(), tx)
+  step = loop.make_train_step(_deterministic_loss, tx)
+  batch = jax.tree.map(lambda x: x[0], toy.batch_at(0, 1))
+  programs = {n: str(jax.make_jaxpr(step, axis_env=[(engine.BATCH_AXIS, n)])(
+      state, batch, jax.random.key(0))) for n in (1, 2)}
+  assert "psum" not in programs[1]  # one device: its values are the mean
+  assert "psum" in programs[2]
+
+
 def test_nonfinite_step_skips_update():
   batch = toy.batch_at(0, 1)
   batch["y"][0, 0] = np.nan

@@ -72,7 +72,8 @@ def make_train_step(loss_fn, tx, axis_name=engine.BATCH_AXIS):
     rng = jax.random.fold_in(jax.random.fold_in(base_rng, state.step),
                              jax.lax.axis_index(axis_name))
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
-    grads, loss, metrics = jax.lax.pmean((grads, loss, metrics), axis_name)
+    if jax.lax.axis_size(axis_name) > 1:  # on one device the mean is the values themselves
+      grads, loss, metrics = jax.lax.pmean((grads, loss, metrics), axis_name)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & _all_finite(grads)
