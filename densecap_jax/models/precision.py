@@ -77,7 +77,7 @@ def _bf16_operands(inputs, kernel, bias=None, *, dtype=None, inexact=True):
 
 
 def _keep_operands(*operands, dtype=None, inexact=True):
-  """Flax ``promote_dtype`` that leaves the operands' dtypes to the product (:func:`_bf16_matmul`)."""
+  """Flax ``promote_dtype`` leaving the operands' dtypes to the product (:func:`_bf16_matmul`)."""
   del dtype, inexact
   return list(operands)
 
@@ -172,8 +172,9 @@ def _dot_general_f32(lhs, rhs, dimension_numbers, precision=None, preferred_elem
 # On a CPU with native bf16 products under "bfloat16", 3x3 convs with at
 # least this many input channels run as dots: in VGG-16 conv3_2 ... conv5_3
 # and the RPN conv, the threshold with which the backbone ran fastest on AMX
-# and on AVX512-BF16 (the CPU bfloat16 section of benchmarks/README.md); on the larger, shallower maps of blocks 1-2 slicing
-# and summing the nine shifted taps costs more than the bf16 products save.
+# and on AVX512-BF16 (the CPU bfloat16 section of benchmarks/README.md); on
+# the larger, shallower maps of blocks 1-2 slicing and summing the nine
+# shifted taps costs more than the bf16 products save.
 DOT_CONV_MIN_CHANNELS = 256
 
 # Flax's NHWC / HWIO convolution layout.
@@ -215,7 +216,7 @@ BF16_DOT_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 def cpu_has_bf16_dots(cpu_flags):
-  """Whether a CPU with these ``/proc/cpuinfo`` flags (an iterable of names) multiplies bf16 natively."""
+  """Whether a CPU with these ``/proc/cpuinfo`` flags (names) multiplies bf16 natively."""
   return bool(set(cpu_flags) & set(BF16_DOT_CPU_FLAGS))
 
 
