@@ -6,23 +6,30 @@ long side ``--scene_size`` pixels, JPEG, in a temporary folder) is converted by
 JPEG decode, resize on ``--num_workers`` threads, HDF5 writes); then
 ``loader.make_batches`` reads the train split of each HDF5 file (shuffled,
 endless, the buckets of that size, 2 batches prefetched) at each of
-``--batch_sizes``, with each of ``--workers`` batch workers, as float32
+``--batch_sizes``, with each of ``--workers`` batch workers (0: no workers,
+each batch assembled by the ``next`` call that returns it, ``prefetch=0``:
+the work of a batch without the hand-over between threads), as float32
 batches (the model's input assembled on the host) and as uint8 batches (the
 stored pixels, converted on the device by ``device_pixels``). One batch is
 taken first (opens the file, starts the workers), then ``--batches`` batches
-are timed; "bytes/image" is what one image's share of a batch weighs (what
-crosses to the device). Last, ``--train_steps`` steps of the ``tiny`` training
+are timed, the median of ``--repeats`` runs reported; "bytes/image" is what one image's share of a batch weighs (what
+crosses to the device). For each uint8 case, the same images are also copied
+into fresh batch arrays on as many plain threads as workers, with nothing
+else (``bench_copy_ceiling``): the rate this machine's memory allows, which
+bounds the uint8 loader. Last, ``--train_steps`` steps of the ``tiny`` training
 config on the smallest size's dataset (``trainer.train``, no validation)
 report the share of the step time spent waiting for data (the metrics
 line's ``data_wait_percent``, steps after the first, which compiles).
 
-  python benchmarks/data.py [--images 200] [--sizes 256,720] [--batch_sizes 1,8] [--workers 1,2]
+  python benchmarks/data.py [--images 200] [--sizes 256,720] [--batch_sizes 1,8] [--workers 0,1,2]
 """
 
 import argparse
 import json
 import os
+import statistics
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -52,7 +59,8 @@ def bench_loader(data, size, batch_size, pixels, num_workers, num_batches, max_b
   """``(seconds for num_batches batches after the first one, bytes per image, pixel bytes)``."""
   batches = loader.make_batches(data, "train", batch_size=batch_size, max_boxes=max_boxes,
                                 buckets=buckets_lib.make_buckets(size), shuffle=True, seed=seed,
-                                pixels=pixels, num_workers=num_workers, prefetch=2)
+                                pixels=pixels, num_workers=max(num_workers, 1),
+                                prefetch=2 if num_workers else 0)
   with batches:
     next(batches)
     nbytes = pixel_bytes = 0
@@ -64,6 +72,42 @@ def bench_loader(data, size, batch_size, pixels, num_workers, num_batches, max_b
     seconds = time.perf_counter() - start
   images = num_batches * batch_size
   return seconds, nbytes / images, pixel_bytes / images
+
+
+def bench_copy_ceiling(data, size, batch_size, num_threads, num_batches, seed):
+  """Images/s of the plain copies a uint8 batch needs, on ``num_threads`` threads at once.
+
+  Each batch is a fresh ``(B, 3, Hb, Wb)`` uint8 array into which ``B``
+  images of one bucket are copied from the file's memory map, as the
+  loader's uint8 batches are, with no schedule, regions or hand-over: the
+  rate at which this machine's memory moves those bytes, the ceiling of the
+  uint8 loader for that many workers.
+  """
+  indices = data.split_indices("train")
+  buckets = buckets_lib.make_buckets(size)
+  ids = data.bucket_ids(indices, buckets)
+  bucket = int(np.bincount(ids).argmax())
+  same = np.random.default_rng(seed).permutation(indices[ids == bucket])
+  shape = (batch_size, 3) + tuple(buckets[bucket])
+
+  def copy_batches(first, count):
+    for b in range(first, first + count):
+      batch = np.empty(shape, np.uint8)
+      for k in range(batch_size):
+        index = same[(b * batch_size + k) % len(same)]
+        height, width = data.image_sizes[index]
+        batch[k, :, :height, :width] = data.read_image_chw(index)
+
+  copy_batches(0, 2)  # maps the file
+  per_thread = num_batches // num_threads
+  threads = [threading.Thread(target=copy_batches, args=(t * per_thread, per_thread))
+             for t in range(num_threads)]
+  start = time.perf_counter()
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  return per_thread * num_threads * batch_size / (time.perf_counter() - start)
 
 
 def bench_training_wait(h5_path, json_path, size, num_steps, folder):
@@ -106,7 +150,10 @@ def parse_args(argv=None):
                       help="preprocessing threads (the preprocess default)")
   parser.add_argument("--batch_sizes", default="1,8", help="loader batch sizes")
   parser.add_argument("--batches", type=int, default=50, help="timed batches per loader case")
-  parser.add_argument("--workers", default="1,2", help="loader batch workers, comma-separated")
+  parser.add_argument("--workers", default="0,1,2",
+                      help="loader batch workers, comma-separated (0: no prefetch)")
+  parser.add_argument("--repeats", type=int, default=3,
+                      help="runs of each loader and copy case; the median is reported")
   parser.add_argument("--train_steps", type=int, default=40,
                       help="tiny training steps for the data-wait share (0 = skip)")
   parser.add_argument("--max_boxes", type=int, default=256, help="regions per image in a batch")
@@ -117,10 +164,10 @@ def parse_args(argv=None):
   try:
     args.sizes = parse_ints(args.sizes, "--sizes", minimum=32)
     args.batch_sizes = parse_ints(args.batch_sizes, "--batch_sizes")
-    args.workers = parse_ints(args.workers, "--workers")
+    args.workers = parse_ints(args.workers, "--workers", minimum=0)
     if args.train_steps < 0:
       raise ValueError(f"--train_steps must be >= 0, got {args.train_steps}")
-    for flag in ("images", "num_workers", "batches", "max_boxes"):
+    for flag in ("images", "num_workers", "batches", "max_boxes", "repeats"):
       if getattr(args, flag) < 1:
         raise ValueError(f"--{flag} must be positive, got {getattr(args, flag)}")
     if args.images < 5:
@@ -138,7 +185,7 @@ def run(args, folder):
   paths = synthetic.generate_dataset(os.path.join(folder, "scenes"), args.images, args.seed,
                                      image_size=args.scene_size, progress=False)
   generate_s = time.perf_counter() - start
-  preprocess_rows, loader_rows, datasets = [], [], {}
+  preprocess_rows, loader_rows, ceiling_rows, datasets = [], [], [], {}
   for size in args.sizes:
     seconds, h5_path, json_path = bench_preprocess(paths, folder, size, args.num_workers)
     preprocess_rows.append((size, seconds, os.path.getsize(h5_path)))
@@ -147,8 +194,13 @@ def run(args, folder):
     for batch_size in args.batch_sizes:
       for pixels in PIXELS:
         for workers in args.workers:
-          loader_rows.append((size, batch_size, pixels, workers) + bench_loader(
-              data, size, batch_size, pixels, workers, args.batches, args.max_boxes, args.seed))
+          runs = [bench_loader(data, size, batch_size, pixels, workers, args.batches,
+                               args.max_boxes, args.seed) for _ in range(args.repeats)]
+          loader_rows.append((size, batch_size, pixels, workers) + sorted(runs)[len(runs) // 2])
+      for workers in [w for w in args.workers if w]:
+        ceiling_rows.append((size, batch_size, workers, statistics.median(
+            bench_copy_ceiling(data, size, batch_size, workers, args.batches * 4, args.seed)
+            for _ in range(args.repeats))))
     print(f"  done: {size} px", flush=True)
   wait = None
   if args.train_steps:
@@ -162,8 +214,8 @@ def run(args, folder):
   print(f"{'size':>5} {'seconds':>8} {'images/s':>9} {'HDF5 MB':>8}")
   for size, seconds, nbytes in preprocess_rows:
     print(f"{size:>5} {seconds:8.2f} {args.images / seconds:9.1f} {nbytes / 2**20:8.1f}")
-  print(f"loader (train split, shuffled, max_boxes {args.max_boxes}, prefetch 2, "
-        f"{args.batches} batches)")
+  print(f"loader (train split, shuffled, max_boxes {args.max_boxes}, "
+        f"prefetch 2 (0 workers: none), {args.batches} batches, median of {args.repeats} runs)")
   print(f"{'size':>5} {'batch':>5} {'pixels':>7} {'workers':>7} {'images/s':>9} "
         f"{'ms/batch':>9} {'bytes/image':>11} {'of pixels':>10} {'vs 1 worker':>11}")
   one_worker = {}
@@ -176,6 +228,20 @@ def run(args, folder):
     print(f"{size:>5} {batch_size:>5} {pixels:>7} {workers:>7} {rate:9.1f} "
           f"{1e3 * seconds / args.batches:9.2f} {per_image:11,.0f} {pixel_bytes:10,.0f} "
           f"{speedup:>11}")
+  print("memory copy of the uint8 batches' pixels (the uint8 loader's ceiling; "
+        "threads = workers)")
+  print(f"{'size':>5} {'batch':>5} {'threads':>7} {'images/s':>9} {'vs 1 thread':>11} "
+        f"{'uint8 loader / this':>19}")
+  loader_rate = {(r[0], r[1], r[2], r[3]): args.batches * r[1] / r[4] for r in loader_rows}
+  one_thread = {}
+  for size, batch_size, threads, rate in ceiling_rows:
+    if threads == 1:
+      one_thread[(size, batch_size)] = rate
+    base = one_thread.get((size, batch_size))
+    speedup = f"{rate / base:.2f}x" if base else "-"
+    share = loader_rate.get((size, batch_size, "uint8", threads))
+    print(f"{size:>5} {batch_size:>5} {threads:>7} {rate:9.1f} {speedup:>11} "
+          f"{share / rate if share else float('nan'):19.2f}")
   if wait is not None:
     print(f"training (tiny config, {wait[0]} px, {args.train_steps} steps after the first): "
           f"{wait[2]:.1f} steps/s, {wait[1]:.2f} % of the step time waiting for data")
