@@ -11,8 +11,11 @@ in plain bf16 (bf16 result):
   that the policy runs on CPUs with native bf16 products (``precision.conv3x3_as_dots``);
 * fc6-bwd, conv-bwd: the input and weight gradients of fc6 on 256 RoIs (a
   training image's sampled regions, 105 GFLOP) and of the conv, in float32
-  and as bf16 training computes them (float32 values rounded to bf16 inside
-  the function, float32 cotangents; no bf16 -> bf16 row).
+  and as bf16 training computed them before 2026-12-07 (float32 values
+  rounded to bf16 inside the function, float32 cotangents, JAX's transposed
+  products; no bf16 -> bf16 row); for fc6 also as the policy computes them
+  now (``precision.matmul``: the cotangent rounded to bf16 and both
+  gradients as bf16 x bf16 -> float32 products, row "bf16->f32 policy").
 
 Each variant runs in its own Python process with its ``XLA_FLAGS`` (XLA reads
 them once, when the CPU client starts, and aborts on a flag it does not know):
@@ -64,6 +67,7 @@ FC6 = (1000, 25088, 4096)  # rows, K, N
 CONV = (34, 45, 512, 512)  # H, W, C in, C out (3 x 3, SAME)
 BWD_ROWS = 256  # RoIs per training image (sampler_batch_size)
 TOLERANCE = {"float32": 1e-5, "bf16->f32": 1e-2, "bf16->bf16": 1e-2, "bf16->f32 9 dots": 1e-2,
+             "bf16->f32 policy": 1e-2,
              "bf16 autocast": 1e-2}
 
 
@@ -235,8 +239,7 @@ def child(out_dir, variant, repeats, seed):
   def grads(forward):
     def fn(a, b, g):
       _, vjp = jax.vjp(forward, a, b)
-      da, db = vjp(g)
-      return jnp.concatenate([da.ravel(), db.ravel()])
+      return vjp(g)  # (da, db), compared as one vector
     return fn
 
   def rounded(forward):
@@ -246,6 +249,8 @@ def child(out_dir, variant, repeats, seed):
   fc_bwd_flops = 2 * 2.0 * BWD_ROWS * k * n
   cases += [("fc6-bwd", "float32", grads(fc6_f32), f32(x_bwd, w, g_fc), fc_bwd_flops),
             ("fc6-bwd", "bf16->f32", grads(rounded(fc6_bf16)), f32(x_bwd, w, g_fc), fc_bwd_flops),
+            ("fc6-bwd", "bf16->f32 policy", grads(lambda a, b: precision.matmul(a, b, "bfloat16")),
+             f32(x_bwd, w, g_fc), fc_bwd_flops),
             ("conv-bwd", "float32", grads(conv_f32), f32(image, kernel, g_conv), 2 * conv_flops),
             ("conv-bwd", "bf16->f32", grads(rounded(conv_bf16)), f32(image, kernel, g_conv),
              2 * conv_flops)]
@@ -258,8 +263,8 @@ def child(out_dir, variant, repeats, seed):
       start = time.perf_counter()
       jax.block_until_ready(compiled(*args))
       times.append(time.perf_counter() - start)
-    np.save(os.path.join(out_dir, f"{variant}-{op}-{dtype.replace('>', '')}.npy"),
-            np.asarray(out, np.float32))
+    out = np.concatenate([np.ravel(np.asarray(leaf, np.float32)) for leaf in jax.tree.leaves(out)])
+    np.save(os.path.join(out_dir, f"{variant}-{op}-{dtype.replace('>', '')}.npy"), out)
     results.append({"op": op, "dtype": dtype, "seconds": statistics.median(times),
                     "times": times, "flops": flops,
                     "library": library_of(compiled.as_text())})
