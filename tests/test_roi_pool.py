@@ -236,6 +236,19 @@ def test_weighted_corner_gradients_equal_those_of_the_elementwise_product():
   assert d_weight.dtype == jnp.float32
 
 
+def test_weighted_corner_gradient_is_a_product_on_cpu_only():
+  weight = jnp.ones((6, 7, 7), jnp.float32)
+  values = jnp.ones((6, 7, 7, 64), jnp.float32)
+  grad = jax.grad(lambda w, v: jnp.sum(roi_pool._weighted(w, v) ** 2), argnums=(0, 1))
+
+  def ops(platform):
+    text = jax.jit(grad).trace(weight, values).lower(lowering_platforms=(platform,)).as_text()
+    return {op: text.count(f"stablehlo.{op}") for op in ("dot_general", "reduce")}
+
+  assert ops("cpu")["dot_general"] == 1
+  assert ops("cuda")["dot_general"] == 0 and ops("cuda")["reduce"] >= 1
+
+
 def test_feature_gradient_sums_over_boxes():
   rng = np.random.default_rng(4)
   image_size = (40, 50)
