@@ -121,10 +121,12 @@ def _bf16_matmul(x, w):
 
   ``x``: ``[..., K]``, ``w``: ``[K, N]``, of any float dtype (rounded to bf16
   here); returns ``[..., N]`` float32. The backward pass rounds the cotangent
-  to bf16 and computes both gradients as bf16 x bf16 -> float32 products in
-  the layouts XLA:CPU runs natively (``dx = ct @ w.T``, ``dw = x.T @ ct``;
-  the CPU bfloat16 section of ``benchmarks/README.md``), returned in the
-  dtypes of ``x`` and ``w``: float32 master weights get a float32 gradient.
+  to bf16 and computes both gradients as bf16 x bf16 -> float32 products,
+  ``dx = ct @ w.T`` and ``dw = x.T @ ct``, returned in the dtypes of ``x``
+  and ``w``: float32 master weights get a float32 gradient. XLA:CPU runs
+  ``dx`` as a native bf16 product, where the transposed products of a
+  bf16 -> bf16 product ran on operands converted to float32 (the CPU
+  bfloat16 section of ``benchmarks/README.md``).
   """
   return _bf16_matmul_for(jnp.dtype(x.dtype), jnp.dtype(w.dtype))(x, w)
 
