@@ -12,12 +12,13 @@ the work of a batch without the hand-over between threads), as float32
 batches (the model's input assembled on the host) and as uint8 batches (the
 stored pixels, converted on the device by ``device_pixels``). One batch is
 taken first (opens the file, starts the workers), then ``--batches`` batches
-are timed, the median of ``--repeats`` runs reported; "bytes/image" is what one image's share of a batch weighs (what
-crosses to the device). For each uint8 case, the same images are also copied
-into fresh batch arrays on as many plain threads as workers, with nothing
-else (``bench_copy_ceiling``): the rate this machine's memory allows, which
-bounds the uint8 loader. Last, ``--train_steps`` steps of the ``tiny`` training
-config on the smallest size's dataset (``trainer.train``, no validation)
+are timed, the median of ``--repeats`` runs reported; "bytes/image" is what
+one image's share of a batch weighs (what crosses to the device). For each
+uint8 case, the same images are also copied into fresh batch arrays on as
+many plain threads as workers, with nothing else (``bench_copy_ceiling``):
+the rate this machine's memory allows, which bounds the uint8 loader. Last,
+``--train_steps`` steps of the ``tiny`` training config on the smallest
+size's dataset (``trainer.train``, no validation)
 report the share of the step time spent waiting for data (the metrics
 line's ``data_wait_percent``, steps after the first, which compiles).
 
