@@ -15,7 +15,9 @@ Everything is plain ``jnp``: the four corners are read with one flat-index
 gather each, so autodiff gives the original's gradients (features: the sum
 over all boxes of the interpolation weights times the output gradient; boxes:
 the derivative of the piecewise-bilinear interpolation through the grid and
-the affine map, §3.7 item 5).
+the affine map, §3.7 item 5). One product has its own VJP, ``_weighted``
+(each corner's weight times its features), only so that CPUs compute the
+weight's gradient as a matrix product; its values are autodiff's.
 """
 
 import functools
